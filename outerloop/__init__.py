@@ -1,0 +1,63 @@
+"""outerloop: agents around your recommender, never in its request path.
+
+The public SDK, in a few names (imported lazily, so ``import outerloop`` stays light):
+
+- :func:`agent` / :func:`tool`: declare an agent (``async def f(ctx)``) or a typed tool
+  (``async def f(args: In, deps) -> Out``, docstring = description);
+- :class:`Budget`: what one agent run may spend (latency, tool calls, LLM tokens); overrun =
+  killed, never retried, nothing committed;
+- :class:`OuterLoop`: built-in agents + yours in one LangGraph graph;
+  ``await loop.run_cycle(user_id, triggers) -> CycleResult``;
+- :class:`Trigger`, :class:`Plan`, :class:`Row`, :class:`CycleResult`, :class:`AgentContext`:
+  the data you meet on the way;
+- :class:`UsageError` (you misused the SDK) vs :class:`RunFailed` (a run failed).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    "agent": "outerloop.agents.sdk",
+    "AgentContext": "outerloop.agents.sdk",
+    "tool": "outerloop.tools.contracts",
+    "ToolDeps": "outerloop.tools.contracts",
+    "ToolRegistry": "outerloop.tools.registry",
+    "Budget": "outerloop.budgets.budget",
+    "OuterLoop": "outerloop.agents.loop",
+    "LoopConfig": "outerloop.agents.runtime",
+    "Trigger": "outerloop.agents.contracts",
+    "Plan": "outerloop.agents.contracts",
+    "PlanStep": "outerloop.agents.contracts",
+    "Row": "outerloop.agents.contracts",
+    "CycleResult": "outerloop.agents.contracts",
+    "UsageError": "outerloop.errors",
+    "RunFailed": "outerloop.errors",
+}
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time names resolve on first access
+    from outerloop.agents.contracts import CycleResult, Plan, PlanStep, Row, Trigger
+    from outerloop.agents.loop import OuterLoop
+    from outerloop.agents.runtime import LoopConfig
+    from outerloop.agents.sdk import AgentContext, agent
+    from outerloop.budgets.budget import Budget
+    from outerloop.errors import RunFailed, UsageError
+    from outerloop.tools.contracts import ToolDeps, tool
+    from outerloop.tools.registry import ToolRegistry
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'outerloop' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # resolve once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

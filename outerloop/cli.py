@@ -25,6 +25,10 @@ def _register(name: str, help_text: str, module: str) -> None:
 _register("demo", "generate the synthetic world, train a small model and show recommendations", "outerloop.demo")
 _register("train", "train the sequential transformer and build its artifacts", "outerloop.inner_loop.train_cli")
 _register("eval", "offline metrics of trained artifacts (HR@10, NDCG@10, full and sampled)", "outerloop.evals.cli")
+_register("serve", "serve real-time recommendations over HTTP (FastAPI + uvicorn)", "outerloop.inner_loop.serve_cli")
+_register("bench", "run a benchmark and print one JSON object", "outerloop.bench_cli")
+_register("mcp", "serve outerloop's tools to MCP clients (stdio or streamable HTTP)", "outerloop.tools.mcp_cli")
+_register("daemon", "consume events, sessionize, trigger agent cycles", "outerloop.scheduler.daemon_cli")
 
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:

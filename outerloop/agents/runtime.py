@@ -1,0 +1,124 @@
+"""What a cycle runs with: the long-lived dependencies (:class:`LoopDeps`, LangGraph's run
+context) and the per-cycle snapshot of one user (:class:`CycleScope`, read once at the start).
+
+Reading the user once (history, seen set and rows in one round trip; memory through the
+version-checked process cache) and handing the same snapshot to every agent keeps a cycle to a
+handful of Redis round trips, and lets every agent of the cycle decide from the same state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+from pydantic import ValidationError
+
+from outerloop.agents.contracts import Row, Trigger
+from outerloop.memory.store import UserMemory
+from outerloop.storage import Keys
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+    from outerloop.agents.caches import PlanCache
+    from outerloop.agents.planner import Planner
+    from outerloop.agents.sdk import AgentRegistry
+    from outerloop.budgets.enforce import Enforcer
+    from outerloop.memory.cache import MemoryCache
+    from outerloop.memory.store import MemoryStore
+    from outerloop.tools.contracts import ModelArtifacts, ToolDeps
+    from outerloop.tools.registry import ToolRegistry
+
+_EMPTY = np.empty(0, dtype=np.int64)
+
+
+class Clusters(Protocol):
+    """Coarse clusters of user vectors (``SignLSH`` or ``KMeansClusters``)."""
+
+    def assign(self, vec: np.ndarray) -> tuple[str, np.ndarray]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """A user's recent interactions, oldest first (the transformer's tokens)."""
+
+    items: np.ndarray = field(default_factory=lambda: _EMPTY)  # (L,) dense item ids
+    actions: np.ndarray = field(default_factory=lambda: _EMPTY)  # (L,) ACTION_ID
+    ts: np.ndarray = field(default_factory=lambda: _EMPTY)  # (L,) ms
+
+    def __len__(self) -> int:
+        return int(self.items.shape[0])
+
+
+@dataclass(slots=True)
+class CycleScope:
+    """One user's state as the cycle read it, shared by the cycle's agents.
+
+    ``rows`` are the rows stored when the cycle started (expired ones included, so the planner
+    can tell stale from missing). ``user_vector`` / ``cluster`` are filled lazily by the first
+    agent that needs them.
+    """
+
+    user_id: str
+    now_ms: int
+    triggers: list[Trigger]
+    history: History
+    seen: frozenset[int]
+    rows: dict[str, Row]
+    memory: UserMemory
+    tz_offset_min: int = 0
+    user_vector: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_rows(raw: dict[str, bytes] | dict[bytes, bytes]) -> dict[str, Row]:
+    """Stored rows that still validate as :class:`Row` (others are someone else's problem)."""
+    out: dict[str, Row] = {}
+    for row_id, blob in raw.items():
+        name = row_id.decode() if isinstance(row_id, bytes) else row_id
+        try:
+            out[name] = Row.model_validate_json(blob)
+        except ValidationError:
+            continue
+    return out
+
+
+@dataclass(slots=True)
+class LoopConfig:
+    """Tunables of the outer loop (times in ms)."""
+
+    history_len: int = 200  # tokens of history read per cycle
+    row_len: int = 50  # items per row
+    retrieval_pool: int = 300  # shared vector-search pool re-scored per user
+    stale_horizon_ms: int = 60 * 60 * 1000  # a sweep refreshes rows expiring within this
+    max_replans: int = 1  # evaluator flags -> planner, at most this many times per cycle
+    node_slack_ms: float = 500.0  # LangGraph's own node timeout = budget + this (a backstop)
+    late_night_start_h: int = 23  # "late night" in the user's local time: [start, end)
+    late_night_end_h: int = 5
+
+
+@dataclass(slots=True)
+class LoopDeps:
+    """The one dependencies object of a cycle (LangGraph's ``context``; agents reach it as
+    ``ctx.loop``). Built by ``OuterLoop``; plain fields so tests can assemble one by hand."""
+
+    redis: "aioredis.Redis"
+    keys: type[Keys]
+    artifacts: "ModelArtifacts"
+    tools: "ToolRegistry"
+    tool_deps: "ToolDeps"
+    agents: "AgentRegistry"
+    enforcer: "Enforcer"
+    memory: "MemoryStore"
+    memory_cache: "MemoryCache"
+    planner: "Planner"
+    clusters: Clusters
+    config: LoopConfig
+    clock_ms: Callable[[], int]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def plan_cache(self) -> "PlanCache":
+        return self.planner.cache

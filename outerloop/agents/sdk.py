@@ -1,0 +1,446 @@
+"""The agent SDK: ``@agent`` turns a function into an :class:`AgentSpec`; the graph runs it with
+an :class:`AgentContext` under its budget.
+
+An agent is ``async def f(ctx: AgentContext) -> Any``. Through ``ctx`` it
+
+- reads the cycle's facts about the user (``ctx.history``, ``ctx.memory(GenreBackoff)``, the
+  plan step that asked for it: ``ctx.step.rows``, ``ctx.step.params``);
+- calls the tools it declared (``await ctx.call_tool("vector_search", {...})``), each call
+  counted against its ``max_tool_calls`` and bounded by the tool's timeout;
+- stages rows (``ctx.emit_row(...)``) and memory facts (``ctx.remember(fact)``); nothing is
+  written unless the run ends within its budget (rows: one fenced commit; facts: a fenced
+  compare-and-set, re-applied on a version conflict).
+
+Nothing registers itself: hand specs to ``OuterLoop(agents=[...])`` or an :class:`AgentRegistry`.
+
+Agents declared ``isolated=True`` (CPU-bound code) run in a worker process that is SIGKILLed at
+the deadline; they get an :class:`IsolatedContext` holding data only (history, memory in scope,
+the user vector when the cycle has one, the step) and can emit rows, but cannot call tools.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+from pydantic import BaseModel
+
+from outerloop.agents.contracts import PlanStep, Row, Trigger, TriggerKind
+from outerloop.budgets.budget import Budget
+from outerloop.budgets.context import RunContext
+from outerloop.errors import UsageError
+from outerloop.memory.facts import FACT_TYPES
+from outerloop.memory.store import MemoryChanges, UpdateResult, UserMemory
+
+if TYPE_CHECKING:
+    from outerloop.agents.runtime import CycleScope, LoopDeps
+
+F = TypeVar("F")
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+FACT_KINDS: dict[str, type] = {t.model_fields["kind"].default: t for t in FACT_TYPES}
+DEFAULT_ROW_TTL_MS = 6 * 3600 * 1000
+
+
+def _kind_of(scope: str | type) -> str:
+    if isinstance(scope, type):
+        kind = getattr(scope, "model_fields", {}).get("kind")
+        if kind is None:
+            raise UsageError(f"memory scope {scope!r} is not a memory fact class")
+        return str(kind.default)
+    if scope != "*" and scope not in FACT_KINDS:
+        raise UsageError(f"unknown memory scope {scope!r}; known: {sorted(FACT_KINDS)} or '*'")
+    return scope
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class AgentSpec:
+    """A registered agent.
+
+    ``rows``: the row ids it may emit (the planner refreshes them on a sweep and on drift).
+    ``triggers``: the trigger kinds on which the rule planner schedules it (custom agents; the
+    built-ins have their own rules). ``memory_scopes``: fact kinds it may read and write
+    (``"*"`` = all). ``tools``: the tools it may call (``"*"`` = any registered tool).
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    budget: Budget
+    description: str = ""
+    tools: tuple[str, ...] = ()
+    memory_scopes: tuple[str, ...] = ()
+    rows: tuple[str, ...] = ()
+    triggers: tuple[TriggerKind, ...] = ("sweep", "manual")
+    isolated: bool = False
+    row_ttl_ms: int = DEFAULT_ROW_TTL_MS
+    module: str | None = None  # where the spec is reachable by name (isolated agents pickle by it)
+    qualname: str | None = None
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise UsageError(f"agent name {self.name!r} must match {_NAME.pattern}")
+        if not isinstance(self.budget, Budget):
+            raise UsageError(f"agent {self.name!r}: budget must be an outerloop Budget, got {self.budget!r}")
+        if not self.isolated and not inspect.iscoroutinefunction(self.fn):
+            raise UsageError(f"agent {self.name!r} must be async def (or declared isolated=True)")
+
+    def may_read(self, kind: str) -> bool:
+        return "*" in self.memory_scopes or kind in self.memory_scopes
+
+    def may_call(self, tool: str) -> bool:
+        return "*" in self.tools or tool in self.tools
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Functions decorated in place are only reachable through the spec that replaced them,
+        # so a spec crosses to a worker process as "the attribute qualname of module".
+        if self.module is None or self.qualname is None:
+            raise UsageError(f"agent {self.name!r} cannot be sent to a worker process: define it "
+                             "at module level with @agent")
+        return (_spec_by_name, (self.module, self.qualname))
+
+
+def _spec_by_name(module: str, qualname: str) -> AgentSpec:
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    if not isinstance(obj, AgentSpec):
+        raise UsageError(f"{module}.{qualname} is not an agent spec")
+    return obj
+
+
+def agent(
+    *,
+    name: str | None = None,
+    budget: Budget,
+    tools: Iterable[str] = (),
+    memory_scopes: Iterable[str | type] = (),
+    rows: Iterable[str] | None = None,
+    triggers: Iterable[TriggerKind] = ("sweep", "manual"),
+    isolated: bool = False,
+    row_ttl_ms: int = DEFAULT_ROW_TTL_MS,
+    description: str | None = None,
+) -> Callable[[Callable[..., Any]], AgentSpec]:
+    """Declare an agent. ``rows`` defaults to one row named after the agent.
+
+    Works on an async function ``f(ctx)``, on a (sync or async) module-level function with
+    ``isolated=True``, and on an object with a ``run(ctx)`` method (a class instance).
+    """
+
+    def wrap(obj: Callable[..., Any]) -> AgentSpec:
+        fn = obj.run if not inspect.isfunction(obj) and hasattr(obj, "run") else obj
+        agent_name = name or getattr(obj, "name", None) or getattr(fn, "__name__", "")
+        text = description or inspect.getdoc(obj) or ""
+        return AgentSpec(
+            name=agent_name,
+            fn=fn,
+            budget=budget,
+            description=text,
+            tools=tuple(tools),
+            memory_scopes=tuple(_kind_of(s) for s in memory_scopes),
+            rows=tuple(rows) if rows is not None else (agent_name,),
+            triggers=tuple(triggers),
+            isolated=isolated,
+            row_ttl_ms=row_ttl_ms,
+            module=getattr(obj, "__module__", None) if inspect.isfunction(obj) else None,
+            qualname=getattr(obj, "__qualname__", None) if inspect.isfunction(obj) else None,
+        )
+
+    return wrap
+
+
+class AgentRegistry:
+    """Named agents in registration order. Two agents with one name is a ``UsageError``."""
+
+    def __init__(self, agents: Iterable[AgentSpec] = ()) -> None:
+        self._agents: dict[str, AgentSpec] = {}
+        for spec in agents:
+            self.add(spec)
+
+    def add(self, spec: AgentSpec) -> AgentSpec:
+        if not isinstance(spec, AgentSpec):
+            raise UsageError(f"expected an AgentSpec (decorate the function with @agent), got {spec!r}")
+        if spec.name in self._agents:
+            raise UsageError(f"an agent named {spec.name!r} is already registered")
+        owners = {r: s.name for s in self._agents.values() for r in s.rows}
+        for r in spec.rows:
+            if r in owners:
+                raise UsageError(f"row {r!r} of agent {spec.name!r} is already produced by {owners[r]!r}")
+        self._agents[spec.name] = spec
+        return spec
+
+    def get(self, name: str) -> AgentSpec:
+        try:
+            return self._agents[name]
+        except KeyError:
+            raise UsageError(f"no agent named {name!r}; registered: {sorted(self._agents)}") from None
+
+    def owner_of(self, row_id: str) -> AgentSpec | None:
+        for spec in self._agents.values():
+            if row_id in spec.rows:
+                return spec
+        return None
+
+    def names(self) -> list[str]:
+        return list(self._agents)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._agents
+
+    def __iter__(self) -> Iterator[AgentSpec]:
+        return iter(self._agents.values())
+
+    def __len__(self) -> int:
+        return len(self._agents)
+
+
+@dataclass(slots=True)
+class AgentOutput:
+    """What an agent run leaves behind for the graph (its ``RunRecord.value``)."""
+
+    rows: dict[str, Row] = field(default_factory=dict)
+    triggers: list[Trigger] = field(default_factory=list)
+    memory: UserMemory | None = None  # the memory after this run's commit, if it wrote any
+    value: Any = None
+
+
+class _RowStager:
+    """Shared by both contexts: build a :class:`Row` and stage it on the run."""
+
+    run: RunContext
+    spec: AgentSpec
+    _rows: dict[str, Row]
+
+    def _stage_row(self, rows_key: str, model_version: str, now_ms: int, row_id: str,
+                   title: str, reason: str, items: Sequence[tuple[int, float]], ttl_ms: int | None) -> Row:
+        if row_id not in self.spec.rows:
+            raise UsageError(f"agent {self.spec.name!r} may only emit rows {list(self.spec.rows)}, "
+                             f"not {row_id!r} (declare it in @agent(rows=...))")
+        row = Row(
+            row_id=row_id, title=title, reason=reason,
+            items=[(int(i), round(float(s), 6)) for i, s in items],
+            produced_by=self.spec.name, run_id=self.run.run_id, model_version=model_version,
+            created_at=now_ms, expires_at=now_ms + (ttl_ms if ttl_ms is not None else self.spec.row_ttl_ms),
+        )
+        self.run.stage(rows_key, row.model_dump_json(), field=row_id)
+        self._rows[row_id] = row
+        return row
+
+
+class AgentContext(_RowStager):
+    """What an in-process agent receives. One per run; never shared between runs."""
+
+    def __init__(self, run: RunContext, spec: AgentSpec, step: PlanStep, scope: "CycleScope",
+                 loop: "LoopDeps") -> None:
+        self.run = run
+        self.spec = spec
+        self.step = step
+        self.scope = scope
+        self.loop = loop
+        self._rows: dict[str, Row] = {}
+        self._triggers: list[Trigger] = []
+        self._changes: dict[str, Any] = {}
+        self._deletes: set[str] = set()
+        self._memory_after: UserMemory | None = None
+
+    # -- what the agent knows ---------------------------------------------------------------
+    @property
+    def user_id(self) -> str:
+        return self.scope.user_id
+
+    @property
+    def now_ms(self) -> int:
+        return self.scope.now_ms
+
+    @property
+    def triggers(self) -> list[Trigger]:
+        return self.scope.triggers
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.step.params
+
+    @property
+    def history(self) -> "Any":
+        """The user's recent history (``items``, ``actions``, ``ts`` arrays, oldest first)."""
+        return self.scope.history
+
+    @property
+    def seen(self) -> frozenset[int]:
+        return self.scope.seen
+
+    @property
+    def artifacts(self) -> Any:
+        return self.loop.artifacts
+
+    @property
+    def catalog(self) -> Any:
+        return self.loop.artifacts.catalog
+
+    def remaining_ms(self) -> float:
+        return self.run.remaining_ms()
+
+    def existing_row(self, row_id: str) -> Row | None:
+        """The row as it was stored when the cycle started (maybe expired), or None."""
+        return self.scope.rows.get(row_id)
+
+    def memory(self, kind: type[F] | None = None) -> list[F]:
+        """Facts in this agent's memory scopes (of one class, or all of them)."""
+        facts = [f for f in self.scope.memory if self.spec.may_read(f.kind)]
+        if kind is not None:
+            k = _kind_of(kind)
+            if not self.spec.may_read(k):
+                raise UsageError(f"agent {self.spec.name!r} has no memory scope {k!r}")
+            facts = [f for f in facts if f.kind == k]
+        return facts  # type: ignore[return-value]
+
+    # -- acting -------------------------------------------------------------------------------
+    async def call_tool(self, name: str, args: BaseModel | dict[str, Any], *,
+                        share_key: str | None = None) -> Any:
+        """Call a declared tool through the registry (validated, counted, timed, maybe cached)."""
+        if not self.spec.may_call(name):
+            raise UsageError(f"agent {self.spec.name!r} did not declare tool {name!r} "
+                             f"(declared: {list(self.spec.tools)})")
+        return await self.loop.tools.call(name, args, self.loop.tool_deps, budget=self.run, share_key=share_key)
+
+    async def user_vector(self) -> np.ndarray | None:
+        """The model's embedding of the user's history (one ``embed_history`` call per cycle,
+        shared by the cycle's agents); None for a user without history."""
+        if self.scope.user_vector is None:
+            h = self.scope.history
+            if len(h.items) == 0:
+                return None
+            out = await self.loop.tools.call(
+                "embed_history",
+                {"items": h.items.tolist(), "actions": h.actions.tolist() or None, "ts": h.ts.tolist() or None},
+                self.loop.tool_deps, budget=self.run,
+            )
+            self.scope.user_vector = np.asarray(out.vector, dtype=np.float32)
+        return self.scope.user_vector
+
+    def cluster(self, vec: np.ndarray) -> tuple[str, np.ndarray]:
+        """The user's coarse cluster (key, representative vector) for shared tool caching."""
+        return self.loop.clusters.assign(vec)
+
+    def emit_row(self, row_id: str, *, title: str, reason: str, items: Sequence[tuple[int, float]],
+                 ttl_ms: int | None = None) -> Row:
+        """Stage a row; it reaches ``Keys.rows(user)`` only if this run commits in budget."""
+        return self._stage_row(self.loop.keys.rows(self.user_id), self.loop.artifacts.model_version,
+                               self.now_ms, row_id, title, reason, items, ttl_ms)
+
+    def raise_trigger(self, trigger: Trigger) -> None:
+        """Ask the planner to look at this (e.g. a drift flag)."""
+        self._triggers.append(trigger)
+
+    def remember(self, fact: Any) -> None:
+        """Stage a fact (kind must be in the agent's memory scopes)."""
+        if not self.spec.may_read(fact.kind):
+            raise UsageError(f"agent {self.spec.name!r} has no memory scope {fact.kind!r}")
+        self._deletes.discard(fact.key)
+        self._changes[fact.key] = fact
+
+    def forget(self, key: str) -> None:
+        kind = key.split(":", 1)[0]
+        if not self.spec.may_read(kind):
+            raise UsageError(f"agent {self.spec.name!r} has no memory scope {kind!r}")
+        self._changes.pop(key, None)
+        self._deletes.add(key)
+
+    async def commit_memory(self, decide: Callable[[UserMemory], Any] | None = None) -> UpdateResult | None:
+        """Write staged facts now (fenced by this run's token; compare-and-set, re-applied on a
+        conflict). With ``decide``, re-decide from fresh memory on every attempt instead.
+        Returns None when there was nothing to write."""
+        if decide is None:
+            if not self._changes and not self._deletes:
+                return None
+            upsert, delete = tuple(self._changes.values()), tuple(sorted(self._deletes))
+
+            def decide(mem: UserMemory) -> MemoryChanges:
+                return MemoryChanges(upsert=upsert, delete=tuple(k for k in delete if k in mem.facts))
+
+        res = await self.loop.memory.update_with_retry(self.user_id, decide, fencing_token=self.run.fencing_token)
+        self._changes.clear()
+        self._deletes.clear()
+        if res.changed:
+            self._memory_after = await self.loop.memory.load(self.user_id)
+        return res
+
+    def output(self, value: Any) -> AgentOutput:
+        return AgentOutput(rows=dict(self._rows), triggers=list(self._triggers), memory=self._memory_after,
+                           value=value)
+
+
+@dataclass(slots=True)
+class IsolatedPayload:
+    """Plain data an isolated agent gets (it crosses a process boundary)."""
+
+    user_id: str
+    now_ms: int
+    step: PlanStep
+    triggers: list[Trigger]
+    items: np.ndarray
+    actions: np.ndarray
+    ts: np.ndarray
+    seen: frozenset[int]
+    facts: list[Any]
+    user_vector: np.ndarray | None
+    model_version: str
+    rows_key: str  # Keys.rows(user) in the loop's namespace
+
+
+class IsolatedContext(_RowStager):
+    """The context of an ``isolated=True`` agent: data in, rows out, no tools, no Redis."""
+
+    def __init__(self, run: RunContext, spec: AgentSpec, payload: IsolatedPayload) -> None:
+        self.run = run
+        self.spec = spec
+        self.payload = payload
+        self._rows: dict[str, Row] = {}
+
+    user_id = property(lambda self: self.payload.user_id)
+    now_ms = property(lambda self: self.payload.now_ms)
+    step = property(lambda self: self.payload.step)
+    params = property(lambda self: self.payload.step.params)
+    triggers = property(lambda self: self.payload.triggers)
+    user_vector = property(lambda self: self.payload.user_vector)
+
+    def memory(self) -> list[Any]:
+        return list(self.payload.facts)
+
+    def remaining_ms(self) -> float:
+        return self.run.remaining_ms()
+
+    def emit_row(self, row_id: str, *, title: str, reason: str, items: Sequence[tuple[int, float]],
+                 ttl_ms: int | None = None) -> Row:
+        p = self.payload
+        return self._stage_row(p.rows_key, p.model_version, p.now_ms, row_id, title, reason, items, ttl_ms)
+
+
+async def run_agent(run: RunContext, spec: AgentSpec, step: PlanStep, scope: "CycleScope",
+                    loop: "LoopDeps") -> AgentOutput:
+    """The in-process entry the enforcer runs: build the context, run the agent, commit its
+    staged facts (still inside the budget), hand back what it produced."""
+    ctx = AgentContext(run, spec, step, scope, loop)
+    value = spec.fn(ctx)
+    if inspect.isawaitable(value):
+        value = await value
+    await ctx.commit_memory()
+    return ctx.output(value)
+
+
+def run_isolated_agent(run: RunContext, spec: AgentSpec, payload: IsolatedPayload) -> AgentOutput:
+    """The worker-process entry (module level, so it pickles by reference)."""
+    import asyncio
+
+    ctx = IsolatedContext(run, spec, payload)
+    value = spec.fn(ctx)
+    if inspect.isawaitable(value):
+        value = asyncio.run(_await(value))
+    return AgentOutput(rows=dict(ctx._rows), value=value)
+
+
+async def _await(aw: Awaitable[Any]) -> Any:
+    return await aw

@@ -1,0 +1,175 @@
+"""The tool agent: builds rows from tool calls, one recipe per row.
+
+- ``continue_watching``: the next episode of each series the user is in the middle of (the
+  plan's series first: just finished, or just released), from ``next_episodes``;
+- ``wind_down``: the user's taste, minus thrillers and horror, calmer genres first, shorter
+  runtimes (the user's night-time runtime preference when memory has one);
+- ``top_picks``: the user's taste (vector search, shared per cluster and re-scored with the
+  user's own vector) blended with co-watch neighbours of the last titles and what is trending;
+  with ``explore=1`` (after a drift flag) co-watch and trending weigh more and genres are
+  spread, so a row that stopped working changes character instead of repeating itself.
+
+Every row leaves out seen items and genres the user is backing off from. Every tool call goes
+through the registry, so it counts against this run's ``max_tool_calls`` and has a timeout.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from outerloop.agents.planner import ROW_CONTINUE, ROW_TOP_PICKS, ROW_WIND_DOWN, TOOL_AGENT
+from outerloop.agents.sdk import AgentContext, agent
+from outerloop.budgets.budget import Budget
+from outerloop.memory.facts import ContinueWatching, GenreBackoff, RuntimePreference
+
+CALM_GENRES = frozenset({"comedy", "animation", "family", "documentary", "romance", "children's", "musical"})
+DARK_GENRES = frozenset({"thriller", "horror"})
+WIND_DOWN_DEFAULT_MAX_MIN = 100
+
+
+@dataclass(slots=True)
+class Candidates:
+    """Scores from several sources, blended into one ranking."""
+
+    scores: dict[int, float] = field(default_factory=dict)
+
+    def add(self, pairs: list[tuple[int, float]], weight: float) -> None:
+        if not pairs or weight == 0:
+            return
+        vals = np.array([s for _, s in pairs], dtype=np.float64)
+        lo, hi = float(vals.min()), float(vals.max())
+        span = (hi - lo) or 1.0
+        for (i, s) in pairs:  # min-max to [0, 1]: sources on different scales blend fairly
+            self.scores[i] = self.scores.get(i, 0.0) + weight * (s - lo) / span
+
+    def ranked(self) -> list[tuple[int, float]]:
+        return sorted(self.scores.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+async def taste_pool(ctx: AgentContext, k: int) -> list[tuple[int, float]]:
+    """Top-``k`` items for the user's vector: a pool for the user's cluster (shared, cached),
+    re-scored with the user's own vector. Empty for a user without history."""
+    vec = await ctx.user_vector()
+    if vec is None:
+        return []
+    pool_k = max(k, ctx.loop.config.retrieval_pool)
+    key, rep = ctx.cluster(vec)
+    out = await ctx.call_tool("vector_search", {"vector": rep.tolist(), "k": pool_k}, share_key=key)
+    ids = np.array([it.item_id for it in out.items], dtype=np.int64)  # (P,)
+    if ids.size == 0:
+        return []
+    personal = ctx.artifacts.item_vectors[ids] @ vec  # (P,) the user's own scores
+    order = np.argsort(-personal, kind="stable")[:k]
+    return [(int(ids[j]), float(personal[j])) for j in order]
+
+
+async def _genres(ctx: AgentContext, ids: list[int]) -> dict[int, tuple[list[str], int | None, str]]:
+    if not ids:
+        return {}
+    meta = await ctx.call_tool("item_metadata", {"item_ids": ids[:1000]})
+    return {m.item_id: (m.genres, m.runtime_min, m.kind) for m in meta.items}
+
+
+def _backoff(ctx: AgentContext) -> set[str]:
+    return {f.genre.lower() for f in ctx.memory(GenreBackoff) if f.until.timestamp() * 1000 > ctx.now_ms}
+
+
+async def continue_watching(ctx: AgentContext) -> list[tuple[int, float]]:
+    p = ctx.params
+    series: list[str] = [*p.get("series", [])]
+    series += [f.series_id for f in sorted(ctx.memory(ContinueWatching), key=lambda f: -f.version)]
+    series = list(dict.fromkeys(series))[:8]
+    after = {ctx.catalog.get(i).series_id: i for i in p.get("after_items", [])}
+    released = {ctx.catalog.get(i).series_id: i for i in p.get("released_items", [])}
+    facts = {f.series_id: f for f in ctx.memory(ContinueWatching)}
+    out: list[int] = []
+    for s in series:
+        if s in released and released[s] not in ctx.seen:
+            out.append(released[s])
+        elif s in after:
+            nxt = await ctx.call_tool("next_episodes", {"series_id": s, "after_item_id": after[s], "k": 3})
+            for m in nxt.items:
+                if m.item_id not in ctx.seen and (m.release_ts is None or m.release_ts <= ctx.now_ms):
+                    out.append(m.item_id)
+                    break
+        elif s in facts and facts[s].next_item_id not in ctx.seen:
+            out.append(facts[s].next_item_id)
+    out = list(dict.fromkeys(out))
+    return [(i, 1.0 - 0.01 * r) for r, i in enumerate(out)]
+
+
+async def wind_down(ctx: AgentContext) -> list[tuple[int, float]]:
+    n = ctx.loop.config.row_len
+    pool = await taste_pool(ctx, 4 * n)
+    meta = await _genres(ctx, [i for i, _ in pool])
+    prefs = [f.minutes for f in ctx.memory(RuntimePreference) if f.daypart.endswith("_night")]
+    max_min = max(prefs) if prefs else WIND_DOWN_DEFAULT_MAX_MIN
+    avoid = DARK_GENRES | _backoff(ctx)
+    cands = Candidates()
+    cands.add(pool, 1.0)
+    for i in list(cands.scores):
+        genres, runtime, _ = meta.get(i, ([], None, "film"))
+        g = {x.lower() for x in genres}
+        if i in ctx.seen or g & avoid or (runtime is not None and runtime > max_min):
+            del cands.scores[i]
+            continue
+        cands.scores[i] += 0.3 * bool(g & CALM_GENRES) + 0.1 * (1 - min(runtime or max_min, max_min) / max_min)
+    return cands.ranked()[:n]
+
+
+async def top_picks(ctx: AgentContext) -> list[tuple[int, float]]:
+    n = ctx.loop.config.row_len
+    explore = bool(ctx.params.get("explore"))
+    cands = Candidates()
+    pool = await taste_pool(ctx, 3 * n)
+    cands.add(pool, 1.0)
+    recent = list(dict.fromkeys(reversed(ctx.history.items.tolist())))[:5]
+    if recent:
+        co = await ctx.call_tool("co_watch", {"items": recent, "k": 2 * n})
+        cands.add([(it.item_id, it.score) for it in co.items], 0.6 if explore else 0.3)
+    trend = await ctx.call_tool("trending", {"k": 2 * n})
+    cands.add([(it.item_id, it.score) for it in trend.items], 0.4 if explore else 0.1 if pool else 1.0)
+    ranked = [(i, s) for i, s in cands.ranked() if i not in ctx.seen][: 3 * n]
+    meta = await _genres(ctx, [i for i, _ in ranked])
+    avoid = _backoff(ctx)
+    out: list[tuple[int, float]] = []
+    per_genre: Counter[str] = Counter()
+    for i, s in ranked:
+        genres = [g.lower() for g in meta.get(i, ([], None, ""))[0]]
+        if set(genres) & avoid:
+            continue
+        if explore and genres and per_genre[genres[0]] >= max(2, n // 8):
+            continue  # spread genres when exploring
+        per_genre[genres[0] if genres else ""] += 1
+        out.append((i, s))
+        if len(out) == n:
+            break
+    return out
+
+
+Recipe = Callable[[AgentContext], Awaitable[list[tuple[int, float]]]]
+RECIPES: dict[str, tuple[str, Recipe]] = {
+    ROW_CONTINUE: ("Continue watching", continue_watching),
+    ROW_WIND_DOWN: ("Wind down", wind_down),
+    ROW_TOP_PICKS: ("Top picks for you", top_picks),
+}
+
+
+@agent(name=TOOL_AGENT, budget=Budget(latency_ms=150, max_tool_calls=12, max_llm_tokens=0),
+       tools=["*"], memory_scopes=["genre_backoff", "continue_watching", "runtime_preference", "genre_affinity"],
+       rows=tuple(RECIPES), triggers=())
+async def tool_agent(ctx: AgentContext) -> dict[str, int]:
+    """Builds the built-in rows (continue watching, wind down, top picks) from tool calls:
+    vector search, co-watch neighbours, item metadata, the history embedding, trending."""
+    sizes: dict[str, int] = {}
+    for row_id in ctx.step.rows:
+        title, recipe = RECIPES[row_id]
+        items = await recipe(ctx)
+        sizes[row_id] = len(items)
+        if items:  # an empty recipe keeps the last good row rather than blanking it
+            ctx.emit_row(row_id, title=title, reason=ctx.step.reason, items=items)
+    return sizes

@@ -1,0 +1,297 @@
+"""Run an agent under its budget: stop it at the deadline, never retry it, fence its writes.
+
+LangGraph's ``TimeoutPolicy`` only cancels cooperatively and its default ``RetryPolicy`` retries
+timeouts, so enforcement lives here and graph nodes call :meth:`Enforcer.run` with no retry
+policy. Two modes:
+
+* in-process (``async def`` agents): cancelled at the deadline. An agent that swallows
+  ``CancelledError`` is cancelled again every millisecond for ``cancel_grace_ms``; if it still
+  runs it is reported (``stopped=False``) and left fenced: its context raises on every call and
+  its token is revoked. An agent that blocks the event loop cannot be interrupted in-process;
+  the record says so and recommends ``isolated=True``.
+* isolated (``isolated=True``, CPU-bound code): run in a :class:`WorkerPool` process that is
+  SIGKILLed at the deadline and replaced by a warm spare.
+
+Writes are staged on the :class:`RunContext` and committed by one fenced script after a run
+that ended in time; a run that did not end in time has its token revoked and writes dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from outerloop.budgets.budget import Budget
+from outerloop.budgets.context import RunContext
+from outerloop.budgets.fencing import Fence, FenceRejected, Lease
+from outerloop.budgets.pool import WorkerPool
+from outerloop.budgets.record import ErrorInfo, Outcome, RunRecord
+from outerloop.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+ISOLATE_HINT = "CPU-bound or blocking code must run with isolated=True"
+
+
+@dataclass(slots=True)
+class _End:
+    """How the agent's execution ended, before classification and commit."""
+
+    ctx: RunContext  # for isolated runs: the context as the worker returned it
+    stopped_at: float  # monotonic: agent returned / task finished / process dead
+    value: Any = None
+    error: ErrorInfo | None = None
+    killed: bool = False  # stopped by us at the deadline
+    stopped: bool = True
+    worker_pid: int | None = None
+    note: str | None = None
+    revoke: asyncio.Task[Any] | None = None
+
+
+class Enforcer:
+    """Runs agents under budgets. Holds what outlives one run: the fence, the worker pool and
+    in-process agents that ignored cancellation (kept referenced until they end).
+
+    ``cancel_grace_ms``: how long to keep re-cancelling an agent that swallows cancellation.
+    ``loop_lag_ms``: a deadline timer firing later than this means the event loop was blocked.
+    """
+
+    def __init__(
+        self,
+        *,
+        fence: Fence | None = None,
+        pool: WorkerPool | None = None,
+        cancel_grace_ms: float = 100.0,
+        loop_lag_ms: float = 20.0,
+    ) -> None:
+        self.fence = fence
+        self.pool = pool
+        self.cancel_grace_ms = cancel_grace_ms
+        self.loop_lag_ms = loop_lag_ms
+        self.unstopped: set[asyncio.Task[Any]] = set()
+
+    async def run(
+        self,
+        fn: Callable[..., Any],
+        budget: Budget,
+        *args: Any,
+        agent: str | None = None,
+        user_id: str | None = None,
+        isolated: bool = False,
+        deps: Any = None,
+    ) -> RunRecord:
+        """Run ``fn(ctx, *args)`` once under ``budget``; never raises for agent failures.
+
+        With a fence and a ``user_id`` the run holds a fencing token and may stage writes.
+        Raises :class:`UsageError` for misuse (sync function in-process, isolated without a
+        pool, unpicklable isolated job).
+        """
+        name = agent or getattr(fn, "__name__", "agent")
+        if isolated and self.pool is None:
+            raise UsageError(f"agent {name!r} is isolated but the Enforcer has no WorkerPool")
+        if not isolated and not inspect.iscoroutinefunction(fn):
+            raise UsageError(f"agent {name!r} is not async def; {ISOLATE_HINT}")
+        lease: Lease | None = None
+        if self.fence is not None and user_id is not None:
+            lease = await self.fence.acquire(user_id, budget.latency_ms)
+        ctx = RunContext(
+            run_id=uuid.uuid4().hex, agent=name, budget=budget, started_at=time.monotonic(),
+            user_id=user_id, fencing_token=lease.token if lease else None, deps=deps,
+        )
+        try:
+            if isolated:
+                end = await self._run_isolated(fn, ctx, args)
+            else:
+                end = await self._run_inline(fn, ctx, args, lease)
+        except BaseException:  # we were cancelled (or misused): the run is abandoned
+            ctx._stop()
+            if lease is not None:
+                await asyncio.shield(self._revoke(lease))
+            raise
+        return await self._finish(ctx, end, lease, isolated)
+
+    # -- in-process ------------------------------------------------------------------------------
+    async def _run_inline(self, fn: Callable[..., Any], ctx: RunContext, args: tuple[Any, ...],
+                          lease: Lease | None) -> _End:
+        ended: list[float] = []
+
+        async def body() -> Any:
+            try:
+                return await fn(ctx, *args)
+            finally:
+                ended.append(time.monotonic())
+
+        task = asyncio.get_running_loop().create_task(body(), name=f"agent:{ctx.agent}:{ctx.run_id}")
+        try:
+            await asyncio.wait({task}, timeout=max(0.0, ctx.deadline - time.monotonic()))
+        except BaseException:
+            task.cancel()
+            raise
+        woke = time.monotonic()
+        lag_ms = (woke - ctx.deadline) * 1000.0
+        if task.done():
+            value, error = _result(task)
+            end = _End(ctx, ended[0] if ended else woke, value=value, error=error)
+            if end.stopped_at > ctx.deadline and lag_ms > self.loop_lag_ms:
+                end.note = f"event loop blocked {lag_ms:.0f} ms past the deadline; {ISOLATE_HINT}"
+            return end
+
+        # Deadline: fence first (the revoke's request goes out before the agent runs again),
+        # then cancel, and keep cancelling an agent that swallows it.
+        ctx._stop()
+        revoke = self._revoke_soon(lease)
+        task.cancel()
+        give_up = time.monotonic() + self.cancel_grace_ms / 1000.0
+        swallowed = 0
+        while not task.done() and time.monotonic() < give_up:
+            await asyncio.wait({task}, timeout=min(0.001, max(0.0, give_up - time.monotonic())))
+            if not task.done():
+                swallowed += 1
+                task.cancel()
+        end = _End(ctx, woke, killed=True, revoke=revoke)
+        if task.done():
+            _result(task)  # consume the outcome so asyncio does not log it
+            end.stopped_at = ended[0] if ended else time.monotonic()
+            if swallowed:
+                end.note = f"agent swallowed cancellation; stopped after {swallowed + 1} cancels"
+        else:
+            end.stopped_at = time.monotonic()
+            end.stopped = False
+            end.note = (f"agent ignored cancellation for {self.cancel_grace_ms:g} ms and may still "
+                        "run; its context raises and its fencing token is revoked")
+            self.unstopped.add(task)
+            task.add_done_callback(_forget_unstopped(self.unstopped))
+            log.warning("agent %s (run %s) ignores cancellation", ctx.agent, ctx.run_id)
+        if lag_ms > self.loop_lag_ms:
+            end.note = ((end.note + "; ") if end.note else "") + (
+                f"event loop blocked {lag_ms:.0f} ms past the deadline; {ISOLATE_HINT}")
+        return end
+
+    # -- isolated --------------------------------------------------------------------------------
+    async def _run_isolated(self, fn: Callable[..., Any], ctx: RunContext,
+                            args: tuple[Any, ...]) -> _End:
+        assert self.pool is not None
+        out = await self.pool.execute(fn, ctx, args)
+        if out.killed:
+            ctx._stop()
+            return _End(ctx, out.stopped_at, killed=True, worker_pid=out.pid or None,
+                        note=None if out.pid else "no worker free before the deadline")
+        if out.crashed is not None:
+            return _End(ctx, out.stopped_at, error=ErrorInfo("other", out.crashed),
+                        worker_pid=out.pid)
+        reply = out.reply
+        assert reply is not None
+        return _End(reply.ctx, reply.finished_at, value=reply.value, error=reply.error,
+                    worker_pid=out.pid)
+
+    # -- bookkeeping -----------------------------------------------------------------------------
+    async def _finish(self, ctx: RunContext, end: _End, lease: Lease | None,
+                      isolated: bool) -> RunRecord:
+        outcome, error = _classify(end, ctx.deadline)
+        note = end.note
+        writes = 0
+        stopped_at = end.stopped_at
+        if end.revoke is not None:
+            await asyncio.shield(end.revoke)
+        elif lease is not None:
+            if outcome == "ok" and end.ctx.staged:
+                try:
+                    writes = await asyncio.shield(
+                        self.fence.commit(lease.user_id, lease.token, end.ctx.staged))  # type: ignore[union-attr]
+                except FenceRejected as exc:
+                    outcome, error = "killed", str(exc)
+                    note = "finished in time but the commit reached Redis after the deadline"
+                stopped_at = time.monotonic()
+            else:  # nothing to commit (or not allowed to): end the lease either way
+                await asyncio.shield(self._revoke(lease))
+        overrun = max(0.0, (stopped_at - ctx.deadline) * 1000.0) if outcome == "killed" else 0.0
+        return RunRecord(
+            run_id=ctx.run_id,
+            agent=ctx.agent,
+            budget_ms=ctx.budget.latency_ms,
+            elapsed_ms=(stopped_at - ctx.started_at) * 1000.0,
+            outcome=outcome,
+            overrun_ms=overrun,
+            retries=0,
+            tool_calls=end.ctx.tool_calls,
+            llm_tokens=end.ctx.llm_tokens,
+            error=error,
+            isolated=isolated,
+            worker_pid=end.worker_pid,
+            fencing_token=ctx.fencing_token,
+            writes_committed=writes,
+            stopped=end.stopped,
+            note=note,
+            value=end.value if outcome == "ok" else None,
+        )
+
+    def _revoke_soon(self, lease: Lease | None) -> asyncio.Task[Any] | None:
+        if lease is None:
+            return None
+        return asyncio.get_running_loop().create_task(self._revoke(lease))
+
+    async def _revoke(self, lease: Lease) -> None:
+        assert self.fence is not None
+        try:
+            await self.fence.revoke(lease.user_id, lease.token)
+        except Exception:  # the lease also dies at its deadline: a failed revoke is not fatal
+            log.exception("could not revoke fencing token %s of user %s", lease.token, lease.user_id)
+
+
+async def run_with_budget(
+    fn: Callable[..., Any],
+    budget: Budget,
+    *args: Any,
+    agent: str | None = None,
+    user_id: str | None = None,
+    isolated: bool = False,
+    deps: Any = None,
+    fence: Fence | None = None,
+    pool: WorkerPool | None = None,
+) -> RunRecord:
+    """One-off form of :meth:`Enforcer.run` (a long-lived caller should keep one Enforcer)."""
+    enforcer = Enforcer(fence=fence, pool=pool)
+    return await enforcer.run(fn, budget, *args, agent=agent, user_id=user_id,
+                              isolated=isolated, deps=deps)
+
+
+def _result(task: asyncio.Task[Any]) -> tuple[Any, ErrorInfo | None]:
+    if task.cancelled():
+        return None, ErrorInfo("deadline", "CancelledError: cancelled at the deadline")
+    exc = task.exception()
+    if exc is not None:
+        return None, ErrorInfo.from_exception(exc)
+    return task.result(), None
+
+
+def _classify(end: _End, deadline: float) -> tuple[Outcome, str | None]:
+    """One place that decides the outcome, for both modes."""
+    budget_ms = end.ctx.budget.latency_ms
+    exceeded = end.ctx.exceeded
+    if exceeded is not None:  # over a counter, even if the agent caught the exception
+        kind = ErrorInfo.from_exception(exceeded)
+        return ("over_tool_budget" if kind.kind == "tool_calls" else "over_token_budget"), kind.message
+    if end.killed:
+        return "killed", f"DeadlineExceeded: killed at its {budget_ms:g} ms deadline"
+    if end.error is not None:
+        if end.error.kind == "deadline":
+            return "killed", end.error.message
+        return "error", end.error.message
+    if end.stopped_at > deadline:
+        return "killed", f"DeadlineExceeded: finished after its {budget_ms:g} ms deadline"
+    return "ok", None
+
+
+def _forget_unstopped(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
+    def _done(task: asyncio.Task[Any]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: nothing is logged for a zombie's last error
+
+    return _done

@@ -1,0 +1,159 @@
+"""Per-user fencing tokens: a run that was killed (or simply late) can never write.
+
+Each run takes a *lease*: a token from ``INCR Keys.fence(user)`` (monotonic per user) and a
+deadline on the Redis server's clock, kept in a small sorted set of live leases. Every fenced
+write is one Lua script that first checks the lease (present, deadline not passed) and only then
+applies the writes, so the check and the write are atomic. Killing a run removes its lease
+(revoke); ending a run removes it too (release), so a token is single-use: any write that
+carries it afterwards is refused.
+
+All keys of a user share the ``{user}`` hash tag, so the scripts run on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import redis.asyncio as aioredis
+
+from outerloop.budgets.context import StagedWrite
+from outerloop.errors import OuterloopError, UsageError
+from outerloop.storage import Keys
+
+RejectReason = Literal["not_live", "deadline"]
+
+
+class FenceRejected(OuterloopError):
+    """A fenced write was refused: its token was revoked, released, never issued, or its
+    deadline (server clock) had passed. Nothing of that write reached Redis."""
+
+    def __init__(self, user_id: str, token: int, reason: RejectReason) -> None:
+        self.user_id = user_id
+        self.token = token
+        self.reason = reason
+        super().__init__(f"write with fencing token {token} for user {user_id!r} refused: {reason}")
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A live fencing token; ``deadline_us`` is on the Redis server's clock (``TIME``)."""
+
+    user_id: str
+    token: int
+    deadline_us: int
+
+
+# Lua fragment shared by every fenced script (the memory store embeds it too). Returns nil when
+# the lease is live, else the reason. A lease past its deadline is removed on sight.
+LEASE_CHECK_LUA = """
+local function fence_check(lease_key, token)
+  local dl = redis.call('ZSCORE', lease_key, token)
+  if not dl then return 'not_live' end
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  if now > tonumber(dl) then
+    redis.call('ZREM', lease_key, token)
+    return 'deadline'
+  end
+  return nil
+end
+"""
+
+# KEYS[1] fence counter, KEYS[2] leases; ARGV[1] budget in us, ARGV[2] prune age in us.
+_ACQUIRE_LUA = """
+local token = redis.call('INCR', KEYS[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[2]))
+local deadline = now + tonumber(ARGV[1])
+redis.call('ZADD', KEYS[2], deadline, token)
+return {token, deadline}
+"""
+
+# KEYS[1] leases, KEYS[2..] written keys; ARGV[1] token, ARGV[2] '1' = release the lease,
+# then per written key: kind ('s' SET | 'h' HSET), field, value.
+_COMMIT_LUA = LEASE_CHECK_LUA + """
+local why = fence_check(KEYS[1], ARGV[1])
+if why then return {0, why} end
+for i = 2, #KEYS do
+  local a = 3 + (i - 2) * 3
+  if ARGV[a] == 's' then
+    redis.call('SET', KEYS[i], ARGV[a + 2])
+  else
+    redis.call('HSET', KEYS[i], ARGV[a + 1], ARGV[a + 2])
+  end
+end
+if ARGV[2] == '1' then redis.call('ZREM', KEYS[1], ARGV[1]) end
+return {1, #KEYS - 1}
+"""
+
+_REVOKE_LUA = "return redis.call('ZREM', KEYS[1], ARGV[1])"
+
+
+def user_tag(user_id: str) -> str:
+    return f"{{{user_id}}}"
+
+
+def leases_key(user_id: str, keys: type[Keys] = Keys) -> str:
+    """ZSET token -> deadline (server us) of the user's live leases."""
+    return keys.user(user_id, "fence_live")
+
+
+class Fence:
+    """Issues, checks and revokes fencing tokens for one Redis (standalone or Cluster).
+
+    ``keys`` is the key namespace (a :class:`~outerloop.storage.Keys` subclass with another
+    ``prefix`` in tests). ``prune_after_ms``: leases whose deadline is older than this are
+    dropped when the next lease of that user is issued (they are refused anyway).
+    """
+
+    def __init__(self, redis: aioredis.Redis, *, keys: type[Keys] = Keys,
+                 prune_after_ms: int = 60_000) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.prune_after_ms = prune_after_ms
+        self._acquire = redis.register_script(_ACQUIRE_LUA)
+        self._commit = redis.register_script(_COMMIT_LUA)
+        self._revoke = redis.register_script(_REVOKE_LUA)
+
+    def leases_key(self, user_id: str) -> str:
+        return leases_key(user_id, self.keys)
+
+    async def acquire(self, user_id: str, latency_ms: float) -> Lease:
+        """Issue the next token for ``user_id``, live for ``latency_ms`` from now (server clock)."""
+        token, deadline = await self._acquire(
+            keys=[self.keys.fence(user_id), self.leases_key(user_id)],
+            args=[int(latency_ms * 1000), int(self.prune_after_ms * 1000)],
+        )
+        return Lease(user_id=user_id, token=int(token), deadline_us=int(deadline))
+
+    async def commit(self, user_id: str, token: int, writes: Sequence[StagedWrite], *,
+                     release: bool = True) -> int:
+        """Apply ``writes`` atomically iff ``token``'s lease is live; returns the number written.
+
+        ``release=True`` ends the lease in the same script (the run is over). Raises
+        :class:`FenceRejected` when the lease is gone or past its deadline.
+        """
+        tag = user_tag(user_id)
+        keys = [self.leases_key(user_id)]
+        args: list[Any] = [str(token), "1" if release else "0"]
+        for w in writes:
+            if tag not in w.key:
+                raise UsageError(f"key {w.key!r} is not a key of user {user_id!r}")
+            keys.append(w.key)
+            args += ["s", "", w.value] if w.field is None else ["h", w.field, w.value]
+        ok, detail = await self._commit(keys=keys, args=args)
+        if int(ok) != 1:
+            reason = detail.decode() if isinstance(detail, bytes) else str(detail)
+            raise FenceRejected(user_id, token, reason)  # type: ignore[arg-type]
+        return int(detail)
+
+    async def revoke(self, user_id: str, token: int) -> bool:
+        """End the lease now (a killed run); True if it was still live."""
+        return bool(await self._revoke(keys=[self.leases_key(user_id)], args=[str(token)]))
+
+    async def is_live(self, user_id: str, token: int) -> bool:
+        """True while the lease exists (its deadline may still have passed: writes check both)."""
+        return await self.redis.zscore(self.leases_key(user_id), str(token)) is not None

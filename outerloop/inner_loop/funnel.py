@@ -1,0 +1,352 @@
+"""The request-time funnel: history -> user vector -> ANN candidates (+ agent rows) -> ranker ->
+seen filter -> rows. Pure computation on a :class:`UserState` already read from Redis, so it is
+tested without a server and timed stage by stage.
+
+Fallbacks (each one named in ``Recommendation.fallbacks``, never an error):
+
+- no history the model can read -> cold-start rows (popular + one-per-genre "explore");
+- no trained ranker, or the ranker over its share of the request budget -> retrieval order.
+  The ranker's cost is tracked as a moving average; while it is over its share the ranker is
+  skipped, and re-tried once a second so that it comes back when the machine calms down.
+- Redis unreachable is handled by the caller with :meth:`Funnel.degraded` (popular items).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from outerloop.inner_loop.ranker import ArtifactsLike, FeatureTables, Ranker, candidate_features
+from outerloop.inner_loop.rows import AgentRow, live_rows
+from outerloop.inner_loop.user_state import UserState
+
+TOP_PICKS = "top-picks"
+POPULAR = "popular"
+EXPLORE = "explore"
+PRECOMPUTED = "precomputed"
+SKIP_ACTION = 7  # ACTION_ID["skip"]; models without action inputs must not read a skip as interest
+
+
+@dataclass(frozen=True, slots=True)
+class FunnelConfig:
+    """Knobs of the funnel; the defaults are the ones the latency targets are measured with."""
+
+    n_candidates: int = 500  # ANN candidates before ranking
+    max_history: int = 200  # history tokens fed to the encoder (the model's context)
+    request_budget_ms: float = 50.0  # whole request, Redis included
+    ranker_share: float = 0.3  # of the request budget the ranker may use
+    max_agent_rows: int = 8
+    cache_size: int = 50_000  # user vectors kept in process
+    ranker_probe_s: float = 1.0  # while the ranker is skipped, re-try it this often
+    pool_size: int = 1000  # popular / explore lists kept ready
+
+
+@dataclass(slots=True)
+class Row:
+    """One row of the response. ``origins[i]`` says where item i came from (``ann``, ``agent``,
+    ``ann+agent``, ``popular``, ...)."""
+
+    row_id: str
+    title: str
+    reason: str
+    produced_by: str
+    source: str  # funnel | agent | cold_start | degraded | precomputed
+    item_ids: np.ndarray
+    scores: np.ndarray
+    origins: list[str]
+    run_id: str | None = None
+    model_version: str | None = None
+    expires_at: int | None = None
+
+
+@dataclass(slots=True)
+class Recommendation:
+    rows: list[Row]
+    model_version: str
+    history_version: int = 0
+    degraded: bool = False
+    cold_start: bool = False
+    ranker: str = "none"  # model | retrieval_order
+    fallbacks: list[str] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    encoder_cache: str = "none"  # hit | redis | miss | none
+    new_vector: bytes | None = None  # to cache in Redis (the caller writes it behind)
+    rows_skipped: int = 0
+
+
+def _ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000.0, 3)
+
+
+class Funnel:
+    """One per process: holds the artifacts, the ranker, the feature tables and the caches."""
+
+    def __init__(self, artifacts: ArtifactsLike, ranker: Ranker | None, config: FunnelConfig | None = None) -> None:
+        self.artifacts = artifacts
+        self.ranker = ranker
+        self.config = config or FunnelConfig()
+        self.catalog = artifacts.catalog
+        self.n_items = len(self.catalog)
+        self.model_version = str(artifacts.model_version)
+        self.tables = FeatureTables.build(self.catalog, artifacts.item_vectors, artifacts.popularity)
+        self.dim = int(self.tables.vectors.shape[1])
+        model = getattr(artifacts, "model", None)
+        cfg = getattr(model, "cfg", None)
+        self.uses_actions = bool(getattr(cfg, "use_actions", False))
+        # ids the encoder knows (a scaled catalog is larger than the trained one)
+        self.model_items = int(getattr(cfg, "n_items", self.n_items))
+        self._popular, self._explore = self._pools()
+        self._cache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._ranker_ewma_ms = 0.0
+        self._ranker_last_try = 0.0
+        self.stats: dict[str, int] = {"cache_hit": 0, "cache_redis": 0, "cache_miss": 0, "ranker_skipped": 0}
+
+    # --- pools for cold start and degraded mode ------------------------------------------------
+    def _pools(self) -> tuple[np.ndarray, np.ndarray]:
+        pop = np.asarray(self.artifacts.popularity, dtype=np.float64)[1 : self.n_items + 1]
+        order = np.argsort(-pop, kind="stable")[: max(self.config.pool_size * 5, 5000)] + 1  # dense ids
+        popular = order[: self.config.pool_size].astype(np.int64)
+        # explore: round-robin over genres (most popular genre first), each genre's most popular
+        # items first, so the first screen shows breadth instead of ten blockbusters
+        genres = self.tables.genres[order]  # (P, G)
+        by_genre = [order[genres[:, g] > 0] for g in np.argsort(-genres.sum(0), kind="stable")]
+        picked: list[int] = []
+        used: set[int] = set()
+        cursor = [0] * len(by_genre)
+        while len(picked) < self.config.pool_size and any(c < len(b) for c, b in zip(cursor, by_genre)):
+            for g, items in enumerate(by_genre):
+                while cursor[g] < len(items) and int(items[cursor[g]]) in used:
+                    cursor[g] += 1
+                if cursor[g] < len(items):
+                    it = int(items[cursor[g]])
+                    used.add(it)
+                    picked.append(it)
+                    cursor[g] += 1
+        explore = np.asarray(picked or popular.tolist(), dtype=np.int64)
+        return popular, explore
+
+    def title(self, item_id: int) -> str:
+        return self.catalog.items[item_id - 1].title
+
+    # --- the user vector --------------------------------------------------------------------------
+    def _model_input(self, state: UserState) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        items, actions, ts = state.items, state.actions, state.ts
+        if not self.uses_actions and items.shape[0]:
+            keep = actions != SKIP_ACTION
+            items, actions, ts = items[keep], actions[keep], ts[keep]
+        n = self.config.max_history
+        keep_ok = (items >= 1) & (items <= self.model_items)
+        items, actions, ts = items[keep_ok][-n:], actions[keep_ok][-n:], ts[keep_ok][-n:]
+        return items, actions, ts
+
+    @staticmethod
+    def fingerprint(state: UserState) -> str:
+        """Identifies the history a vector was computed from: the version, and (in case keys
+        were deleted and the version restarted) the length and newest token."""
+        if state.items.shape[0] == 0:
+            return f"{state.version}:0"
+        return f"{state.version}:{state.items.shape[0]}:{state.items[-1]}:{state.ts[-1]}"
+
+    def _cached_vector(self, state: UserState, fp: str) -> tuple[np.ndarray | None, str]:
+        key = (state.user_id, fp)
+        vec = self._cache.get(key)
+        if vec is not None:
+            self._cache.move_to_end(key)
+            return vec, "hit"
+        raw = state.cached_vector
+        header = f"{fp}|{self.model_version}|".encode()
+        if raw and raw.startswith(header) and len(raw) == len(header) + 4 * self.dim:
+            vec = np.frombuffer(raw, dtype=np.float32, offset=len(header)).copy()
+            self._remember(key, vec)
+            return vec, "redis"
+        return None, "miss"
+
+    def _remember(self, key: tuple[str, str], vec: np.ndarray) -> None:
+        self._cache[key] = vec
+        if len(self._cache) > self.config.cache_size:
+            self._cache.popitem(last=False)
+
+    def encode(self, items: np.ndarray, actions: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """(d,) user vector of one history."""
+        out = self.artifacts.encode([items.tolist()], actions=[actions.tolist()], ts=[ts.tolist()])
+        return np.asarray(out, dtype=np.float32).reshape(-1)[: self.dim]
+
+    # --- the funnel ---------------------------------------------------------------------------------
+    def recommend(self, state: UserState, k: int, *, started: float | None = None,
+                  now_ms: int | None = None) -> Recommendation:
+        """Rows for one user. ``started`` is the request's ``perf_counter()`` start, so the ranker
+        budget counts the time already spent (Redis, parsing)."""
+        t_start = time.perf_counter() if started is None else started
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        agent_rows, skipped = live_rows(state.rows, now_ms=now_ms, n_items=self.n_items,
+                                        limit=self.config.max_agent_rows)
+        items, actions, ts = self._model_input(state)
+        if items.shape[0] == 0:
+            rec = self.cold_start(state, k, agent_rows)
+            rec.rows_skipped = skipped
+            return rec
+
+        rec = Recommendation(rows=[], model_version=self.model_version, history_version=state.version,
+                             rows_skipped=skipped)
+        t0 = time.perf_counter()
+        fp = self.fingerprint(state)
+        vec, rec.encoder_cache = self._cached_vector(state, fp)
+        if vec is None:
+            vec = self.encode(items, actions, ts)
+            self._remember((state.user_id, fp), vec)
+            rec.new_vector = f"{fp}|{self.model_version}|".encode() + vec.tobytes()
+        self.stats["cache_" + rec.encoder_cache] += 1
+        rec.timings_ms["encode"] = _ms(t0)
+
+        t0 = time.perf_counter()
+        ids, scores = self.artifacts.index.search(vec[None, :], self.config.n_candidates)
+        ids = np.asarray(ids[0], dtype=np.int64)
+        scores = np.asarray(scores[0], dtype=np.float32)
+        ok = (ids >= 1) & (ids <= self.n_items)
+        ann_ids, ann_scores = ids[ok], scores[ok]
+        cand, retr, row_pos, from_ann = self._merge(vec, ann_ids, ann_scores, agent_rows)
+        keep = ~np.isin(cand, state.seen) if state.seen.shape[0] else np.ones(cand.shape[0], dtype=bool)
+        cand, retr, row_pos, from_ann = cand[keep], retr[keep], row_pos[keep], from_ann[keep]
+        rec.timings_ms["retrieve"] = _ms(t0)
+
+        t0 = time.perf_counter()
+        final = self._rank(rec, t_start, items, cand, retr, row_pos)
+        rec.timings_ms["rank"] = _ms(t0)
+
+        order = np.argsort(-final, kind="stable")
+        top = order[:k]
+        origins = ["ann+agent" if a and p >= 0 else ("ann" if a else "agent")
+                   for a, p in zip(from_ann[top].tolist(), row_pos[top].tolist())]
+        ranked_by = "the ranker" if rec.ranker == "model" else "retrieval order"
+        rec.rows.append(Row(
+            row_id=TOP_PICKS, title="Top picks for you",
+            reason=f"ranked for you by {ranked_by} from your last {items.shape[0]} titles",
+            produced_by="inner_loop.funnel", source="funnel",
+            item_ids=cand[top], scores=final[top], origins=origins, model_version=self.model_version,
+        ))
+        if agent_rows:
+            score_of = dict(zip(cand.tolist(), final.tolist()))
+            for row in agent_rows:
+                rec.rows.append(self._agent_row(row, k, score_of, state.seen))
+        return rec
+
+    def _merge(self, vec: np.ndarray, ann_ids: np.ndarray, ann_scores: np.ndarray,
+               agent_rows: list[AgentRow]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Union of ANN candidates and agent-row items: ids, retrieval scores, best position in any
+        agent row (-1 = none), and whether ANN found it."""
+        if not agent_rows:
+            return ann_ids, ann_scores, np.full(ann_ids.shape[0], -1, dtype=np.int64), np.ones(ann_ids.shape[0], bool)
+        row_items = np.concatenate([r.item_ids for r in agent_rows])
+        row_posn = np.concatenate([np.arange(r.item_ids.shape[0]) for r in agent_rows])
+        srt = np.lexsort((row_posn, row_items))
+        row_items, row_posn = row_items[srt], row_posn[srt]
+        first = np.r_[True, row_items[1:] != row_items[:-1]]
+        row_items, row_posn = row_items[first], row_posn[first]  # unique items, best position
+        extra = row_items[~np.isin(row_items, ann_ids)]
+        extra_scores = (self.tables.vectors[extra] @ vec).astype(np.float32)
+        cand = np.concatenate([ann_ids, extra])
+        retr = np.concatenate([ann_scores, extra_scores])
+        idx = np.searchsorted(row_items, cand)
+        idx_c = np.minimum(idx, row_items.shape[0] - 1)
+        hit = row_items[idx_c] == cand
+        row_pos = np.where(hit, row_posn[idx_c], -1)
+        from_ann = np.r_[np.ones(ann_ids.shape[0], bool), np.zeros(extra.shape[0], bool)]
+        return cand, retr, row_pos, from_ann
+
+    def _rank(self, rec: Recommendation, t_start: float, hist: np.ndarray, cand: np.ndarray,
+              retr: np.ndarray, row_pos: np.ndarray) -> np.ndarray:
+        """Ranker scores, or retrieval scores when there is no ranker or no time for it."""
+        rec.ranker = "retrieval_order"
+        if self.ranker is None:
+            rec.fallbacks.append("no_ranker")
+            return retr
+        if cand.shape[0] == 0:
+            return retr
+        budget_ms = self.config.request_budget_ms * self.config.ranker_share
+        spent_ms = (time.perf_counter() - t_start) * 1000.0
+        now = time.monotonic()
+        if spent_ms > self.config.request_budget_ms - budget_ms:
+            self.stats["ranker_skipped"] += 1
+            rec.fallbacks.append("ranker_skipped_request_over_budget")
+            return retr
+        if self._ranker_ewma_ms > budget_ms and now - self._ranker_last_try < self.config.ranker_probe_s:
+            self.stats["ranker_skipped"] += 1
+            rec.fallbacks.append("ranker_over_budget")
+            return retr
+        t0 = time.perf_counter()
+        self._ranker_last_try = now
+        feats = candidate_features(self.tables, hist, cand, retr, row_pos)
+        final = self.ranker.score(feats)
+        took = (time.perf_counter() - t0) * 1000.0
+        self._ranker_ewma_ms = took if self._ranker_ewma_ms == 0 else 0.9 * self._ranker_ewma_ms + 0.1 * took
+        if took > budget_ms:  # already paid for: use it, but skip the ranker until the probe
+            self._ranker_ewma_ms = max(self._ranker_ewma_ms, took)
+            rec.fallbacks.append("ranker_slow")
+        rec.ranker = "model"
+        return final
+
+    def _agent_row(self, row: AgentRow, k: int, score_of: dict[int, float], seen: np.ndarray) -> Row:
+        keep = ~np.isin(row.item_ids, seen) if seen.shape[0] else np.ones(row.item_ids.shape[0], bool)
+        ids = row.item_ids[keep]
+        agent_scores = row.scores[keep]
+        scored = np.asarray([score_of.get(i, np.nan) for i in ids.tolist()], dtype=np.float32)
+        if ids.shape[0] and not np.isnan(scored).any():
+            order = np.argsort(-scored, kind="stable")[:k]
+            ids, scores = ids[order], scored[order]
+        else:  # no common scale: keep the agent's order and scores
+            ids, scores = ids[:k], agent_scores[:k]
+        return Row(row_id=row.row_id, title=row.title, reason=row.reason, produced_by=row.produced_by,
+                   source="agent", item_ids=ids, scores=scores, origins=["agent"] * ids.shape[0],
+                   run_id=row.run_id, model_version=row.model_version, expires_at=row.expires_at)
+
+    # --- fallbacks ----------------------------------------------------------------------------------
+    def _pool_row(self, row_id: str, title: str, reason: str, pool: np.ndarray, k: int,
+                  seen: np.ndarray | None, source: str) -> Row:
+        ids = pool if seen is None or not seen.shape[0] else pool[~np.isin(pool, seen)]
+        ids = ids[:k]
+        scores = self.tables.popularity[ids]
+        return Row(row_id=row_id, title=title, reason=reason, produced_by="inner_loop.popularity", source=source,
+                   item_ids=ids, scores=scores, origins=[row_id] * ids.shape[0], model_version=self.model_version)
+
+    def cold_start(self, state: UserState, k: int, agent_rows: list[AgentRow] | None = None) -> Recommendation:
+        """A user without usable history: what is popular, and breadth to learn from."""
+        rec = Recommendation(rows=[], model_version=self.model_version, history_version=state.version,
+                             cold_start=True, fallbacks=["cold_start"])
+        rec.rows.append(self._pool_row(POPULAR, "Popular right now", "popular with everyone; you are new here",
+                                       self._popular, k, state.seen, "cold_start"))
+        rec.rows.append(self._pool_row(EXPLORE, "Explore something different",
+                                       "the most popular titles of each genre, to learn your taste",
+                                       self._explore, k, state.seen, "cold_start"))
+        for row in agent_rows or []:
+            rec.rows.append(self._agent_row(row, k, {}, state.seen))
+        return rec
+
+    def degraded(self, k: int, reason: str) -> Recommendation:
+        """Redis is unreachable: popular items from the loaded artifacts, flagged degraded."""
+        rec = Recommendation(rows=[], model_version=self.model_version, degraded=True, fallbacks=[reason])
+        rec.rows.append(self._pool_row(POPULAR, "Popular right now", "popular with everyone (personalization is "
+                                       "temporarily unavailable)", self._popular, k, None, "degraded"))
+        return rec
+
+    def precomputed(self, user_id: str, pre: np.ndarray, seen: np.ndarray, k: int) -> Recommendation:
+        """The baseline: a list precomputed in batch, minus what the user has seen since."""
+        rec = Recommendation(rows=[], model_version=self.model_version)
+        ok = (pre >= 1) & (pre <= self.n_items)
+        pre = pre[ok]
+        if seen.shape[0]:
+            pre = pre[~np.isin(pre, seen)]
+        ids = pre[:k]
+        scores = (1.0 / (1.0 + np.arange(ids.shape[0]))).astype(np.float32)
+        rec.rows.append(Row(row_id=PRECOMPUTED, title="Picked for you", reason="precomputed in the last batch run",
+                            produced_by="batch.precompute", source="precomputed", item_ids=ids, scores=scores,
+                            origins=["precomputed"] * ids.shape[0], model_version=self.model_version))
+        if not ids.shape[0]:
+            rec.fallbacks.append("no_precomputed_list")
+        return rec
+
+    def stats_snapshot(self) -> dict[str, Any]:
+        return {**self.stats, "cache_size": len(self._cache), "ranker_ewma_ms": round(self._ranker_ewma_ms, 3)}

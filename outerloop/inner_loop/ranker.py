@@ -1,0 +1,253 @@
+"""The second stage of the funnel: a small multi-task ranker over retrieval candidates.
+
+Retrieval orders candidates by one inner product. The ranker looks at each candidate with
+context retrieval cannot use cheaply (how popular it is, how it matches the genres of the
+user's recent history, how close it is to the last few items, how old it is, whether an agent
+row put it forward) and predicts two objectives from one shared trunk:
+
+- ``relevance``: is this the user's next item? (listwise softmax over the candidate list)
+- ``engagement``: how well does the candidate match what the user engages with next? A soft
+  label: the genre overlap (Jaccard) with the next item, weighted by how the user engaged with
+  it (finish/rate 1.0, play/add_to_list/click 0.6, skip 0) when the data has actions. Dense
+  where relevance is one-hot, and it lets a data set with completions teach the ranker to
+  prefer what people finish.
+
+The serving score is ``sum(weight[o] * logit[o])`` with weights from the ranker config
+(overridable at serve time). Features are computed for all candidates at once with numpy;
+nothing loops over candidates in Python.
+
+Files in the artifacts directory: ``ranker.pt`` (state dict) and ``ranker.json`` (config:
+feature names, standardization, weights, training report).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from outerloop.data.schema import Catalog
+
+RANKER_WEIGHTS_FILE = "ranker.pt"
+RANKER_CONFIG_FILE = "ranker.json"
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "retrieval_score",  # inner product of user and item vectors
+    "score_gap",  # retrieval score minus the best candidate's
+    "retrieval_rank",  # log1p(rank) / log1p(#candidates), by retrieval score
+    "popularity",  # log1p(training count), scaled to [0, 1]
+    "genre_affinity",  # share of the recent history's genres the candidate has
+    "recent_similarity",  # max cosine to the last RECENT items
+    "last_similarity",  # cosine to the newest item
+    "item_age",  # years before the catalog's newest item / 50, clipped to [0, 2]
+    "in_agent_row",  # 1 when an agent row proposed it
+    "agent_row_position",  # 1 / (1 + position in that row); 0 when in none
+    "history_length",  # log1p(len(history)) / log1p(200)
+)
+RECENT = 5  # items for recent_similarity
+GENRE_WINDOW = 20  # items for genre_affinity
+OBJECTIVES: tuple[str, ...] = ("relevance", "engagement")
+
+
+class ArtifactsLike(Protocol):
+    """What the funnel and the ranker need from trained artifacts (``Artifacts`` has it)."""
+
+    catalog: Catalog
+    model_version: str
+    item_vectors: np.ndarray  # (N+1, d) float32, row 0 = padding
+    popularity: np.ndarray  # (N+1,) training counts
+
+    def encode(self, histories: list[Sequence[int]], actions: Any = None, ts: Any = None) -> np.ndarray: ...
+
+
+@dataclass(slots=True)
+class FeatureTables:
+    """Per-item arrays the features read, computed once per catalog (row 0 = padding)."""
+
+    vectors: np.ndarray  # (N+1, d) float32 (shared with the artifacts, not copied)
+    inv_norm: np.ndarray  # (N+1,) float32
+    popularity: np.ndarray  # (N+1,) float32 in [0, 1]
+    genres: np.ndarray  # (N+1, G) float32 multi-hot
+    genre_count: np.ndarray  # (N+1,) float32, at least 1
+    age: np.ndarray  # (N+1,) float32
+
+    @classmethod
+    def build(cls, catalog: Catalog, item_vectors: np.ndarray, popularity: np.ndarray) -> "FeatureTables":
+        n = len(catalog)
+        vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
+        if vectors.shape[0] != n + 1:
+            raise ValueError(f"item_vectors has {vectors.shape[0]} rows, the catalog needs {n + 1}")
+        norms = np.linalg.norm(vectors, axis=1)
+        inv_norm = np.where(norms > 0, 1.0 / np.maximum(norms, 1e-12), 0.0).astype(np.float32)
+        pop = np.log1p(np.asarray(popularity, dtype=np.float64)[: n + 1])
+        pop = (pop / pop.max() if pop.max() > 0 else pop).astype(np.float32)
+        gidx = {g: i for i, g in enumerate(catalog.genres)}
+        genres = np.zeros((n + 1, max(1, len(gidx))), dtype=np.float32)
+        years = np.full(n + 1, np.nan, dtype=np.float32)
+        for it in catalog.items:
+            for g in it.genres:
+                j = gidx.get(g)
+                if j is not None:
+                    genres[it.item_id, j] = 1.0
+            if it.year is not None:
+                years[it.item_id] = it.year
+        known = years[~np.isnan(years)]
+        if known.size:
+            age = np.clip((known.max() - years) / 50.0, 0.0, 2.0)
+            age[np.isnan(age)] = float(np.median(np.clip((known.max() - known) / 50.0, 0.0, 2.0)))
+        else:
+            age = np.zeros(n + 1, dtype=np.float32)
+        return cls(
+            vectors=vectors,
+            inv_norm=inv_norm,
+            popularity=pop,
+            genres=genres,
+            genre_count=np.maximum(genres.sum(1), 1.0).astype(np.float32),
+            age=age.astype(np.float32),
+        )
+
+
+def candidate_features(
+    t: FeatureTables,
+    hist_items: np.ndarray,
+    cand: np.ndarray,
+    retrieval: np.ndarray,
+    row_position: np.ndarray,
+) -> np.ndarray:
+    """(C, F) float32 features of candidates ``cand`` (C,) for a user with history
+    ``hist_items`` (L,) (newest last; may be empty). ``retrieval`` (C,) is the inner product
+    with the user vector; ``row_position`` (C,) is the 0-based position in an agent row, -1 when
+    no agent row proposed the candidate."""
+    c = cand.shape[0]
+    out = np.empty((c, len(FEATURE_NAMES)), dtype=np.float32)
+    out[:, 0] = retrieval
+    out[:, 1] = retrieval - (retrieval.max() if c else 0.0)
+    order = np.argsort(-retrieval, kind="stable")
+    rank = np.empty(c, dtype=np.float32)
+    rank[order] = np.arange(c, dtype=np.float32)
+    out[:, 2] = np.log1p(rank) / np.log1p(max(c, 1))
+    out[:, 3] = t.popularity[cand]
+    if hist_items.shape[0]:
+        recent_g = t.genres[hist_items[-GENRE_WINDOW:]].mean(0)  # (G,)
+        out[:, 4] = (t.genres[cand] @ recent_g) / t.genre_count[cand]
+        recent = hist_items[-RECENT:]
+        cv = t.vectors[cand] * t.inv_norm[cand, None]  # (C, d)
+        hv = t.vectors[recent] * t.inv_norm[recent, None]  # (R, d)
+        sims = cv @ hv.T  # (C, R)
+        out[:, 5] = sims.max(1)
+        out[:, 6] = sims[:, -1]
+    else:
+        out[:, 4:7] = 0.0
+    out[:, 7] = t.age[cand]
+    in_row = row_position >= 0
+    out[:, 8] = in_row
+    out[:, 9] = np.where(in_row, 1.0 / (1.0 + np.maximum(row_position, 0)), 0.0)
+    out[:, 10] = np.log1p(hist_items.shape[0]) / np.log1p(200)
+    return out
+
+
+class MultiTaskRanker(nn.Module):
+    """A shared MLP trunk and one linear head per objective: features in, logits out."""
+
+    def __init__(self, n_features: int, hidden: int, objectives: Sequence[str]) -> None:
+        super().__init__()
+        self.objectives = tuple(objectives)
+        self.trunk = nn.Sequential(
+            nn.Linear(n_features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
+        )
+        self.heads = nn.Linear(hidden, len(self.objectives))  # one column per objective
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., F) -> (..., O) logits."""
+        return self.heads(self.trunk(x))
+
+
+@dataclass
+class RankerConfig:
+    """Everything needed to rebuild and apply a trained ranker; saved as ``ranker.json``."""
+
+    features: tuple[str, ...] = FEATURE_NAMES
+    objectives: tuple[str, ...] = OBJECTIVES
+    hidden: int = 64
+    weights: dict[str, float] = field(default_factory=lambda: {"relevance": 1.0, "engagement": 0.5})
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+    model_version: str = ""
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["features"] = list(self.features)
+        d["objectives"] = list(self.objectives)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RankerConfig":
+        return cls(
+            features=tuple(d["features"]),
+            objectives=tuple(d["objectives"]),
+            hidden=int(d["hidden"]),
+            weights={str(k): float(v) for k, v in d["weights"].items()},
+            mean=[float(x) for x in d["mean"]],
+            std=[float(x) for x in d["std"]],
+            model_version=str(d.get("model_version", "")),
+            report=dict(d.get("report", {})),
+        )
+
+
+class Ranker:
+    """A trained :class:`MultiTaskRanker` with its standardization and objective weights."""
+
+    def __init__(self, model: MultiTaskRanker, config: RankerConfig, weights: dict[str, float] | None = None) -> None:
+        if tuple(config.features) != FEATURE_NAMES:
+            raise ValueError(f"ranker was trained on features {config.features}, this code computes {FEATURE_NAMES}")
+        self.model = model.eval()
+        self.config = config
+        self._mean = np.asarray(config.mean, dtype=np.float32)
+        self._inv_std = (1.0 / np.maximum(np.asarray(config.std, dtype=np.float32), 1e-6)).astype(np.float32)
+        self.set_weights(weights or config.weights)
+
+    def set_weights(self, weights: dict[str, float]) -> None:
+        """Objective weights of the serving score (unknown names are an error, missing are 0)."""
+        unknown = set(weights) - set(self.config.objectives)
+        if unknown:
+            raise ValueError(f"unknown ranker objectives {sorted(unknown)}; known: {list(self.config.objectives)}")
+        self.weights = {o: float(weights.get(o, 0.0)) for o in self.config.objectives}
+        self._w = torch.tensor([self.weights[o] for o in self.config.objectives], dtype=torch.float32)
+
+    def standardize(self, feats: np.ndarray) -> np.ndarray:
+        return (feats - self._mean) * self._inv_std
+
+    def logits(self, feats: np.ndarray) -> np.ndarray:
+        """(C, F) raw features -> (C, O) logits."""
+        with torch.inference_mode():
+            return self.model(torch.from_numpy(self.standardize(feats))).numpy()
+
+    def score(self, feats: np.ndarray) -> np.ndarray:
+        """(C, F) raw features -> (C,) serving score (weighted sum of objective logits)."""
+        with torch.inference_mode():
+            z = self.model(torch.from_numpy(self.standardize(feats)))  # (C, O)
+            return (z @ self._w).numpy()
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        torch.save(self.model.state_dict(), directory / RANKER_WEIGHTS_FILE)
+        (directory / RANKER_CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path, weights: dict[str, float] | None = None) -> "Ranker":
+        directory = Path(directory)
+        config = RankerConfig.from_dict(json.loads((directory / RANKER_CONFIG_FILE).read_text()))
+        model = MultiTaskRanker(len(config.features), config.hidden, config.objectives)
+        model.load_state_dict(torch.load(directory / RANKER_WEIGHTS_FILE, map_location="cpu", weights_only=True))
+        return cls(model, config, weights)
+
+    @staticmethod
+    def exists(directory: str | Path) -> bool:
+        directory = Path(directory)
+        return (directory / RANKER_CONFIG_FILE).is_file() and (directory / RANKER_WEIGHTS_FILE).is_file()

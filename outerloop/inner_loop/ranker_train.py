@@ -1,0 +1,335 @@
+"""Train the multi-task ranker on the retrieval stage's own candidates, and measure its lift.
+
+Data (SASRec's leave-one-out split, the same one the transformer uses):
+
+- training examples: each user's *validation* cut (history = all but the last two items,
+  target = the second to last). The transformer never trained on these targets, so the
+  retrieval scores the ranker learns from look like the ones it will see when serving.
+  10% of users (by a hash of the id) are held out to choose the epoch and the engagement
+  weight.
+- the lift is reported on the *test* cut (history = all but the last item, target = the last),
+  which nothing here trains or selects on.
+
+Each example is built exactly as serving builds it: the transformer encodes the history, the
+index returns ``n_candidates`` items, an agent-style row (the 20 nearest items to the newest
+history item, a "because you watched" row) is merged in, seen items (``SEEN_TYPES``) are
+removed, and the
+features of :func:`candidate_features` are computed. Loss: listwise softmax cross-entropy for
+``relevance`` (examples whose target survived retrieval) + BCE on the soft ``engagement`` label.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from outerloop.data.schema import ACTION_ID, InteractionData
+from outerloop.evals.offline import EvalCases, leave_one_out
+from outerloop.inner_loop.ranker import (
+    FEATURE_NAMES,
+    OBJECTIVES,
+    ArtifactsLike,
+    FeatureTables,
+    MultiTaskRanker,
+    Ranker,
+    RankerConfig,
+    candidate_features,
+)
+from outerloop.inner_loop.user_state import SEEN_TYPES
+
+log = logging.getLogger(__name__)
+
+ENGAGEMENT_BY_ACTION: dict[int, float] = {
+    ACTION_ID["finish"]: 1.0, ACTION_ID["rate"]: 1.0,
+    ACTION_ID["play"]: 0.6, ACTION_ID["add_to_list"]: 0.6, ACTION_ID["click"]: 0.6,
+    ACTION_ID["skip"]: 0.0,
+}
+ROW_K = 20  # size of the simulated agent row
+SIMULATE_ROWS_MAX_ITEMS = 100_000  # above this, no simulated rows (the similarity matrix gets big)
+
+
+@dataclass(slots=True)
+class Examples:
+    """Padded candidate lists, one per case: (E, C, F) features and (E, C) labels."""
+
+    feats: np.ndarray  # (E, C, F) float32
+    mask: np.ndarray  # (E, C) bool, False at padding
+    relevance: np.ndarray  # (E, C) float32, 1 at the target
+    engagement: np.ndarray  # (E, C) float32 soft label
+    retrieval: np.ndarray  # (E, C) float32 (-inf at padding)
+    user_ids: list[str]
+
+    def __len__(self) -> int:
+        return int(self.feats.shape[0])
+
+    def take(self, idx: np.ndarray) -> "Examples":
+        return Examples(self.feats[idx], self.mask[idx], self.relevance[idx], self.engagement[idx],
+                        self.retrieval[idx], [self.user_ids[i] for i in idx])
+
+
+_SEEN_ACTIONS = np.asarray([ACTION_ID[t] for t in sorted(SEEN_TYPES)], dtype=np.int64)
+
+
+def seen_items(history: np.ndarray, actions: np.ndarray | None) -> np.ndarray:
+    """What serving would filter for this history: items finished, rated or skipped; without
+    actions (MovieLens: every interaction is a rating) every item of the history."""
+    if actions is None:
+        return history
+    return history[np.isin(np.asarray(actions, dtype=np.int64), _SEEN_ACTIONS)]
+
+
+def _target_actions(data: InteractionData, cases: EvalCases, from_end: int) -> list[int | None]:
+    by_id = {u.user_id: u for u in data.users}
+    out: list[int | None] = []
+    for uid in cases.user_ids:
+        u = by_id[uid]
+        out.append(None if u.actions is None else int(u.actions[len(u) - from_end]))
+    return out
+
+
+def build_examples(artifacts: ArtifactsLike, tables: FeatureTables, data: InteractionData, split: str, *,
+                   n_candidates: int = 500, max_history: int = 200, batch_size: int = 256) -> Examples:
+    """Serving's candidate lists for every leave-one-out case of ``split``, with labels."""
+    cases = leave_one_out(data, split)  # type: ignore[arg-type]
+    target_actions = _target_actions(data, cases, 2 if split == "valid" else 1)
+    n_items = len(artifacts.catalog)
+    simulate = n_items <= SIMULATE_ROWS_MAX_ITEMS
+    unit = tables.vectors * tables.inv_norm[:, None]  # (N+1, d) cosine-ready; row 0 is zero
+    lists: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    for start in range(0, len(cases), batch_size):
+        idx = range(start, min(start + batch_size, len(cases)))
+        hists = [cases.histories[i][-max_history:] for i in idx]
+        acts = None if cases.actions is None else [np.asarray(cases.actions[i][-max_history:], np.int64) for i in idx]
+        tss = None if cases.ts is None else [cases.ts[i][-max_history:] for i in idx]
+        vecs = np.asarray(artifacts.encode([h.tolist() for h in hists],
+                                           actions=None if acts is None else [a.tolist() for a in acts],
+                                           ts=None if tss is None else [t.tolist() for t in tss]), dtype=np.float32)
+        ids, scores = artifacts.index.search(vecs, n_candidates)
+        if simulate:
+            last = np.asarray([h[-1] for h in hists], dtype=np.int64)
+            sims = unit[last] @ unit.T  # (B, N+1)
+            sims[:, 0] = -np.inf
+            sims[np.arange(len(last)), last] = -np.inf
+            nn = np.argpartition(-sims, ROW_K, axis=1)[:, :ROW_K]
+            nn_order = np.take_along_axis(sims, nn, 1).argsort(1)[:, ::-1]
+            rows = np.take_along_axis(nn, nn_order, 1)  # (B, ROW_K) most similar first
+        for j, i in enumerate(idx):
+            ok = (ids[j] >= 1) & (ids[j] <= n_items)
+            ann, ann_s = ids[j][ok].astype(np.int64), scores[j][ok].astype(np.float32)
+            if simulate:
+                row = rows[j].astype(np.int64)
+                extra = row[~np.isin(row, ann)]
+                cand = np.concatenate([ann, extra])
+                retr = np.concatenate([ann_s, tables.vectors[extra] @ vecs[j]]).astype(np.float32)
+                pos_in_row = {int(it): p for p, it in enumerate(row.tolist())}
+                row_pos = np.asarray([pos_in_row.get(int(c), -1) for c in cand], dtype=np.int64)
+            else:
+                cand, retr, row_pos = ann, ann_s, np.full(ann.shape[0], -1, dtype=np.int64)
+            keep = ~np.isin(cand, seen_items(cases.histories[i], None if cases.actions is None else cases.actions[i]))
+            cand, retr, row_pos = cand[keep], retr[keep], row_pos[keep]
+            feats = candidate_features(tables, hists[j], cand, retr, row_pos)
+            target = int(cases.targets[i])
+            rel = (cand == target).astype(np.float32)
+            inter = tables.genres[cand] @ tables.genres[target]
+            union = tables.genre_count[cand] + tables.genres[target].sum() - inter
+            eng = np.where(tables.genres[target].sum() > 0, inter / np.maximum(union, 1.0), rel)
+            a = target_actions[i]
+            eng = (eng * (1.0 if a is None else ENGAGEMENT_BY_ACTION.get(a, 0.6))).astype(np.float32)
+            lists.append((feats, rel, eng, retr, cand))
+    c_max = max((x[0].shape[0] for x in lists), default=1)
+    e = len(lists)
+    out = Examples(
+        feats=np.zeros((e, c_max, len(FEATURE_NAMES)), np.float32),
+        mask=np.zeros((e, c_max), bool),
+        relevance=np.zeros((e, c_max), np.float32),
+        engagement=np.zeros((e, c_max), np.float32),
+        retrieval=np.full((e, c_max), -np.inf, np.float32),
+        user_ids=list(cases.user_ids),
+    )
+    for n, (feats, rel, eng, retr, _) in enumerate(lists):
+        c = feats.shape[0]
+        out.feats[n, :c], out.mask[n, :c], out.relevance[n, :c] = feats, True, rel
+        out.engagement[n, :c], out.retrieval[n, :c] = eng, retr
+    return out
+
+
+def ranking_metrics(scores: np.ndarray, ex: Examples, ks: tuple[int, ...] = (10, 20)) -> dict[str, float]:
+    """HR@k / NDCG@k / MRR of the target under ``scores`` (E, C), over ALL cases (a target that
+    retrieval missed counts as a miss, as it would when serving)."""
+    s = np.where(ex.mask, scores, -np.inf)
+    has = ex.relevance.max(1) > 0
+    tcol = ex.relevance.argmax(1)
+    t = s[np.arange(len(ex)), tcol][:, None]
+    rank = (s > t).sum(1)  # 0-based; ties favour nothing since scores are continuous
+    out: dict[str, float] = {"cases": float(len(ex)), "recall@candidates": float(has.mean()) if len(ex) else 0.0}
+    for k in ks:
+        hit = has & (rank < k)
+        out[f"hr@{k}"] = float(hit.mean()) if len(ex) else 0.0
+        out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(rank + 2.0), 0.0).mean()) if len(ex) else 0.0
+    out["mrr"] = float(np.where(has, 1.0 / (rank + 1.0), 0.0).mean()) if len(ex) else 0.0
+    return out
+
+
+def _holdout(user_ids: list[str], share: float = 0.1) -> np.ndarray:
+    """Deterministic user split (by a hash of the id): True = ranker-validation user."""
+    return np.asarray([int(hashlib.sha1(u.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < share for u in user_ids])
+
+
+def _combined(logits: np.ndarray, weights: dict[str, float]) -> np.ndarray:
+    w = np.asarray([weights.get(o, 0.0) for o in OBJECTIVES], dtype=np.float32)
+    return logits @ w
+
+
+def _logits(model: MultiTaskRanker, ex: Examples, mean: np.ndarray, inv_std: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        x = torch.from_numpy((ex.feats - mean) * inv_std)
+        return model(x).numpy()  # (E, C, O)
+
+
+def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: str | Path | None = None,
+                 n_candidates: int = 500, epochs: int = 30, patience: int = 5, hidden: int = 64,
+                 lr: float = 3e-3, batch_size: int = 64, seed: int = 0, max_history: int = 200) -> Ranker:
+    """Train, select on held-out users, report the test-cut lift over retrieval order, and save
+    ``ranker.pt`` + ``ranker.json`` into ``out_dir`` (default: the artifacts' own directory)."""
+    t_start = time.perf_counter()
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    tables = FeatureTables.build(artifacts.catalog, artifacts.item_vectors, artifacts.popularity)
+    train_all = build_examples(artifacts, tables, data, "valid", n_candidates=n_candidates, max_history=max_history)
+    test = build_examples(artifacts, tables, data, "test", n_candidates=n_candidates, max_history=max_history)
+    t_examples = time.perf_counter() - t_start
+    hold = _holdout(train_all.user_ids)
+    if hold.all() or not hold.any():  # tiny data: fall back to a random tenth
+        hold = rng.random(len(train_all)) < 0.1
+        hold[0] = True
+    train, val = train_all.take(np.flatnonzero(~hold)), train_all.take(np.flatnonzero(hold))
+
+    rows = train.feats[train.mask]  # (R, F)
+    mean = rows.mean(0).astype(np.float32)
+    std = np.maximum(rows.std(0), 1e-3).astype(np.float32)
+    inv_std = (1.0 / std).astype(np.float32)
+    model = MultiTaskRanker(len(FEATURE_NAMES), hidden, OBJECTIVES)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-5)
+    default_w = RankerConfig().weights
+    feats_t = torch.from_numpy((train.feats - mean) * inv_std)
+    mask_t = torch.from_numpy(train.mask)
+    rel_t = torch.from_numpy(train.relevance)
+    eng_t = torch.from_numpy(train.engagement)
+    has_t = rel_t.amax(1) > 0
+    best: dict[str, Any] = {"ndcg": -1.0, "epoch": 0, "state": None}
+    stale = 0
+    history = []
+    for epoch in range(1, epochs + 1):
+        model.train()
+        order = rng.permutation(len(train))
+        total = 0.0
+        for s in range(0, len(order), batch_size):
+            b = torch.from_numpy(order[s : s + batch_size])
+            z = model(feats_t[b])  # (b, C, O)
+            m = mask_t[b]
+            zr = z[..., 0].masked_fill(~m, -1e9)
+            h = has_t[b]
+            loss_rel = -(F.log_softmax(zr, 1) * rel_t[b]).sum(1)[h].mean() if bool(h.any()) else zr.sum() * 0
+            loss_eng = F.binary_cross_entropy_with_logits(z[..., 1][m], eng_t[b][m])
+            loss = loss_rel + loss_eng
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(b)
+        model.eval()
+        val_m = ranking_metrics(_combined(_logits(model, val, mean, inv_std), default_w), val)
+        history.append({"epoch": epoch, "loss": total / max(len(train), 1), "val_ndcg@10": val_m["ndcg@10"]})
+        if val_m["ndcg@10"] > best["ndcg"]:
+            best = {"ndcg": val_m["ndcg@10"], "epoch": epoch, "state": {k: v.clone() for k, v in model.state_dict().items()}}
+            stale = 0
+        else:
+            stale += 1
+            if stale >= patience:
+                break
+    model.load_state_dict(best["state"])
+    model.eval()
+
+    # the engagement weight: chosen on the held-out users' validation cut, never on test
+    val_logits = _logits(model, val, mean, inv_std)
+    grid = [0.0, 0.25, 0.5, 1.0, 2.0]
+    val_by_w = {w: ranking_metrics(_combined(val_logits, {"relevance": 1.0, "engagement": w}), val)["ndcg@10"]
+                for w in grid}
+    w_eng = max(grid, key=lambda w: (val_by_w[w], -abs(w - 0.5)))
+    weights = {"relevance": 1.0, "engagement": w_eng}
+
+    test_logits = _logits(model, test, mean, inv_std)
+    test_report = {
+        "retrieval_order": ranking_metrics(test.retrieval, test),
+        "ranker": ranking_metrics(_combined(test_logits, weights), test),
+        "ranker_relevance_only": ranking_metrics(test_logits[..., 0], test),
+        "popularity_order": ranking_metrics(test.feats[..., FEATURE_NAMES.index("popularity")], test),
+    }
+    base, ours = test_report["retrieval_order"], test_report["ranker"]
+    lift = {k: (ours[k] / base[k] - 1.0 if base[k] > 0 else 0.0) for k in ("hr@10", "ndcg@10", "mrr")}
+    report = {
+        "data": data.name, "users_train": len(train), "users_val": len(val), "cases_test": len(test),
+        "n_candidates": n_candidates, "epochs_run": len(history), "best_epoch": best["epoch"],
+        "val_ndcg@10_by_engagement_weight": {str(k): v for k, v in val_by_w.items()},
+        "test": test_report, "test_lift_over_retrieval": lift,
+        "seconds": {"examples": round(t_examples, 1), "total": round(time.perf_counter() - t_start, 1)},
+        "history": history,
+    }
+    config = RankerConfig(hidden=hidden, weights=weights, mean=mean.tolist(), std=std.tolist(),
+                          model_version=str(artifacts.model_version), report=report)
+    ranker = Ranker(model, config)
+    target = Path(out_dir) if out_dir is not None else Path(getattr(artifacts, "dir"))
+    target.mkdir(parents=True, exist_ok=True)
+    ranker.save(target)
+    return ranker
+
+
+# --- command line: `python -m outerloop.inner_loop.ranker_train` (or an `outerloop` row) -------------
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--artifacts", type=Path, required=True, help="trained artifacts; the ranker is saved there")
+    p.add_argument("--dataset", default=None, help="dataset name (default: the one in the artifacts' manifest)")
+    p.add_argument("--data-dir", type=Path, default=None, help="data root (default: OUTERLOOP_DATA_DIR)")
+    p.add_argument("--candidates", type=int, default=500)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def run(args: argparse.Namespace) -> int:
+    from outerloop.data.datasets import load_dataset
+    from outerloop.errors import UserInputError
+    from outerloop.inner_loop.artifacts import Artifacts
+
+    artifacts = Artifacts.load(args.artifacts)
+    manifest = getattr(artifacts, "manifest", {}) or {}
+    name = args.dataset or manifest.get("dataset") or (manifest.get("data") or {}).get("name")
+    if not name:
+        raise UserInputError("--dataset is required: the artifacts' manifest does not name one")
+    options = (manifest.get("dataset_options") or {}) if name == "synthetic" and not args.dataset else {}
+    data_dir = args.data_dir or (manifest.get("data_dir") if not args.dataset else None)
+    data = load_dataset(name, data_dir, **options)
+    ranker = train_ranker(artifacts, data, n_candidates=args.candidates, epochs=args.epochs, seed=args.seed,
+                          max_history=int(getattr(getattr(artifacts.model, "cfg", None), "max_len", 200)))
+    rep = ranker.config.report
+    print(json.dumps({"test": rep["test"], "test_lift_over_retrieval": rep["test_lift_over_retrieval"],
+                      "weights": ranker.config.weights, "seconds": rep["seconds"]}, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m outerloop.inner_loop.ranker_train",
+                                     description="train the multi-task ranker next to trained artifacts")
+    configure(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

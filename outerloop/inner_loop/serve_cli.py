@@ -1,0 +1,122 @@
+"""``outerloop serve``: load artifacts (and the ranker next to them), build the API, run uvicorn.
+
+One worker process: the funnel is CPU work of a few milliseconds, torch is pinned to one
+thread, and the process's long-lived objects are frozen out of the garbage collector after
+loading, so a full collection never walks a million catalog items in the middle of a request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import ipaddress
+import logging
+from pathlib import Path
+from typing import Any
+
+from outerloop.errors import UserInputError
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback IP; anything else (``0.0.0.0``, a name, a LAN IP) is exposed."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, api_key: str | None) -> None:
+    """Refuse to expose write endpoints without a key: raises :class:`UserInputError`."""
+    if not is_loopback(host) and not api_key:
+        raise UserInputError(
+            f"refusing to bind to {host!r} without an API key: set OUTERLOOP_API_KEY (write endpoints "
+            "need it off loopback), or bind to 127.0.0.1"
+        )
+
+
+def _weights(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected name=weight[,name=weight], got {text!r}") from None
+    return out
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--artifacts", type=Path, default=None, help="trained artifacts (default: OUTERLOOP_ARTIFACTS_DIR)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address; off loopback an API key is required")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--candidates", type=int, default=500, help="ANN candidates before ranking")
+    p.add_argument("--budget-ms", type=float, default=50.0, help="request budget the fallbacks work against")
+    p.add_argument("--ranker-share", type=float, default=0.3, help="share of the budget the ranker may use")
+    p.add_argument("--ranker-weights", type=_weights, default=None, help="e.g. relevance=1,engagement=0.5")
+    p.add_argument("--no-ranker", action="store_true", help="serve in retrieval order")
+    p.add_argument("--synthetic-items", type=int, default=0,
+                   help="serve over a synthetic catalog of this many items (scale benchmarks)")
+    p.add_argument("--synthetic-seed", type=int, default=0)
+    p.add_argument("--index-cache", type=Path, default=Path("runs/index-cache"),
+                   help="where synthetic-catalog indexes are cached")
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+
+
+def load_serving(artifacts_dir: Path, *, synthetic_items: int = 0, synthetic_seed: int = 0,
+                 index_cache: Path | None = None, no_ranker: bool = False,
+                 ranker_weights: dict[str, float] | None = None) -> tuple[Any, Any]:
+    """(artifacts, ranker or None) ready for :func:`create_app`."""
+    from outerloop.inner_loop.artifacts import Artifacts
+    from outerloop.inner_loop.ranker import Ranker
+
+    if not Path(artifacts_dir).is_dir():
+        raise UserInputError(f"{artifacts_dir}: no such artifacts directory (train one with `outerloop train`)")
+    artifacts = Artifacts.load(artifacts_dir)
+    ranker = None
+    if not no_ranker and Ranker.exists(artifacts_dir):
+        try:
+            ranker = Ranker.load(artifacts_dir, ranker_weights)
+        except ValueError as exc:
+            raise UserInputError(f"{artifacts_dir}: {exc}") from None
+    if synthetic_items:
+        from outerloop.inner_loop.scale import scale_catalog
+
+        artifacts = scale_catalog(artifacts, synthetic_items, seed=synthetic_seed, cache_dir=index_cache)
+    return artifacts, ranker
+
+
+def run(args: argparse.Namespace) -> int:
+    from outerloop.config import get_settings
+
+    settings = get_settings()
+    check_bind(args.host, settings.api_key)  # before anything heavy is imported or loaded
+
+    import torch
+    import uvicorn
+
+    from outerloop.inner_loop.app import ServeOptions, create_app
+    from outerloop.inner_loop.funnel import FunnelConfig
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(1)
+    artifacts_dir = args.artifacts or settings.artifacts_dir
+    artifacts, ranker = load_serving(artifacts_dir, synthetic_items=args.synthetic_items,
+                                     synthetic_seed=args.synthetic_seed, index_cache=args.index_cache,
+                                     no_ranker=args.no_ranker, ranker_weights=args.ranker_weights)
+    max_len = int(getattr(getattr(getattr(artifacts, "model", None), "cfg", None), "max_len", 200))
+    options = ServeOptions(
+        api_key=settings.api_key,
+        require_api_key=not is_loopback(args.host),
+        history_cap=settings.history_cap,
+        funnel=FunnelConfig(n_candidates=args.candidates, max_history=max_len,
+                            request_budget_ms=args.budget_ms, ranker_share=args.ranker_share),
+    )
+    app = create_app(settings, artifacts, ranker=ranker, options=options)
+    gc.collect()
+    gc.freeze()  # everything loaded so far lives as long as the process: keep it out of GC passes
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+                            loop="asyncio", http="h11", lifespan="on", timeout_keep_alive=30)
+    uvicorn.Server(config).run()
+    return 0

@@ -1,0 +1,312 @@
+"""Reading the event stream through a consumer group, at least once, with exactly-once effects.
+
+Order of work for every chunk of entries: decode (malformed -> dead letter), apply each event
+with one Lua script on the user's keys (effect + "applied" marker together, so a redelivery is
+a no-op), queue users whose triggers fired, then XACK. An entry is acknowledged only after its
+effect is in Redis; a crash anywhere before that leaves it pending, and the next owner applies
+it again harmlessly.
+
+Where entries come from: new ones (``>``); this consumer's own pending entries after a start or
+a reconnect (re-claimed with XCLAIM so their delivery count goes up); and entries other
+consumers left idle (XAUTOCLAIM). An entry delivered more than ``max_deliveries`` times is
+dead-lettered with the reason instead of being tried forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from redis.exceptions import NoScriptError, ResponseError
+
+from outerloop.data.events import Event
+from outerloop.scheduler.dispatch import REDIS_DOWN, fire_args, fire_keys, now_ms
+from outerloop.scheduler.keys import SchedulerKeys
+from outerloop.scheduler.metrics import DaemonMetrics
+from outerloop.scheduler.scripts import LuaScript, ScriptSet, evalsha_many
+from outerloop.scheduler.sessionizer import ApplyResult, Sessionizer
+from outerloop.scheduler.settings import DaemonSettings
+from outerloop.scheduler.stream_format import EVENT_FIELD, MalformedEntry, decode_entry, describe_fields
+from outerloop.scheduler.triggers import EPISODE_RELEASED, LUA_FIRE
+
+log = logging.getLogger(__name__)
+
+# KEYS: watermark   ARGV: ts. Keeps the largest event time seen on the shard.
+MAX_SET_LUA = r"""
+local cur = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end
+return 1
+"""
+
+Entry = tuple[bytes | str, Any]
+EVENT_FIELD_B = EVENT_FIELD.encode()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class StreamConsumer:
+    """One daemon's reader of every shard's stream."""
+
+    def __init__(self, *, client: Any, keys: SchedulerKeys, settings: DaemonSettings, sessionizer: Sessionizer,
+                 metrics: DaemonMetrics, on_due: Callable[[], None], stopping: asyncio.Event) -> None:
+        self.client = client
+        self.keys = keys
+        self.settings = settings
+        self.sessionizer = sessionizer
+        self.metrics = metrics
+        self.on_due = on_due
+        self.stopping = stopping
+        apply_script, _ = sessionizer.scripts()
+        self.scripts = ScriptSet(apply_script, LuaScript("max_set", MAX_SET_LUA), LuaScript("fire", LUA_FIRE))
+        self._recover = [True] * keys.shards  # re-claim own pending entries before reading new ones
+        self._max_ts_written = [-1] * keys.shards  # skip the watermark write when nothing is newer
+
+    @property
+    def me(self) -> str:
+        return self.settings.consumer
+
+    def reconnected(self) -> None:
+        """After a connection error entries may have been delivered but not seen: re-claim."""
+        self._recover = [True] * self.keys.shards
+
+    async def prepare(self) -> None:
+        """Create the group on every shard (idempotent) and load the scripts."""
+        await self.scripts.load(self.client)
+        for shard in range(self.keys.shards):
+            await self._ensure_group(shard)
+
+    async def _ensure_group(self, shard: int) -> None:
+        try:
+            await self.client.xgroup_create(self.keys.stream(shard), self.keys.group,
+                                            id=self.settings.group_start_id, mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    # ---- sources of entries -------------------------------------------------------------
+    async def read(self, shard: int) -> int:
+        """One XREADGROUP of new entries (after re-claiming our own pending ones if needed)."""
+        handled = 0
+        if self._recover[shard]:
+            handled += await self.recover_own(shard)
+            self._recover[shard] = False
+        if self.stopping.is_set():
+            return handled
+        try:
+            reply = await self.client.xreadgroup(self.keys.group, self.me, {self.keys.stream(shard): ">"},
+                                                 count=self.settings.read_count, block=self.settings.block_ms)
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            log.warning("consumer group missing on %s (Redis lost its data?); recreating", self.keys.stream(shard))
+            await self._ensure_group(shard)
+            return handled
+        for _stream, entries in reply or []:
+            handled += await self.process(shard, entries)
+        return handled
+
+    async def recover_own(self, shard: int) -> int:
+        """Re-claim this consumer's pending entries (a restart under the same name, a lost reply)."""
+        stream, handled, cursor = self.keys.stream(shard), 0, "-"
+        while not self.stopping.is_set():
+            rows = await self.client.xpending_range(stream, self.keys.group, min=cursor, max="+",
+                                                    count=self.settings.read_count, consumername=self.me)
+            if not rows:
+                break
+            ids = [r["message_id"] for r in rows]
+            counts = {_text(r["message_id"]): int(r["times_delivered"]) + 1 for r in rows}
+            entries = await self.client.xclaim(stream, self.keys.group, self.me, min_idle_time=0, message_ids=ids)
+            handled += await self.process(shard, entries, counts)
+            cursor = "(" + _text(ids[-1])
+        return handled
+
+    async def claim_idle(self, shard: int) -> int:
+        """XAUTOCLAIM entries idle longer than ``claim_min_idle_ms`` (their consumer died)."""
+        stream, handled, cursor = self.keys.stream(shard), 0, "0-0"
+        while not self.stopping.is_set():
+            reply = await self.client.xautoclaim(stream, self.keys.group, self.me,
+                                                 min_idle_time=self.settings.claim_min_idle_ms,
+                                                 start_id=cursor, count=self.settings.read_count)
+            cursor, entries = _text(reply[0]), reply[1]
+            deleted = reply[2] if len(reply) > 2 else []
+            for entry_id in deleted:  # Redis >= 7 drops trimmed entries from the PEL itself
+                await self._dead_letter(shard, entry_id, None, "entry was trimmed from the stream before it was applied", None)
+            if entries:
+                self.metrics.entries_claimed += len(entries)
+                log.info("claimed %d idle entries on %s", len(entries), stream)
+                handled += await self.process(shard, entries, await self._delivery_counts(shard, entries))
+            if cursor == "0-0":
+                break
+        return handled
+
+    async def _delivery_counts(self, shard: int, entries: Sequence[Entry]) -> dict[str, int]:
+        pipe = self.client.pipeline(transaction=False)
+        for entry_id, _ in entries:
+            pipe.xpending_range(self.keys.stream(shard), self.keys.group, min=entry_id, max=entry_id, count=1)
+        counts: dict[str, int] = {}
+        for rows in await pipe.execute():
+            for r in rows:
+                counts[_text(r["message_id"])] = int(r["times_delivered"])
+        return counts
+
+    # ---- applying -----------------------------------------------------------------------
+    async def process(self, shard: int, entries: Sequence[Entry], deliveries: dict[str, int] | None = None) -> int:
+        """Apply ``entries`` chunk by chunk; a stop request leaves the remaining chunks pending."""
+        handled = 0
+        size = self.settings.apply_chunk
+        for start in range(0, len(entries), size):
+            if self.stopping.is_set():
+                left = len(entries) - start
+                log.info("stopping: %d read entries left pending for another consumer", left)
+                break
+            handled += await self._apply_chunk(shard, entries[start:start + size], deliveries or {})
+        return handled
+
+    async def _apply_chunk(self, shard: int, chunk: Sequence[Entry], deliveries: dict[str, int]) -> int:
+        now = now_ms()
+        good: list[tuple[bytes | str, Event, Any]] = []
+        dead: list[tuple[bytes | str, Any, str]] = []
+        for entry_id, fields in chunk:
+            n = deliveries.get(_text(entry_id))
+            if n is not None and n > self.settings.max_deliveries:
+                dead.append((entry_id, fields, f"not acknowledged after {n - 1} deliveries "
+                                               "(its consumers died or its effect failed each time)"))
+                continue
+            try:
+                good.append((entry_id, decode_entry(fields), fields.get(EVENT_FIELD_B)))
+            except MalformedEntry as exc:
+                dead.append((entry_id, fields, exc.reason))
+        acks: list[bytes | str] = []
+        if good:
+            acks += await self._apply_events(shard, good, now)
+        for entry_id, fields, reason in dead:
+            await self._dead_letter(shard, entry_id, fields, reason, deliveries.get(_text(entry_id)))
+            acks.append(entry_id)
+        if acks:
+            await self.client.xack(self.keys.stream(shard), self.keys.group, *acks)
+        return len(acks)
+
+    async def _apply_events(self, shard: int, good: list[tuple[bytes | str, Event, Any]], now: int) -> list[bytes | str]:
+        calls = [self.sessionizer.apply_call(event, now, raw) for _, event, raw in good]
+        replies = await evalsha_many(self.client, self.scripts.sha("apply"), calls)
+        if any(isinstance(r, NoScriptError) for r in replies):
+            await self.scripts.load(self.client)  # Redis restarted; re-applying is harmless
+            replies = await evalsha_many(self.client, self.scripts.sha("apply"), calls)
+        acks: list[bytes | str] = []
+        due: set[str] = set()
+        open_last: dict[str, int] = {}
+        follows: list[tuple[str, str]] = []  # (series, user), also for redeliveries (idempotent)
+        releases: list[tuple[Event, str]] = []
+        applied = dup = late = 0
+        max_ts = -1
+        for (entry_id, event, _), reply in zip(good, replies):
+            if isinstance(reply, Exception):
+                if isinstance(reply, REDIS_DOWN):
+                    raise reply
+                self.metrics.apply_errors += 1
+                log.warning("applying %s (entry %s) failed, left pending for a retry: %s",
+                            event.event_id, _text(entry_id), reply)
+                continue
+            res = ApplyResult.from_reply(reply)
+            applied += res.applied
+            dup += not res.applied
+            late += res.late
+            self.metrics.sessions_closed += res.sessions_closed
+            self.metrics.triggers_fired += res.triggers_fired
+            if res.has_pending_triggers:
+                due.add(event.user_id)
+            if res.open_session_last_ts is not None:
+                open_last[event.user_id] = max(open_last.get(event.user_id, -1), res.open_session_last_ts)
+            max_ts = max(max_ts, event.ts)
+            if res.index_follow and (series := self.sessionizer.series_of(event)) is not None:
+                follows.append((series, event.user_id))
+            elif event.type == "episode_release" and (series := self.sessionizer.series_of(event)) is not None:
+                releases.append((event, series))
+            acks.append(entry_id)
+        if due or open_last or follows:
+            pipe = self.client.pipeline(transaction=False)
+            for series, user in follows:
+                pipe.sadd(self.keys.followers(series), user)
+            if due:
+                pipe.zadd(self.keys.due(shard), {u: now for u in due}, nx=True)
+            if open_last:
+                pipe.zadd(self.keys.open_sessions(shard), open_last, gt=True)
+            await pipe.execute()
+        if max_ts > self._max_ts_written[shard]:
+            await self.scripts.call(self.client, "max_set", [self.keys.watermark(shard)], [max_ts])
+            self._max_ts_written[shard] = max_ts
+        for event, series in releases:
+            due |= await self._fan_out_release(shard, event, series, now)
+        self.metrics.record_applied(applied, dup, late)
+        if due:
+            self.on_due()
+        return acks
+
+    async def _fan_out_release(self, shard: int, event: Event, series: str, now: int) -> set[str]:
+        """An ``episode_release`` (a catalog event) triggers every follower of the series, once
+        per follower even if the release is redelivered (a marker in the follower's applied set)."""
+        followers = [_text(u) for u in await self.client.smembers(self.keys.followers(series))]
+        followers = [u for u in followers if u != event.user_id]
+        if not followers:
+            return set()
+        rules = self.sessionizer.rules
+        detail = {"type": event.type, "ts": event.ts, "item_id": event.item_id, "series_id": series}
+        ejson = event.model_dump_json(exclude_none=True)
+        calls = [(fire_keys(user), fire_args(
+            EPISODE_RELEASED, now, detail, rules, marker=f"release:{event.event_id}",
+            applied_ttl_s=self.sessionizer.sessions.applied_ttl_s, event_id=event.event_id, event_json=ejson))
+            for user in followers]
+        replies = await evalsha_many(self.client, self.scripts.sha("fire"), calls)
+        if any(isinstance(r, NoScriptError) for r in replies):
+            await self.scripts.load(self.client)
+            return await self._fan_out_release(shard, event, series, now)
+        fired: set[str] = set()
+        for user, reply in zip(followers, replies):
+            if isinstance(reply, Exception):
+                raise reply  # the entry stays unacknowledged; the retry fires only the missing ones
+            if int(reply):
+                fired.add(user)
+        self.metrics.triggers_fired += len(fired)
+        # queue everyone (also those already fired by an earlier delivery that died before queueing)
+        await self.client.zadd(self.keys.due(shard), {u: now for u in followers}, nx=True)
+        return fired
+
+    async def _dead_letter(self, shard: int, entry_id: bytes | str, fields: Any, reason: str,
+                           deliveries: int | None) -> None:
+        """Park an entry with the reason; the caller acknowledges it. (At least once: a crash
+        between this XADD and the XACK can record the same entry twice.)"""
+        await self.client.xadd(self.keys.dead_letter, {
+            "reason": reason,
+            "stream": self.keys.stream(shard),
+            "entry_id": _text(entry_id),
+            "group": self.keys.group,
+            "consumer": self.me,
+            "deliveries": str(deliveries or 1),
+            "raw": describe_fields(fields),
+            "dead_at_ms": str(now_ms()),
+        }, maxlen=self.settings.dead_letter_maxlen, approximate=True)
+        self.metrics.dead_letters += 1
+        log.warning("dead letter %s from %s: %s", _text(entry_id), self.keys.stream(shard), reason)
+
+    async def measure_lag(self) -> tuple[int | None, int]:
+        """(entries behind the group, entries pending) summed over shards. ``lag`` comes from
+        XINFO GROUPS (Redis >= 7); on older servers it is counted, capped at 10,000 per shard."""
+        lag_total: int | None = 0
+        pending_total = 0
+        for shard in range(self.keys.shards):
+            stream = self.keys.stream(shard)
+            for g in await self.client.xinfo_groups(stream):
+                if _text(g["name"]) != self.keys.group:
+                    continue
+                pending_total += int(g.get("pending") or 0)
+                lag = g.get("lag")
+                if lag is None:
+                    last = _text(g.get("last-delivered-id") or "0-0")
+                    lag = len(await self.client.xrange(stream, min="(" + last, max="+", count=10_000))
+                if lag_total is not None:
+                    lag_total += int(lag)
+        return lag_total, pending_total

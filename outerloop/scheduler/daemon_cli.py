@@ -1,0 +1,188 @@
+"""``outerloop daemon``: consume events, sessionize, trigger agent cycles.
+
+``outerloop daemon --check`` exits 0 when a live daemon (or the one named by ``--consumer``)
+refreshed its heartbeat within its TTL, 1 otherwise: the health probe for a supervisor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import sys
+from typing import Any
+
+from outerloop.errors import UserInputError
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("redis")
+    g.add_argument("--redis-url", default=None, help="redis:// or unix:// URL (default: OUTERLOOP_REDIS_URL, "
+                                                     "else the embedded server)")
+    g.add_argument("--cluster", action="store_true", help="the URL is a Redis Cluster node")
+    g.add_argument("--key-prefix", default=None, help="namespace for every key (isolated deployments, tests)")
+    g.add_argument("--stream-shards", type=int, default=1, help="events are spread over N streams by user hash")
+    g.add_argument("--group", default="outerloop-daemon", help="consumer group name")
+    g.add_argument("--consumer", default=None, help="consumer name (default: host-pid); also for --check")
+
+    g = parser.add_argument_group("health")
+    g.add_argument("--check", action="store_true", help="exit 0 if a daemon's heartbeat is live, else 1")
+
+    g = parser.add_argument_group("cycles")
+    g.add_argument("--runner", default="auto",
+                   help="auto | outerloop | rows | MODULE:FACTORY (factory(client) -> runner)")
+    g.add_argument("--rows-work-ms", type=float, default=0.0, help="rows runner: simulated agent time")
+    g.add_argument("--refresh-log", default=None, help="rows runner: stream recording each commit (benchmarks)")
+    g.add_argument("--activity-triggers", action="store_true", help="trigger a cycle on every interaction")
+    g.add_argument("--max-cycles", type=int, default=16, help="concurrent cycles in this daemon")
+    g.add_argument("--cycle-timeout-s", type=float, default=60.0)
+    g.add_argument("--catalog", choices=("synthetic", "none"), default="synthetic",
+                   help="item facts for the genre/series rules (the synthetic world's catalog)")
+    g.add_argument("--world-seed", type=int, default=0)
+    g.add_argument("--world-films", type=int, default=900)
+    g.add_argument("--world-series", type=int, default=35)
+
+    g = parser.add_argument_group("stream")
+    g.add_argument("--read-count", type=int, default=500)
+    g.add_argument("--block-ms", type=int, default=1000)
+    g.add_argument("--claim-interval-s", type=float, default=5.0)
+    g.add_argument("--claim-min-idle-ms", type=int, default=30_000)
+    g.add_argument("--max-deliveries", type=int, default=5)
+
+    g = parser.add_argument_group("sessions and sweeps")
+    g.add_argument("--session-gap-s", type=float, default=1800.0)
+    g.add_argument("--lateness-ms", type=int, default=5000)
+    g.add_argument("--session-sweep-interval-s", type=float, default=1.0)
+    g.add_argument("--stale-sweep-interval-s", type=float, default=30.0)
+    g.add_argument("--stale-after-s", type=float, default=3600.0)
+
+    g = parser.add_argument_group("operating")
+    g.add_argument("--shutdown-grace-s", type=float, default=20.0)
+    g.add_argument("--heartbeat-interval-s", type=float, default=2.0)
+    g.add_argument("--heartbeat-ttl-s", type=float, default=10.0)
+    g.add_argument("--metrics-interval-s", type=float, default=10.0)
+    g.add_argument("--log-level", default="INFO")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.stream_shards < 1:
+        raise UserInputError(f"--stream-shards must be >= 1, got {args.stream_shards}")
+    if args.check:
+        return asyncio.run(_check(args))
+    asyncio.run(_serve(args))
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> Any:
+    from outerloop.scheduler.keys import SchedulerKeys
+    from outerloop.storage import Keys
+
+    if args.key_prefix:
+        # The process-wide namespace of every per-user key (storage.Keys), set once at start-up.
+        Keys.prefix = args.key_prefix
+        return SchedulerKeys.with_prefix(args.key_prefix, shards=args.stream_shards, group=args.group)
+    return SchedulerKeys.default(shards=args.stream_shards, group=args.group)
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from outerloop.config import get_settings
+    from outerloop.scheduler.redis_client import async_client
+
+    settings = get_settings()
+    url = args.redis_url or settings.redis_url
+    return async_client(url=url, embedded_dir=settings.embedded_redis_dir, cluster=args.cluster,
+                        block_ms=args.block_ms)
+
+
+async def _check(args: argparse.Namespace) -> int:
+    from outerloop.scheduler.dispatch import REDIS_DOWN
+    from outerloop.scheduler.health import live_daemons
+
+    keys = _keys(args)
+    client = _client(args)
+    try:
+        live = await live_daemons(client, keys, args.consumer)
+    except REDIS_DOWN as exc:
+        print(f"daemon check: Redis unreachable ({exc})", file=sys.stderr)
+        return 1
+    finally:
+        await client.aclose()
+    if not live:
+        who = f"daemon {args.consumer!r}" if args.consumer else "any daemon"
+        print(f"daemon check: no live heartbeat from {who}", file=sys.stderr)
+        return 1
+    for hb in live:
+        print(f"live: {hb['consumer']} pid={hb['pid']} host={hb['host']} beat_ms={hb['beat_ms']}")
+    return 0
+
+
+def _items(args: argparse.Namespace) -> Any:
+    from outerloop.scheduler.triggers import CatalogLookup, no_item_info
+
+    if args.catalog == "none":
+        return no_item_info
+    from outerloop.data.synthetic import SyntheticWorld
+
+    world = SyntheticWorld.generate(n_users=1, n_films=args.world_films, n_series=args.world_series,
+                                    seed=args.world_seed)
+    return CatalogLookup(world.catalog)
+
+
+def _runner(args: argparse.Namespace, client: Any) -> Any:
+    from outerloop.scheduler.runners import RowRefreshRunner
+
+    name = args.runner
+    if name == "rows":
+        return RowRefreshRunner(client, work_ms=args.rows_work_ms, refresh_log=args.refresh_log)
+    if name in ("auto", "outerloop"):
+        try:
+            from outerloop.scheduler.runners import outer_loop_runner
+            return outer_loop_runner(client)
+        except (ImportError, AttributeError) as exc:
+            if name == "outerloop":
+                raise UserInputError(f"the outer loop is not available ({exc}); use --runner rows") from exc
+            logging.getLogger(__name__).warning("outer loop unavailable (%s); running the rows runner", exc)
+            return RowRefreshRunner(client, work_ms=args.rows_work_ms, refresh_log=args.refresh_log)
+    module, sep, attr = name.partition(":")
+    if not sep:
+        raise UserInputError(f"--runner must be auto, outerloop, rows or MODULE:FACTORY, got {name!r}")
+    try:
+        factory = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise UserInputError(f"--runner {name}: {exc}") from exc
+    return factory(client)
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    from outerloop.scheduler.daemon import Daemon, run_until_signalled
+    from outerloop.scheduler.sessionizer import SessionSettings, Sessionizer
+    from outerloop.scheduler.settings import DaemonSettings, default_consumer_name
+    from outerloop.scheduler.triggers import TriggerRules
+
+    keys = _keys(args)
+    client = _client(args)
+    settings = DaemonSettings(
+        consumer=args.consumer or default_consumer_name(),
+        read_count=args.read_count, block_ms=args.block_ms,
+        claim_interval_s=args.claim_interval_s, claim_min_idle_ms=args.claim_min_idle_ms,
+        max_deliveries=args.max_deliveries, max_concurrent_cycles=args.max_cycles,
+        cycle_timeout_s=args.cycle_timeout_s, shutdown_grace_s=args.shutdown_grace_s,
+        session_sweep_interval_s=args.session_sweep_interval_s,
+        stale_sweep_interval_s=args.stale_sweep_interval_s, stale_after_s=args.stale_after_s,
+        heartbeat_interval_s=args.heartbeat_interval_s, heartbeat_ttl_s=args.heartbeat_ttl_s,
+        metrics_interval_s=args.metrics_interval_s,
+    )
+    sessionizer = Sessionizer(
+        sessions=SessionSettings(gap_ms=int(args.session_gap_s * 1000), lateness_ms=args.lateness_ms),
+        rules=TriggerRules(on_activity=args.activity_triggers),
+        items=_items(args),
+    )
+    daemon = Daemon(client=client, runner=_runner(args, client), keys=keys, settings=settings,
+                    sessionizer=sessionizer)
+    try:
+        await run_until_signalled(daemon)
+    finally:
+        await client.aclose()

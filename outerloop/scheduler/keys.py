@@ -1,0 +1,159 @@
+"""The scheduler's Redis keys: the event stream(s), the dead-letter stream and the few
+scheduler-wide indexes (due users, open sessions, watermark, heartbeats).
+
+Per-user keys always go through :meth:`outerloop.storage.Keys.user`, so on Redis Cluster a
+user's keys share one slot and the Lua scripts that touch them are legal. The scheduler-wide
+keys of shard ``i`` carry the hash tag ``{s<i>}`` when the stream is sharded, so each shard's
+stream and indexes live together and different shards spread over the cluster.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+from outerloop.errors import UsageError
+from outerloop.storage import Keys
+
+
+def shard_of(user_id: str, shards: int) -> int:
+    """The stream shard a user's events go to (stable across processes and machines)."""
+    if shards <= 1:
+        return 0
+    return zlib.crc32(user_id.encode("utf-8")) % shards
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SchedulerKeys:
+    """Names of the stream and scheduler keys, built once from :class:`Keys` at start-up.
+
+    ``shards == 1`` keeps the plain names (``Keys.events_stream``) that the API writes to.
+    """
+
+    stream_base: str
+    dead_letter: str
+    namespace: str
+    group: str = "outerloop-daemon"
+    shards: int = 1
+
+    def __post_init__(self) -> None:
+        if self.shards < 1:
+            raise UsageError(f"stream shards must be >= 1, got {self.shards}")
+
+    @classmethod
+    def default(cls, *, shards: int = 1, group: str = "outerloop-daemon") -> "SchedulerKeys":
+        """Keys derived from :class:`Keys` as it is now (read at call time, not import time)."""
+        return cls(
+            stream_base=Keys.events_stream,
+            dead_letter=Keys.dead_letter_stream,
+            namespace=f"{Keys.prefix}:sched",
+            group=group,
+            shards=shards,
+        )
+
+    @classmethod
+    def with_prefix(cls, prefix: str, *, shards: int = 1, group: str = "outerloop-daemon") -> "SchedulerKeys":
+        """Every scheduler key under ``prefix`` (isolated deployments, tests on a shared Redis)."""
+        return cls(
+            stream_base=f"{prefix}:events",
+            dead_letter=f"{prefix}:events:dead",
+            namespace=f"{prefix}:sched",
+            group=group,
+            shards=shards,
+        )
+
+    def _tag(self, shard: int) -> str:
+        if not 0 <= shard < self.shards:
+            raise UsageError(f"shard {shard} out of range 0..{self.shards - 1}")
+        return "" if self.shards == 1 else f":{{s{shard}}}"
+
+    def stream(self, shard: int = 0) -> str:
+        """The event stream of ``shard`` (the API XADDs here; see ``stream_for_user``)."""
+        return f"{self.stream_base}{self._tag(shard)}"
+
+    def stream_for_user(self, user_id: str) -> str:
+        return self.stream(shard_of(user_id, self.shards))
+
+    def streams(self) -> list[str]:
+        return [self.stream(i) for i in range(self.shards)]
+
+    def due(self, shard: int) -> str:
+        """ZSET user -> time (ms) from which the user's pending triggers may run."""
+        return f"{self.namespace}{self._tag(shard)}:due"
+
+    def open_sessions(self, shard: int) -> str:
+        """ZSET user -> last event time (ms) of the user's open session (idle-close sweep)."""
+        return f"{self.namespace}{self._tag(shard)}:open"
+
+    def watermark(self, shard: int) -> str:
+        """The largest event time (ms) seen on the shard; minus the lateness allowance it is
+        the event-time clock that closes idle sessions."""
+        return f"{self.namespace}{self._tag(shard)}:maxts"
+
+    def refresh_due(self, shard: int) -> str:
+        """ZSET user -> time (ms) when the user's rows go stale (stale-row sweep)."""
+        return f"{self.namespace}{self._tag(shard)}:stale"
+
+    def heartbeat(self, consumer: str) -> str:
+        """A live daemon's heartbeat (expires on its own when the daemon stops refreshing)."""
+        return f"{self.namespace}:hb:{consumer}"
+
+    def heartbeats(self) -> str:
+        """ZSET consumer -> last heartbeat (ms), so ``--check`` can find daemons without SCAN."""
+        return f"{self.namespace}:hb"
+
+    def followers(self, series_id: str) -> str:
+        """SET of users following a series (fans an ``episode_release`` out to them)."""
+        return f"{self.namespace}:series:{{{series_id}}}:followers"
+
+    # Per-user keys the scheduler owns (all hash-tagged through Keys.user).
+    @staticmethod
+    def applied(user_id: str) -> str:
+        """SET of event ids whose scheduler effect is applied. Not ``Keys.applied_events``: the
+        API marks events there when it applies history, before the daemon sees them."""
+        return Keys.user(user_id, "sched_applied")
+
+    @staticmethod
+    def session_events(user_id: str, which: str) -> str:
+        """LIST of the open session's most recent events (JSON); ``which`` is c(urrent)/p(revious)."""
+        return Keys.user(user_id, f"sess_ev_{which}")
+
+    @staticmethod
+    def counters(user_id: str) -> str:
+        """HASH of per-user event counters (``events``, ``late``, ``type:<type>``)."""
+        return Keys.user(user_id, "counters")
+
+    @staticmethod
+    def session_state(user_id: str) -> str:
+        """HASH of the sessionizer's state (current and previous open session, max event time)."""
+        return Keys.user(user_id, "sess")
+
+    @staticmethod
+    def sessions(user_id: str) -> str:
+        """LIST of closed-session records (JSON), newest last, capped."""
+        return Keys.user(user_id, "sessions")
+
+    @staticmethod
+    def follows(user_id: str) -> str:
+        """SET of series ids the user follows (watched or listed an episode of)."""
+        return Keys.user(user_id, "follows")
+
+    @staticmethod
+    def profile(user_id: str) -> str:
+        """HASH of profile fields the scheduler reads (``utc_offset_min``)."""
+        return Keys.user(user_id, "profile")
+
+    @staticmethod
+    def pending_triggers(user_id: str) -> str:
+        """HASH trigger name -> JSON, waiting for the user's next cycle (coalesced)."""
+        return Keys.user(user_id, "trig")
+
+    @staticmethod
+    def inflight_triggers(user_id: str) -> str:
+        """HASH of the triggers the running (or crashed) cycle took."""
+        return Keys.user(user_id, "trig_run")
+
+    @staticmethod
+    def cycle_lock(user_id: str) -> str:
+        """At most one cycle per user across all daemons: SET NX PX with a random token."""
+        return Keys.user(user_id, "cycle_lock")

@@ -1,0 +1,33 @@
+"""The daemon's asyncio Redis client: standalone (URL or embedded) or Redis Cluster.
+
+redis-py's own retries are turned off: the daemon's supervisor owns reconnecting (with capped,
+jittered backoff), and a silently retried ``XREADGROUP >`` could deliver entries whose reply
+was lost, which the daemon then re-claims only because it *knows* the connection failed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from outerloop.storage import RedisTarget
+
+
+def async_client(*, url: str | None, embedded_dir: Path | str = Path("runs/redis"), cluster: bool = False,
+                 block_ms: int = 1_000) -> Any:
+    """A client whose socket timeout outlasts a blocking ``XREADGROUP``."""
+    options: dict[str, Any] = {
+        "socket_timeout": block_ms / 1000 + 5.0,
+        "socket_connect_timeout": 2.0,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    if cluster:
+        if not url:
+            raise ValueError("Redis Cluster needs a URL of one of its nodes")
+        from redis.asyncio.cluster import RedisCluster
+
+        return RedisCluster.from_url(url, decode_responses=False, **options)
+    return RedisTarget(url=url, embedded_dir=Path(embedded_dir)).async_client(**options)

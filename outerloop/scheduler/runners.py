@@ -1,0 +1,139 @@
+"""Cycle runners the daemon can drive: the real outer loop behind an adapter, and a small
+row-refresh runner (a real cycle that writes a row) for tests, benchmarks and set-ups without
+trained agents.
+
+The daemon only knows :class:`~outerloop.scheduler.dispatch.CycleRunner`; a runner turns the
+scheduler's coalesced triggers into whatever its agents expect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from outerloop.scheduler.dispatch import CycleOutcome
+from outerloop.scheduler.keys import SchedulerKeys
+from outerloop.scheduler.triggers import (
+    DRIFT, LATE_NIGHT_SESSION, SESSION_CLOSED, STALE_ROWS, Trigger,
+)
+from outerloop.storage import Keys
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class RowRefreshRunner:
+    """Writes one "recent" row from the user's latest items: the smallest real cycle.
+
+    ``work_ms`` simulates agent time (to exercise concurrency limits and graceful stop).
+    ``refresh_log``: a stream key; after each row is written, one entry records the user, the
+    commit time and the source event ids, so a benchmark can measure event-to-row freshness.
+    """
+
+    ROW_ID = "recent"
+
+    def __init__(self, client: Any, *, row_ttl_s: float = 3_600.0, work_ms: float = 0.0,
+                 refresh_log: str | None = None, produced_by: str = "scheduler.row_refresh") -> None:
+        self.client = client
+        self.row_ttl_s = row_ttl_s
+        self.work_ms = work_ms
+        self.refresh_log = refresh_log
+        self.produced_by = produced_by
+
+    async def __call__(self, user_id: str, triggers: Sequence[Trigger]) -> CycleOutcome:
+        if self.work_ms > 0:
+            await asyncio.sleep(self.work_ms / 1000)
+        items: list[int] = []
+        for token in reversed(await self.client.lrange(Keys.history(user_id), -50, -1)):
+            item = int(token.split(b":", 1)[0])
+            if item not in items:
+                items.append(item)
+        for trig in triggers:  # the triggering events, in case history is not applied (yet)
+            for ev in reversed(trig.events):
+                if ev.item_id is not None and ev.item_id not in items:
+                    items.append(ev.item_id)
+        run_id = uuid.uuid4().hex
+        now = _now_ms()
+        row = {
+            "row_id": self.ROW_ID,
+            "title": "Pick up where you left off",
+            "reason": "refreshed on " + ", ".join(t.name for t in triggers),
+            "items": [[item, round(1.0 / (rank + 1), 4)] for rank, item in enumerate(items[:20])],
+            "produced_by": self.produced_by,
+            "run_id": run_id,
+            "model_version": "none",
+            "created_at": now,
+            "expires_at": now + int(self.row_ttl_s * 1000),
+        }
+        await self.client.hset(Keys.rows(user_id), self.ROW_ID, json.dumps(row))
+        if self.refresh_log:
+            ids = sorted({i for t in triggers for i in t.event_ids})
+            fired = min((t.first_ms for t in triggers), default=0)
+            await self.client.xadd(self.refresh_log, {"user": user_id, "run_id": run_id, "started_ms": str(now),
+                                                      "first_fired_ms": str(fired), "committed_ms": str(_now_ms()),
+                                                      "event_ids": ",".join(ids)})
+        return CycleOutcome(status="ok", rows_committed=1, run_id=run_id, refresh_at_ms=row["expires_at"])
+
+
+def to_agent_triggers(triggers: Sequence[Trigger], tz_offset_min: int = 0) -> list[Any]:
+    """The scheduler's coalesced triggers as the agents' :class:`outerloop.agents.contracts.Trigger`.
+
+    Event triggers (title finished, episode released, activity) become ``event`` triggers with
+    their source events; a closed session (late-night or not) one ``session_closed`` with the
+    session's last events; drift keeps its row id; the stale-row sweep becomes ``sweep``.
+    """
+    from outerloop.agents.contracts import Trigger as AgentTrigger  # the agents are optional here
+
+    out: list[Any] = []
+    by_name = {t.name: t for t in triggers}
+    session = by_name.get(SESSION_CLOSED) or by_name.get(LATE_NIGHT_SESSION)
+    for trig in triggers:
+        detail = {k: v for k, v in trig.detail.items() if isinstance(v, int | float | str) and not isinstance(v, bool)}
+        detail["trigger"] = trig.name
+        detail["count"] = trig.count
+        if trig.name in (SESSION_CLOSED, LATE_NIGHT_SESSION):
+            if trig is not session:
+                continue
+            if LATE_NIGHT_SESSION in by_name:
+                detail["late_night"] = 1
+            out.append(AgentTrigger(kind="session_closed", at_ms=int(trig.detail.get("end_ts", trig.last_ms)),
+                                    events=list(trig.events), tz_offset_min=tz_offset_min, detail=detail))
+        elif trig.name == DRIFT:
+            row_id = trig.detail.get("row_id")
+            out.append(AgentTrigger(kind="drift", at_ms=trig.last_ms, row_id=str(row_id) if row_id else None,
+                                    tz_offset_min=tz_offset_min, detail=detail))
+        elif trig.name == STALE_ROWS:
+            out.append(AgentTrigger(kind="sweep", at_ms=trig.last_ms, tz_offset_min=tz_offset_min, detail=detail))
+        else:
+            at = max((e.ts for e in trig.events), default=trig.last_ms)
+            out.append(AgentTrigger(kind="event", at_ms=at, events=list(trig.events),
+                                    tz_offset_min=tz_offset_min, detail=detail))
+    return out
+
+
+class OuterLoopRunner:
+    """Adapter: the daemon's runner protocol over ``OuterLoop.run_cycle``."""
+
+    def __init__(self, loop: Any, client: Any) -> None:
+        self.loop = loop
+        self.client = client
+
+    async def __call__(self, user_id: str, triggers: Sequence[Trigger]) -> CycleOutcome:
+        raw = await self.client.hget(SchedulerKeys.profile(user_id), "utc_offset_min")
+        tz = int(raw) if raw is not None else 0
+        result = await self.loop.run_cycle(user_id, to_agent_triggers(triggers, tz))
+        killed = tuple(r.agent for r in result.records if r.outcome == "killed")
+        expiries = [row.expires_at for row in result.rows_committed.values()]
+        return CycleOutcome(
+            status="killed" if killed else "ok",
+            rows_committed=len(result.rows_committed),
+            killed_agents=killed,
+            run_id=next((r.run_id for r in result.records), None),
+            detail="; ".join(result.notes),
+            refresh_at_ms=min(expiries) if expiries else None,
+        )

@@ -1,0 +1,94 @@
+"""Lua scripts by SHA, loaded on start and again whenever Redis forgot them (a restart).
+
+Calls go through ``EVALSHA`` so a script's text crosses the wire once per connection set-up,
+not once per event; a ``NOSCRIPT`` reply means the server restarted, and the caller reloads
+(:meth:`ScriptSet.load`) and repeats the idempotent work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+
+@dataclass(frozen=True, slots=True)
+class LuaScript:
+    name: str
+    source: str
+
+    @property
+    def sha(self) -> str:
+        return hashlib.sha1(self.source.encode("utf-8")).hexdigest()
+
+
+class ScriptSet:
+    """The scripts one component uses."""
+
+    def __init__(self, *scripts: LuaScript) -> None:
+        self._scripts = {s.name: s for s in scripts}
+
+    def sha(self, name: str) -> str:
+        return self._scripts[name].sha
+
+    async def load(self, client: Any) -> None:
+        """SCRIPT LOAD every script (on a cluster, redis-py sends it to every primary)."""
+        for script in self._scripts.values():
+            await client.script_load(script.source)
+
+    async def call(self, client: Any, name: str, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA, reloading once if the server lost its script cache."""
+        try:
+            return await client.evalsha(self.sha(name), len(keys), *keys, *args)
+        except NoScriptError:
+            await self.load(client)
+            return await client.evalsha(self.sha(name), len(keys), *keys, *args)
+
+
+def is_noscript(reply: object) -> bool:
+    return isinstance(reply, NoScriptError)
+
+
+def is_cluster(client: Any) -> bool:
+    from redis.asyncio.cluster import RedisCluster
+
+    return isinstance(client, RedisCluster)
+
+
+async def evalsha_many(client: Any, sha: str, calls: list[tuple[list[str], list[Any]]],
+                       *, cluster_concurrency: int = 64) -> list[Any]:
+    """Run one script many times in one round trip: a pipeline on a standalone server; on a
+    cluster (where redis-py refuses scripts in pipelines) concurrent calls, bounded, with the
+    calls on the same first key (one user) kept in order. Replies come back in call order,
+    errors as exception objects; connection errors are raised."""
+    if not calls:
+        return []
+    if not is_cluster(client):
+        pipe = client.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(sha, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
+    gate = asyncio.Semaphore(cluster_concurrency)
+    replies: list[Any] = [None] * len(calls)
+    groups: dict[str, list[int]] = {}
+    for i, (keys, _) in enumerate(calls):
+        groups.setdefault(keys[0], []).append(i)
+
+    async def in_order(indexes: list[int]) -> None:
+        async with gate:
+            for i in indexes:
+                keys, args = calls[i]
+                try:
+                    replies[i] = await client.evalsha(sha, len(keys), *keys, *args)
+                except (RedisConnectionError, RedisTimeoutError, OSError):
+                    raise
+                except Exception as exc:  # a script error belongs to its call, like a pipeline's
+                    replies[i] = exc
+
+    await asyncio.gather(*(in_order(ix) for ix in groups.values()))
+    return replies

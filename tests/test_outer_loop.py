@@ -1,0 +1,98 @@
+"""OuterLoop as a whole: the compiled graph's shape (no retries on agents), a full cycle through
+the built-ins, tool-cache reuse between two users of one cluster, and racing cycles."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from outerloop import LoopConfig, OuterLoop, Trigger
+from outerloop.memory.facts import GenreAffinity
+from tests.redis_fixtures import (  # noqa: F401  (fixtures and the parametrising hook)
+    pytest_generate_tests,
+    redis_client,
+    redis_keys,
+    redis_target,
+)
+from tests.test_outer_loop_support import BASE_TS, TinyArtifacts, apply_events, episode_id, ev
+
+
+def session(user: str, items: list[int], t0: int = BASE_TS) -> list:
+    return [e for n, i in enumerate(items) for e in (ev(user, "play", i, t0 + 1000 * n), ev(user, "finish", i, t0 + 1000 * n + 500))]
+
+
+def test_graph_is_a_compiled_stategraph_with_no_retry_on_agents():
+    loop = OuterLoop(TinyArtifacts())
+    nodes = loop.graph.builder.nodes
+    assert set(nodes) >= {"planner", "memory", "tools", "evaluator"}
+    for name in ("memory", "tools", "evaluator"):
+        spec = nodes[name]
+        assert spec.retry_policy is None  # kill, never retry
+        assert spec.timeout is not None and spec.error_handler_node is not None
+    assert type(loop.graph).__name__ == "CompiledStateGraph"
+
+
+async def test_a_full_cycle_through_the_builtins(redis_target, redis_keys, redis_client):
+    user = "u-full"
+    events = session(user, [3, 13, episode_id(1)], BASE_TS - 3_600_000)  # a thriller night, then an episode
+    await apply_events(redis_client, redis_keys, events)
+    async with OuterLoop(TinyArtifacts(), redis=redis_target, keys=redis_keys) as loop:
+        await loop.ingest(events)
+        res = await loop.run_cycle(user, [Trigger.session_closed(events)], now_ms=BASE_TS)
+        stored = await loop.rows(user)
+        empty = await loop.run_cycle(user, [], now_ms=BASE_TS)
+    assert [r.outcome for r in res.records] == ["ok"] * len(res.records)
+    assert [r.agent for r in res.records] == ["planner", "memory", "tools", "tools"]
+    assert set(res.rows_committed) == {"continue_watching", "top_picks"} == set(stored)
+    assert res.rows_committed["continue_watching"].item_ids() == [episode_id(2)]
+    seen = {3, 13, episode_id(1)}
+    assert not seen & set(stored["top_picks"].item_ids())
+    for row in stored.values():
+        assert row.model_version == "tiny-1" and row.expires_at > BASE_TS and row.run_id
+    assert empty.plan.steps == [] and empty.rows_committed == {}
+
+
+async def test_two_users_of_one_cluster_share_the_vector_search(redis_target, redis_keys, redis_client):
+    art = TinyArtifacts()
+    cfg = LoopConfig(retrieval_pool=30, row_len=10)
+    async with OuterLoop(art, redis=redis_target, keys=redis_keys, config=cfg) as loop:
+        a_hist = [5, 9, 17, 23, 31]
+        key_a, _ = loop.clusters.assign(art.encode([a_hist])[0])
+        # a second user with a different history that falls in the same cluster
+        b_hist = next(h for extra in range(1, 61) if (h := [*a_hist[1:], extra]) != a_hist
+                      and loop.clusters.assign(art.encode([h])[0])[0] == key_a and extra not in a_hist)
+        for user, hist in (("ua", a_hist), ("ub", b_hist)):
+            evs = session(user, hist)
+            await apply_events(redis_client, redis_keys, evs)
+            await loop.run_cycle(user, [Trigger.session_closed(evs)], now_ms=BASE_TS + 60_000)
+        stats = loop.tools.cache.stats["vector_search"]
+        assert (stats.misses, stats.hits) == (1, 1)
+        # quality kept: the shared pool, re-scored with B's own vector, vs B's uncached top 10
+        pool = loop.tools.cache._data[("vector_search", key_a)][1]
+        vb = art.encode([b_hist])[0]
+        ids = np.array(pool.ids())
+        cached_top = set(ids[np.argsort(-(art.item_vectors[ids] @ vb))[:10]].tolist())
+        true_top = set((np.argsort(-(art.item_vectors[1:] @ vb))[:10] + 1).tolist())
+        assert len(cached_top & true_top) / 10 >= 0.8
+    assert loop.stats()["tool_cache_by_tool"]["vector_search"] == pytest.approx(0.5)
+
+
+async def test_racing_cycles_for_one_user_both_finish_and_lose_nothing(redis_target, redis_keys, redis_client):
+    user = "u-race2"
+    events = session(user, [2, 12, 22, 4])
+    await apply_events(redis_client, redis_keys, events)
+    async with OuterLoop(TinyArtifacts(), redis=redis_target, keys=redis_keys) as loop:
+        a, b = await asyncio.gather(
+            loop.run_cycle(user, [Trigger.session_closed(events)], now_ms=BASE_TS + 60_000),
+            loop.run_cycle(user, [Trigger.session_closed(events)], now_ms=BASE_TS + 60_000),
+        )
+        rows = await loop.rows(user)
+        mem = await loop.deps.memory.load(user)
+    for res in (a, b):
+        assert all(r.outcome == "ok" for r in res.records), [(r.agent, r.outcome, r.error) for r in res.records]
+    tokens = [r.fencing_token for r in a.records + b.records if r.fencing_token is not None]
+    assert len(tokens) == len(set(tokens))  # every run had its own fencing token
+    assert rows["top_picks"].run_id in {a.rows_committed["top_picks"].run_id, b.rows_committed["top_picks"].run_id}
+    assert any(isinstance(f, GenreAffinity) and f.genre == "Comedy" for f in mem)

@@ -1,0 +1,74 @@
+"""The multi-task ranker: features, save/load, objective weights, and the trained ranker's
+report (it must beat retrieval order on the test cut it never trained or selected on)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from outerloop.inner_loop.ranker import FEATURE_NAMES, OBJECTIVES, FeatureTables, Ranker, candidate_features
+from outerloop.inner_loop.ranker_train import ranking_metrics, seen_items
+from tests.test_api_fixtures import tiny_artifacts, tiny_dir, tiny_ranker  # noqa: F401
+
+
+@pytest.fixture
+def tables(tiny_artifacts) -> FeatureTables:  # noqa: F811
+    return FeatureTables.build(tiny_artifacts.catalog, tiny_artifacts.item_vectors, tiny_artifacts.popularity)
+
+
+def test_features_are_computed_for_all_candidates_at_once(tables: FeatureTables) -> None:
+    cand = np.asarray([1, 2, 3, 4], np.int64)
+    retr = np.asarray([0.5, 2.0, 1.0, -1.0], np.float32)
+    row_pos = np.asarray([-1, 0, -1, 3], np.int64)
+    hist = np.asarray([5, 6, 2], np.int64)
+    f = candidate_features(tables, hist, cand, retr, row_pos)
+    assert f.shape == (4, len(FEATURE_NAMES)) and f.dtype == np.float32
+    col = {n: f[:, i] for i, n in enumerate(FEATURE_NAMES)}
+    assert col["score_gap"].tolist() == [-1.5, 0.0, -1.0, -3.0]
+    assert np.argsort(col["retrieval_rank"]).tolist() == [1, 2, 0, 3]
+    assert col["in_agent_row"].tolist() == [0, 1, 0, 1]
+    assert col["agent_row_position"].tolist() == [0.0, 1.0, 0.0, 0.25]
+    assert col["last_similarity"][1] == pytest.approx(1.0, abs=1e-5)  # item 2 is the newest history item
+    assert np.all((col["popularity"] >= 0) & (col["popularity"] <= 1))
+    empty = candidate_features(tables, np.asarray([], np.int64), cand, retr, row_pos)
+    assert np.all(empty[:, FEATURE_NAMES.index("genre_affinity")] == 0)
+
+
+def test_save_load_and_weights(tiny_ranker, tiny_dir, tables: FeatureTables, tmp_path) -> None:  # noqa: F811
+    feats = candidate_features(tables, np.asarray([3, 4]), np.arange(1, 30), np.linspace(1, 0, 29, dtype=np.float32),
+                               np.full(29, -1))
+    tiny_ranker.save(tmp_path)
+    again = Ranker.load(tmp_path)
+    assert np.allclose(again.score(feats), tiny_ranker.score(feats))
+    z = again.logits(feats)
+    assert z.shape == (29, len(OBJECTIVES))
+    only_rel = Ranker.load(tmp_path, {"relevance": 1.0})
+    assert np.allclose(only_rel.score(feats), z[:, 0], atol=1e-5)
+    with pytest.raises(ValueError, match="unknown ranker objectives"):
+        again.set_weights({"clicks": 1.0})
+
+
+def test_trained_ranker_beats_retrieval_order_on_test(tiny_ranker) -> None:  # noqa: F811
+    rep = tiny_ranker.config.report
+    test = rep["test"]
+    assert test["ranker"]["ndcg@10"] > test["retrieval_order"]["ndcg@10"]
+    assert rep["test_lift_over_retrieval"]["ndcg@10"] > 0
+    assert set(tiny_ranker.weights) == set(OBJECTIVES) and tiny_ranker.weights["relevance"] == 1.0
+    assert rep["users_val"] > 0 and rep["best_epoch"] >= 1
+
+
+def test_seen_items_follow_serving() -> None:
+    hist = np.asarray([1, 2, 3, 4])
+    assert seen_items(hist, None).tolist() == [1, 2, 3, 4]  # MovieLens: every interaction is a rating
+    assert seen_items(hist, np.asarray([3, 6, 7, 8])).tolist() == [2, 3]  # play, finish, skip, add_to_list
+
+
+def test_ranking_metrics_count_misses() -> None:
+    from outerloop.inner_loop.ranker_train import Examples
+
+    ex = Examples(feats=np.zeros((2, 3, len(FEATURE_NAMES)), np.float32), mask=np.ones((2, 3), bool),
+                  relevance=np.asarray([[0, 1, 0], [0, 0, 0]], np.float32), engagement=np.zeros((2, 3), np.float32),
+                  retrieval=np.zeros((2, 3), np.float32), user_ids=["a", "b"])
+    m = ranking_metrics(np.asarray([[3.0, 2.0, 1.0], [1.0, 2.0, 3.0]]), ex, ks=(1, 2))
+    assert m["hr@1"] == 0.0 and m["hr@2"] == 0.5 and m["recall@candidates"] == 0.5
+    assert m["ndcg@2"] == pytest.approx(0.5 / np.log2(3))

@@ -1,0 +1,113 @@
+"""The daemon on a real 3-node Redis Cluster (started from the machine's ``redis-server`` on
+loopback ports), with the stream sharded by user over 3 streams, so shards, the per-user Lua
+scripts and the indexes all land on different nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from outerloop.scheduler.keys import SchedulerKeys
+from outerloop.scheduler.redis_client import async_client
+from outerloop.scheduler.triggers import TriggerRules
+from outerloop.storage import Keys
+from tests.test_daemon_process import assert_exactly_once, stream_of_events
+from tests.test_scheduler_helpers import Env, RecordingRunner, fast_settings, make_daemon, running, wait_until
+
+REDIS_SERVER = shutil.which("redis-server")
+REDIS_CLI = shutil.which("redis-cli")
+pytestmark = pytest.mark.skipif(not (REDIS_SERVER and REDIS_CLI),
+                                reason="needs the redis-server and redis-cli binaries on PATH")
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[list[int]]:
+    ports = _free_ports(3)
+    procs = []
+    try:
+        for port in ports:
+            node_dir = tmp_path / str(port)
+            node_dir.mkdir()
+            procs.append(subprocess.Popen(
+                [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(node_dir),
+                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
+                 "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for port in ports:
+            _wait_ping(port)
+        subprocess.run([REDIS_CLI, "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
+                        "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=30)
+        deadline = time.monotonic() + 15
+        while not all(b"cluster_state:ok" in redis.Redis(port=p).execute_command("CLUSTER", "INFO") for p in ports):
+            if time.monotonic() > deadline:
+                raise AssertionError("cluster did not become ready")
+            time.sleep(0.1)
+        yield ports
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_ping(port: int) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            if redis.Redis(port=port).ping():
+                return
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+async def test_sharded_streams_on_a_three_node_cluster(cluster: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Keys, "prefix", "cl")
+    keys = SchedulerKeys.with_prefix("cl", shards=3)
+    client = async_client(url=f"redis://127.0.0.1:{cluster[0]}", cluster=True, block_ms=100)
+    env = Env(target=None, prefix="cl", keys=keys, client=client)  # type: ignore[arg-type]
+    events = stream_of_events(1_500, users=40, seed=3)
+    try:
+        await client.initialize()
+        # the shards' streams live in different slots, on more than one node
+        assert len({client.keyslot(s) for s in keys.streams()}) == 3
+        assert len({client.get_node_from_key(s).name for s in keys.streams()}) >= 2
+        for ev in events:
+            await client.xadd(keys.stream_for_user(ev.user_id), {"event": ev.model_dump_json()})
+        runner = RecordingRunner(client)
+        a = make_daemon(env, runner, rules=TriggerRules(on_activity=True), settings=fast_settings())
+        b = make_daemon(env, runner, rules=TriggerRules(on_activity=True), settings=fast_settings())
+
+        async def all_read() -> bool:
+            for stream in keys.streams():
+                for g in await client.xinfo_groups(stream):
+                    if int(g["pending"]) or int(g.get("lag") or 0):
+                        return False
+            return a.metrics.events_applied + b.metrics.events_applied == len(events)
+
+        async with running(a), running(b):
+            await wait_until(all_read, timeout_s=60, every_s=0.1)
+            await asyncio.sleep(0.2)
+        await assert_exactly_once(env, events)
+        assert runner.max_overlap_per_user == 1
+        assert a.metrics.cycles_started + b.metrics.cycles_started > 0
+    finally:
+        await client.aclose()
