@@ -154,6 +154,11 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
     keys = _keys(prefix)
     client = target.async_client()
     fence = Fence(client, keys=keys)
+    # Open the connections up front: a new redis-py connection runs a blocking
+    # importlib.metadata lookup (and a TCP connect) on the event loop, which would otherwise
+    # land in the middle of the measured runs whenever concurrency reaches a new peak.
+    # (redis-py's asyncio pool holds at most 100 connections by default.)
+    await asyncio.gather(*(client.ping() for _ in range(min(90, 2 * args.concurrency))))
     module = spinner.__module__
     kinds = [k for k, share in MIX.items() for _ in range(round(share * args.runs))]
     rng.shuffle(kinds)
@@ -189,9 +194,10 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
             outcomes[i] = record.outcome
 
         lags: list[float] = []
-        monitor = asyncio.ensure_future(_watch_loop_lag(lags))
         t1 = time.monotonic()
-        await asyncio.gather(*(one(i, kind) for i, kind in enumerate(kinds)))
+        runs = [asyncio.ensure_future(one(i, kind)) for i, kind in enumerate(kinds)]
+        monitor = asyncio.ensure_future(_watch_loop_lag(lags))  # after the bulk task creation
+        await asyncio.gather(*runs)
         runs_s = time.monotonic() - t1
         monitor.cancel()
         for task in late_tasks:

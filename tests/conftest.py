@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# The Redis fixtures (embedded + the server at OUTERLOOP_TEST_REDIS_URL) for every test module.
+pytest_plugins = ["tests.redis_fixtures"]
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
 

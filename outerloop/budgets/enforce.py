@@ -139,7 +139,7 @@ class Enforcer:
             value, error = _result(task)
             end = _End(ctx, ended[0] if ended else woke, value=value, error=error)
             if end.stopped_at > ctx.deadline and lag_ms > self.loop_lag_ms:
-                end.note = f"event loop blocked {lag_ms:.0f} ms past the deadline; {ISOLATE_HINT}"
+                end.note = _lag_note(lag_ms)
             return end
 
         # Deadline: fence first (the revoke's request goes out before the agent runs again),
@@ -169,8 +169,7 @@ class Enforcer:
             task.add_done_callback(_forget_unstopped(self.unstopped))
             log.warning("agent %s (run %s) ignores cancellation", ctx.agent, ctx.run_id)
         if lag_ms > self.loop_lag_ms:
-            end.note = ((end.note + "; ") if end.note else "") + (
-                f"event loop blocked {lag_ms:.0f} ms past the deadline; {ISOLATE_HINT}")
+            end.note = ((end.note + "; ") if end.note else "") + _lag_note(lag_ms)
         return end
 
     # -- isolated --------------------------------------------------------------------------------
@@ -259,6 +258,11 @@ async def run_with_budget(
     enforcer = Enforcer(fence=fence, pool=pool)
     return await enforcer.run(fn, budget, *args, agent=agent, user_id=user_id,
                               isolated=isolated, deps=deps)
+
+
+def _lag_note(lag_ms: float) -> str:
+    return (f"the event loop got control back {lag_ms:.0f} ms after the deadline (blocked by "
+            f"code that does not yield, or starved of CPU); {ISOLATE_HINT}")
 
 
 def _result(task: asyncio.Task[Any]) -> tuple[Any, ErrorInfo | None]:

@@ -98,7 +98,7 @@ def user_tag(user_id: str) -> str:
 
 def leases_key(user_id: str, keys: type[Keys] = Keys) -> str:
     """ZSET token -> deadline (server us) of the user's live leases."""
-    return keys.user(user_id, "fence_live")
+    return keys.fence_leases(user_id)
 
 
 class Fence:

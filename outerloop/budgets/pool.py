@@ -23,6 +23,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -129,29 +130,23 @@ def _scheduling() -> Scheduling:
         return None
 
 
-def _start_at(process: Any, scheduling: Scheduling) -> None:
-    """``process.start()`` in an executor thread that runs at ``scheduling`` meanwhile.
+def _adopt(scheduling: Scheduling) -> None:
+    """Make the calling thread (the pool's own executor thread) run at ``scheduling``.
 
     If the event loop runs at a raised priority (a supervisor given SCHED_RR so that kills are
-    on time), a normal-priority thread that is preempted while it holds the GIL would stall the
-    loop for as long as the busy machine keeps it off the CPU: priority inversion. So the
-    thread borrows the loop's priority (with reset-on-fork: processes it starts, such as the
-    forkserver, stay normal) and gives it back afterwards.
+    on time), a normal-priority helper thread that is preempted while it holds the GIL would
+    stall the loop for as long as a busy machine keeps that thread off the CPU: priority
+    inversion. So the helper runs at the loop's priority, for good (lowering it again would
+    hand the CPU away with the GIL held), and with reset-on-fork, so that the processes it
+    starts (the forkserver) stay at normal priority.
     """
-    mine = _scheduling()
-    borrowed = scheduling is not None and mine is not None and scheduling != mine
-    if borrowed:
-        policy, priority = scheduling  # type: ignore[misc]
-        try:
-            os.sched_setscheduler(0, policy | os.SCHED_RESET_ON_FORK, os.sched_param(priority))
-        except OSError:
-            borrowed = False
+    if scheduling is None or scheduling == _scheduling():
+        return
+    policy, priority = scheduling
     try:
-        process.start()
-    finally:
-        if borrowed:
-            policy, priority = mine  # type: ignore[misc]
-            os.sched_setscheduler(0, policy, os.sched_param(priority))
+        os.sched_setscheduler(0, policy | os.SCHED_RESET_ON_FORK, os.sched_param(priority))
+    except OSError:  # not permitted: stay as we are
+        pass
 
 
 async def _readable(fd: int, timeout_s: float | None) -> bool:
@@ -180,6 +175,11 @@ class WorkerPool:
     time) always gets the CPU first. ``preload`` names modules every worker imports before it
     is counted ready (the agents' own modules, heavy libraries). ``hasten_exit``: see
     :meth:`_hasten_exit`.
+
+    On a busy machine the kill is only as punctual as the supervising process is scheduled:
+    run it at a raised priority (``SCHED_RR`` with ``SCHED_RESET_ON_FORK``, as
+    ``bench/budgets.py --priority rt`` does) *before* starting the pool; the pool's helper
+    threads take the priority of the thread that started it (see :func:`_adopt`).
     """
 
     def __init__(
@@ -210,6 +210,7 @@ class WorkerPool:
         self._all: set[_Worker] = set()
         self._background: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self._executor: ThreadPoolExecutor | None = None  # process starts/joins, off the loop
 
     async def __aenter__(self) -> "WorkerPool":
         await self.start()
@@ -220,6 +221,10 @@ class WorkerPool:
 
     async def start(self) -> None:
         """Start all workers and wait until each has imported its modules."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=self.size, thread_name_prefix="outerloop-pool",
+                initializer=_adopt, initargs=(_scheduling(),))
         workers = await asyncio.gather(*(self._spawn() for _ in range(self.size - len(self._all))))
         for w in workers:
             self._release(w)
@@ -287,13 +292,21 @@ class WorkerPool:
             except OSError:
                 pass
         for w in list(self._all):
-            await asyncio.to_thread(w.process.join, 2.0)
+            await self._in_thread(w.process.join, 2.0)
             if w.process.is_alive():
                 self._kill(w)
-                await asyncio.to_thread(w.process.join, 2.0)
+                await self._in_thread(w.process.join, 2.0)
             self._forget(w)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
 
     # -- internals -------------------------------------------------------------------------------
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._executor is None:
+            raise UsageError("WorkerPool is not started (use `async with WorkerPool(...)`)")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
     async def _acquire(self, deadline: float) -> _Worker | None:
         """An idle worker (first come, first served), or None if none frees up before
         ``deadline``."""
@@ -330,8 +343,7 @@ class WorkerPool:
             name="outerloop-isolated-agent",
             daemon=True,
         )
-        # A forkserver round trip: keep it off the loop, in a thread at the loop's priority.
-        await asyncio.to_thread(_start_at, proc, _scheduling())
+        await self._in_thread(proc.start)  # a forkserver round trip: keep it off the loop
         child_conn.close()
         if not await _readable(parent_conn.fileno(), self.start_timeout_s):
             proc.kill()
@@ -339,7 +351,7 @@ class WorkerPool:
         try:
             tag, pid = parent_conn.recv()
         except (EOFError, OSError) as exc:
-            await asyncio.to_thread(proc.join, 5.0)
+            await self._in_thread(proc.join, 5.0)
             raise UsageError(f"worker process {proc.pid} exited while starting (exit code "
                              f"{proc.exitcode}); can it import {list(self.preload)}?") from exc
         if tag != "ready" or pid != proc.pid:
