@@ -1,0 +1,43 @@
+"""The message text as the parser passes see it: normalised, with understood spans masked.
+
+Each pass consumes what it understood, so a later pass cannot read it again: a title's words
+are not tones, a runtime's number is not a year. A masked span becomes ``§`` and blanks, which
+also ends a negation's reach ("no horror under 90 minutes" does not negate what follows).
+"""
+
+from __future__ import annotations
+
+import re
+
+_REWRITES = (
+    (re.compile(r"[\u2018\u2019\u02bc`]"), "'"),
+    (re.compile(r"[\u201c\u201d]"), '"'),
+    (re.compile(r"\bnon-"), "not "),
+    (re.compile(r"\b(?:anything|everything|all|any)\s+but\b"), "except"),
+    (re.compile(r"\bother\s+than\b"), "except"),
+    (re.compile(r"\bdo\s+not\b"), "don't"),
+    (re.compile(r"\bwon't\b|\bwont\b"), "don't"),
+    (re.compile(r"\s+"), " "),
+)
+
+
+def normalise(text: str) -> str:
+    s = text.lower()
+    for pattern, repl in _REWRITES:
+        s = pattern.sub(repl, s)
+    return s.strip()
+
+
+class MaskedText:
+    """The message with consumed spans blanked out (a ``§`` keeps clause structure)."""
+
+    def __init__(self, s: str) -> None:
+        self.s = s
+
+    def consume(self, start: int, end: int) -> None:
+        if end > start:
+            self.s = self.s[:start] + "§" + " " * (end - start - 1) + self.s[end:]
+
+    def finditer(self, pattern: re.Pattern[str]) -> list[re.Match[str]]:
+        return list(pattern.finditer(self.s))
+
