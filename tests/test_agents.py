@@ -99,7 +99,7 @@ async def test_overrunning_agent_is_killed_not_retried_and_the_last_good_row_sta
     assert [r.agent for r in res.records] == ["planner", "slow", "good"]
     rec = res.record("slow")
     assert rec.outcome == "killed" and rec.retries == 0 and rec.writes_committed == 0
-    assert 55 <= rec.elapsed_ms < 400 and took < 1.5
+    assert 55 <= rec.elapsed_ms < 1000 and took < 1.9  # stopped near its 60 ms deadline, not after 2 s
     assert CALLS["slow"] == 1  # run once, never again
     assert slow_row not in res.rows_committed
     assert rows[slow_row].items == [(5, 1.0)] and rows[slow_row].run_id == "r0"  # the last good row
@@ -224,17 +224,16 @@ async def test_memory_agent_backs_off_through_the_graph(redis_target, redis_keys
 
 
 class RacingStore(MemoryStore):
-    """Lets another writer commit right after the agent's first read (a lost race)."""
+    """Another writer commits between the agent's read and its first commit (a lost race)."""
 
     raced = False
 
-    async def load(self, user_id: str):  # noqa: ANN201
-        mem = await super().load(user_id)
+    async def commit(self, user_id, expected_version, facts, *, fencing_token=None):  # noqa: ANN001, ANN201
         if not self.raced:
             self.raced = True
             other = GenreAffinity(genre="Documentary", score=0.9, evidence="other agent", confidence=0.5, source="other")
-            await self.commit(user_id, mem.version, MemoryChanges(upsert=(other,)))
-        return mem
+            await super().commit(user_id, await self.version(user_id), MemoryChanges(upsert=(other,)))
+        return await super().commit(user_id, expected_version, facts, fencing_token=fencing_token)
 
 
 async def test_memory_agent_loses_the_race_rereads_and_redecides(redis_target, redis_keys, redis_client):

@@ -196,10 +196,10 @@ async def test_llm_json_text_is_used_when_the_model_has_no_structured_output():
 
 
 async def test_slow_llm_is_killed_and_rules_decide():
-    model = FakeListChatModel(responses=[json.dumps(LLM_PLAN)], sleep=0.4)
+    model = FakeListChatModel(responses=[json.dumps(LLM_PLAN)], sleep=1.0)
     _, out = await plan_with(model, Budget(latency_ms=80))
     llm_rec, rules_rec = out.records
-    assert llm_rec.outcome == "killed" and llm_rec.retries == 0 and llm_rec.elapsed_ms < 500
+    assert llm_rec.outcome == "killed" and llm_rec.retries == 0 and llm_rec.elapsed_ms < 900
     assert rules_rec.agent == "planner" and rules_rec.outcome == "ok"
     assert out.plan.policy == "llm->rules"
     assert ("tools", ("top_picks",)) in steps(out.plan)  # the rule for a closed session

@@ -3,10 +3,13 @@
 - :class:`PlanCache`: plans keyed by a signature of what the policy reads (triggers reduced to
   their features, the relevant memory, stale rows). Two users in the same situation get the
   same plan without asking the policy again, which matters most when the policy is an LLM.
-- :class:`SignLSH`: a coarse cluster of the user embedding (the signs of ``bits`` fixed random
-  projections) plus a deterministic representative vector for each cluster. The tool agent asks
-  shareable tools (vector search) about the representative, caches the answer per cluster, and
-  re-scores the shared pool with each user's own vector, so reuse costs little quality.
+- clusters of user embeddings (:class:`KMeansClusters`, :class:`SignLSH`, and the default
+  :class:`AdaptiveClusters`, which fits k-means on the first user vectors it sees): each has a
+  representative vector. The tool agent asks shareable tools (vector search) about the
+  representative, caches the answer per cluster, and re-scores the shared pool with each user's
+  own vector, so reuse costs little quality. Fit clusters to *user* vectors: user and item
+  vectors share a space but not a distribution (norms differ by an order of magnitude for the
+  transformer here), and representatives fitted to items retrieve pools users barely touch.
 
 Both are plain objects owned by an ``OuterLoop``: no module-level state.
 """
@@ -138,3 +141,38 @@ class KMeansClusters:
         _, idx = self._index.search(np.asarray(vec, dtype=np.float32)[None, :], 1)  # (1, 1)
         c = int(idx[0, 0])
         return f"km{len(self.centroids)}:{c}", self.centroids[c]
+
+
+class AdaptiveClusters:
+    """No sharing until ``min_fit`` user vectors were seen, then k-means on them.
+
+    ``assign`` returns None while collecting (the caller searches with the user's own vector,
+    uncached). The fit itself (tens of milliseconds) is not done inside ``assign``, which runs
+    inside an agent's budget: the loop calls :meth:`maybe_fit` between cycles.
+    """
+
+    def __init__(self, k: int = 64, min_fit: int = 1000, *, seed: int = 0) -> None:
+        self.k = k
+        self.min_fit = min_fit
+        self.seed = seed
+        self._seen: list[np.ndarray] = []
+        self.fitted: KMeansClusters | None = None
+
+    def assign(self, vec: np.ndarray) -> tuple[str, np.ndarray] | None:
+        if self.fitted is not None:
+            return self.fitted.assign(vec)
+        if len(self._seen) < self.min_fit:
+            self._seen.append(np.asarray(vec, dtype=np.float32))
+        return None
+
+    @property
+    def ready_to_fit(self) -> bool:
+        return self.fitted is None and len(self._seen) >= self.min_fit
+
+    def maybe_fit(self) -> bool:
+        """Fit once enough vectors were collected; True when it fitted now."""
+        if self.fitted is not None or len(self._seen) < self.min_fit:
+            return False
+        self.fitted = KMeansClusters.fit(np.stack(self._seen), self.k, seed=self.seed)
+        self._seen.clear()
+        return True

@@ -30,7 +30,7 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from outerloop.agents.contracts import Trigger
 from outerloop.agents.planner import EVALUATOR
@@ -41,6 +41,9 @@ from outerloop.inner_loop.user_state import served_key
 from outerloop.memory.facts import GenreAffinity
 from outerloop.memory.store import MemoryChanges, UserMemory
 from outerloop.storage import Keys
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 ENGAGED = frozenset({"click", "play", "add_to_list", "rate", "finish"})
 STARTED = frozenset({"play", "finish"})
@@ -167,7 +170,7 @@ def baseline_key(keys: type[Keys], row_id: str) -> str:
     return f"{keys.prefix}:eval:base:{row_id}"
 
 
-async def load_served(redis: Any, user_id: str, request_ids: Sequence[str], keys: type[Keys]) -> dict[str, dict[str, Any]]:
+async def load_served(redis: "Redis", user_id: str, request_ids: Sequence[str], keys: type[Keys]) -> dict[str, dict[str, Any]]:
     if not request_ids:
         return {}
     raws = await redis.mget([served_key(user_id, r, keys) for r in request_ids])
@@ -181,7 +184,7 @@ async def load_served(redis: Any, user_id: str, request_ids: Sequence[str], keys
     return out
 
 
-async def read_baselines(redis: Any, keys: type[Keys], row_ids: Sequence[str]) -> dict[str, RowStats]:
+async def read_baselines(redis: "Redis", keys: type[Keys], row_ids: Sequence[str]) -> dict[str, RowStats]:
     pipe = redis.pipeline(transaction=False)
     for r in row_ids:
         pipe.hgetall(baseline_key(keys, r))

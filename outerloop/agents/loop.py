@@ -20,9 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from outerloop.agents.caches import PlanCache, SignLSH
+from outerloop.agents.caches import AdaptiveClusters, PlanCache
 from outerloop.agents.contracts import CycleResult, Row, Trigger
 from outerloop.agents.evaluator import evaluator
 from outerloop.agents.graph import build_graph, initial_state
@@ -36,12 +34,13 @@ from outerloop.budgets.budget import Budget
 from outerloop.budgets.enforce import Enforcer
 from outerloop.budgets.fencing import Fence
 from outerloop.budgets.pool import WorkerPool
+from outerloop.config import get_settings
 from outerloop.data.events import Event
 from outerloop.errors import UsageError
 from outerloop.memory.cache import MemoryCache
 from outerloop.memory.store import MemoryStore
 from outerloop.storage import Keys, RedisTarget
-from outerloop.tools.builtin import CoWatchGraph, TrendingCounter, builtin_tools
+from outerloop.tools.builtin import ENCODE_IN_THREAD, CoWatchGraph, TrendingCounter, builtin_tools
 from outerloop.tools.contracts import ModelArtifacts, ToolDeps, ToolSpec
 from outerloop.tools.registry import ToolRegistry
 
@@ -62,12 +61,15 @@ class OuterLoop:
 
     ``agents`` / ``tools``: your ``@agent`` / ``@tool`` specs, added to the built-ins
     (``builtins=False`` leaves the built-in agents out; built-in tools are always there).
-    ``budgets``: per-agent budget overrides by name. ``llm``: a langchain-core chat model for
-    the planner (rules decide when it is slow or wrong). ``clusters``: how users are grouped
-    for shared tool results (default: sign-LSH fitted to the item vectors). ``torch_threads``:
-    set once at start when the artifacts run on torch (one history at a time gains nothing
-    from intra-op threads, and on a busy machine they cost tens of milliseconds); None leaves
-    torch alone.
+    ``redis``: a ``RedisTarget`` or a client (default: the settings' target, read now: the
+    ``OUTERLOOP_REDIS_URL`` server or the embedded one). ``budgets``: per-agent budget
+    overrides by name. ``llm``: a langchain-core chat model for the planner (rules decide when
+    it is slow or wrong). ``clusters``: how users are grouped for shared tool results (default:
+    k-means fitted on the first 1,000 user vectors seen, no sharing before that; pass
+    ``KMeansClusters.fit(user_vectors)`` to share from the start). ``torch_threads``: set once
+    at start when the artifacts run on torch (one history at a time gains nothing from
+    intra-op threads, and on a busy machine they cost tens of milliseconds); None leaves torch
+    alone.
     """
 
     def __init__(
@@ -93,7 +95,7 @@ class OuterLoop:
         self.config = config or LoopConfig()
         self.clock_ms = clock_ms
         self.torch_threads = torch_threads
-        self._redis_arg = redis if redis is not None else RedisTarget()
+        self._redis_arg = redis if redis is not None else RedisTarget.from_settings(get_settings())
         specs = [*(BUILTIN_AGENTS if builtins else ()), *agents]
         overrides = dict(budgets or {})
         self.agents = AgentRegistry(
@@ -111,7 +113,7 @@ class OuterLoop:
                 if name != "*" and name not in self.tools:
                     raise UsageError(f"agent {spec.name!r} declares tool {name!r}, which is not registered")
         self.planner = Planner(llm=LLMPolicy(llm, budget=llm_budget) if llm is not None else None, cache=PlanCache())
-        self.clusters = clusters or SignLSH.for_vectors(np.asarray(artifacts.item_vectors)[1:], bits=8)
+        self.clusters: Clusters = clusters if clusters is not None else AdaptiveClusters()
         self._pool = pool
         self._own_pool = False
         self._own_redis = False
@@ -143,7 +145,8 @@ class OuterLoop:
         store = MemoryStore(redis, keys=self.keys)
         self.deps = LoopDeps(
             redis=redis, keys=self.keys, artifacts=self.artifacts, tools=self.tools,
-            tool_deps=ToolDeps(redis=redis, artifacts=self.artifacts, clock_ms=self.clock_ms),
+            tool_deps=ToolDeps(redis=redis, artifacts=self.artifacts, clock_ms=self.clock_ms,
+                               extra={ENCODE_IN_THREAD: self.config.encode_in_thread}),
             agents=self.agents, enforcer=Enforcer(fence=Fence(redis, keys=self.keys), pool=self._pool),
             memory=store, memory_cache=MemoryCache(store), planner=self.planner, clusters=self.clusters,
             config=self.config, clock_ms=self.clock_ms,
@@ -176,8 +179,8 @@ class OuterLoop:
         """Everything the cycle knows about the user: two round trips (state, memory)."""
         deps = (await self.start()).deps
         assert deps is not None
-        state = await self._users.read(user_id, self.config.history_len)
-        memory = await deps.memory_cache.get(user_id)
+        state, memory = await asyncio.gather(  # two independent reads, in flight together
+            self._users.read(user_id, self.config.history_len), deps.memory_cache.get(user_id))
         return CycleScope(
             user_id=user_id, now_ms=now_ms, triggers=list(triggers),
             history=History(state.items, state.actions, state.ts),
@@ -194,8 +197,13 @@ class OuterLoop:
         scope = await self.read_scope(user_id, triggers, now)
         final = await self.graph.ainvoke(initial_state(scope), context=self.deps)
         records = list(final.get("records", []))
-        self.accounting.extend(records)
+        self.accounting.extend(dataclasses.replace(r, value=None) for r in records)  # totals only
+        excess = len(self.accounting.records) - self.config.accounting_window
+        if excess > 0:  # a long-running loop keeps recent runs only
+            del self.accounting.records[:excess]
         self.cycles += 1
+        if getattr(self.clusters, "ready_to_fit", False):  # between cycles, never inside a budget
+            await asyncio.to_thread(self.clusters.maybe_fit)  # type: ignore[attr-defined]
         return CycleResult(
             user_id=user_id, plans=list(final.get("plans", [])), records=records,
             rows_committed=dict(final.get("committed", {})), next_triggers=list(final.get("next_triggers", [])),
@@ -209,10 +217,10 @@ class OuterLoop:
         Idempotent per event for the co-watch graph. Returns how many events were new."""
         deps = (await self.start()).deps
         assert deps is not None
-        evs = list(events)
-        n = await self.co_watch.apply(deps.redis, evs)
-        await self.trending.record(deps.redis, evs, self.artifacts.catalog)
-        return n
+        fresh = await self.co_watch.claim(deps.redis, events)  # once per event_id, for both
+        await self.co_watch.link(deps.redis, fresh)
+        await self.trending.record(deps.redis, fresh, self.artifacts.catalog)
+        return len(fresh)
 
     # -- results --------------------------------------------------------------------------------
     async def rows(self, user_id: str) -> dict[str, Row]:

@@ -31,7 +31,7 @@ from outerloop.agents.sdk import AgentContext, agent
 from outerloop.budgets.budget import Budget
 from outerloop.data.schema import EVENT_TYPES
 from outerloop.memory.facts import ContinueWatching, GenreAffinity, GenreBackoff, RuntimePreference
-from outerloop.memory.store import MemoryChanges, UserMemory
+from outerloop.memory.store import MemoryChanges, UserMemory, VersionConflict
 from outerloop.tools.builtin import CatalogIndex, catalog_index
 
 BACKOFF_STREAK = 3
@@ -198,6 +198,18 @@ async def memory_agent(ctx: AgentContext) -> MemoryReport:
     continue-watching) from the recent interactions."""
     tz = next((t.tz_offset_min for t in ctx.triggers if t.tz_offset_min), 0)
     derived = derive(timeline(ctx.history, ctx.triggers), catalog_index(ctx.loop.tool_deps), ctx.now_ms, tz)
+    # First against the memory the cycle already read (no extra read); if another writer moved
+    # the version since, the store re-reads and this decides again on the fresh facts.
+    ch = decide(ctx.scope.memory, derived, ctx.now_ms)
+    if not ch:
+        return MemoryReport(1, ctx.scope.memory.version, False, (), ())
+    try:
+        version = await ctx.loop.memory.commit(ctx.user_id, ctx.scope.memory.version, ch,
+                                               fencing_token=ctx.run.fencing_token)
+        ctx.set_memory_after(UserMemory(ctx.user_id, version, _applied(ctx.scope.memory, ch, version)))
+        return MemoryReport(1, version, True, tuple(f.key for f in ch.upsert), ch.delete)
+    except VersionConflict:
+        pass
     last: list[MemoryChanges] = []
 
     def decide_now(mem: UserMemory) -> MemoryChanges:
@@ -207,7 +219,15 @@ async def memory_agent(ctx: AgentContext) -> MemoryReport:
     res = await ctx.commit_memory(decide_now)
     assert res is not None  # a decide function always commits (or decides "no change")
     ch = last[0] if last else MemoryChanges()
-    return MemoryReport(res.attempts, res.version, res.changed, tuple(f.key for f in ch.upsert), ch.delete)
+    return MemoryReport(res.attempts + 1, res.version, res.changed, tuple(f.key for f in ch.upsert), ch.delete)
+
+
+def _applied(mem: UserMemory, ch: MemoryChanges, version: int) -> dict[str, Any]:
+    """The facts after committing ``ch`` on ``mem`` (as the store stamped them)."""
+    facts = {k: v for k, v in mem.facts.items() if k not in ch.delete}
+    for f in ch.upsert:
+        facts[f.key] = f.model_copy(update={"version": version})
+    return facts
 
 
 def facts_of(events: Iterable[Interaction], idx: CatalogIndex, now_ms: int, tz_offset_min: int = 0) -> dict[str, Any]:

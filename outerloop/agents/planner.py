@@ -378,8 +378,8 @@ class Planner:
         key = view.signature()
         cached = self.cache.get(key)
         if isinstance(cached, Plan):
-            return PlanOutcome(cached.model_copy(update={"policy": f"cache({cached.policy})"}, deep=True),
-                               cache_hit=True)
+            # shallow: nothing downstream mutates a plan's steps once it is built
+            return PlanOutcome(cached.model_copy(update={"policy": f"cache({cached.policy})"}), cache_hit=True)
         out = PlanOutcome(Plan())
         if self.llm is not None:
             rec = await enforcer.run(_decide_llm, self.llm.budget, self.llm, view, agents, agent="planner.llm")

@@ -35,9 +35,10 @@ _EMPTY = np.empty(0, dtype=np.int64)
 
 
 class Clusters(Protocol):
-    """Coarse clusters of user vectors (``SignLSH`` or ``KMeansClusters``)."""
+    """Coarse clusters of user vectors (``KMeansClusters``, ``SignLSH``, ``AdaptiveClusters``):
+    ``(cluster key, representative vector)``, or None when the user cannot share (yet)."""
 
-    def assign(self, vec: np.ndarray) -> tuple[str, np.ndarray]: ...
+    def assign(self, vec: np.ndarray) -> tuple[str, np.ndarray] | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +92,12 @@ class LoopConfig:
 
     history_len: int = 200  # tokens of history read per cycle
     row_len: int = 50  # items per row
-    retrieval_pool: int = 300  # shared vector-search pool re-scored per user
+    retrieval_pool: int = 600  # shared vector-search pool re-scored per user
     stale_horizon_ms: int = 60 * 60 * 1000  # a sweep refreshes rows expiring within this
     max_replans: int = 1  # evaluator flags -> planner, at most this many times per cycle
     node_slack_ms: float = 500.0  # LangGraph's own node timeout = budget + this (a backstop)
+    accounting_window: int = 20_000  # run records kept for stats() (values dropped)
+    encode_in_thread: bool = False  # embed_history off the event loop (for models slower than ~5 ms)
     late_night_start_h: int = 23  # "late night" in the user's local time: [start, end)
     late_night_end_h: int = 5
 

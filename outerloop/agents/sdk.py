@@ -321,8 +321,9 @@ class AgentContext(_RowStager):
             self.scope.user_vector = np.asarray(out.vector, dtype=np.float32)
         return self.scope.user_vector
 
-    def cluster(self, vec: np.ndarray) -> tuple[str, np.ndarray]:
-        """The user's coarse cluster (key, representative vector) for shared tool caching."""
+    def cluster(self, vec: np.ndarray) -> tuple[str, np.ndarray] | None:
+        """The user's coarse cluster (key, representative vector) for shared tool caching, or
+        None when results cannot be shared (clusters not fitted yet)."""
         return self.loop.clusters.assign(vec)
 
     def emit_row(self, row_id: str, *, title: str, reason: str, items: Sequence[tuple[int, float]],
@@ -367,6 +368,10 @@ class AgentContext(_RowStager):
         if res.changed:
             self._memory_after = await self.loop.memory.load(self.user_id)
         return res
+
+    def set_memory_after(self, memory: UserMemory) -> None:
+        """Tell the cycle what the memory is after this run's own commit (later agents see it)."""
+        self._memory_after = memory
 
     def output(self, value: Any) -> AgentOutput:
         return AgentOutput(rows=dict(self._rows), triggers=list(self._triggers), memory=self._memory_after,

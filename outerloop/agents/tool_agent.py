@@ -21,13 +21,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from outerloop.agents.planner import ROW_CONTINUE, ROW_TOP_PICKS, ROW_WIND_DOWN, TOOL_AGENT
+from outerloop.agents.planner import DARK_GENRES, ROW_CONTINUE, ROW_TOP_PICKS, ROW_WIND_DOWN, TOOL_AGENT
 from outerloop.agents.sdk import AgentContext, agent
 from outerloop.budgets.budget import Budget
 from outerloop.memory.facts import ContinueWatching, GenreBackoff, RuntimePreference
 
 CALM_GENRES = frozenset({"comedy", "animation", "family", "documentary", "romance", "children's", "musical"})
-DARK_GENRES = frozenset({"thriller", "horror"})
 WIND_DOWN_DEFAULT_MAX_MIN = 100
 
 
@@ -51,15 +50,20 @@ class Candidates:
 
 
 async def taste_pool(ctx: AgentContext, k: int) -> list[tuple[int, float]]:
-    """Top-``k`` items for the user's vector: a pool for the user's cluster (shared, cached),
-    re-scored with the user's own vector. Empty for a user without history."""
+    """Top-``k`` unseen items for the user's vector: a pool for the user's cluster (shared,
+    cached), re-scored with the user's own vector. Empty for a user without history."""
     vec = await ctx.user_vector()
     if vec is None:
         return []
-    pool_k = max(k, ctx.loop.config.retrieval_pool)
-    key, rep = ctx.cluster(vec)
-    out = await ctx.call_tool("vector_search", {"vector": rep.tolist(), "k": pool_k}, share_key=key)
-    ids = np.array([it.item_id for it in out.items], dtype=np.int64)  # (P,)
+    cluster = ctx.cluster(vec)
+    if cluster is None:  # nobody to share with: the user's own search, uncached
+        out = await ctx.call_tool("vector_search", {"vector": vec.tolist(), "k": k})
+    else:
+        key, rep = cluster
+        pool_k = max(k, ctx.loop.config.retrieval_pool)
+        out = await ctx.call_tool("vector_search", {"vector": rep.tolist(), "k": pool_k}, share_key=key)
+    seen = ctx.seen
+    ids = np.array([it.item_id for it in out.items if it.item_id not in seen], dtype=np.int64)  # (P,)
     if ids.size == 0:
         return []
     personal = ctx.artifacts.item_vectors[ids] @ vec  # (P,) the user's own scores
@@ -79,30 +83,37 @@ def _backoff(ctx: AgentContext) -> set[str]:
 
 
 async def continue_watching(ctx: AgentContext) -> list[tuple[int, float]]:
+    """For each series (the plan's first: just finished, or just released; then those memory
+    says the user is in the middle of), the first released episode the user has not seen after
+    the last one they watched."""
     p = ctx.params
-    series: list[str] = [*p.get("series", [])]
-    series += [f.series_id for f in sorted(ctx.memory(ContinueWatching), key=lambda f: -f.version)]
-    series = list(dict.fromkeys(series))[:8]
-    after = {ctx.catalog.get(i).series_id: i for i in p.get("after_items", [])}
-    released = {ctx.catalog.get(i).series_id: i for i in p.get("released_items", [])}
     facts = {f.series_id: f for f in ctx.memory(ContinueWatching)}
+    series = list(dict.fromkeys([*p.get("series", []), *sorted(facts, key=lambda s: -facts[s].version)]))[:8]
+    last_watched: dict[str, int] = {}
+    for i in ctx.history.items.tolist():  # oldest first: the last one wins
+        it = ctx.catalog.get(int(i))
+        if it.series_id is not None:
+            last_watched[it.series_id] = int(i)
+    for i in p.get("after_items", []):
+        last_watched[ctx.catalog.get(i).series_id] = i
     out: list[int] = []
     for s in series:
-        if s in released and released[s] not in ctx.seen:
-            out.append(released[s])
-        elif s in after:
-            nxt = await ctx.call_tool("next_episodes", {"series_id": s, "after_item_id": after[s], "k": 3})
-            for m in nxt.items:
-                if m.item_id not in ctx.seen and (m.release_ts is None or m.release_ts <= ctx.now_ms):
-                    out.append(m.item_id)
-                    break
-        elif s in facts and facts[s].next_item_id not in ctx.seen:
-            out.append(facts[s].next_item_id)
+        if s not in last_watched:
+            if s in facts and facts[s].next_item_id not in ctx.seen:
+                out.append(facts[s].next_item_id)
+            continue
+        nxt = await ctx.call_tool("next_episodes", {"series_id": s, "after_item_id": last_watched[s], "k": 5})
+        for m in nxt.items:
+            if m.item_id not in ctx.seen and (m.release_ts is None or m.release_ts <= ctx.now_ms):
+                out.append(m.item_id)
+                break
     out = list(dict.fromkeys(out))
     return [(i, 1.0 - 0.01 * r) for r, i in enumerate(out)]
 
 
 async def wind_down(ctx: AgentContext) -> list[tuple[int, float]]:
+    """The user's taste without thrillers, horror or backed-off genres, no longer than their
+    night-time runtime preference (100 min without one), calm genres and short titles first."""
     n = ctx.loop.config.row_len
     pool = await taste_pool(ctx, 4 * n)
     meta = await _genres(ctx, [i for i, _ in pool])
@@ -122,18 +133,21 @@ async def wind_down(ctx: AgentContext) -> list[tuple[int, float]]:
 
 
 async def top_picks(ctx: AgentContext) -> list[tuple[int, float]]:
+    """Taste (shared pool re-scored) + co-watch of the last five titles + trending, unseen and
+    without backed-off genres; ``explore`` (after drift) leans on co-watch and trending and
+    caps any one genre at an eighth of the row."""
     n = ctx.loop.config.row_len
     explore = bool(ctx.params.get("explore"))
     cands = Candidates()
-    pool = await taste_pool(ctx, 3 * n)
+    pool = await taste_pool(ctx, 2 * n)
     cands.add(pool, 1.0)
     recent = list(dict.fromkeys(reversed(ctx.history.items.tolist())))[:5]
     if recent:
-        co = await ctx.call_tool("co_watch", {"items": recent, "k": 2 * n})
+        co = await ctx.call_tool("co_watch", {"items": recent, "k": n})
         cands.add([(it.item_id, it.score) for it in co.items], 0.6 if explore else 0.3)
-    trend = await ctx.call_tool("trending", {"k": 2 * n})
+    trend = await ctx.call_tool("trending", {"k": n})
     cands.add([(it.item_id, it.score) for it in trend.items], 0.4 if explore else 0.1 if pool else 1.0)
-    ranked = [(i, s) for i, s in cands.ranked() if i not in ctx.seen][: 3 * n]
+    ranked = [(i, s) for i, s in cands.ranked() if i not in ctx.seen][: 2 * n]
     meta = await _genres(ctx, [i for i, _ in ranked])
     avoid = _backoff(ctx)
     out: list[tuple[int, float]] = []

@@ -26,6 +26,7 @@ import asyncio
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -33,8 +34,11 @@ from pydantic import BaseModel, Field
 from outerloop.data.events import Event
 from outerloop.data.schema import Catalog, Item
 from outerloop.storage import Keys
-from outerloop.tools.contracts import ScoredItem, ScoredItems, ToolDeps, ToolSpec, tool
+from outerloop.tools.contracts import ScoredItems, ToolDeps, ToolSpec, tool
 from outerloop.tools.registry import ToolRegistry
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 # How much each event type says "I watched this" (0 = not a co-watch signal).
 ENGAGEMENT_WEIGHT: dict[str, float] = {
@@ -56,6 +60,7 @@ class CatalogIndex:
     catalog: Catalog
     episodes: dict[str, list[int]] = field(default_factory=dict)  # series -> ids in watch order
     by_genre: dict[str, list[int]] = field(default_factory=dict)
+    _meta: dict[int, "ItemMeta"] = field(default_factory=dict)  # built on first request, then reused
 
     @classmethod
     def build(cls, catalog: Catalog) -> "CatalogIndex":
@@ -78,6 +83,16 @@ class CatalogIndex:
         except KeyError:
             return None
 
+    def meta(self, item_id: int) -> "ItemMeta | None":
+        """The item's metadata record (one object per item, made once: the tools hand out many)."""
+        m = self._meta.get(item_id)
+        if m is None:
+            it = self.item(item_id)
+            if it is None:
+                return None
+            m = self._meta[item_id] = _meta(it)
+        return m
+
     def next_episodes(self, series_id: str, after_item_id: int | None, k: int) -> list[int]:
         eps = self.episodes.get(series_id, [])
         if after_item_id is None or after_item_id not in eps:
@@ -87,6 +102,7 @@ class CatalogIndex:
 
 
 _INDEX_KEY = "catalog_index"
+ENCODE_IN_THREAD = "encode_in_thread"  # ToolDeps.extra flag: run embed_history in a worker thread
 
 
 def catalog_index(deps: ToolDeps) -> CatalogIndex:
@@ -125,19 +141,29 @@ class CoWatchGraph:
     def applied_key(self, event_id: str) -> str:
         return f"{self.keys.prefix}:cw:ev:{event_id}"
 
-    async def apply(self, redis, events: Iterable[Event]) -> int:  # noqa: ANN001 - redis.asyncio.Redis
-        """Apply engagement events (any order within a batch is fine; per-user order matters and
-        is kept). Returns how many events were new. Three round trips per batch."""
+    async def claim(self, redis: "Redis", events: Iterable[Event]) -> list[Event]:
+        """The engagement events among ``events`` not seen before (marked seen now, one round
+        trip): what is safe to count once, here and in :class:`TrendingCounter`."""
         evs = [e for e in events if e.item_id is not None and ENGAGEMENT_WEIGHT.get(e.type, 0.0) > 0]
         if not evs:
-            return 0
+            return []
         pipe = redis.pipeline(transaction=False)
         for e in evs:
             pipe.set(self.applied_key(e.event_id), 1, nx=True, ex=self.applied_ttl_s)
-        fresh = [e for e, new in zip(evs, await pipe.execute()) if new]
+        return [e for e, new in zip(evs, await pipe.execute()) if new]
+
+    async def apply(self, redis: "Redis", events: Iterable[Event]) -> int:
+        """Claim and link engagement events (per-user order is kept whatever the batch order).
+        Returns how many events were new. Three round trips per batch."""
+        fresh = await self.claim(redis, events)
+        await self.link(redis, fresh)
+        return len(fresh)
+
+    async def link(self, redis: "Redis", fresh: Sequence[Event]) -> None:
+        """Add the edges of already-claimed events."""
         if not fresh:
-            return 0
-        fresh.sort(key=lambda e: e.ts)
+            return
+        fresh = sorted(fresh, key=lambda e: e.ts)
         users = sorted({e.user_id for e in fresh})
         devices = sorted({e.device for e in fresh if e.device})
         pipe = redis.pipeline(transaction=False)
@@ -188,9 +214,8 @@ class CoWatchGraph:
             pipe.zadd(self.device_key(d), {str(i): ts for i, ts in m.items()})
             pipe.zremrangebyrank(self.device_key(d), 0, -(self.window + 1))
         await pipe.execute()
-        return len(fresh)
 
-    async def neighbours(self, redis, seeds: Sequence[int], k: int, per_seed: int = 50) -> list[tuple[int, float]]:  # noqa: ANN001
+    async def neighbours(self, redis: "Redis", seeds: Sequence[int], k: int, per_seed: int = 50) -> list[tuple[int, float]]:
         """Top-``k`` items co-watched with any seed (edge weights summed), seeds excluded.
         Merged in Redis by one script: a round trip and a short string back, however many
         seeds and edges (parsing hundreds of scored members in Python costs milliseconds)."""
@@ -255,11 +280,13 @@ class TrendingCounter:
     def genre_key(self, genre: str) -> str:
         return f"{self.key}:g:{genre}"
 
-    async def _epoch(self, redis, first_ts: int) -> int:  # noqa: ANN001
+    async def _epoch(self, redis: "Redis", first_ts: int) -> int:
         await redis.set(self.epoch_key, first_ts, nx=True)
         return int(await redis.get(self.epoch_key))
 
-    async def record(self, redis, events: Iterable[Event], catalog: Catalog) -> int:  # noqa: ANN001
+    async def record(self, redis: "Redis", events: Iterable[Event], catalog: Catalog) -> int:
+        """Count engagement events (not idempotent by itself: pass events claimed once, e.g. by
+        ``CoWatchGraph.claim``). Returns how many were counted."""
         evs = [e for e in events if e.item_id is not None and ENGAGEMENT_WEIGHT.get(e.type, 0.0) > 0]
         if not evs:
             return 0
@@ -279,7 +306,7 @@ class TrendingCounter:
         await pipe.execute()
         return len(evs)
 
-    async def rebase(self, redis, new_epoch: int, catalog: Catalog) -> int:  # noqa: ANN001
+    async def rebase(self, redis: "Redis", new_epoch: int, catalog: Catalog) -> int:
         """Move the epoch to ``new_epoch``, rescaling every score so decayed values stay equal."""
         old = int(await redis.get(self.epoch_key) or new_epoch)
         factor = 2.0 ** ((old - new_epoch) / self.half_life_ms)
@@ -290,7 +317,7 @@ class TrendingCounter:
         await pipe.execute()
         return new_epoch
 
-    async def top(self, redis, k: int, now_ms: int, genre: str | None = None) -> list[tuple[int, float]]:  # noqa: ANN001
+    async def top(self, redis: "Redis", k: int, now_ms: int, genre: str | None = None) -> list[tuple[int, float]]:
         key = self.genre_key(genre) if genre else self.key
         pipe = redis.pipeline(transaction=False)
         pipe.get(self.epoch_key)
@@ -369,70 +396,67 @@ def _meta(it: Item) -> ItemMeta:
     )
 
 
-@tool(name="vector_search", timeout_ms=50, share="cluster", cache_ttl_ms=10 * 60_000)
+@tool(name="vector_search", timeout_ms=80, share="cluster", cache_ttl_ms=10 * 60_000)
 async def vector_search(args: VectorSearchIn, deps: ToolDeps) -> ScoredItems:
     """Items whose embeddings score highest against a query vector (inner product), from the
     model's FAISS index. Use a user embedding for "more like this user's taste"."""
     q = np.asarray([args.vector], dtype=np.float32)  # (1, d)
     exclude = set(args.exclude)
     ids, scores = deps.artifacts.index.search(q, args.k + len(exclude))  # (1, k'), (1, k')
-    out = [
-        ScoredItem(item_id=int(i), score=float(s))
-        for i, s in zip(ids[0], scores[0])
-        if int(i) > 0 and int(i) not in exclude
-    ]
-    return ScoredItems(items=out[: args.k])
+    pairs = [(i, s) for i, s in zip(ids[0].tolist(), scores[0].tolist()) if i > 0 and i not in exclude]
+    return ScoredItems.from_pairs(pairs[: args.k])
 
 
-@tool(name="embed_history", timeout_ms=60)
+@tool(name="embed_history", timeout_ms=100)
 async def embed_history(args: EmbedHistoryIn, deps: ToolDeps) -> EmbedHistoryOut:
     """The model's embedding of an interaction history (oldest first): the user's taste as one
-    vector, comparable with item vectors. Runs the transformer off the event loop."""
+    vector, comparable with item vectors."""
     actions = [args.actions] if args.actions else None
     ts = [args.ts] if args.ts else None
-    vec = await asyncio.to_thread(deps.artifacts.encode, [args.items], actions, ts)  # (1, d)
+    if deps.extra.get(ENCODE_IN_THREAD, False):  # big models: keep the event loop responsive
+        vec = await asyncio.to_thread(deps.artifacts.encode, [args.items], actions, ts)  # (1, d)
+    else:  # one short forward pass (~1-2 ms on CPU) costs less than two thread hand-offs
+        vec = deps.artifacts.encode([args.items], actions, ts)  # (1, d)
     return EmbedHistoryOut(vector=np.asarray(vec)[0].astype(float).tolist(), model_version=deps.artifacts.model_version)
 
 
 def make_co_watch_tool(graph: CoWatchGraph) -> ToolSpec:
     """The ``co_watch`` tool bound to one :class:`CoWatchGraph` configuration."""
 
-    @tool(name="co_watch", timeout_ms=30)
+    @tool(name="co_watch", timeout_ms=50)
     async def co_watch(args: CoWatchIn, deps: ToolDeps) -> ScoredItems:
         """Items other members watched together with the seed items (user and device edges of
         the member-action graph), strongest first; seeds themselves are left out."""
-        pairs = await graph.neighbours(deps.redis, args.items, args.k, args.per_seed)
-        return ScoredItems(items=[ScoredItem(item_id=i, score=s) for i, s in pairs])
+        return ScoredItems.from_pairs(await graph.neighbours(deps.redis, args.items, args.k, args.per_seed))
 
     return co_watch
 
 
-@tool(name="item_metadata", timeout_ms=20)
+@tool(name="item_metadata", timeout_ms=50)
 async def item_metadata(args: ItemIdsIn, deps: ToolDeps) -> ItemsOut:
     """Catalog facts for items: title, genres, year, runtime, and for episodes their series,
     season and number. Unknown ids are left out."""
     idx = catalog_index(deps)
-    return ItemsOut(items=[_meta(it) for i in args.item_ids if (it := idx.item(i)) is not None])
+    return ItemsOut.model_construct(items=[m for i in args.item_ids if (m := idx.meta(i)) is not None])
 
 
-@tool(name="next_episodes", timeout_ms=20)
+@tool(name="next_episodes", timeout_ms=50)
 async def next_episodes(args: NextEpisodesIn, deps: ToolDeps) -> ItemsOut:
     """The next ``k`` episodes of a series after ``after_item_id`` (from the first episode when
     it is not given), in watch order."""
     idx = catalog_index(deps)
     ids = idx.next_episodes(args.series_id, args.after_item_id, args.k)
-    return ItemsOut(items=[_meta(deps.catalog.get(i)) for i in ids])
+    return ItemsOut.model_construct(items=[m for i in ids if (m := idx.meta(i)) is not None])
 
 
 def make_trending_tool(counter: TrendingCounter) -> ToolSpec:
     """The ``trending`` tool bound to one :class:`TrendingCounter` configuration."""
 
-    @tool(name="trending", timeout_ms=30, share="global", cache_ttl_ms=30_000)
+    @tool(name="trending", timeout_ms=50, share="global", cache_ttl_ms=30_000)
     async def trending(args: TrendingIn, deps: ToolDeps) -> ScoredItems:
         """What is being watched right now: exponentially decayed engagement counts (half-life
         of hours), overall or within one genre."""
-        pairs = await counter.top(deps.redis, args.k, deps.clock_ms(), args.genre)
-        return ScoredItems(items=[ScoredItem(item_id=i, score=s) for i, s in pairs])
+        return ScoredItems.from_pairs(await counter.top(deps.redis, args.k, deps.clock_ms(), args.genre))
 
     return trending
 

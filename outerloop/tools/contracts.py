@@ -16,7 +16,7 @@ import inspect
 import re
 import time
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, get_type_hints
 
@@ -195,6 +195,12 @@ class ScoredItems(BaseModel):
     """A ranked list, best first."""
 
     items: list[ScoredItem] = Field(default_factory=list)
+
+    @classmethod
+    def from_pairs(cls, pairs: "Iterable[tuple[int, float]]") -> "ScoredItems":
+        """Build from (item_id, score) pairs in one validation call (hundreds of items: one
+        call is several times cheaper than one model per item)."""
+        return cls.model_validate({"items": [{"item_id": int(i), "score": float(s)} for i, s in pairs]})
 
     def ids(self) -> list[int]:
         return [it.item_id for it in self.items]
