@@ -6,13 +6,12 @@ from __future__ import annotations
 import asyncio
 
 from outerloop.scheduler.dispatch import CLAIM_LUA, CycleOutcome, now_ms, request_cycle
-from outerloop.scheduler.keys import SchedulerKeys
 from outerloop.scheduler.runners import RowRefreshRunner, to_agent_triggers
 from outerloop.scheduler.triggers import DRIFT, Trigger, TriggerRules
 from outerloop.storage import Keys
 from tests.redis_fixtures import pytest_generate_tests, redis_keys, redis_target  # noqa: F401
 from tests.test_scheduler_helpers import (  # noqa: F401
-    MIN, T0, Env, RecordingRunner, env, event, fast_settings, group_done, make_daemon, running, wait_until,
+    MIN, T0, Env, RecordingRunner, env, event, fast_settings, make_daemon, running, wait_until,
     xadd_all,
 )
 
@@ -20,7 +19,7 @@ ACTIVITY = TriggerRules(on_activity=True)
 
 
 async def test_two_daemons_never_run_one_user_twice_and_coalesce_triggers(env: Env) -> None:
-    runner = RecordingRunner(env.client, work_s=0.15)  # shared: sees overlaps across daemons
+    runner = RecordingRunner(env.client, keys=env.keys, work_s=0.15)  # shared: sees overlaps across daemons
     a = make_daemon(env, runner, rules=ACTIVITY, settings=fast_settings(max_concurrent_cycles=4))
     b = make_daemon(env, runner, rules=ACTIVITY, settings=fast_settings(max_concurrent_cycles=4))
     users = ["c0", "c1", "c2"]
@@ -43,7 +42,7 @@ async def test_two_daemons_never_run_one_user_twice_and_coalesce_triggers(env: E
 
 
 async def test_concurrent_cycles_are_bounded(env: Env) -> None:
-    runner = RecordingRunner(env.client, work_s=0.2)
+    runner = RecordingRunner(env.client, keys=env.keys, work_s=0.2)
     daemon = make_daemon(env, runner, rules=ACTIVITY, settings=fast_settings(max_concurrent_cycles=2))
     await xadd_all(env.client, env.keys.stream(), [event(f"b{i}", T0) for i in range(8)])
     async with running(daemon):
@@ -59,16 +58,16 @@ async def test_triggers_of_a_crashed_cycle_run_again_after_its_lock_expires(env:
     user = "crashed"
     await request_cycle(env.client, env.keys, user, DRIFT, {"row_id": "r1"})
     # a daemon claimed the user (lock for 300 ms, triggers moved in flight) and died
-    assert (await env.client.eval(CLAIM_LUA, 3, SchedulerKeys.cycle_lock(user), SchedulerKeys.pending_triggers(user),
-                                  SchedulerKeys.inflight_triggers(user), "dead-token", 300, 256, 20))[0] == 1
+    assert (await env.client.eval(CLAIM_LUA, 7, env.keys.cycle_lock(user), *env.keys.pending_triggers(user),
+                                  *env.keys.inflight_triggers(user), "dead-token", 300, 256, 20))[0] == 1
     await env.client.zadd(env.keys.due(0), {user: now_ms() + 300})  # its lease
-    runner = RecordingRunner(env.client)
+    runner = RecordingRunner(env.client, keys=env.keys)
     daemon = make_daemon(env, runner)
     async with running(daemon):
         await wait_until(lambda: _done(bool(runner.calls)), timeout_s=5)
     [(u, [trig])] = runner.calls
     assert (u, trig.name, trig.detail["row_id"]) == (user, DRIFT, "r1")
-    assert not await env.client.exists(SchedulerKeys.inflight_triggers(user), SchedulerKeys.cycle_lock(user))
+    assert not await env.client.exists(*env.keys.inflight_triggers(user), env.keys.cycle_lock(user))
 
 
 async def test_stale_rows_are_swept_and_a_failing_cycle_never_stops_the_daemon(env: Env) -> None:
@@ -79,7 +78,7 @@ async def test_stale_rows_are_swept_and_a_failing_cycle_never_stops_the_daemon(e
                 raise RuntimeError("agent bug")
             return outcome
 
-    runner = Flaky(env.client)
+    runner = Flaky(env.client, keys=env.keys)
     daemon = make_daemon(env, runner, settings=fast_settings(min_refresh_interval_s=0.0, stale_after_s=0.3))
     async with running(daemon):
         await request_cycle(env.client, env.keys, "bad", DRIFT)
@@ -99,7 +98,7 @@ async def test_a_cycle_past_the_backstop_is_stopped_and_counted(env: Env) -> Non
     async with running(daemon):
         await request_cycle(env.client, env.keys, "slow", DRIFT)
         await wait_until(lambda: _done(daemon.metrics.kills == 1), timeout_s=5)
-    assert not await env.client.exists(SchedulerKeys.cycle_lock("slow"))
+    assert not await env.client.exists(env.keys.cycle_lock("slow"))
 
 
 async def test_row_refresh_runner_writes_a_row_and_logs_the_commit(env: Env) -> None:
@@ -109,8 +108,9 @@ async def test_row_refresh_runner_writes_a_row_and_logs_the_commit(env: Env) -> 
     assert outcome.status == "ok" and outcome.rows_committed == 1
     row = await env.client.hget(Keys.rows("rr"), "recent")
     assert b'"items": [[7, 1.0]]' in row
-    [(_, log)] = await env.client.xrange(f"{env.prefix}:refresh")
+    [(entry_id, log)] = await env.client.xrange(f"{env.prefix}:refresh")
     assert log[b"event_ids"] == ev.event_id.encode()
+    assert int(entry_id.split(b"-")[0]) >= int(log[b"started_ms"])  # the commit time
 
 
 def test_scheduler_triggers_map_to_the_agents_contract() -> None:
@@ -125,3 +125,17 @@ def test_scheduler_triggers_map_to_the_agents_contract() -> None:
     assert [t.kind for t in mapped] == ["session_closed", "event", "drift", "sweep"]
     assert mapped[0].detail["late_night"] == 1 and mapped[0].tz_offset_min == -300
     assert mapped[1].events[0].event_id == ev.event_id and mapped[2].row_id == "because"
+
+
+async def test_a_cycle_longer_than_the_lock_keeps_it_by_renewal(env: Env) -> None:
+    runner = RecordingRunner(env.client, keys=env.keys, work_s=1.0)
+    settings = dict(lock_ttl_s=0.3, cycle_timeout_s=5.0)
+    a = make_daemon(env, runner, settings=fast_settings(**settings))
+    b = make_daemon(env, runner, settings=fast_settings(**settings))
+    async with running(a), running(b):
+        await request_cycle(env.client, env.keys, "long", DRIFT)
+        await wait_until(lambda: _done(len(runner.calls) == 1), timeout_s=5)
+        await request_cycle(env.client, env.keys, "long", DRIFT)  # arrives while it runs: waits
+        await wait_until(lambda: _done(len(runner.calls) == 2 and not runner.running.get("long")), timeout_s=10)
+    assert runner.max_overlap_per_user == 1
+    assert a.metrics.locks_lost == b.metrics.locks_lost == 0

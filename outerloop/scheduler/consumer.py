@@ -2,7 +2,8 @@
 
 Order of work for every chunk of entries: decode (malformed -> dead letter), apply each event
 with one Lua script on the user's keys (effect + "applied" marker together, so a redelivery is
-a no-op), queue users whose triggers fired, then XACK. An entry is acknowledged only after its
+a no-op), hand the events to the sink (the outer loop's co-watch graph), queue users whose
+triggers fired, then XACK. An entry is acknowledged only after its
 effect is in Redis; a crash anywhere before that leaves it pending, and the next owner applies
 it again harmlessly.
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from redis.exceptions import NoScriptError, ResponseError
 
@@ -25,13 +26,21 @@ from outerloop.data.events import Event
 from outerloop.scheduler.dispatch import REDIS_DOWN, fire_args, fire_keys, now_ms
 from outerloop.scheduler.keys import SchedulerKeys
 from outerloop.scheduler.metrics import DaemonMetrics
-from outerloop.scheduler.scripts import LuaScript, ScriptSet, evalsha_many
+from outerloop.scheduler.scripts import LuaScript, ScriptSet, evalsha_many, is_cluster
 from outerloop.scheduler.sessionizer import ApplyResult, Sessionizer
 from outerloop.scheduler.settings import DaemonSettings
 from outerloop.scheduler.stream_format import EVENT_FIELD, MalformedEntry, decode_entry, describe_fields
 from outerloop.scheduler.triggers import EPISODE_RELEASED, LUA_FIRE
 
 log = logging.getLogger(__name__)
+
+
+class EventSink(Protocol):
+    """Receives every chunk's events after their effect is applied and before they are
+    acknowledged: ``applied`` for the first time, ``redelivered`` already applied before."""
+
+    async def __call__(self, applied: Sequence[Event], redelivered: Sequence[Event]) -> None: ...
+
 
 # KEYS: watermark   ARGV: ts. Keeps the largest event time seen on the shard.
 MAX_SET_LUA = r"""
@@ -48,11 +57,17 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _entry_id(value: bytes | str) -> tuple[int, int]:
+    ms, _, seq = _text(value).partition("-")
+    return int(ms), int(seq or 0)
+
+
 class StreamConsumer:
     """One daemon's reader of every shard's stream."""
 
     def __init__(self, *, client: Any, keys: SchedulerKeys, settings: DaemonSettings, sessionizer: Sessionizer,
-                 metrics: DaemonMetrics, on_due: Callable[[], None], stopping: asyncio.Event) -> None:
+                 metrics: DaemonMetrics, on_due: Callable[[], None], stopping: asyncio.Event,
+                 sink: EventSink | None = None) -> None:
         self.client = client
         self.keys = keys
         self.settings = settings
@@ -60,10 +75,13 @@ class StreamConsumer:
         self.metrics = metrics
         self.on_due = on_due
         self.stopping = stopping
+        self.sink = sink
         apply_script, _ = sessionizer.scripts()
         self.scripts = ScriptSet(apply_script, LuaScript("max_set", MAX_SET_LUA), LuaScript("fire", LUA_FIRE))
         self._recover = [True] * keys.shards  # re-claim own pending entries before reading new ones
         self._max_ts_written = [-1] * keys.shards  # skip the watermark write when nothing is newer
+        self._in_hand: set[str] = set()  # entry ids this process is applying right now
+        self._cluster = is_cluster(client)
 
     @property
     def me(self) -> str:
@@ -134,14 +152,44 @@ class StreamConsumer:
             cursor, entries = _text(reply[0]), reply[1]
             deleted = reply[2] if len(reply) > 2 else []
             for entry_id in deleted:  # Redis >= 7 drops trimmed entries from the PEL itself
-                await self._dead_letter(shard, entry_id, None, "entry was trimmed from the stream before it was applied", None)
+                await self._dead_letter(shard, entry_id, None,
+                                        "entry was trimmed from the stream before it was applied", None)
+            entries = [e for e in entries if _text(e[0]) not in self._in_hand]  # our own reader has them
             if entries:
                 self.metrics.entries_claimed += len(entries)
                 log.info("claimed %d idle entries on %s", len(entries), stream)
                 handled += await self.process(shard, entries, await self._delivery_counts(shard, entries))
             if cursor == "0-0":
                 break
+        await self._prune_consumers(shard)
+        if self.settings.trim_consumed:
+            await self.trim_consumed(shard)
         return handled
+
+    async def trim_consumed(self, shard: int) -> None:
+        """Drop the entries every consumer group has read and acknowledged. Without it the
+        stream grows for ever when producers do not trim; with a producer's MAXLEN instead, a
+        backlog could lose entries no daemon has read yet."""
+        stream = self.keys.stream(shard)
+        floor: tuple[int, int] | None = None
+        for g in await self.client.xinfo_groups(stream):
+            ms, seq = _entry_id(g["last-delivered-id"])
+            keep_from = (ms, seq + 1)  # everything up to the last delivered entry is read
+            if int(g.get("pending") or 0):
+                oldest = (await self.client.xpending(stream, g["name"]))["min"]
+                if oldest:
+                    keep_from = min(keep_from, _entry_id(oldest))  # not yet acknowledged
+            floor = keep_from if floor is None else min(floor, keep_from)
+        if floor is not None and floor > (0, 0):
+            await self.client.xtrim(stream, minid=f"{floor[0]}-{floor[1]}", approximate=True)
+
+    async def _prune_consumers(self, shard: int) -> None:
+        """Forget consumers (daemons long gone) that own nothing: a restarted daemon is a new
+        consumer, and the group would otherwise list every one that ever ran."""
+        for c in await self.client.xinfo_consumers(self.keys.stream(shard), self.keys.group):
+            name = _text(c["name"])
+            if name != self.me and int(c["pending"]) == 0 and int(c["idle"]) > self.settings.consumer_prune_idle_ms:
+                await self.client.xgroup_delconsumer(self.keys.stream(shard), self.keys.group, name)
 
     async def _delivery_counts(self, shard: int, entries: Sequence[Entry]) -> dict[str, int]:
         pipe = self.client.pipeline(transaction=False)
@@ -158,12 +206,17 @@ class StreamConsumer:
         """Apply ``entries`` chunk by chunk; a stop request leaves the remaining chunks pending."""
         handled = 0
         size = self.settings.apply_chunk
-        for start in range(0, len(entries), size):
-            if self.stopping.is_set():
-                left = len(entries) - start
-                log.info("stopping: %d read entries left pending for another consumer", left)
-                break
-            handled += await self._apply_chunk(shard, entries[start:start + size], deliveries or {})
+        ids = {_text(e[0]) for e in entries}
+        self._in_hand |= ids
+        try:
+            for start in range(0, len(entries), size):
+                if self.stopping.is_set():
+                    left = len(entries) - start
+                    log.info("stopping: %d read entries left pending for another consumer", left)
+                    break
+                handled += await self._apply_chunk(shard, entries[start:start + size], deliveries or {})
+        finally:
+            self._in_hand -= ids
         return handled
 
     async def _apply_chunk(self, shard: int, chunk: Sequence[Entry], deliveries: dict[str, int]) -> int:
@@ -181,17 +234,38 @@ class StreamConsumer:
             except MalformedEntry as exc:
                 dead.append((entry_id, fields, exc.reason))
         acks: list[bytes | str] = []
-        if good:
-            acks += await self._apply_events(shard, good, now)
         for entry_id, fields, reason in dead:
             await self._dead_letter(shard, entry_id, fields, reason, deliveries.get(_text(entry_id)))
             acks.append(entry_id)
-        if acks:
+        pipe = self.client.pipeline(transaction=False)
+        queued = False
+        if good:
+            applied, queued = await self._apply_events(shard, good, now, pipe)
+            acks += applied
+        # The bookkeeping the events' effects need (queue users, index open sessions, ...) and
+        # then the acknowledgement. On one server a pipeline runs in order, so XACK rides along;
+        # on a cluster the commands may land on other nodes in any order, so it waits.
+        if acks and not self._cluster:
+            pipe.xack(self.keys.stream(shard), self.keys.group, *acks)
+        if len(pipe):
+            for reply in await pipe.execute(raise_on_error=False):
+                if isinstance(reply, NoScriptError):
+                    await self.scripts.load(self.client)  # the watermark waits for the next chunk
+                elif isinstance(reply, Exception):
+                    raise reply
+        if queued:
+            self.on_due()  # after the queue write: the dispatcher reads the queue on its own connection
+        if acks and self._cluster:
             await self.client.xack(self.keys.stream(shard), self.keys.group, *acks)
         return len(acks)
 
-    async def _apply_events(self, shard: int, good: list[tuple[bytes | str, Event, Any]], now: int) -> list[bytes | str]:
-        calls = [self.sessionizer.apply_call(event, now, raw) for _, event, raw in good]
+    async def _apply_events(self, shard: int, good: list[tuple[bytes | str, Event, Any]], now: int,
+                            pipe: Any) -> tuple[list[bytes | str], bool]:
+        """Apply the events (one script each, one round trip); queue on ``pipe`` what must
+        follow them. Returns the entries to acknowledge and whether users were queued."""
+        # one server: the scripts queue users and index sessions themselves (cluster: below)
+        inline = None if self._cluster else shard
+        calls = [self.sessionizer.apply_call(self.keys, event, now, raw, inline) for _, event, raw in good]
         replies = await evalsha_many(self.client, self.scripts.sha("apply"), calls)
         if any(isinstance(r, NoScriptError) for r in replies):
             await self.scripts.load(self.client)  # Redis restarted; re-applying is harmless
@@ -201,6 +275,8 @@ class StreamConsumer:
         open_last: dict[str, int] = {}
         follows: list[tuple[str, str]] = []  # (series, user), also for redeliveries (idempotent)
         releases: list[tuple[Event, str]] = []
+        first_time: list[Event] = []
+        again: list[Event] = []
         applied = dup = late = 0
         max_ts = -1
         for (entry_id, event, _), reply in zip(good, replies):
@@ -212,6 +288,7 @@ class StreamConsumer:
                             event.event_id, _text(entry_id), reply)
                 continue
             res = ApplyResult.from_reply(reply)
+            (first_time if res.applied else again).append(event)
             applied += res.applied
             dup += not res.applied
             late += res.late
@@ -227,24 +304,24 @@ class StreamConsumer:
             elif event.type == "episode_release" and (series := self.sessionizer.series_of(event)) is not None:
                 releases.append((event, series))
             acks.append(entry_id)
-        if due or open_last or follows:
-            pipe = self.client.pipeline(transaction=False)
-            for series, user in follows:
-                pipe.sadd(self.keys.followers(series), user)
-            if due:
-                pipe.zadd(self.keys.due(shard), {u: now for u in due}, nx=True)
-            if open_last:
-                pipe.zadd(self.keys.open_sessions(shard), open_last, gt=True)
-            await pipe.execute()
-        if max_ts > self._max_ts_written[shard]:
-            await self.scripts.call(self.client, "max_set", [self.keys.watermark(shard)], [max_ts])
-            self._max_ts_written[shard] = max_ts
         for event, series in releases:
             due |= await self._fan_out_release(shard, event, series, now)
+        if self.sink is not None and (first_time or again):
+            await self.sink(first_time, again)
+        for series, user in follows:
+            pipe.sadd(self.keys.followers(series), user)
+        if self._cluster and due:
+            pipe.zadd(self.keys.due(shard), {u: now for u in due}, nx=True)
+        if self._cluster and open_last:
+            pipe.zadd(self.keys.open_sessions(shard), open_last, gt=True)
+        if max_ts > self._max_ts_written[shard]:
+            if self._cluster:
+                await self.scripts.call(self.client, "max_set", [self.keys.watermark(shard)], [max_ts])
+            else:
+                pipe.evalsha(self.scripts.sha("max_set"), 1, self.keys.watermark(shard), max_ts)
+            self._max_ts_written[shard] = max_ts
         self.metrics.record_applied(applied, dup, late)
-        if due:
-            self.on_due()
-        return acks
+        return acks, bool(due)
 
     async def _fan_out_release(self, shard: int, event: Event, series: str, now: int) -> set[str]:
         """An ``episode_release`` (a catalog event) triggers every follower of the series, once
@@ -256,7 +333,7 @@ class StreamConsumer:
         rules = self.sessionizer.rules
         detail = {"type": event.type, "ts": event.ts, "item_id": event.item_id, "series_id": series}
         ejson = event.model_dump_json(exclude_none=True)
-        calls = [(fire_keys(user), fire_args(
+        calls = [(fire_keys(self.keys, user), fire_args(
             EPISODE_RELEASED, now, detail, rules, marker=f"release:{event.event_id}",
             applied_ttl_s=self.sessionizer.sessions.applied_ttl_s, event_id=event.event_id, event_json=ejson))
             for user in followers]

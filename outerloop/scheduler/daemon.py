@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from outerloop.scheduler.backoff import Backoff
-from outerloop.scheduler.consumer import StreamConsumer
+from outerloop.scheduler.consumer import EventSink, StreamConsumer
 from outerloop.scheduler.dispatch import REDIS_DOWN, CycleRunner, Dispatcher
 from outerloop.scheduler.health import Heartbeat
 from outerloop.scheduler.keys import SchedulerKeys
@@ -36,7 +36,7 @@ class Daemon:
 
     def __init__(self, *, client: Any, runner: CycleRunner, keys: SchedulerKeys | None = None,
                  settings: DaemonSettings | None = None, sessionizer: Sessionizer | None = None,
-                 metrics: DaemonMetrics | None = None) -> None:
+                 metrics: DaemonMetrics | None = None, sink: EventSink | None = None) -> None:
         self.client = client
         self.keys = keys or SchedulerKeys.default()
         self.settings = settings or DaemonSettings()
@@ -49,7 +49,7 @@ class Daemon:
                                      metrics=self.metrics, rules=self.sessionizer.rules)
         self.consumer = StreamConsumer(client=client, keys=self.keys, settings=self.settings,
                                        sessionizer=self.sessionizer, metrics=self.metrics,
-                                       on_due=self.dispatcher.notify, stopping=self._stopping)
+                                       on_due=self.dispatcher.notify, stopping=self._stopping, sink=sink)
         self.sweeper = Sweeper(client=client, keys=self.keys, settings=self.settings, sessionizer=self.sessionizer,
                                metrics=self.metrics, on_due=self.dispatcher.notify)
         self.heartbeat = Heartbeat(client=client, keys=self.keys, consumer=self.settings.consumer,
@@ -86,6 +86,7 @@ class Daemon:
         workers.append(self._spawn("stale", self._sweep_stale, s.stale_sweep_interval_s))
         dispatch = self._spawn("dispatch", self.dispatcher.tick, 0.0, until_drained=True)
         beat = self._spawn("heartbeat", self._beat, s.heartbeat_interval_s, until_drained=True)
+        renew = self._spawn("locks", self.dispatcher.renew_locks, s.lock_ttl_s / 3, until_drained=True)
         report = self._spawn("metrics", self._report, s.metrics_interval_s)
         self.ready.set()
         await self._stopping.wait()
@@ -98,9 +99,9 @@ class Daemon:
         # 2. running cycles: finish within the grace period, or are cancelled and handed back
         await self.dispatcher.drain(self._grace_s)
         self._halted = True  # (a cancel can be swallowed by wait_for on 3.11: the flag ends the loops)
-        for task in (dispatch, beat):
+        for task in (dispatch, beat, renew):
             task.cancel()
-        await asyncio.gather(dispatch, beat, return_exceptions=True)
+        await asyncio.gather(dispatch, beat, renew, return_exceptions=True)
         # 3. not live any more
         try:
             await self.heartbeat.clear()

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import importlib
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from outerloop.errors import UserInputError
@@ -30,21 +32,27 @@ def configure(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--check", action="store_true", help="exit 0 if a daemon's heartbeat is live, else 1")
 
     g = parser.add_argument_group("cycles")
+    g.add_argument("--artifacts", type=Path, default=None,
+                   help="trained artifacts for the outer loop and the catalog (default: OUTERLOOP_ARTIFACTS_DIR)")
     g.add_argument("--runner", default="auto",
-                   help="auto | outerloop | rows | MODULE:FACTORY (factory(client) -> runner)")
+                   help="auto (outerloop when the artifacts exist, else rows) | outerloop | rows | "
+                        "MODULE:FACTORY (factory(client, scheduler_keys) -> runner)")
     g.add_argument("--rows-work-ms", type=float, default=0.0, help="rows runner: simulated agent time")
     g.add_argument("--refresh-log", default=None, help="rows runner: stream recording each commit (benchmarks)")
     g.add_argument("--activity-triggers", action="store_true", help="trigger a cycle on every interaction")
     g.add_argument("--max-cycles", type=int, default=16, help="concurrent cycles in this daemon")
-    g.add_argument("--cycle-timeout-s", type=float, default=60.0)
-    g.add_argument("--catalog", choices=("synthetic", "none"), default="synthetic",
-                   help="item facts for the genre/series rules (the synthetic world's catalog)")
+    g.add_argument("--cycle-timeout-s", type=float, default=60.0, help="backstop over the agents' budgets")
+    g.add_argument("--lock-ttl-s", type=float, default=10.0,
+                   help="per-user lock lifetime (renewed while a cycle runs): how soon a dead daemon's users move")
+    g.add_argument("--catalog", choices=("auto", "artifacts", "synthetic", "none"), default="auto",
+                   help="item facts for the genre/series rules: the artifacts' catalog (auto, when present), "
+                        "the synthetic world's (--world-*), or none")
     g.add_argument("--world-seed", type=int, default=0)
     g.add_argument("--world-films", type=int, default=900)
     g.add_argument("--world-series", type=int, default=35)
 
     g = parser.add_argument_group("stream")
-    g.add_argument("--read-count", type=int, default=500)
+    g.add_argument("--read-count", type=int, default=200)
     g.add_argument("--block-ms", type=int, default=1000)
     g.add_argument("--claim-interval-s", type=float, default=5.0)
     g.add_argument("--claim-min-idle-ms", type=int, default=30_000)
@@ -78,11 +86,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _keys(args: argparse.Namespace) -> Any:
     from outerloop.scheduler.keys import SchedulerKeys
-    from outerloop.storage import Keys
 
     if args.key_prefix:
-        # The process-wide namespace of every per-user key (storage.Keys), set once at start-up.
-        Keys.prefix = args.key_prefix
         return SchedulerKeys.with_prefix(args.key_prefix, shards=args.stream_shards, group=args.group)
     return SchedulerKeys.default(shards=args.stream_shards, group=args.group)
 
@@ -119,11 +124,34 @@ async def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _artifacts_dir(args: argparse.Namespace) -> Path | None:
+    """The artifacts directory if it holds trained artifacts."""
+    from outerloop.config import get_settings
+
+    path = Path(args.artifacts or get_settings().artifacts_dir)
+    return path if (path / "manifest.json").is_file() else None
+
+
 def _items(args: argparse.Namespace) -> Any:
     from outerloop.scheduler.triggers import CatalogLookup, no_item_info
 
-    if args.catalog == "none":
+    art = _artifacts_dir(args)
+    choice = args.catalog
+    if choice == "auto":
+        choice = "artifacts" if art is not None else "none"
+    if choice == "none":
+        if args.catalog == "auto":
+            logging.getLogger(__name__).warning("no catalog: genre and series triggers will not fire "
+                                                "(pass --artifacts or --catalog synthetic)")
         return no_item_info
+    if choice == "artifacts":
+        if art is None:
+            raise UserInputError(f"--catalog artifacts: no trained artifacts at {args.artifacts}")
+        import json
+
+        from outerloop.inner_loop.artifacts import CATALOG, catalog_from_json
+
+        return CatalogLookup(catalog_from_json(json.loads((art / CATALOG).read_text())))
     from outerloop.data.synthetic import SyntheticWorld
 
     world = SyntheticWorld.generate(n_users=1, n_films=args.world_films, n_series=args.world_series,
@@ -131,21 +159,19 @@ def _items(args: argparse.Namespace) -> Any:
     return CatalogLookup(world.catalog)
 
 
-def _runner(args: argparse.Namespace, client: Any) -> Any:
-    from outerloop.scheduler.runners import RowRefreshRunner
+def _runner(args: argparse.Namespace, client: Any, keys: Any) -> Any:
+    from outerloop.scheduler.runners import RowRefreshRunner, outer_loop_runner
 
     name = args.runner
-    if name == "rows":
-        return RowRefreshRunner(client, work_ms=args.rows_work_ms, refresh_log=args.refresh_log)
+    art = _artifacts_dir(args)
+    if name == "rows" or (name == "auto" and art is None):
+        if name == "auto":
+            logging.getLogger(__name__).warning("no trained artifacts: cycles run the row-refresh runner")
+        return RowRefreshRunner(client, keys=keys.base, work_ms=args.rows_work_ms, refresh_log=args.refresh_log)
     if name in ("auto", "outerloop"):
-        try:
-            from outerloop.scheduler.runners import outer_loop_runner
-            return outer_loop_runner(client)
-        except (ImportError, AttributeError) as exc:
-            if name == "outerloop":
-                raise UserInputError(f"the outer loop is not available ({exc}); use --runner rows") from exc
-            logging.getLogger(__name__).warning("outer loop unavailable (%s); running the rows runner", exc)
-            return RowRefreshRunner(client, work_ms=args.rows_work_ms, refresh_log=args.refresh_log)
+        if art is None:
+            raise UserInputError(f"--runner outerloop needs trained artifacts (--artifacts; none at {args.artifacts})")
+        return outer_loop_runner(client, art, keys)
     module, sep, attr = name.partition(":")
     if not sep:
         raise UserInputError(f"--runner must be auto, outerloop, rows or MODULE:FACTORY, got {name!r}")
@@ -153,7 +179,7 @@ def _runner(args: argparse.Namespace, client: Any) -> Any:
         factory = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as exc:
         raise UserInputError(f"--runner {name}: {exc}") from exc
-    return factory(client)
+    return factory(client, keys)
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -169,7 +195,7 @@ async def _serve(args: argparse.Namespace) -> None:
         read_count=args.read_count, block_ms=args.block_ms,
         claim_interval_s=args.claim_interval_s, claim_min_idle_ms=args.claim_min_idle_ms,
         max_deliveries=args.max_deliveries, max_concurrent_cycles=args.max_cycles,
-        cycle_timeout_s=args.cycle_timeout_s, shutdown_grace_s=args.shutdown_grace_s,
+        cycle_timeout_s=args.cycle_timeout_s, lock_ttl_s=args.lock_ttl_s, shutdown_grace_s=args.shutdown_grace_s,
         session_sweep_interval_s=args.session_sweep_interval_s,
         stale_sweep_interval_s=args.stale_sweep_interval_s, stale_after_s=args.stale_after_s,
         heartbeat_interval_s=args.heartbeat_interval_s, heartbeat_ttl_s=args.heartbeat_ttl_s,
@@ -180,9 +206,14 @@ async def _serve(args: argparse.Namespace) -> None:
         rules=TriggerRules(on_activity=args.activity_triggers),
         items=_items(args),
     )
-    daemon = Daemon(client=client, runner=_runner(args, client), keys=keys, settings=settings,
-                    sessionizer=sessionizer)
+    runner = _runner(args, client, keys)
+    daemon = Daemon(client=client, runner=runner, keys=keys, settings=settings, sessionizer=sessionizer,
+                    sink=getattr(runner, "ingest", None))
+    gc.collect()
+    gc.freeze()  # the catalog and models live as long as the process: keep them out of GC passes
     try:
         await run_until_signalled(daemon)
     finally:
+        if hasattr(runner, "aclose"):
+            await runner.aclose()
         await client.aclose()

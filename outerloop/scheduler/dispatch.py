@@ -2,15 +2,20 @@
 
 The queue is a ZSET per shard (user -> time from which it may run) next to each user's pending
 triggers. A cycle *claims* a user with one Lua script on the user's keys: take the per-user lock
-(SET NX PX, a random token) and move the pending triggers to the in-flight hash. Triggers that
-arrive while the cycle runs wait in the pending hash (coalesced) and start the next cycle as
-soon as this one finishes. If a daemon dies mid-cycle, its lock expires, the user's queue entry
-(leased for the lock's lifetime) falls due again, and the next claim merges the orphaned
-in-flight triggers back in: a crash never loses a trigger.
+(SET NX PX, a random token) and move the pending triggers to the in-flight set. Triggers that
+arrive while the cycle runs stay pending (coalesced) and start the next cycle as soon as this
+one finishes. A running cycle renews its lock every third of its TTL; if the daemon dies, the
+lock expires within ``lock_ttl_s``, the user's queue entry (leased for the lock's lifetime)
+falls due again, and the next claim merges the orphaned in-flight triggers back in: a crash
+never loses a trigger.
 
-Removing a user from the queue is never blind: remove, then look at the pending hash and put
-the user back if something arrived (the event path writes the pending hash before it queues the
+On one server the claim, renew and finish scripts also update the user's queue entry in the
+same atomic step. On a cluster the queue lives in another slot, so the steps are separate, and
+removing a user from the queue is never blind: remove, then look at the pending triggers and
+put the user back if something arrived (the event path writes triggers before it queues the
 user), so no interleaving of two daemons can strand a trigger.
+
+Claims and releases of many users go to Redis together (one round trip per batch).
 """
 
 from __future__ import annotations
@@ -31,9 +36,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from outerloop.scheduler.backoff import Backoff
 from outerloop.scheduler.keys import SchedulerKeys, shard_of
 from outerloop.scheduler.metrics import DaemonMetrics
-from outerloop.scheduler.scripts import LuaScript, ScriptSet, evalsha_many
+from outerloop.scheduler.scripts import LuaScript, ScriptSet, evalsha_many, is_cluster
 from outerloop.scheduler.settings import DaemonSettings
-from outerloop.scheduler.triggers import LUA_FIRE, LUA_TRIGGERS, Trigger, TriggerRules, triggers_from_hash
+from outerloop.scheduler.triggers import (
+    EVENTS_SEP, LUA_FIRE, LUA_TRIGGERS, Trigger, TriggerRules, triggers_from_parts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,34 +69,80 @@ class CycleRunner(Protocol):
     async def __call__(self, user_id: str, triggers: Sequence[Trigger]) -> CycleOutcome: ...
 
 
-# KEYS: lock, pending, inflight   ARGV: token, ttl_ms, max_ids, max_events
-# Returns {1, flat inflight hash} or {0, lock pttl}
+# KEYS: lock, pending hash/ids/events, in-flight hash/ids/events [, due queue]
+# ARGV: token, ttl_ms, max_ids, max_events [, user, now_ms]
+# With the due queue (one server only: it is not in the user's slot) the queue entry is updated
+# here too: leased for the lock's lifetime, or, when the user is busy, due when its lock ends.
+# Returns {1, in-flight hash (flat), ids (JSON array), events (joined by \x1e)} or {0, lock pttl}
 CLAIM_LUA = LUA_TRIGGERS + r"""
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {0, redis.call('PTTL', KEYS[1])}
+local ttl = tonumber(ARGV[2])
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ttl) then
+  local pttl = redis.call('PTTL', KEYS[1])
+  if KEYS[8] then
+    redis.call('ZADD', KEYS[8], 'XX', tonumber(ARGV[6]) + math.min(math.max(pttl, 50), ttl), ARGV[5])
+  end
+  return {0, pttl}
 end
-trig_merge_hash(KEYS[2], KEYS[3], {ids = tonumber(ARGV[3]), events = tonumber(ARGV[4])})
-return {1, redis.call('HGETALL', KEYS[3])}
+local run = {KEYS[5], KEYS[6], KEYS[7]}
+trig_move({KEYS[2], KEYS[3], KEYS[4]}, run, {ids = tonumber(ARGV[3]), events = tonumber(ARGV[4])})
+if KEYS[8] then redis.call('ZADD', KEYS[8], 'XX', tonumber(ARGV[6]) + ttl, ARGV[5]) end
+-- ids as one JSON array and events joined by \30: two strings to parse instead of hundreds
+local ids = redis.call('LRANGE', run[2], 0, -1)
+local ids_json = '[]'
+if #ids > 0 then ids_json = cjson.encode(ids) end
+return {1, redis.call('HGETALL', run[1]), ids_json, table.concat(redis.call('LRANGE', run[3], 0, -1), '\30')}
 """
 
-# KEYS: lock, pending, inflight   ARGV: token, 'done'|'abort', max_ids, max_events
-# 'abort' (shutdown cancelled the cycle) hands the triggers back for another daemon.
-# Returns {1 if the lock was still ours, pending count}
+# KEYS: as CLAIM_LUA (without the queue) [, due queue, refresh queue]
+# ARGV: token, 'done'|'abort', max_ids, max_events [, user, now_ms, refresh_at_ms|'']
+# 'abort' (shutdown cancelled the cycle) hands the triggers back for another daemon. With the
+# queues (one server only) the user is queued again or removed, atomically with the check.
+# Returns {1 if the lock was still ours, 1 if triggers are pending}
 FINISH_LUA = LUA_TRIGGERS + r"""
 local ours = 0
+local pending, run = {KEYS[2], KEYS[3], KEYS[4]}, {KEYS[5], KEYS[6], KEYS[7]}
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   if ARGV[2] == 'abort' then
-    trig_merge_hash(KEYS[3], KEYS[2], {ids = tonumber(ARGV[3]), events = tonumber(ARGV[4])})
+    -- the pending ones are newer: fold them into the in-flight set, which becomes pending again
+    trig_move(pending, run, {ids = tonumber(ARGV[3]), events = tonumber(ARGV[4])})
+    for j = 1, 3 do
+      if redis.call('EXISTS', run[j]) == 1 then redis.call('RENAME', run[j], pending[j]) end
+    end
   else
-    redis.call('DEL', KEYS[3])
+    redis.call('DEL', run[1], run[2], run[3])
   end
   redis.call('DEL', KEYS[1])
   ours = 1
 end
-return {ours, redis.call('HLEN', KEYS[2])}
+local pending = redis.call('EXISTS', KEYS[2])
+if KEYS[9] then
+  if pending == 1 then
+    redis.call('ZADD', KEYS[8], tonumber(ARGV[6]), ARGV[5])
+  elseif ours == 1 then
+    redis.call('ZREM', KEYS[8], ARGV[5])
+  end
+  if ARGV[7] ~= '' then redis.call('ZADD', KEYS[9], tonumber(ARGV[7]), ARGV[5]) end
+end
+return {ours, pending}
 """
 
-DISPATCH_SCRIPTS = (LuaScript("claim", CLAIM_LUA), LuaScript("finish", FINISH_LUA), LuaScript("fire", LUA_FIRE))
+# KEYS: lock [, due queue]   ARGV: token, ttl_ms [, user, now_ms]
+# Extends the lock if it is still ours, and (one server only) the user's queue lease with it, in
+# the same step: a lease written after the cycle's finish had re-queued the user would hold
+# the user back for a whole lease. Returns 1 if the lock was ours.
+RENEW_LUA = r"""
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  if KEYS[2] then
+    redis.call('ZADD', KEYS[2], 'XX', tonumber(ARGV[4]) + tonumber(ARGV[2]), ARGV[3])
+  end
+  return 1
+end
+return 0
+"""
+
+DISPATCH_SCRIPTS = (LuaScript("claim", CLAIM_LUA), LuaScript("finish", FINISH_LUA), LuaScript("fire", LUA_FIRE),
+                    LuaScript("renew", RENEW_LUA))
 
 
 async def request_cycle(client: Any, keys: SchedulerKeys, user_id: str, name: str,
@@ -99,14 +152,14 @@ async def request_cycle(client: Any, keys: SchedulerKeys, user_id: str, name: st
     and runs in their next cycle."""
     rules = rules or TriggerRules()
     scripts = ScriptSet(LuaScript("fire", LUA_FIRE))
-    await scripts.call(client, "fire", fire_keys(user_id),
+    await scripts.call(client, "fire", fire_keys(keys, user_id),
                        fire_args(name, now_ms(), detail, rules))
     await client.zadd(keys.due(shard_of(user_id, keys.shards)), {user_id: now_ms()}, nx=True)
 
 
-def fire_keys(user_id: str) -> list[str]:
+def fire_keys(keys: SchedulerKeys, user_id: str) -> list[str]:
     """KEYS of :data:`~outerloop.scheduler.triggers.LUA_FIRE` for ``user_id``."""
-    return [SchedulerKeys.pending_triggers(user_id), SchedulerKeys.applied(user_id)]
+    return [*keys.pending_triggers(user_id), keys.applied(user_id)]
 
 
 def fire_args(name: str, at_ms: int, detail: dict[str, Any] | None, rules: TriggerRules, *,
@@ -114,6 +167,16 @@ def fire_args(name: str, at_ms: int, detail: dict[str, Any] | None, rules: Trigg
     """ARGV of :data:`~outerloop.scheduler.triggers.LUA_FIRE` (``marker`` = fire once)."""
     return [name, at_ms, json.dumps(detail) if detail else "", rules.max_event_ids, rules.max_events,
             marker, applied_ttl_s, event_id, event_json]
+
+
+@dataclass(slots=True)
+class _Release:
+    shard: int
+    user: str
+    token: str
+    mode: str  # 'done' | 'abort'
+    refresh_at_ms: int | None
+    done: asyncio.Future[None]
 
 
 class Dispatcher:
@@ -132,6 +195,10 @@ class Dispatcher:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._accepting = True
+        self._releases: list[_Release] = []
+        self._releaser: asyncio.Task[None] | None = None
+        self._cluster = is_cluster(client)
+        self._tokens: dict[str, tuple[int, str]] = {}  # running user -> (shard, lock token)
 
     @property
     def running(self) -> int:
@@ -152,7 +219,9 @@ class Dispatcher:
             free = self.settings.max_concurrent_cycles - len(self._running)
             if not self._accepting or free <= 0:
                 return
-            raw = await self.client.zrangebyscore(self.keys.due(shard), "-inf", now_ms(), start=0, num=free * 2)
+            # (users running here may look due on a cluster, where leases are not renewed)
+            raw = await self.client.zrangebyscore(self.keys.due(shard), "-inf", now_ms(), start=0,
+                                                  num=free * 2 + len(self._running))
             users = [u for u in (r.decode() if isinstance(r, bytes) else r for r in raw) if u not in self._running]
             if users:
                 await self._start(shard, users[:free])
@@ -160,31 +229,39 @@ class Dispatcher:
     async def _start(self, shard: int, users: list[str]) -> None:
         """Claim ``users`` in one round trip and start a cycle for each one claimed."""
         tokens = {u: uuid.uuid4().hex for u in users}
-        calls = [(list(self._user_keys(u)), [tokens[u], self.settings.lock_ttl_ms, self.rules.max_event_ids,
+        calls = [(self._user_keys(u), [tokens[u], self.settings.lock_ttl_ms, self.rules.max_event_ids,
                                              self.rules.max_events]) for u in users]
+        due = self.keys.due(shard)
+        now = now_ms()
+        if not self._cluster:  # the script leases the queue entry itself (one round trip for all)
+            calls = [([*keys, due], [*args, user, now]) for (keys, args), user in zip(calls, users)]
         replies = await evalsha_many(self.client, self.scripts.sha("claim"), calls)
         if any(isinstance(r, NoScriptError) for r in replies):
             await self.scripts.load(self.client)
             replies = await evalsha_many(self.client, self.scripts.sha("claim"), calls)
-        now = now_ms()
-        due = self.keys.due(shard)
         leases: dict[str, int] = {}
         retries: dict[str, int] = {}
         to_run: list[tuple[str, list[Trigger]]] = []
+        empty: list[str] = []
         for user, reply in zip(users, replies):
             if isinstance(reply, Exception):
                 log.warning("claiming %s failed: %s", user, reply)
                 continue
             if int(reply[0]) == 0:  # another daemon runs this user; look again when its lock ends
                 self.metrics.cycles_busy_elsewhere += 1
-                retries[user] = now + min(max(int(reply[1]), 50), self.settings.lock_ttl_ms)
+                if self._cluster:
+                    retries[user] = now + min(max(int(reply[1]), 50), self.settings.lock_ttl_ms)
                 continue
-            triggers = triggers_from_hash(reply[1])
+            events = reply[3].split(EVENTS_SEP) if reply[3] else []
+            triggers = triggers_from_parts(reply[1], json.loads(reply[2]), events)
             if triggers:
-                leases[user] = now + self.settings.lock_ttl_ms  # due again only if we die
+                if self._cluster:
+                    leases[user] = now + self.settings.lock_ttl_ms  # due again only if we die
                 to_run.append((user, triggers))
             else:  # nothing pending after all (another daemon ran it): release
-                await self._finish(shard, user, tokens[user], "done", None)
+                empty.append(user)
+        if empty:
+            await asyncio.gather(*(self._finish(shard, u, tokens[u], "done", None) for u in empty))
         if leases or retries:
             pipe = self.client.pipeline(transaction=False)
             if leases:
@@ -197,16 +274,17 @@ class Dispatcher:
             self.metrics.cycles_started += 1
             task = asyncio.create_task(self._run(shard, user, tokens[user], triggers), name=f"cycle:{user}")
             self._running[user] = task
+            self._tokens[user] = (shard, tokens[user])
             task.add_done_callback(lambda _t, u=user: self._done(u))
 
     def _done(self, user: str) -> None:
         self._running.pop(user, None)
+        self._tokens.pop(user, None)
         self._slots.release()
         self._wake.set()
 
-    def _user_keys(self, user: str) -> tuple[str, str, str]:
-        return (SchedulerKeys.cycle_lock(user), SchedulerKeys.pending_triggers(user),
-                SchedulerKeys.inflight_triggers(user))
+    def _user_keys(self, user: str) -> list[str]:
+        return [self.keys.cycle_lock(user), *self.keys.pending_triggers(user), *self.keys.inflight_triggers(user)]
 
     async def _run(self, shard: int, user: str, token: str, triggers: list[Trigger]) -> None:
         started = time.monotonic()
@@ -215,7 +293,8 @@ class Dispatcher:
         killed = 0
         refresh_at: int | None = None
         try:
-            outcome = await asyncio.wait_for(self.runner(user, triggers), self.settings.cycle_timeout_s)
+            async with asyncio.timeout(self.settings.cycle_timeout_s):
+                outcome = await self.runner(user, triggers)
             status, killed, refresh_at = outcome.status, len(outcome.killed_agents), outcome.refresh_at_ms
         except TimeoutError:
             status = "timeout"
@@ -238,39 +317,128 @@ class Dispatcher:
         return max(when, now + int(self.settings.min_refresh_interval_s * 1000))
 
     async def _finish(self, shard: int, user: str, token: str, mode: str, refresh_at_ms: int | None) -> None:
-        """Release the user (retrying through Redis outages until the lock would expire anyway)."""
-        deadline = time.monotonic() + self.settings.lock_ttl_ms / 1000
+        """Release the user. Releases of cycles that end close together go to Redis as one
+        batch (one round trip for all of them; two on a cluster); this waits until ours is done."""
+        release = _Release(shard, user, token, mode, refresh_at_ms, asyncio.get_running_loop().create_future())
+        self._releases.append(release)
+        if self._releaser is None or self._releaser.done():
+            self._releaser = asyncio.create_task(self._release_all(), name="dispatch:release")
+        await release.done
+
+    async def _release_all(self) -> None:
+        await asyncio.sleep(0)  # let the other cycles ending in this loop iteration join the batch
+        while self._releases:
+            batch, self._releases = self._releases, []
+            try:
+                await self._release_with_retry(batch)
+            finally:
+                for r in batch:
+                    if not r.done.done():
+                        r.done.set_result(None)
+
+    async def _release_with_retry(self, batch: list[_Release]) -> None:
+        """Retry through Redis outages until the locks would expire anyway (or, while
+        stopping, for the shutdown grace period at most)."""
+        patience_s = self.settings.lock_ttl_ms / 1000
+        if not self._accepting:
+            patience_s = min(patience_s, self.settings.shutdown_grace_s)
+        deadline = time.monotonic() + patience_s
         backoff = Backoff(base_s=self.settings.backoff_base_s, cap_s=self.settings.backoff_cap_s)
         while True:
             try:
-                reply = await self.scripts.call(self.client, "finish", list(self._user_keys(user)),
-                                                [token, mode, self.rules.max_event_ids, self.rules.max_events])
-                await self.settle(shard, user, int(reply[1]) > 0, refresh_at_ms=refresh_at_ms)
+                await self._release_batch(batch)
                 return
             except REDIS_DOWN as exc:
                 if time.monotonic() > deadline:
-                    log.error("could not release %s (%s); its lock expires on its own", user, exc)
+                    log.error("could not release %d user(s) (%s); their locks expire on their own", len(batch), exc)
                     return
                 await asyncio.sleep(backoff.next_delay_s())
 
-    async def settle(self, shard: int, user: str, has_pending: bool, *, refresh_at_ms: int | None = None) -> None:
-        """Queue the user now if triggers are pending, else remove it (then re-check); and
-        schedule its stale-row check."""
-        due = self.keys.due(shard)
+    async def _release_batch(self, batch: list[_Release]) -> None:
+        """Finish scripts for the batch, then queue each user again if triggers are pending, or
+        remove it from the queue and re-check (the event path writes triggers before queueing),
+        and schedule its stale-row check."""
+        sha = self.scripts.sha("finish")
+        now = now_ms()
+        calls = [(self._user_keys(r.user), [r.token, r.mode, self.rules.max_event_ids, self.rules.max_events])
+                 for r in batch]
+        if not self._cluster:  # the script settles the queues itself, atomically
+            calls = [([*keys, self.keys.due(r.shard), self.keys.refresh_due(r.shard)],
+                      [*args, r.user, now, "" if r.refresh_at_ms is None else r.refresh_at_ms])
+                     for (keys, args), r in zip(calls, batch)]
+        replies = await evalsha_many(self.client, sha, calls)
+        if any(isinstance(x, NoScriptError) for x in replies):
+            await self.scripts.load(self.client)
+            replies = await evalsha_many(self.client, sha, calls)
+        if not self._cluster:
+            for r, reply in zip(batch, replies):
+                if isinstance(reply, Exception):
+                    log.warning("releasing %s failed (%s); its lock expires on its own", r.user, reply)
+            if any(isinstance(x, Exception) or int(x[1]) for x in replies):
+                self._wake.set()
+            return
+        # on a cluster the queues live in other slots: settle them after the scripts
         pipe = self.client.pipeline(transaction=False)
-        if has_pending:
-            pipe.zadd(due, {user: now_ms()})
-        else:
-            pipe.zrem(due, user)
-            pipe.exists(SchedulerKeys.pending_triggers(user))
-        if refresh_at_ms is not None:
-            pipe.zadd(self.keys.refresh_due(shard), {user: refresh_at_ms})
-        replies = await pipe.execute()
-        if not has_pending and replies[1]:  # arrived between the finish and the removal
-            await self.client.zadd(due, {user: now_ms()})
-            has_pending = True
-        if has_pending:
+        rechecks: list[tuple[_Release, int]] = []  # (release, index of its EXISTS reply)
+        n = 0
+        requeued = False
+        for r, reply in zip(batch, replies):
+            if not isinstance(reply, Exception) and int(reply[0]) == 0:
+                continue  # the lock had expired and another daemon owns the user (and its entry)
+            pending = isinstance(reply, Exception) or int(reply[1]) > 0  # unsure: look again
+            if isinstance(reply, Exception):
+                log.warning("releasing %s failed (%s); its lock expires on its own", r.user, reply)
+            if pending:
+                pipe.zadd(self.keys.due(r.shard), {r.user: now})
+                requeued = True
+                n += 1
+            else:
+                pipe.zrem(self.keys.due(r.shard), r.user)
+                pipe.exists(self.keys.pending_triggers(r.user)[0])
+                rechecks.append((r, n + 1))
+                n += 2
+            if r.refresh_at_ms is not None:
+                pipe.zadd(self.keys.refresh_due(r.shard), {r.user: r.refresh_at_ms})
+                n += 1
+        results = await pipe.execute()
+        late = [r for r, i in rechecks if results[i]]  # arrived between the finish and the removal
+        if late:
+            pipe = self.client.pipeline(transaction=False)
+            for r in late:
+                pipe.zadd(self.keys.due(r.shard), {r.user: now})
+            await pipe.execute()
+        if requeued or late:
             self._wake.set()
+
+    async def renew_locks(self) -> None:
+        """Extend the locks (and, on one server, the queue leases) of the running cycles. A lock
+        found taken means this daemon was too slow to renew it and another may run the user
+        now: the cycle here is cancelled, so there is never a second one (its late writes are
+        fenced anyway). On a cluster the lease is not extended here (that write could not be
+        atomic with the lock); a lease that runs out just makes the user look due, and a claim
+        then finds the lock held and leases it again."""
+        running = [(u, shard, token) for u, (shard, token) in self._tokens.items()]
+        if not running:
+            return
+        ttl = self.settings.lock_ttl_ms
+        now = now_ms()
+        if self._cluster:
+            calls = [([self.keys.cycle_lock(u)], [token, ttl]) for u, _, token in running]
+        else:
+            calls = [([self.keys.cycle_lock(u), self.keys.due(shard)], [token, ttl, u, now])
+                     for u, shard, token in running]
+        replies = await evalsha_many(self.client, self.scripts.sha("renew"), calls)
+        if any(isinstance(r, NoScriptError) for r in replies):
+            await self.scripts.load(self.client)
+            replies = await evalsha_many(self.client, self.scripts.sha("renew"), calls)
+        for (user, _, token), reply in zip(running, replies):
+            if isinstance(reply, Exception) or int(reply):
+                continue
+            current = self._tokens.get(user)
+            if current is not None and current[1] == token:  # (not a cycle that ended meanwhile)
+                self.metrics.locks_lost += 1
+                log.warning("lost the lock of %s (renewal too late); cancelling its cycle here", user)
+                self._running[user].cancel()
 
     def stop_accepting(self) -> None:
         self._accepting = False

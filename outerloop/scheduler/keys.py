@@ -23,16 +23,22 @@ def shard_of(user_id: str, shards: int) -> int:
     return zlib.crc32(user_id.encode("utf-8")) % shards
 
 
+def namespaced(prefix: str) -> type[Keys]:
+    """A :class:`Keys` with every key, user keys and streams, under ``prefix`` (isolated
+    deployments sharing one Redis, tests on a shared server)."""
+    return type(f"Keys_{prefix}", (Keys,), {"prefix": prefix, "events_stream": f"{prefix}:events",
+                                            "dead_letter_stream": f"{prefix}:events:dead"})
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SchedulerKeys:
-    """Names of the stream and scheduler keys, built once from :class:`Keys` at start-up.
+    """Names of the stream and scheduler keys over one :class:`Keys` namespace (``base``), the
+    same class the API and the outer loop are given. Nothing global is changed to namespace.
 
-    ``shards == 1`` keeps the plain names (``Keys.events_stream``) that the API writes to.
+    ``shards == 1`` keeps the plain stream name (``base.events_stream``) that the API writes to.
     """
 
-    stream_base: str
-    dead_letter: str
-    namespace: str
+    base: type[Keys] = Keys
     group: str = "outerloop-daemon"
     shards: int = 1
 
@@ -42,25 +48,26 @@ class SchedulerKeys:
 
     @classmethod
     def default(cls, *, shards: int = 1, group: str = "outerloop-daemon") -> "SchedulerKeys":
-        """Keys derived from :class:`Keys` as it is now (read at call time, not import time)."""
-        return cls(
-            stream_base=Keys.events_stream,
-            dead_letter=Keys.dead_letter_stream,
-            namespace=f"{Keys.prefix}:sched",
-            group=group,
-            shards=shards,
-        )
+        """The default namespace (``Keys``)."""
+        return cls(base=Keys, group=group, shards=shards)
 
     @classmethod
     def with_prefix(cls, prefix: str, *, shards: int = 1, group: str = "outerloop-daemon") -> "SchedulerKeys":
-        """Every scheduler key under ``prefix`` (isolated deployments, tests on a shared Redis)."""
-        return cls(
-            stream_base=f"{prefix}:events",
-            dead_letter=f"{prefix}:events:dead",
-            namespace=f"{prefix}:sched",
-            group=group,
-            shards=shards,
-        )
+        """Every key under ``prefix`` (see :func:`namespaced`)."""
+        return cls(base=namespaced(prefix), group=group, shards=shards)
+
+    @property
+    def stream_base(self) -> str:
+        return self.base.events_stream
+
+    @property
+    def dead_letter(self) -> str:
+        """The dead-letter stream: entries that could not be applied, with the reason."""
+        return self.base.dead_letter_stream
+
+    @property
+    def namespace(self) -> str:
+        return f"{self.base.prefix}:sched"
 
     def _tag(self, shard: int) -> str:
         if not 0 <= shard < self.shards:
@@ -106,54 +113,56 @@ class SchedulerKeys:
         """SET of users following a series (fans an ``episode_release`` out to them)."""
         return f"{self.namespace}:series:{{{series_id}}}:followers"
 
-    # Per-user keys the scheduler owns (all hash-tagged through Keys.user).
-    @staticmethod
-    def applied(user_id: str) -> str:
+    # Per-user keys (all hash-tagged through Keys.user, so a user's keys share one slot).
+    def user(self, user_id: str, what: str) -> str:
+        return self.base.user(user_id, what)
+
+    def rows(self, user_id: str) -> str:
+        return self.base.rows(user_id)
+
+    def history(self, user_id: str) -> str:
+        return self.base.history(user_id)
+
+    def applied(self, user_id: str) -> str:
         """SET of event ids whose scheduler effect is applied. Not ``Keys.applied_events``: the
         API marks events there when it applies history, before the daemon sees them."""
-        return Keys.user(user_id, "sched_applied")
+        return self.base.user(user_id, "sched_applied")
 
-    @staticmethod
-    def session_events(user_id: str, which: str) -> str:
+    def session_events(self, user_id: str, which: str) -> str:
         """LIST of the open session's most recent events (JSON); ``which`` is c(urrent)/p(revious)."""
-        return Keys.user(user_id, f"sess_ev_{which}")
+        return self.base.user(user_id, f"sess_ev_{which}")
 
-    @staticmethod
-    def counters(user_id: str) -> str:
+    def counters(self, user_id: str) -> str:
         """HASH of per-user event counters (``events``, ``late``, ``type:<type>``)."""
-        return Keys.user(user_id, "counters")
+        return self.base.user(user_id, "counters")
 
-    @staticmethod
-    def session_state(user_id: str) -> str:
+    def session_state(self, user_id: str) -> str:
         """HASH of the sessionizer's state (current and previous open session, max event time)."""
-        return Keys.user(user_id, "sess")
+        return self.base.user(user_id, "sess")
 
-    @staticmethod
-    def sessions(user_id: str) -> str:
+    def sessions(self, user_id: str) -> str:
         """LIST of closed-session records (JSON), newest last, capped."""
-        return Keys.user(user_id, "sessions")
+        return self.base.user(user_id, "sessions")
 
-    @staticmethod
-    def follows(user_id: str) -> str:
+    def follows(self, user_id: str) -> str:
         """SET of series ids the user follows (watched or listed an episode of)."""
-        return Keys.user(user_id, "follows")
+        return self.base.user(user_id, "follows")
 
-    @staticmethod
-    def profile(user_id: str) -> str:
+    def profile(self, user_id: str) -> str:
         """HASH of profile fields the scheduler reads (``utc_offset_min``)."""
-        return Keys.user(user_id, "profile")
+        return self.base.user(user_id, "profile")
 
-    @staticmethod
-    def pending_triggers(user_id: str) -> str:
-        """HASH trigger name -> JSON, waiting for the user's next cycle (coalesced)."""
-        return Keys.user(user_id, "trig")
+    def pending_triggers(self, user_id: str) -> list[str]:
+        """Triggers waiting for the user's next cycle (coalesced): a HASH (per name: count,
+        first/last time, detail) and LISTs of source event ids and source events."""
+        return [self.base.user(user_id, "trig"), self.base.user(user_id, "trig_ids"),
+                self.base.user(user_id, "trig_ev")]
 
-    @staticmethod
-    def inflight_triggers(user_id: str) -> str:
-        """HASH of the triggers the running (or crashed) cycle took."""
-        return Keys.user(user_id, "trig_run")
+    def inflight_triggers(self, user_id: str) -> list[str]:
+        """The triggers the running (or a crashed) cycle took, in the same three keys."""
+        return [self.base.user(user_id, "trig_run"), self.base.user(user_id, "trig_run_ids"),
+                self.base.user(user_id, "trig_run_ev")]
 
-    @staticmethod
-    def cycle_lock(user_id: str) -> str:
+    def cycle_lock(self, user_id: str) -> str:
         """At most one cycle per user across all daemons: SET NX PX with a random token."""
-        return Keys.user(user_id, "cycle_lock")
+        return self.base.user(user_id, "cycle_lock")

@@ -33,6 +33,7 @@ class DaemonMetrics:
     cycles_by_status: Counter[str] = field(default_factory=Counter)
     agents_killed: int = 0
     cycles_busy_elsewhere: int = 0  # claims refused because another daemon held the user's lock
+    locks_lost: int = 0  # renewals that found the lock gone (this daemon stalled past its TTL)
     reconnects: int = 0
     lag: int | None = None  # stream entries the group has not read yet (summed over shards)
     pending: int | None = None  # entries read but not acknowledged (group-wide)
@@ -77,6 +78,7 @@ class DaemonMetrics:
             "cycles": dict(self.cycles_by_status),
             "kills": self.kills,
             "cycles_busy_elsewhere": self.cycles_busy_elsewhere,
+            "locks_lost": self.locks_lost,
             "reconnects": self.reconnects,
             "lag": self.lag,
             "pending": self.pending,

@@ -23,6 +23,8 @@ def async_client(*, url: str | None, embedded_dir: Path | str = Path("runs/redis
         "socket_timeout": block_ms / 1000 + 5.0,
         "socket_connect_timeout": 2.0,
         "retry": Retry(NoBackoff(), 0),
+        # redis-py's default (100) raises once exceeded; cycles, readers and sweeps share the pool
+        "max_connections": 1024,
     }
     if cluster:
         if not url:

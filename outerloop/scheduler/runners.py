@@ -13,8 +13,10 @@ import json
 import time
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from outerloop.data.events import Event
 from outerloop.scheduler.dispatch import CycleOutcome
 from outerloop.scheduler.keys import SchedulerKeys
 from outerloop.scheduler.triggers import (
@@ -31,15 +33,17 @@ class RowRefreshRunner:
     """Writes one "recent" row from the user's latest items: the smallest real cycle.
 
     ``work_ms`` simulates agent time (to exercise concurrency limits and graceful stop).
-    ``refresh_log``: a stream key; after each row is written, one entry records the user, the
-    commit time and the source event ids, so a benchmark can measure event-to-row freshness.
+    ``refresh_log``: a stream key; right behind each row write, one entry records the user, the
+    source event ids and when the cycle started (the entry id is the commit time), so a
+    benchmark can measure event-to-row freshness.
     """
 
     ROW_ID = "recent"
 
-    def __init__(self, client: Any, *, row_ttl_s: float = 3_600.0, work_ms: float = 0.0,
+    def __init__(self, client: Any, *, keys: type[Keys] = Keys, row_ttl_s: float = 3_600.0, work_ms: float = 0.0,
                  refresh_log: str | None = None, produced_by: str = "scheduler.row_refresh") -> None:
         self.client = client
+        self.keys = keys
         self.row_ttl_s = row_ttl_s
         self.work_ms = work_ms
         self.refresh_log = refresh_log
@@ -49,14 +53,15 @@ class RowRefreshRunner:
         if self.work_ms > 0:
             await asyncio.sleep(self.work_ms / 1000)
         items: list[int] = []
-        for token in reversed(await self.client.lrange(Keys.history(user_id), -50, -1)):
+        for token in reversed(await self.client.lrange(self.keys.history(user_id), -50, -1)):
             item = int(token.split(b":", 1)[0])
             if item not in items:
                 items.append(item)
-        for trig in triggers:  # the triggering events, in case history is not applied (yet)
-            for ev in reversed(trig.events):
-                if ev.item_id is not None and ev.item_id not in items:
-                    items.append(ev.item_id)
+        if not items:  # no history (yet): the triggering events
+            for trig in triggers:
+                for ev in reversed(trig.events):
+                    if ev.item_id is not None and ev.item_id not in items:
+                        items.append(ev.item_id)
         run_id = uuid.uuid4().hex
         now = _now_ms()
         row = {
@@ -70,13 +75,19 @@ class RowRefreshRunner:
             "created_at": now,
             "expires_at": now + int(self.row_ttl_s * 1000),
         }
-        await self.client.hset(Keys.rows(user_id), self.ROW_ID, json.dumps(row))
-        if self.refresh_log:
+        if not self.refresh_log:
+            await self.client.hset(self.keys.rows(user_id), self.ROW_ID, json.dumps(row))
+        else:
+            # the log entry rides in the same round trip, behind the row: on one server the
+            # commands run in order, so the entry's id (the server's clock, ms) is a time at
+            # which the row was already visible
             ids = sorted({i for t in triggers for i in t.event_ids})
             fired = min((t.first_ms for t in triggers), default=0)
-            await self.client.xadd(self.refresh_log, {"user": user_id, "run_id": run_id, "started_ms": str(now),
-                                                      "first_fired_ms": str(fired), "committed_ms": str(_now_ms()),
-                                                      "event_ids": ",".join(ids)})
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hset(self.keys.rows(user_id), self.ROW_ID, json.dumps(row))
+            pipe.xadd(self.refresh_log, {"user": user_id, "run_id": run_id, "started_ms": str(now),
+                                         "first_fired_ms": str(fired), "event_ids": ",".join(ids)})
+            await pipe.execute()
         return CycleOutcome(status="ok", rows_committed=1, run_id=run_id, refresh_at_ms=row["expires_at"])
 
 
@@ -117,14 +128,29 @@ def to_agent_triggers(triggers: Sequence[Trigger], tz_offset_min: int = 0) -> li
 
 
 class OuterLoopRunner:
-    """Adapter: the daemon's runner protocol over ``OuterLoop.run_cycle``."""
+    """Adapter: the daemon's runner protocol over ``OuterLoop.run_cycle``, and the daemon's
+    event sink feeding the loop's co-watch graph and trending counts (:meth:`ingest`)."""
 
-    def __init__(self, loop: Any, client: Any) -> None:
+    def __init__(self, loop: Any, client: Any, keys: SchedulerKeys) -> None:
         self.loop = loop
         self.client = client
+        self.keys = keys
+
+    async def ingest(self, applied: Sequence[Event], redelivered: Sequence[Event]) -> None:
+        """Newly applied events go to ``OuterLoop.ingest``; redeliveries only to the co-watch
+        graph, which is idempotent per event (the trending counts are not, so a redelivered
+        event is never counted twice there; one lost to a crash is simply not counted)."""
+        if applied:
+            await self.loop.ingest(applied)
+        if redelivered:
+            deps = (await self.loop.start()).deps
+            await self.loop.co_watch.apply(deps.redis, list(redelivered))
+
+    async def aclose(self) -> None:
+        await self.loop.aclose()
 
     async def __call__(self, user_id: str, triggers: Sequence[Trigger]) -> CycleOutcome:
-        raw = await self.client.hget(SchedulerKeys.profile(user_id), "utc_offset_min")
+        raw = await self.client.hget(self.keys.profile(user_id), "utc_offset_min")
         tz = int(raw) if raw is not None else 0
         result = await self.loop.run_cycle(user_id, to_agent_triggers(triggers, tz))
         killed = tuple(r.agent for r in result.records if r.outcome == "killed")
@@ -137,3 +163,12 @@ class OuterLoopRunner:
             detail="; ".join(result.notes),
             refresh_at_ms=min(expiries) if expiries else None,
         )
+
+
+def outer_loop_runner(client: Any, artifacts_dir: Path, keys: SchedulerKeys) -> OuterLoopRunner:
+    """The real outer loop (built-in agents) on trained artifacts, sharing the daemon's client
+    and key namespace."""
+    from outerloop.agents.loop import OuterLoop
+    from outerloop.inner_loop.artifacts import Artifacts
+
+    return OuterLoopRunner(OuterLoop(Artifacts.load(artifacts_dir), redis=client, keys=keys.base), client, keys)

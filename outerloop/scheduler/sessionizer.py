@@ -116,9 +116,12 @@ end
 _LUA_CONSTANTS = "--@CONSTANTS"
 
 # KEYS: 1 applied, 2 counters, 3 sess, 4 sessions, 5 trig, 6 follows, 7 profile, 8 sess_ev_c,
-#       9 sess_ev_p
+#       9 sess_ev_p, 10 trig_ids, 11 trig_ev [, 12 due queue, 13 open-sessions index]
 # ARGV: 1 event_id, 2 ts, 3 type, 4 item_id|'', 5 series_id|'', 6 dark 0/1, 7 watch 0/1,
-#       8 in_session 0/1, 9 now_ms, 10 event JSON
+#       8 in_session 0/1, 9 now_ms, 10 event JSON [, 11 user]
+# With the two indexes (one server only: they are not in the user's slot) the script also
+# queues the user when triggers are pending and indexes the open session, also on a
+# redelivery (a crash may have come between the effect and the indexes).
 # Returns {applied 1/0, has_pending 1/0, open_last_ts|-1, late 1/0, closed, fired, follow 1/0}
 # (follow: the user newly follows the event's series, or follows it and this is a redelivery:
 # the caller adds the user to the series' followers, a key in another slot)
@@ -126,7 +129,8 @@ APPLY_EVENT_LUA = _LUA_CONSTANTS + LUA_TRIGGERS + _LUA_SESSIONS + r"""
 local eid, ts, etype, item, series = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
 local dark, watch, in_session = tonumber(ARGV[6]), ARGV[7] == '1', ARGV[8] == '1'
 local ejson = ARGV[10]
-local cfg = {sessions = KEYS[4], trig = KEYS[5], profile = KEYS[7], counters = KEYS[2],
+local T = {KEYS[5], KEYS[10], KEYS[11]}
+local cfg = {sessions = KEYS[4], trig = T, profile = KEYS[7], counters = KEYS[2],
              now = tonumber(ARGV[9]), gap = C_GAP, cap = C_CAP,
              lim = {ids = C_MAX_IDS, events = C_MAX_EVENTS}, ln_start = C_LN_START, ln_end = C_LN_END}
 local lateness = C_LATENESS
@@ -138,12 +142,21 @@ local function open_last()
   return -1
 end
 
+local function index(pending, last)
+  if KEYS[12] then
+    if pending == 1 then redis.call('ZADD', KEYS[12], 'NX', cfg.now, ARGV[11]) end
+    if last >= 0 then redis.call('ZADD', KEYS[13], 'GT', last, ARGV[11]) end
+  end
+  return pending
+end
+
 local follow_types = watch or etype == 'add_to_list'
 if redis.call('SADD', KEYS[1], eid) == 0 then
   -- a redelivery: no effect, but report what the caller must (re)do outside this slot
   local follows = 0
   if series ~= '' and follow_types then follows = redis.call('SISMEMBER', KEYS[6], series) end
-  return {0, redis.call('EXISTS', KEYS[5]), open_last(), 0, 0, 0, follows}
+  local last = open_last()
+  return {0, index(redis.call('EXISTS', KEYS[5]), last), last, 0, 0, 0, follows}
 end
 if C_APPLIED_TTL > 0 then redis.call('EXPIRE', KEYS[1], C_APPLIED_TTL) end
 redis.call('HINCRBY', KEYS[2], 'events', 1)
@@ -156,13 +169,13 @@ if series ~= '' then detail.series_id = series end
 local new_follow = 0
 if series ~= '' and follow_types then new_follow = redis.call('SADD', KEYS[6], series) end
 if etype == 'finish' then
-  trig_fire(KEYS[5], 'title_finished', cfg.now, eid, {ejson}, detail, cfg.lim); fired = fired + 1
+  trig_fire(T, 'title_finished', cfg.now, eid, {ejson}, detail, cfg.lim); fired = fired + 1
 end
 if etype == 'episode_release' and series ~= '' and redis.call('SISMEMBER', KEYS[6], series) == 1 then
-  trig_fire(KEYS[5], 'episode_released', cfg.now, eid, {ejson}, detail, cfg.lim); fired = fired + 1
+  trig_fire(T, 'episode_released', cfg.now, eid, {ejson}, detail, cfg.lim); fired = fired + 1
 end
 if C_ACTIVITY and in_session then
-  trig_fire(KEYS[5], 'activity', cfg.now, eid, {ejson}, detail, cfg.lim); fired = fired + 1
+  trig_fire(T, 'activity', cfg.now, eid, {ejson}, detail, cfg.lim); fired = fired + 1
 end
 
 local late, closed = 0, 0
@@ -222,15 +235,16 @@ if in_session then
 end
 local last = -1
 if in_session then last = open_last() end
-return {1, redis.call('EXISTS', KEYS[5]), last, late, closed, fired, new_follow}
+return {1, index(redis.call('EXISTS', KEYS[5]), last), last, late, closed, fired, new_follow}
 """
 
 # Close the user's sessions whose end plus the gap the event-time clock has passed.
-# KEYS: 1 counters, 2 sess, 3 sessions, 4 trig, 5 profile, 6 sess_ev_c, 7 sess_ev_p
+# KEYS: 1 counters, 2 sess, 3 sessions, 4 trig, 5 profile, 6 sess_ev_c, 7 sess_ev_p, 8 trig_ids,
+#       9 trig_ev
 # ARGV: 1 watermark_ms, 2 now_ms
 # Returns {closed, open_last_ts|-1, has_pending 1/0, fired}
 CLOSE_IDLE_LUA = _LUA_CONSTANTS + LUA_TRIGGERS + _LUA_SESSIONS + r"""
-local cfg = {sessions = KEYS[3], trig = KEYS[4], profile = KEYS[5], counters = KEYS[1],
+local cfg = {sessions = KEYS[3], trig = {KEYS[4], KEYS[8], KEYS[9]}, profile = KEYS[5], counters = KEYS[1],
              now = tonumber(ARGV[2]), gap = C_GAP, cap = C_CAP,
              lim = {ids = C_MAX_IDS, events = C_MAX_EVENTS}, ln_start = C_LN_START, ln_end = C_LN_END}
 local wm = tonumber(ARGV[1])
@@ -327,30 +341,35 @@ class Sessionizer:
         info = self.items(event.item_id) if event.item_id is not None else None
         return info.series_id if info else None
 
-    def apply_call(self, event: Event, now_ms: int, event_json: str | bytes | None = None) -> tuple[list[str], list[Any]]:
-        """(keys, args) for the apply script; ``event_json`` is the entry's JSON if at hand."""
-        u = event.user_id
+    def apply_call(self, keys: SchedulerKeys, event: Event, now_ms: int, event_json: str | bytes | None = None,
+                   shard: int | None = None) -> tuple[list[str], list[Any]]:
+        """(keys, args) for the apply script; ``event_json`` is the entry's JSON if at hand.
+        ``shard``: also update that shard's queue and session index (one server only)."""
+        k, u = keys, event.user_id
         info = self.items(event.item_id) if event.item_id is not None else None
         series = (info.series_id or "") if info else ""
         dark = 1 if info is not None and self.rules.is_dark(info.genres) else 0
-        keys = [SchedulerKeys.applied(u), SchedulerKeys.counters(u), SchedulerKeys.session_state(u),
-                SchedulerKeys.sessions(u), SchedulerKeys.pending_triggers(u), SchedulerKeys.follows(u),
-                SchedulerKeys.profile(u), SchedulerKeys.session_events(u, "c"),
-                SchedulerKeys.session_events(u, "p")]
+        trig, trig_ids, trig_ev = k.pending_triggers(u)
+        names = [k.applied(u), k.counters(u), k.session_state(u), k.sessions(u), trig, k.follows(u), k.profile(u),
+                 k.session_events(u, "c"), k.session_events(u, "p"), trig_ids, trig_ev]
         args = [event.event_id, event.ts, event.type,
                 "" if event.item_id is None else event.item_id, series, dark,
                 1 if event.type in WATCH_TYPES else 0,
                 0 if event.type == "episode_release" else 1,
                 now_ms, event_json if event_json is not None else event.model_dump_json(exclude_none=True)]
-        return keys, args
+        if shard is not None:
+            names += [k.due(shard), k.open_sessions(shard)]
+            args.append(u)
+        return names, args
 
-    def close_idle_call(self, user_id: str, watermark_ms: int, now_ms: int) -> tuple[list[str], list[Any]]:
+    def close_idle_call(self, keys: SchedulerKeys, user_id: str, watermark_ms: int,
+                        now_ms: int) -> tuple[list[str], list[Any]]:
         """(keys, args) for the idle-close script with the shard's event-time watermark."""
-        u = user_id
-        keys = [SchedulerKeys.counters(u), SchedulerKeys.session_state(u), SchedulerKeys.sessions(u),
-                SchedulerKeys.pending_triggers(u), SchedulerKeys.profile(u),
-                SchedulerKeys.session_events(u, "c"), SchedulerKeys.session_events(u, "p")]
-        return keys, [watermark_ms, now_ms]
+        k, u = keys, user_id
+        trig, trig_ids, trig_ev = k.pending_triggers(u)
+        names = [k.counters(u), k.session_state(u), k.sessions(u), trig, k.profile(u), k.session_events(u, "c"),
+                 k.session_events(u, "p"), trig_ids, trig_ev]
+        return names, [watermark_ms, now_ms]
 
 
 def parse_session_records(raw: list[bytes | str]) -> list[dict[str, Any]]:

@@ -25,18 +25,21 @@ class DaemonSettings:
     group_start_id: str = "0"  # a new group reads the stream from the start: nothing is skipped
 
     # reading
-    read_count: int = 500  # entries per XREADGROUP
+    read_count: int = 200  # entries per XREADGROUP
     apply_chunk: int = 100  # entries applied per pipeline; a stop request is honoured between chunks
     block_ms: int = 1_000
     claim_interval_s: float = 5.0
     claim_min_idle_ms: int = 30_000  # an entry idle this long belongs to a dead consumer
     max_deliveries: int = 5  # deliveries after which an entry is dead-lettered
+    consumer_prune_idle_ms: int = 3_600_000  # forget consumers idle this long that own no entries
     dead_letter_maxlen: int = 100_000  # approximate cap of the dead-letter stream
+    trim_consumed: bool = True  # drop entries every group has acknowledged (each claim pass)
 
     # cycles
     max_concurrent_cycles: int = 16
     cycle_timeout_s: float = 60.0  # backstop over the agents' own budgets
-    lock_margin_s: float = 5.0  # the per-user lock outlives the timeout by this much
+    lock_ttl_s: float = 10.0  # renewed every third of it while the cycle runs; a dead daemon's
+    # users are taken over by another daemon at most this long after it died
     dispatch_poll_s: float = 0.05  # how often due users written by other daemons are looked for
     shutdown_grace_s: float = 20.0
 
@@ -62,7 +65,9 @@ class DaemonSettings:
             raise UsageError("max_deliveries must be >= 1")
         if self.heartbeat_ttl_s <= self.heartbeat_interval_s:
             raise UsageError("heartbeat_ttl_s must exceed heartbeat_interval_s")
+        if self.lock_ttl_s <= 0.1:
+            raise UsageError("lock_ttl_s must be > 0.1 (it is renewed every third of it)")
 
     @property
     def lock_ttl_ms(self) -> int:
-        return int((self.cycle_timeout_s + self.lock_margin_s) * 1000)
+        return int(self.lock_ttl_s * 1000)

@@ -13,10 +13,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from redis.exceptions import NoScriptError
+
 from outerloop.scheduler.dispatch import fire_args, fire_keys, now_ms
 from outerloop.scheduler.keys import SchedulerKeys
 from outerloop.scheduler.metrics import DaemonMetrics
-from outerloop.scheduler.scripts import LuaScript, ScriptSet
+from outerloop.scheduler.scripts import LuaScript, ScriptSet, evalsha_many
 from outerloop.scheduler.sessionizer import CloseResult, Sessionizer
 from outerloop.scheduler.settings import DaemonSettings
 from outerloop.scheduler.triggers import LUA_FIRE, STALE_ROWS
@@ -38,6 +40,9 @@ def _text(value: bytes | str) -> str:
 
 
 class Sweeper:
+    """The two sweeps of one daemon (several daemons may sweep the same shard: every step is
+    idempotent or conditional, and duplicate triggers coalesce)."""
+
     def __init__(self, *, client: Any, keys: SchedulerKeys, settings: DaemonSettings, sessionizer: Sessionizer,
                  metrics: DaemonMetrics, on_due: Callable[[], None]) -> None:
         self.client = client
@@ -61,38 +66,65 @@ class Sweeper:
         horizon = watermark - self.sessionizer.sessions.gap_ms
         index = self.keys.open_sessions(shard)
         rows = await self.client.zrangebyscore(index, "-inf", horizon, start=0, num=SWEEP_BATCH, withscores=True)
+        if not rows:
+            return 0
+        now = now_ms()
+        users = [(_text(member), int(score)) for member, score in rows]
+        calls = [self.sessionizer.close_idle_call(self.keys, user, watermark, now) for user, _ in users]
+        replies = await self._many("close_idle", calls)
         closed = 0
-        queued = False
-        for member, score in rows:
-            user = _text(member)
-            keys, args = self.sessionizer.close_idle_call(user, watermark, now_ms())
-            res = CloseResult.from_reply(await self.scripts.call(self.client, "close_idle", keys, args))
+        gone: list[tuple[list[str], list[Any]]] = []
+        still_open: dict[str, int] = {}
+        due: dict[str, int] = {}
+        for (user, score), reply in zip(users, replies):
+            if isinstance(reply, Exception):
+                log.warning("closing the idle session of %s failed: %s", user, reply)
+                continue
+            res = CloseResult.from_reply(reply)
             closed += res.closed
             self.metrics.sessions_closed += res.closed
             self.metrics.triggers_fired += res.triggers_fired
             if res.open_session_last_ts is None:
-                await self.scripts.call(self.client, "zrem_if", [index], [user, int(score)])
+                gone.append(([index], [user, score]))  # only if no event moved it meanwhile
             else:
-                await self.client.zadd(index, {user: res.open_session_last_ts}, gt=True)
+                still_open[user] = res.open_session_last_ts
             if res.has_pending_triggers:
-                await self.client.zadd(self.keys.due(shard), {user: now_ms()}, nx=True)
-                queued = True
-        if queued:
+                due[user] = now
+        await self._many("zrem_if", gone)
+        if still_open or due:
+            pipe = self.client.pipeline(transaction=False)
+            if still_open:
+                pipe.zadd(index, still_open, gt=True)
+            if due:
+                pipe.zadd(self.keys.due(shard), due, nx=True)
+            await pipe.execute()
+        if due:
             self.on_due()
         return closed
+
+    async def _many(self, name: str, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        replies = await evalsha_many(self.client, self.scripts.sha(name), calls)
+        if any(isinstance(r, NoScriptError) for r in replies):
+            await self.scripts.load(self.client)
+            replies = await evalsha_many(self.client, self.scripts.sha(name), calls)
+        return replies
 
     async def trigger_stale_rows(self, shard: int) -> int:
         """Queue a ``stale_rows`` trigger for users whose rows expired (scheduled after each cycle)."""
         now = now_ms()
         index = self.keys.refresh_due(shard)
         users = [_text(u) for u in await self.client.zrangebyscore(index, "-inf", now, start=0, num=SWEEP_BATCH)]
-        for user in users:
-            await self.scripts.call(self.client, "fire", fire_keys(user),
-                                    fire_args(STALE_ROWS, now, {"swept_at_ms": now}, self.sessionizer.rules))
-            # not again before a cycle ran (which reschedules it) or the minimum interval passed
-            await self.client.zadd(index, {user: now + int(self.settings.min_refresh_interval_s * 1000)})
-            await self.client.zadd(self.keys.due(shard), {user: now}, nx=True)
-        if users:
-            self.metrics.triggers_fired += len(users)
-            self.on_due()
+        if not users:
+            return 0
+        args = fire_args(STALE_ROWS, now, {"swept_at_ms": now}, self.sessionizer.rules)
+        for user, reply in zip(users, await self._many("fire", [(fire_keys(self.keys, u), args) for u in users])):
+            if isinstance(reply, Exception):
+                log.warning("queueing the stale-row sweep of %s failed: %s", user, reply)
+        # not again before a cycle ran (which reschedules it) or the minimum interval passed
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zadd(index, {u: now + int(self.settings.min_refresh_interval_s * 1000) for u in users})
+        pipe.zadd(self.keys.due(shard), {u: now for u in users}, nx=True)
+        await pipe.execute()
+        self.metrics.triggers_fired += len(users)
+        self.on_due()
         return len(users)

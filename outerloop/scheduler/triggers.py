@@ -1,20 +1,23 @@
 """Triggers: the reasons a user's outer-loop cycle should run, and how they are queued.
 
 A trigger is fired inside the same Lua script as the event effect that caused it (see
-:mod:`outerloop.scheduler.sessionizer`), into the user's pending-trigger hash. Triggers of the
-same name coalesce there (a count, the first and last time, up to ``max_event_ids`` source
-event ids, the latest detail) until the user's next cycle takes them all at once. The names
+:mod:`outerloop.scheduler.sessionizer`), into the user's pending triggers. Triggers of the same
+name coalesce there until the user's next cycle takes them all at once: a hash holds per name
+the count, the first and last firing time and the latest detail; two capped lists hold the
+source event ids and the most recent source events. Firing is append-only (no JSON is
+re-encoded), so a user with a long backlog costs the same per event as any other. The names
 match the planner's rules.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from outerloop.data.events import Event
+from outerloop.scheduler.keys import SchedulerKeys
 
 TITLE_FINISHED = "title_finished"  # a film or an episode of a series was watched to the end
 EPISODE_RELEASED = "episode_released"  # a new episode of a series the user follows
@@ -49,40 +52,87 @@ class Trigger:
     first_ms: int = 0
     last_ms: int = 0
     event_ids: tuple[str, ...] = ()
-    events: tuple[Event, ...] = ()
+    events: Sequence[Event] = ()
     detail: Mapping[str, Any] = field(default_factory=dict)
 
-    @classmethod
-    def from_json(cls, name: str | bytes, raw: str | bytes) -> "Trigger":
-        """Parse the hash value the Lua scripts write (cjson writes empty lists as ``{}``)."""
-        data = json.loads(raw)
-        ids = data.get("event_ids") or []
-        detail = data.get("detail") or {}
-        events = []
-        for raw_event in data.get("events") or []:
-            try:
-                events.append(Event.model_validate_json(raw_event))
-            except ValueError:  # an event that no longer validates is dropped from the context
-                continue
-        return cls(
-            name=name.decode() if isinstance(name, bytes) else name,
-            count=int(data.get("count", 1)),
-            first_ms=int(data.get("first_ms", 0)),
-            last_ms=int(data.get("last_ms", 0)),
-            event_ids=tuple(str(i) for i in ids) if isinstance(ids, list) else (),
-            events=tuple(events),
-            detail=detail if isinstance(detail, dict) else {},
-        )
+
+SEP = "\x1f"  # between a trigger name and an event id / event JSON in the lists
+EVENTS_SEP = b"\x1e"  # between events when a script returns them joined (JSON never has it raw)
 
 
-def triggers_from_hash(raw: Mapping[bytes | str, bytes | str] | Iterable[Any]) -> list[Trigger]:
-    """Triggers from an HGETALL reply (a dict, or the flat list a Lua script returns)."""
-    if isinstance(raw, Mapping):
-        pairs = list(raw.items())
+class LazyEvents(Sequence[Event]):
+    """Source events parsed on first use: most cycles never look at them, and parsing twenty
+    per trigger would cost more than the rest of the dispatch."""
+
+    __slots__ = ("_raw", "_parsed")
+
+    def __init__(self, raw: Sequence[str]) -> None:
+        self._raw = raw
+        self._parsed: list[Event] | None = None
+
+    def _events(self) -> list[Event]:
+        if self._parsed is None:
+            parsed = []
+            for doc in self._raw:
+                try:  # validated when it was read from the stream; only parsed here
+                    parsed.append(Event.model_construct(**json.loads(doc)))
+                except (ValueError, TypeError):  # not an event document: left out
+                    continue
+            self._parsed = parsed
+        return self._parsed
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._events()[index]
+
+    def __len__(self) -> int:
+        return len(self._events())
+
+    def __repr__(self) -> str:
+        return f"LazyEvents({len(self._raw)} events)"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def triggers_from_parts(hash_flat: Iterable[Any] | Mapping[Any, Any], ids: Iterable[Any],
+                        events: Iterable[Any]) -> list[Trigger]:
+    """Triggers from the pending (or in-flight) hash and its two lists, as the scripts return
+    them (a flat list or a dict for the hash), sorted by name."""
+    if isinstance(hash_flat, Mapping):
+        pairs = [(_text(k), _text(v)) for k, v in hash_flat.items()]
     else:
-        flat = list(raw)
+        flat = [_text(x) for x in hash_flat]
         pairs = list(zip(flat[0::2], flat[1::2]))
-    return sorted((Trigger.from_json(k, v) for k, v in pairs), key=lambda t: t.name)
+    fields: dict[str, dict[str, str]] = {}
+    for key, value in pairs:
+        name, _, part = key.partition("|")
+        fields.setdefault(name, {})[part or "count"] = value
+    by_name_ids: dict[str, list[str]] = {}
+    for raw in ids:
+        name, _, eid = _text(raw).partition(SEP)
+        by_name_ids.setdefault(name, []).append(eid)
+    by_name_events: dict[str, list[str]] = {}
+    for raw in events:
+        name, _, doc = _text(raw).partition(SEP)
+        by_name_events.setdefault(name, []).append(doc)
+    out = []
+    for name, f in sorted(fields.items()):
+        if "count" not in f:
+            continue
+        detail = json.loads(f["detail"]) if "detail" in f else {}
+        out.append(Trigger(name=name, count=int(f["count"]), first_ms=int(f.get("first", 0)),
+                           last_ms=int(f.get("last", 0)), event_ids=tuple(by_name_ids.get(name, ())),
+                           events=LazyEvents(by_name_events.get(name, [])),
+                           detail=detail if isinstance(detail, dict) else {}))
+    return out
+
+
+async def read_triggers(client: Any, keys: SchedulerKeys, user_id: str, *, inflight: bool = False) -> list[Trigger]:
+    """A user's pending (or in-flight) triggers, without taking them (inspection, tests)."""
+    h, ids, evs = keys.inflight_triggers(user_id) if inflight else keys.pending_triggers(user_id)
+    return triggers_from_parts(await client.hgetall(h), await client.lrange(ids, 0, -1),
+                               await client.lrange(evs, 0, -1))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,8 +143,8 @@ class TriggerRules:
     late_night_start_hour: int = 23  # local time; the window wraps midnight
     late_night_end_hour: int = 5
     on_activity: bool = False  # fire ACTIVITY on every interaction (real-time rows)
-    max_event_ids: int = 256  # source event ids kept per coalesced trigger
-    max_events: int = 20  # most recent source events (full JSON) kept per trigger
+    max_event_ids: int = 1024  # most recent source event ids kept per user's pending triggers
+    max_events: int = 20  # most recent source events (full JSON) kept per user's pending triggers
 
     def is_dark(self, genres: Iterable[str]) -> bool:
         return any(g.lower() in self.dark_genres for g in genres)
@@ -133,73 +183,71 @@ class CatalogLookup:
         return ItemInfo(series_id=getattr(item, "series_id", None), genres=tuple(getattr(item, "genres", ())))
 
 
-# Lua shared by every script that fires or merges triggers. A trigger value is JSON:
-# {"count", "first_ms", "last_ms", "event_ids": [...], "events": [event JSON strings, newest
-# last], "detail": {...}}. ``lim`` = {ids = max event ids, events = max events}.
+# Lua shared by every script that fires or moves triggers. ``t`` = {hash, ids list, events
+# list} of one trigger set; ``lim`` = {ids = max event ids, events = max events}.
 LUA_TRIGGERS = r"""
-local function trig_merge(a, b, lim)
-  a.count = (a.count or 0) + (b.count or 1)
-  if b.first_ms and (not a.first_ms or b.first_ms < a.first_ms) then a.first_ms = b.first_ms end
-  if b.last_ms and (not a.last_ms or b.last_ms > a.last_ms) then a.last_ms = b.last_ms end
-  if type(a.event_ids) ~= 'table' then a.event_ids = {} end
-  if type(b.event_ids) == 'table' then
-    for _, id in ipairs(b.event_ids) do
-      if #a.event_ids >= lim.ids then break end
-      table.insert(a.event_ids, id)
+local SEP = '\31'
+
+local function trig_fire(t, name, now_ms, event_id, events, detail, lim)
+  redis.call('HINCRBY', t[1], name, 1)
+  redis.call('HSETNX', t[1], name..'|first', now_ms)
+  redis.call('HSET', t[1], name..'|last', now_ms)
+  if detail ~= nil then redis.call('HSET', t[1], name..'|detail', cjson.encode(detail)) end
+  if event_id ~= '' then
+    redis.call('RPUSH', t[2], name..SEP..event_id)
+    redis.call('LTRIM', t[2], -lim.ids, -1)
+  end
+  if #events > 0 then
+    for _, ev in ipairs(events) do redis.call('RPUSH', t[3], name..SEP..ev) end
+    redis.call('LTRIM', t[3], -lim.events, -1)
+  end
+end
+
+-- Move every trigger of set src into set dst (src is the newer one) and delete src.
+local function trig_move(src, dst, lim)
+  local flat = redis.call('HGETALL', src[1])
+  for i = 1, #flat, 2 do
+    local f, v = flat[i], flat[i + 1]
+    local part = string.match(f, '|(%a+)$')
+    if part == nil then
+      redis.call('HINCRBY', dst[1], f, tonumber(v))
+    elseif part == 'first' then
+      local cur = tonumber(redis.call('HGET', dst[1], f))
+      if cur == nil or tonumber(v) < cur then redis.call('HSET', dst[1], f, v) end
+    elseif part == 'last' then
+      local cur = tonumber(redis.call('HGET', dst[1], f))
+      if cur == nil or tonumber(v) > cur then redis.call('HSET', dst[1], f, v) end
+    else
+      redis.call('HSET', dst[1], f, v)
     end
   end
-  if type(a.events) ~= 'table' then a.events = {} end
-  if type(b.events) == 'table' then
-    for _, ev in ipairs(b.events) do table.insert(a.events, ev) end
+  local caps = {0, lim.ids, lim.events}
+  for j = 2, 3 do
+    local items = redis.call('LRANGE', src[j], 0, -1)
+    for _, it in ipairs(items) do redis.call('RPUSH', dst[j], it) end
+    if #items > 0 then redis.call('LTRIM', dst[j], -caps[j], -1) end
   end
-  while #a.events > lim.events do table.remove(a.events, 1) end
-  if b.detail ~= nil then a.detail = b.detail end
-  return a
-end
-
--- events: a Lua array of event JSON strings (may be empty)
-local function trig_fire(key, name, now_ms, event_id, events, detail, lim)
-  local one = {count = 1, first_ms = now_ms, last_ms = now_ms, event_ids = {}, events = events,
-               detail = detail}
-  if event_id ~= '' then one.event_ids = {event_id} end
-  local raw = redis.call('HGET', key, name)
-  local t = one
-  if raw then
-    t = trig_merge(cjson.decode(raw), one, lim)
-  else
-    while #t.events > lim.events do table.remove(t.events, 1) end
-  end
-  redis.call('HSET', key, name, cjson.encode(t))
-end
-
-local function trig_merge_hash(src, dst, lim)
-  local flat = redis.call('HGETALL', src)
-  for i = 1, #flat, 2 do
-    local raw = redis.call('HGET', dst, flat[i])
-    local merged = cjson.decode(flat[i + 1])
-    if raw then merged = trig_merge(cjson.decode(raw), merged, lim) end
-    redis.call('HSET', dst, flat[i], cjson.encode(merged))
-  end
-  redis.call('DEL', src)
+  redis.call('DEL', src[1], src[2], src[3])
 end
 """
 
 # Fire one trigger from outside the event path (evaluator drift, stale sweep, a release fanned
 # out to a follower). ``marker`` makes it idempotent: it fires only if the marker was not yet in
 # the user's set of applied ids (pass '' to always fire).
-# KEYS: pending, applied   ARGV: name, now_ms, detail JSON|'', max_ids, max_events, marker,
-#                                 applied_ttl_s, event_id|'', event JSON|''
+# KEYS: pending hash, ids, events, applied
+# ARGV: name, now_ms, detail JSON|'', max_ids, max_events, marker, applied_ttl_s, event_id|'',
+#       event JSON|''
 # Returns 1 if fired.
 LUA_FIRE = LUA_TRIGGERS + r"""
 if ARGV[6] ~= '' then
-  if redis.call('SADD', KEYS[2], ARGV[6]) == 0 then return 0 end
-  if tonumber(ARGV[7]) > 0 then redis.call('EXPIRE', KEYS[2], tonumber(ARGV[7])) end
+  if redis.call('SADD', KEYS[4], ARGV[6]) == 0 then return 0 end
+  if tonumber(ARGV[7]) > 0 then redis.call('EXPIRE', KEYS[4], tonumber(ARGV[7])) end
 end
 local detail = nil
 if ARGV[3] ~= '' then detail = cjson.decode(ARGV[3]) end
 local events = {}
 if ARGV[9] ~= '' then events = {ARGV[9]} end
-trig_fire(KEYS[1], ARGV[1], tonumber(ARGV[2]), ARGV[8], events, detail,
+trig_fire({KEYS[1], KEYS[2], KEYS[3]}, ARGV[1], tonumber(ARGV[2]), ARGV[8], events, detail,
           {ids = tonumber(ARGV[4]), events = tonumber(ARGV[5])})
 return 1
 """

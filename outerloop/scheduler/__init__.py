@@ -1,0 +1,30 @@
+"""The scheduler daemon: consumes the event stream, sessionizes, fires triggers, runs cycles.
+
+Modules, by what they do:
+
+- :mod:`~outerloop.scheduler.stream_format`: the stream entry format (shared with the API)
+- :mod:`~outerloop.scheduler.keys`: stream, shard and scheduler key names (hash-tagged)
+- :mod:`~outerloop.scheduler.sessionizer`: the per-event effect and sessions, as Lua
+- :mod:`~outerloop.scheduler.triggers`: trigger names, rules, coalescing storage
+- :mod:`~outerloop.scheduler.consumer`: the consumer group (read, claim, dead-letter, ack)
+- :mod:`~outerloop.scheduler.dispatch`: per-user locks, the due queue, bounded cycles
+- :mod:`~outerloop.scheduler.sweeps`: idle-session close and stale-row sweeps
+- :mod:`~outerloop.scheduler.health`, :mod:`~outerloop.scheduler.metrics`: heartbeat, counters
+- :mod:`~outerloop.scheduler.daemon`: the loops and graceful stop; ``daemon_cli``: the command
+- :mod:`~outerloop.scheduler.runners`: the outer-loop adapter and a row-refresh runner
+"""
+
+from outerloop.scheduler.daemon import Daemon, run_until_signalled
+from outerloop.scheduler.dispatch import CycleOutcome, CycleRunner, request_cycle
+from outerloop.scheduler.keys import SchedulerKeys, shard_of
+from outerloop.scheduler.metrics import DaemonMetrics
+from outerloop.scheduler.sessionizer import SessionSettings, Sessionizer
+from outerloop.scheduler.settings import DaemonSettings
+from outerloop.scheduler.stream_format import MalformedEntry, decode_entry, encode_event
+from outerloop.scheduler.triggers import TRIGGER_NAMES, ItemInfo, Trigger, TriggerRules, read_triggers
+
+__all__ = [
+    "CycleOutcome", "CycleRunner", "Daemon", "DaemonMetrics", "DaemonSettings", "ItemInfo", "MalformedEntry",
+    "SchedulerKeys", "SessionSettings", "Sessionizer", "TRIGGER_NAMES", "Trigger", "TriggerRules", "decode_entry",
+    "encode_event", "read_triggers", "request_cycle", "run_until_signalled", "shard_of",
+]
