@@ -12,6 +12,7 @@ import importlib
 # scenario -> module exposing main(argv) -> int
 BENCHMARKS: dict[str, str] = {
     "serve": "outerloop.benchmarks.serve",
+    "freshness": "outerloop.scheduler.bench_freshness",
 }
 
 

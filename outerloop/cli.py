@@ -29,6 +29,8 @@ _register("serve", "serve real-time recommendations over HTTP (FastAPI + uvicorn
 _register("bench", "run a benchmark and print one JSON object", "outerloop.bench_cli")
 _register("mcp", "serve outerloop's tools to MCP clients (stdio or streamable HTTP)", "outerloop.tools.mcp_cli")
 _register("daemon", "consume events, sessionize, trigger agent cycles", "outerloop.scheduler.daemon_cli")
+_register("report", "write an offline HTML report (training, latency, fresh vs stale, lift, budgets)",
+          "outerloop.evals.report_cli")
 
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:

@@ -105,19 +105,23 @@ async def test_contract_drift_fails_at_connect(artifacts: Any, redis_target: Any
 
 
 async def test_cycle_with_tool_calls_over_mcp(artifacts: Any, redis_target: Any, redis_keys: Any) -> None:
+    """Two loops, as in a deployment with a remote tool server: the server side serves its
+    registry; the client side's agents call every tool through ``OuterLoop(tool_caller=...)``."""
     episode = sorted(episodes_of(artifacts.catalog), key=lambda e: (e.series_id, e.season or 0, e.episode or 0))[0]
-    async with loop_for(artifacts, redis_target, redis_keys) as loop:
-        deps = loop.deps
-        assert deps is not None
-        await seed_user(deps.redis, loop.keys, "u-mcp", [1, 2, 3, 4, episode.item_id], type_="finish")
-        async with McpToolClient(build_server(loop.tools, deps.tool_deps), contracts=loop.tools) as tools:
-            # The swap: the agents' tool caller becomes the MCP client. (OuterLoop has no
-            # constructor argument for it yet; see the issue note.)
-            deps.tools = tools  # type: ignore[assignment]
-            result = await loop.run_cycle("u-mcp", [Trigger.manual("tools")])
-        run = result.record("tools")
-        assert run is not None and run.outcome == "ok", run
-        assert run.tool_calls >= tools.calls_sent > 0  # every call went through the client (some cached)
-        assert set(result.rows_committed) >= {"top_picks"}
-        stored = await loop.rows("u-mcp")
-        assert stored["top_picks"].run_id == run.run_id and stored["top_picks"].items
+    async with loop_for(artifacts, redis_target, redis_keys) as server_side:
+        served = server_side.deps
+        assert served is not None
+        await seed_user(served.redis, server_side.keys, "u-mcp", [1, 2, 3, 4, episode.item_id], type_="finish")
+        async with McpToolClient(build_server(server_side.tools, served.tool_deps),
+                                 contracts=server_side.tools) as tools:
+            client_side = OuterLoop(artifacts, redis=redis_target, keys=redis_keys, tools=[echo], tool_caller=tools,
+                                    budgets={"tools": Budget(latency_ms=10_000, max_tool_calls=12)})
+            async with client_side as loop:
+                assert loop.deps is not None and loop.deps.tools is tools
+                result = await loop.run_cycle("u-mcp", [Trigger.manual("tools")])
+                run = result.record("tools")
+                assert run is not None and run.outcome == "ok", run
+                assert run.tool_calls >= tools.calls_sent > 0  # every call went through the client (some cached)
+                assert set(result.rows_committed) >= {"top_picks"}
+                stored = await loop.rows("u-mcp")
+                assert stored["top_picks"].run_id == run.run_id and stored["top_picks"].items

@@ -42,7 +42,7 @@ from outerloop.memory.store import MemoryStore
 from outerloop.storage import Keys, RedisTarget
 from outerloop.tools.builtin import ENCODE_IN_THREAD, CoWatchGraph, TrendingCounter, builtin_tools
 from outerloop.tools.contracts import ModelArtifacts, ToolDeps, ToolSpec
-from outerloop.tools.registry import ToolRegistry
+from outerloop.tools.registry import ToolCaller, ToolRegistry
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -69,7 +69,8 @@ class OuterLoop:
     ``KMeansClusters.fit(user_vectors)`` to share from the start). ``torch_threads``: set once
     at start when the artifacts run on torch (one history at a time gains nothing from
     intra-op threads, and on a busy machine they cost tens of milliseconds); None leaves torch
-    alone.
+    alone. ``tool_caller``: where the agents' tool calls go (default: this loop's registry, in
+    process); pass an ``McpToolClient`` to call the same tools over MCP.
     """
 
     def __init__(
@@ -89,6 +90,7 @@ class OuterLoop:
         pool: WorkerPool | None = None,
         clock_ms: Callable[[], int] = _now_ms,
         torch_threads: int | None = 1,
+        tool_caller: "ToolCaller | None" = None,
     ) -> None:
         self.artifacts = artifacts
         self.keys = keys
@@ -112,6 +114,7 @@ class OuterLoop:
             for name in spec.tools:
                 if name != "*" and name not in self.tools:
                     raise UsageError(f"agent {spec.name!r} declares tool {name!r}, which is not registered")
+        self.tool_caller: ToolCaller = tool_caller if tool_caller is not None else self.tools
         self.planner = Planner(llm=LLMPolicy(llm, budget=llm_budget) if llm is not None else None, cache=PlanCache())
         self.clusters: Clusters = clusters if clusters is not None else AdaptiveClusters()
         self._pool = pool
@@ -144,7 +147,7 @@ class OuterLoop:
             await self._pool.start()
         store = MemoryStore(redis, keys=self.keys)
         self.deps = LoopDeps(
-            redis=redis, keys=self.keys, artifacts=self.artifacts, tools=self.tools,
+            redis=redis, keys=self.keys, artifacts=self.artifacts, tools=self.tool_caller,
             tool_deps=ToolDeps(redis=redis, artifacts=self.artifacts, clock_ms=self.clock_ms,
                                extra={ENCODE_IN_THREAD: self.config.encode_in_thread}),
             agents=self.agents, enforcer=Enforcer(fence=Fence(redis, keys=self.keys), pool=self._pool),

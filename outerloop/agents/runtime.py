@@ -110,7 +110,7 @@ class LoopDeps:
     redis: "aioredis.Redis"
     keys: type[Keys]
     artifacts: "ModelArtifacts"
-    tools: "ToolRegistry"
+    tools: "ToolCaller"  # the registry itself, or an MCP client with the same call shape
     tool_deps: "ToolDeps"
     agents: "AgentRegistry"
     enforcer: "Enforcer"

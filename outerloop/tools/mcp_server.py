@@ -59,7 +59,9 @@ INSTRUCTIONS = (
     "Tools of an outerloop recommender. Users and items are ids: call get_user_history or "
     "recommend for a user id, get_item for an item id, search_similar_items with a title when you "
     "only know a name. explain_recommendation says why an item is in a user's rows; refresh_user "
-    "re-runs the user's agents (it writes rows, use it sparingly)."
+    "re-runs the user's agents (it writes rows, use it sparingly). converse answers a request in "
+    "plain words ('something funny under 90 minutes, no romance') with explained catalog picks; "
+    "pass its turns back to refine it ('shorter')."
 )
 
 
@@ -233,6 +235,7 @@ async def open_service(
     """Start an outer loop on ``artifacts`` and ``redis`` and expose its tools (built-ins and
     ``tools``) plus the user tools. Must be entered on the event loop that will serve."""
     from outerloop.agents.loop import OuterLoop
+    from outerloop.conversation import ConversationService, converse_tool
     from outerloop.inner_loop.funnel import Funnel, FunnelConfig
     from outerloop.storage import Keys as DefaultKeys
     from outerloop.tools.builtin import builtin_tools
@@ -249,9 +252,10 @@ async def open_service(
         registry = loop.tools.copy()
         for spec in user_tools(UserToolsContext(funnel=funnel, keys=keys, evidence=loop.tools, loop=loop)):
             registry.add(spec)
+        registry.add(converse_tool(ConversationService(artifacts), keys=keys, max_history=max_len))
         builtin_read_only = {s.name for s in builtin_tools()}  # SDK tools may write: no hint for them
         yield ToolService(registry=registry, deps=loop.deps.tool_deps, loop=loop,
-                          read_only=frozenset(READ_ONLY_TOOLS | builtin_read_only))
+                          read_only=frozenset(READ_ONLY_TOOLS | builtin_read_only | {"converse"}))
     finally:
         await loop.aclose()
 

@@ -39,6 +39,16 @@ class CallBudget(Protocol):
     def remaining_ms(self) -> float: ...
 
 
+class ToolCaller(Protocol):
+    """What agents call tools through: a :class:`ToolRegistry` (in process) or an
+    ``outerloop.tools.mcp_client.McpToolClient`` (over MCP, local or remote)."""
+
+    async def call(self, name: str, args: BaseModel | dict[str, Any], deps: ToolDeps, *,
+                   budget: CallBudget | None = None, share_key: str | None = None) -> BaseModel: ...
+
+    def __contains__(self, name: object) -> bool: ...
+
+
 @dataclass(slots=True)
 class HitStats:
     hits: int = 0
