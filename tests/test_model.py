@@ -19,7 +19,9 @@ def _one_thread() -> None:
 
 
 def tiny_model(**kw: object) -> SeqRecModel:
-    cfg = ModelConfig(n_items=30, genre_vocab=("A", "B"), d_model=16, n_layers=2, n_heads=2, max_len=24, dropout=0.0, **kw)
+    """ID embeddings only: without catalog data every item's metadata embedding is the same."""
+    cfg = ModelConfig(n_items=30, genre_vocab=("A", "B"), d_model=16, n_layers=2, n_heads=2, max_len=24, dropout=0.0,
+                      use_metadata=False, **kw)
     return SeqRecModel(cfg).eval()
 
 
@@ -42,6 +44,19 @@ def test_right_padding_does_not_change_real_outputs() -> None:
     with torch.no_grad():
         assert torch.allclose(model(Batch(items=items)), model(Batch(items=padded))[:, :7], atol=1e-5)
         assert torch.allclose(model.user_vectors(Batch(items=items)), model.user_vectors(Batch(items=padded)), atol=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["full", "local"])
+def test_user_vectors_equal_the_last_real_step_of_the_full_forward(attention: str) -> None:
+    model = tiny_model(attention=attention, window=4)
+    items = torch.randint(1, 31, (4, 12))
+    items[1, 7:] = 0  # right-padded rows of different lengths
+    items[3, 2:] = 0
+    with torch.no_grad():
+        h = model(Batch(items=items))
+        u = model.user_vectors(Batch(items=items))
+    last = torch.tensor([11, 6, 11, 1])
+    assert torch.allclose(u, h[torch.arange(4), last], atol=1e-5)
 
 
 @pytest.mark.parametrize("T", [7, 16, 17])

@@ -68,7 +68,30 @@ def test_ranking_metrics_count_misses() -> None:
 
     ex = Examples(feats=np.zeros((2, 3, len(FEATURE_NAMES)), np.float32), mask=np.ones((2, 3), bool),
                   relevance=np.asarray([[0, 1, 0], [0, 0, 0]], np.float32), engagement=np.zeros((2, 3), np.float32),
-                  retrieval=np.zeros((2, 3), np.float32), user_ids=["a", "b"])
+                  retrieval=np.zeros((2, 3), np.float32), user_ids=["a", "b"], items=np.ones((2, 3), np.int64))
     m = ranking_metrics(np.asarray([[3.0, 2.0, 1.0], [1.0, 2.0, 3.0]]), ex, ks=(1, 2))
     assert m["hr@1"] == 0.0 and m["hr@2"] == 0.5 and m["recall@candidates"] == 0.5
     assert m["ndcg@2"] == pytest.approx(0.5 / np.log2(3))
+
+
+def test_covisitation_counts_what_follows() -> None:
+    from outerloop.inner_loop.covisit import CoVisitation
+
+    co = CoVisitation.build([np.asarray([1, 2, 3]), np.asarray([1, 2]), np.asarray([4, 1])], n_items=5, window=2, top_k=1)
+    s = co.scores(np.asarray([1, 2, 9]), np.asarray([2, 3, 4, 5]))
+    assert s.shape == (3, 4)
+    assert s[0, 0] > 0 and s[0, 1] == 0  # 1 -> 2 is the top successor of 1; top_k=1 drops 1 -> 3
+    assert s[1, 1] > 0 and s[1, 0] == 0  # 2 -> 3 once, nothing else
+    assert not s[2].any()  # an item without a row (grown catalog): no signal, no error
+
+
+def test_a_ranker_trained_on_fewer_features_still_scores(tiny_ranker, tables: FeatureTables) -> None:  # noqa: F811
+    from outerloop.inner_loop.ranker import MultiTaskRanker, RankerConfig
+
+    names = FEATURE_NAMES[:11]
+    cfg = RankerConfig(features=names, hidden=8, mean=[0.0] * 11, std=[1.0] * 11)
+    old = Ranker(MultiTaskRanker(11, 8, OBJECTIVES), cfg)
+    feats = candidate_features(tables, np.asarray([3]), np.arange(1, 6), np.ones(5, np.float32), np.full(5, -1))
+    assert old.score(feats).shape == (5,)
+    with pytest.raises(ValueError, match="does not compute"):
+        Ranker(MultiTaskRanker(1, 8, OBJECTIVES), RankerConfig(features=("telepathy",), hidden=8, mean=[0.0], std=[1.0]))

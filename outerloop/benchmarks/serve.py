@@ -111,6 +111,7 @@ class Bench:
         self.base_url = args.url
         self.redis_url = args.redis_url
         self.redis_client: Any = None
+        self.n_items = 0  # catalog size of the server under test (from /readyz)
 
     # --- redis and data ---------------------------------------------------------------------------
     def start_redis(self) -> None:
@@ -196,9 +197,11 @@ class Bench:
                 tail = log_path.read_text(errors="replace")[-2000:] if log_path else ""
                 raise UserInputError(f"the server exited with {self.server.returncode}:\n{tail}")
             try:
-                if httpx.get(self.base_url + "/readyz", timeout=2.0).status_code == 200:
+                r = httpx.get(self.base_url + "/readyz", timeout=2.0)
+                if r.status_code == 200:
+                    self.n_items = int(r.json().get("n_items", 0))
                     return
-            except httpx.HTTPError:
+            except (httpx.HTTPError, ValueError):
                 pass
             time.sleep(0.5)
         raise UserInputError(f"{self.base_url} was not ready within {timeout_s:.0f} s")
@@ -283,6 +286,7 @@ def run(args: argparse.Namespace) -> int:
         if args.warmup > 0:
             bench.phase(pools["warmup"], min(args.rate, 200.0), args.warmup)
         main = bench.run_point(pools, args.rate)
+        result["catalog_items"] = bench.n_items
         result.update(main)
         bench.precompute(pools["baseline"])
         base = bench.phase(pools["baseline"], args.rate, args.baseline_duration or args.duration, source="precomputed")
@@ -290,13 +294,15 @@ def run(args: argparse.Namespace) -> int:
         result.update({k: v for k, v in base_s.items() if not k.startswith("baseline_freshness")})
         table = []
         if rates or sizes:
+            if args.url is not None:
+                raise UserInputError("--rates/--sizes restart the server between points: not with --url")
             for size in sizes or [args.synthetic_items]:
-                if sizes and args.url is None:
-                    bench.start_server(size)
-                    bench.phase(pools["warmup"], min(args.rate, 200.0), args.warmup)
                 for rate in rates or [args.rate]:
+                    # a fresh server per point: no point inherits another's warm caches
+                    bench.start_server(size)
+                    bench.phase(pools["warmup"], min(rate, 200.0), args.warmup)
                     point = bench.run_point(pools, rate, with_probe=True)
-                    table.append({"catalog_items": size or None, **{k: point.get(k) for k in (
+                    table.append({"catalog_items": bench.n_items, **{k: point.get(k) for k in (
                         "rate_rps", "achieved_rps", "p50_ms", "p90_ms", "p99_ms", "max_ms", "errors", "degraded",
                         "freshness_p99_ms", "encoder_cache_hit_rate", "ranker_skipped", "send_lag_p99_ms")}})
             result["table"] = table

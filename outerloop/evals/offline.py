@@ -6,7 +6,8 @@ split ("valid" or "test") under either protocol:
 - ``full``: the target is ranked against every item of the catalog, with the user's own
   earlier items removed (they cannot be recommended again);
 - ``sampled100``: the target is ranked against 100 negatives drawn uniformly from the items
-  the user never interacted with (SASRec's protocol; optimistic, kept for comparison).
+  the user never interacted with (SASRec's protocol; optimistic, kept for comparison). In a
+  catalog too small for that, every item the user never touched is a negative.
 
 Ties are broken at random (seeded): a scorer that gives everything the same score gets a
 random rank, not the best one. Pure numpy: nothing here imports torch.
@@ -124,12 +125,16 @@ def hit_ndcg(ranks: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 def sample_negatives(interacted: np.ndarray, n_items: int, n: int, rng: np.random.Generator) -> np.ndarray:
     """``n`` distinct items from 1..n_items, none of them in ``interacted`` (sorted unique).
 
-    Rejection sampling: cheap when the user saw a small part of the catalog, which is the
-    case the protocol is used for.
+    Rejection sampling when the user saw a small part of the catalog (the usual case, and
+    O(n) instead of O(catalog)); an explicit complement when few items are left, where
+    rejection would take long to find the last ones.
     """
     available = n_items - interacted.shape[0]
     if available < n:
         raise ValueError(f"only {available} items left to sample {n} negatives from")
+    if available < 4 * n:
+        complement = np.setdiff1d(np.arange(1, n_items + 1), interacted, assume_unique=True)
+        return rng.choice(complement, size=n, replace=False)
     out = np.empty(0, dtype=np.int64)
     while out.shape[0] < n:
         draw = rng.integers(1, n_items + 1, size=2 * (n - out.shape[0]) + 8)
@@ -179,9 +184,15 @@ def evaluate(
             scores[rows, targets] = target_score  # ... but a repeated target still counts
             ranks = target_ranks(scores, targets, rng)
         else:
-            negs = np.stack([sample_negatives(cases.interacted[s + r], n_items, n_negatives, rng) for r in rows])
-            cand = np.concatenate([targets[:, None], negs], 1)  # (b, 1 + n_negatives); target first
-            ranks = target_ranks(np.take_along_axis(scores, cand, 1), np.zeros(len(rows), dtype=np.int64), rng)
+            cand = np.zeros((len(rows), 1 + n_negatives), dtype=np.int64)  # (b, 1 + n_neg); target first
+            cand[:, 0] = targets
+            for r in rows:  # a catalog too small for n_negatives gives every unseen item instead
+                inter = cases.interacted[s + r]
+                negs = sample_negatives(inter, n_items, min(n_negatives, n_items - inter.shape[0]), rng)
+                cand[r, 1 : 1 + negs.shape[0]] = negs
+            cand_scores = np.take_along_axis(scores, cand, 1)
+            cand_scores[:, 1:][cand[:, 1:] == 0] = -np.inf  # unused slots
+            ranks = target_ranks(cand_scores, np.zeros(len(rows), dtype=np.int64), rng)
         hit, ndcg = hit_ndcg(ranks, k)
         hits.append(hit)
         ndcgs.append(ndcg)

@@ -202,7 +202,8 @@ def create_app(
     """The API around one set of loaded artifacts.
 
     ``settings`` is an :class:`outerloop.config.Settings` (Redis location, API key, history cap);
-    ``options`` overrides the serving knobs (its ``api_key``/``history_cap`` win when set).
+    ``options`` replaces the serving knobs wholesale (without it, the key and the history cap
+    come from ``settings`` and everything else keeps its default).
     ``keys`` names the Redis keys (tests pass a namespaced subclass).
     """
     opts = options or ServeOptions(api_key=getattr(settings, "api_key", None),
@@ -354,7 +355,7 @@ def create_app(
     async def post_events(request: Request) -> JSONResponse:
         _require_key(request)
         events = _parse_events(await _read_body(request, opts.max_body_bytes), opts.max_batch, n_items)
-        if rt.store is None or not gate.open():
+        if rt.store is None:  # writes ignore the read breaker: an event is worth a real attempt
             raise ApiError(503, "event store unavailable; retry later (events are idempotent by event_id)",
                            headers={"Retry-After": "1"})
         try:

@@ -87,13 +87,6 @@ def build_item_features(catalog: Catalog, genre_vocab: Sequence[str], n_tag_buck
     return ItemFeatures(genres=genres, year=year, runtime=runtime, kind=kind, tags=tags)
 
 
-def genre_multi_hot(features: ItemFeatures, n_genres: int) -> np.ndarray:
-    """(N+1, G) float32 targets of the next-genre head (row 0 all zeros)."""
-    out = np.zeros((features.genres.shape[0], n_genres + 1), dtype=np.float32)
-    np.put_along_axis(out, features.genres, 1.0, axis=1)
-    return out[:, 1:]
-
-
 def gap_buckets(ts_ms: np.ndarray) -> np.ndarray:
     """Bucket of log2(seconds since the previous event); 0 for the first event.
 

@@ -92,7 +92,8 @@ class Funnel:
         self.catalog = artifacts.catalog
         self.n_items = len(self.catalog)
         self.model_version = str(artifacts.model_version)
-        self.tables = FeatureTables.build(self.catalog, artifacts.item_vectors, artifacts.popularity)
+        self.tables = FeatureTables.build(self.catalog, artifacts.item_vectors, artifacts.popularity,
+                                          covisit=getattr(ranker, "covisit", None))
         self.dim = int(self.tables.vectors.shape[1])
         model = getattr(artifacts, "model", None)
         cfg = getattr(model, "cfg", None)

@@ -198,7 +198,11 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, query_at: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C); with ``query_at`` (B,) only that step of each row is
+        computed, (B, 1, C): what serving needs from the last block."""
+        if query_at is not None:
+            return self._one_query(x, query_at)
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
@@ -208,6 +212,21 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, hd)
         y = y.transpose(1, 2).reshape(B, T, C)
         return fast_dropout(self.proj(y), self.dropout, self.training)
+
+    def _one_query(self, x: torch.Tensor, query_at: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        H, hd = self.n_heads, C // self.n_heads
+        w, b = self.qkv.weight, self.qkv.bias
+        xq = x[torch.arange(B, device=x.device), query_at].unsqueeze(1)  # (B, 1, C)
+        q = F.linear(xq, w[:C], b[:C]).view(B, 1, H, hd).transpose(1, 2)  # (B, H, 1, hd)
+        k, v = F.linear(x, w[C:], b[C:]).split(C, dim=2)
+        k, v = (t.view(B, T, H, hd).transpose(1, 2) for t in (k, v))  # (B, H, T, hd)
+        pos = torch.arange(T, device=x.device).unsqueeze(0)  # (1, T)
+        mask = pos <= query_at.unsqueeze(1)  # (B, T): causal
+        if self.attention == "local":
+            mask = mask & (pos > query_at.unsqueeze(1) - self.window)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.view(B, 1, 1, T))  # (B, H, 1, hd)
+        return fast_dropout(self.proj(y.transpose(1, 2).reshape(B, 1, C)), self.dropout, self.training)
 
 
 class MLP(nn.Module):
@@ -231,8 +250,12 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.d_model)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))
+    def forward(self, x: torch.Tensor, query_at: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C), or (B, 1, C) at ``query_at`` only (see the attention)."""
+        if query_at is None:
+            x = x + self.attn(self.ln1(x))
+        else:
+            x = x[torch.arange(x.shape[0], device=x.device), query_at].unsqueeze(1) + self.attn(self.ln1(x), query_at)
         return x + self.mlp(self.ln2(x))
 
 
@@ -338,6 +361,26 @@ class SeqRecModel(nn.Module):
 
     def forward(self, batch: Batch, table: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, d) hidden states. ``table`` may be passed in when it was already computed."""
+        x = self._embed(batch, table)
+        for block in self.blocks:
+            x = block(x)
+        return self.ln_f(x)  # (B, T, d)
+
+    def user_vectors(self, batch: Batch, table: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, d) hidden state at each row's last real event (rows must be non-empty).
+
+        Same as ``forward(batch)[row, last]``, but the last block computes only that step:
+        the earlier blocks must run everywhere (their outputs are its keys), the last need not.
+        """
+        x = self._embed(batch, table)
+        for block in self.blocks[:-1]:
+            x = block(x)
+        last = (batch.lengths - 1).clamp(min=0)  # (B,)
+        x = self.blocks[-1](x, query_at=last)  # (B, 1, d)
+        return self.ln_f(x[:, 0])  # (B, d)
+
+    def _embed(self, batch: Batch, table: torch.Tensor | None) -> torch.Tensor:
+        """(B, T, d) input tokens: item + position (+ action, gap, hour), dropout."""
         items = batch.items
         B, T = items.shape
         if T > self.cfg.max_len:
@@ -350,16 +393,7 @@ class SeqRecModel(nn.Module):
             x = x + self.action_emb(batch.actions)
         if self.gap_emb is not None and batch.gaps is not None:
             x = x + self.gap_emb(batch.gaps) + self.hour_emb(batch.hours)
-        x = fast_dropout(x, self.cfg.dropout, self.training)
-        for block in self.blocks:
-            x = block(x)
-        return self.ln_f(x)  # (B, T, d)
-
-    def user_vectors(self, batch: Batch, table: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, d) hidden state at each row's last real event (rows must be non-empty)."""
-        h = self.forward(batch, table)  # (B, T, d)
-        last = (batch.lengths - 1).clamp(min=0)  # (B,)
-        return h[torch.arange(h.shape[0], device=h.device), last]  # (B, d)
+        return fast_dropout(x, self.cfg.dropout, self.training)
 
     def genre_targets(self, items: torch.Tensor) -> torch.Tensor:
         """(P, G) multi-hot genres of ``items`` (P,) for the auxiliary head."""

@@ -2,8 +2,9 @@
 
 Retrieval orders candidates by one inner product. The ranker looks at each candidate with
 context retrieval cannot use cheaply (how popular it is, how it matches the genres of the
-user's recent history, how close it is to the last few items, how old it is, whether an agent
-row put it forward) and predicts two objectives from one shared trunk:
+user's recent history, how close it is to the last few items, how often it followed them in
+other people's histories, how old it is, whether an agent row put it forward) and predicts two
+objectives from one shared trunk:
 
 - ``relevance``: is this the user's next item? (listwise softmax over the candidate list)
 - ``engagement``: how well does the candidate match what the user engages with next? A soft
@@ -16,8 +17,9 @@ The serving score is ``sum(weight[o] * logit[o])`` with weights from the ranker 
 (overridable at serve time). Features are computed for all candidates at once with numpy;
 nothing loops over candidates in Python.
 
-Files in the artifacts directory: ``ranker.pt`` (state dict) and ``ranker.json`` (config:
-feature names, standardization, weights, training report).
+Files in the artifacts directory: ``ranker.pt`` (state dict), ``ranker.json`` (config:
+feature names, standardization, weights, training report) and ``ranker_covisit.npz`` (the
+co-visitation table two features read, see ``covisit.py``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import torch
 import torch.nn as nn
 
 from outerloop.data.schema import Catalog
+from outerloop.inner_loop.covisit import CoVisitation
 
 RANKER_WEIGHTS_FILE = "ranker.pt"
 RANKER_CONFIG_FILE = "ranker.json"
@@ -48,6 +51,8 @@ FEATURE_NAMES: tuple[str, ...] = (
     "in_agent_row",  # 1 when an agent row proposed it
     "agent_row_position",  # 1 / (1 + position in that row); 0 when in none
     "history_length",  # log1p(len(history)) / log1p(200)
+    "covisit_recent",  # co-visitation from the last RECENT items, newer ones weigh more
+    "covisit_last",  # co-visitation from the newest item
 )
 RECENT = 5  # items for recent_similarity
 GENRE_WINDOW = 20  # items for genre_affinity
@@ -75,9 +80,11 @@ class FeatureTables:
     genres: np.ndarray  # (N+1, G) float32 multi-hot
     genre_count: np.ndarray  # (N+1,) float32, at least 1
     age: np.ndarray  # (N+1,) float32
+    covisit: CoVisitation | None = None  # the ranker's co-visitation table (None: features are 0)
 
     @classmethod
-    def build(cls, catalog: Catalog, item_vectors: np.ndarray, popularity: np.ndarray) -> "FeatureTables":
+    def build(cls, catalog: Catalog, item_vectors: np.ndarray, popularity: np.ndarray,
+              covisit: CoVisitation | None = None) -> "FeatureTables":
         n = len(catalog)
         vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
         if vectors.shape[0] != n + 1:
@@ -109,6 +116,7 @@ class FeatureTables:
             genres=genres,
             genre_count=np.maximum(genres.sum(1), 1.0).astype(np.float32),
             age=age.astype(np.float32),
+            covisit=covisit,
         )
 
 
@@ -148,6 +156,14 @@ def candidate_features(
     out[:, 8] = in_row
     out[:, 9] = np.where(in_row, 1.0 / (1.0 + np.maximum(row_position, 0)), 0.0)
     out[:, 10] = np.log1p(hist_items.shape[0]) / np.log1p(200)
+    if t.covisit is not None and hist_items.shape[0]:
+        recent = hist_items[-RECENT:]
+        co = t.covisit.scores(recent, cand)  # (R, C), oldest first
+        decay = 0.5 ** np.arange(recent.shape[0] - 1, -1, -1, dtype=np.float32)  # newest weighs 1
+        out[:, 11] = np.log1p(100.0 * (decay @ co))
+        out[:, 12] = np.log1p(100.0 * co[-1])
+    else:
+        out[:, 11:13] = 0.0
     return out
 
 
@@ -203,11 +219,16 @@ class RankerConfig:
 class Ranker:
     """A trained :class:`MultiTaskRanker` with its standardization and objective weights."""
 
-    def __init__(self, model: MultiTaskRanker, config: RankerConfig, weights: dict[str, float] | None = None) -> None:
-        if tuple(config.features) != FEATURE_NAMES:
-            raise ValueError(f"ranker was trained on features {config.features}, this code computes {FEATURE_NAMES}")
+    def __init__(self, model: MultiTaskRanker, config: RankerConfig, weights: dict[str, float] | None = None,
+                 covisit: CoVisitation | None = None) -> None:
+        unknown = [f for f in config.features if f not in FEATURE_NAMES]
+        if unknown:
+            raise ValueError(f"ranker was trained on features {unknown} that this code does not compute")
         self.model = model.eval()
         self.config = config
+        self.covisit = covisit
+        # a ranker trained on fewer features (an older version) reads just its own columns
+        self._cols = None if tuple(config.features) == FEATURE_NAMES else [FEATURE_NAMES.index(f) for f in config.features]
         self._mean = np.asarray(config.mean, dtype=np.float32)
         self._inv_std = (1.0 / np.maximum(np.asarray(config.std, dtype=np.float32), 1e-6)).astype(np.float32)
         self.set_weights(weights or config.weights)
@@ -221,6 +242,9 @@ class Ranker:
         self._w = torch.tensor([self.weights[o] for o in self.config.objectives], dtype=torch.float32)
 
     def standardize(self, feats: np.ndarray) -> np.ndarray:
+        """Raw features (all of ``FEATURE_NAMES``) -> this ranker's standardized inputs."""
+        if self._cols is not None:
+            feats = feats[..., self._cols]
         return (feats - self._mean) * self._inv_std
 
     def logits(self, feats: np.ndarray) -> np.ndarray:
@@ -237,6 +261,8 @@ class Ranker:
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         torch.save(self.model.state_dict(), directory / RANKER_WEIGHTS_FILE)
+        if self.covisit is not None:
+            self.covisit.save(directory)
         (directory / RANKER_CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
 
     @classmethod
@@ -245,7 +271,7 @@ class Ranker:
         config = RankerConfig.from_dict(json.loads((directory / RANKER_CONFIG_FILE).read_text()))
         model = MultiTaskRanker(len(config.features), config.hidden, config.objectives)
         model.load_state_dict(torch.load(directory / RANKER_WEIGHTS_FILE, map_location="cpu", weights_only=True))
-        return cls(model, config, weights)
+        return cls(model, config, weights, CoVisitation.load(directory))
 
     @staticmethod
     def exists(directory: str | Path) -> bool:

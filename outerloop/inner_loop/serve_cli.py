@@ -52,6 +52,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="bind address; off loopback an API key is required")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--candidates", type=int, default=500, help="ANN candidates before ranking")
+    p.add_argument("--max-history", type=int, default=None,
+                   help="history tokens fed to the encoder (default: the model's context, max_len)")
     p.add_argument("--budget-ms", type=float, default=50.0, help="request budget the fallbacks work against")
     p.add_argument("--ranker-share", type=float, default=0.3, help="share of the budget the ranker may use")
     p.add_argument("--ranker-weights", type=_weights, default=None, help="e.g. relevance=1,engagement=0.5")
@@ -62,6 +64,20 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index-cache", type=Path, default=Path("runs/index-cache"),
                    help="where synthetic-catalog indexes are cached")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+
+
+def _validate(args: argparse.Namespace) -> None:
+    """Flag checks argparse cannot do; each message names the flag."""
+    if args.candidates < 1:
+        raise UserInputError(f"--candidates must be at least 1, got {args.candidates}")
+    if args.budget_ms <= 0:
+        raise UserInputError(f"--budget-ms must be positive, got {args.budget_ms}")
+    if not 0.0 <= args.ranker_share <= 1.0:
+        raise UserInputError(f"--ranker-share must be in [0, 1], got {args.ranker_share}")
+    if args.synthetic_items < 0:
+        raise UserInputError(f"--synthetic-items must be >= 0, got {args.synthetic_items}")
+    if not 0 <= args.port <= 65535:
+        raise UserInputError(f"--port must be 0..65535, got {args.port}")
 
 
 def load_serving(artifacts_dir: Path, *, synthetic_items: int = 0, synthetic_seed: int = 0,
@@ -92,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     check_bind(args.host, settings.api_key)  # before anything heavy is imported or loaded
+    _validate(args)
 
     import torch
     import uvicorn
@@ -106,6 +123,10 @@ def run(args: argparse.Namespace) -> int:
                                      synthetic_seed=args.synthetic_seed, index_cache=args.index_cache,
                                      no_ranker=args.no_ranker, ranker_weights=args.ranker_weights)
     max_len = int(getattr(getattr(getattr(artifacts, "model", None), "cfg", None), "max_len", 200))
+    if args.max_history is not None:
+        if args.max_history < 1:
+            raise UserInputError(f"--max-history must be at least 1, got {args.max_history}")
+        max_len = min(max_len, args.max_history)
     options = ServeOptions(
         api_key=settings.api_key,
         require_api_key=not is_loopback(args.host),

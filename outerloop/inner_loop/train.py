@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from outerloop.data.schema import Catalog, InteractionData, UserSequence
-from outerloop.evals.offline import EvalCases, ScoreFn, evaluate, item_counts, leave_one_out, train_sequences
+from outerloop.evals.offline import ScoreFn, evaluate, item_counts, leave_one_out, train_sequences
 from outerloop.inner_loop.batching import event_features, make_batch, pad_right
 from outerloop.inner_loop.features import build_item_features
 from outerloop.inner_loop.model import Batch, ModelConfig, SeqRecModel
@@ -38,10 +38,11 @@ class TrainConfig:
     """How to train (the model's shape is :class:`ModelConfig`)."""
 
     epochs: int = 200  # upper bound; early stopping usually ends sooner
-    batch_size: int = 128
+    batch_size: int = 32  # more updates per epoch: at 128 ML-1M gets 47 steps an epoch and learns ~3x slower per epoch
     lr: float = 1e-3
     weight_decay: float = 0.0
     patience: int = 8  # validations without improvement before stopping
+    lr_decay_patience: int = 3  # validations without improvement before the lr is halved
     eval_every: int = 1  # epochs between validations
     seed: int = 42
     bf16: bool = True  # bf16 matmuls for the catalog logits (measured ~1.5x faster here)
@@ -190,6 +191,21 @@ def freeze_backbone(model: SeqRecModel) -> list[torch.nn.Parameter]:
     return trainable
 
 
+def train_epoch(model: SeqRecModel, opt: torch.optim.Optimizer, tensors: SequenceTensors, tcfg: TrainConfig,
+                rng: np.random.Generator) -> float:
+    """One pass over every user's window; returns the mean next-item loss."""
+    model.train()
+    losses = []
+    for rows in tensors.epoch_batches(tcfg.batch_size, rng):
+        batch, targets = tensors.batch(rows)
+        loss, parts = model.loss(batch, targets, genre_weight=tcfg.genre_weight, bf16=tcfg.bf16)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(parts["item"])
+    return float(np.mean(losses)) if losses else 0.0
+
+
 def train(
     data: InteractionData,
     cfg: ModelConfig,
@@ -232,21 +248,13 @@ def train(
     bar = tqdm(total=tcfg.epochs, desc="train", unit="epoch", disable=not progress, dynamic_ncols=True)
     for epoch in range(1, tcfg.epochs + 1):
         torch.set_num_threads(pick_threads(tcfg.num_threads))
-        model.train()
         t0 = time.perf_counter()
-        losses = []
-        for rows in tensors.epoch_batches(tcfg.batch_size, rng):
-            batch, targets = tensors.batch(rows)
-            loss, parts = model.loss(batch, targets, genre_weight=tcfg.genre_weight, bf16=tcfg.bf16)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(parts["item"])
         row: dict[str, float] = {
             "epoch": epoch,
-            "loss": float(np.mean(losses)) if losses else 0.0,
+            "loss": train_epoch(model, opt, tensors, tcfg, rng),
             "epoch_s": time.perf_counter() - t0,
             "threads": torch.get_num_threads(),
+            "lr": opt.param_groups[0]["lr"],
         }
         if epoch % tcfg.eval_every == 0 or epoch == tcfg.epochs:
             m = evaluate(model_scorer(model), valid, len(data.catalog), "full", seed=tcfg.seed)
@@ -258,6 +266,9 @@ def train(
                     save_checkpoint(ckpt / "best.pt", model, epoch, m)
             else:
                 stale += 1
+                if tcfg.lr_decay_patience and stale % tcfg.lr_decay_patience == 0:
+                    for group in opt.param_groups:  # a plateau: smaller steps settle into it
+                        group["lr"] *= 0.5
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)
@@ -290,18 +301,3 @@ def save_checkpoint(path: Path, model: SeqRecModel, epoch: int, valid: dict[str,
     tmp = path.with_suffix(".tmp")
     torch.save({"model_config": model.cfg.to_dict(), "state_dict": model.state_dict(), "epoch": epoch, "valid": valid}, tmp)
     tmp.replace(path)
-
-
-def train_config_dict(tcfg: TrainConfig) -> dict[str, Any]:
-    return asdict(tcfg)
-
-
-__all__ = [
-    "EvalCases",
-    "TrainConfig",
-    "TrainResult",
-    "build_model",
-    "model_config_for",
-    "model_scorer",
-    "train",
-]
