@@ -2,7 +2,7 @@
 
 import sys
 
-from outerloop.scheduler.bench_freshness import main
+from outerloop.benchmarks.freshness import main
 
 if __name__ == "__main__":
     raise SystemExit(main(sys.argv[1:]))

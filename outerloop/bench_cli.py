@@ -12,7 +12,11 @@ import importlib
 # scenario -> module exposing main(argv) -> int
 BENCHMARKS: dict[str, str] = {
     "serve": "outerloop.benchmarks.serve",
-    "freshness": "outerloop.scheduler.bench_freshness",
+    "freshness": "outerloop.benchmarks.freshness",
+    "budgets": "outerloop.benchmarks.budgets",
+    "loop": "outerloop.benchmarks.loop",
+    "model": "outerloop.benchmarks.model",
+    "conversation": "outerloop.benchmarks.conversation",
 }
 
 

@@ -15,7 +15,10 @@ from outerloop.errors import UserInputError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--artifacts", required=True, metavar="DIR", help="artifacts directory written by `outerloop train`")
+    from outerloop.evals import replay_cli
+
+    replay_cli.attach(parser)  # `outerloop eval replay ...`
+    parser.add_argument("--artifacts", metavar="DIR", help="artifacts directory written by `outerloop train` (required)")
     parser.add_argument("--dataset", help="dataset to evaluate on (default: the one in the manifest)")
     parser.add_argument("--data-dir", help="data root (default: the one in the manifest)")
     parser.add_argument("--split", choices=["test", "valid"], default="test")
@@ -26,6 +29,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from outerloop.evals import replay_cli
+
+    if (code := replay_cli.dispatch(args)) is not None:
+        return code
+    if not args.artifacts:
+        raise UserInputError("--artifacts is required (or run `outerloop eval replay ...`)")
     if args.k <= 0:
         raise UserInputError(f"--k must be > 0, got {args.k}")
     if args.threads <= 0:
