@@ -72,7 +72,7 @@ class ServeOptions:
     vector_cache_ttl_s: int = 24 * 3600
     max_batch: int = 500  # events per POST
     max_body_bytes: int = 1 << 20
-    stream_maxlen: int = DEFAULT_STREAM_MAXLEN
+    stream_maxlen: int | None = DEFAULT_STREAM_MAXLEN
 
 
 class ApiError(Exception):

@@ -60,7 +60,9 @@ HISTORY_TYPES: frozenset[str] = frozenset({"play", "finish", "skip", "add_to_lis
 SEEN_TYPES: frozenset[str] = frozenset({"finish", "rate", "skip"})
 
 APPLIED_TTL_S = 7 * 24 * 3600  # idempotency window: redeliveries older than this re-apply
-DEFAULT_STREAM_MAXLEN = 100_000
+# None: the API never trims the stream. Trimming here could delete entries no daemon has read yet
+# (a backlog while daemons are down); the daemon trims only what every group has acknowledged.
+DEFAULT_STREAM_MAXLEN: int | None = None
 
 
 def embedding_key(user_id: str, keys: type[Keys] = Keys) -> str:
@@ -199,7 +201,7 @@ def queue_apply(
     events: Sequence[Event],
     *,
     history_cap: int,
-    stream_maxlen: int = DEFAULT_STREAM_MAXLEN,
+    stream_maxlen: int | None = DEFAULT_STREAM_MAXLEN,
     keys: type[Keys] = Keys,
 ) -> list[str]:
     """Add the commands that apply ``events`` to ``pipe`` (a sync or asyncio redis-py pipeline,
@@ -237,7 +239,7 @@ def collect_apply(users: list[str], results: Sequence[Any], n_events: int) -> Ap
 class UserStore:
     """Async access to user state on one Redis (one client per event loop)."""
 
-    def __init__(self, client: Any, *, history_cap: int, stream_maxlen: int = DEFAULT_STREAM_MAXLEN,
+    def __init__(self, client: Any, *, history_cap: int, stream_maxlen: int | None = DEFAULT_STREAM_MAXLEN,
                  keys: type[Keys] = Keys) -> None:
         self.client = client
         self.keys = keys
