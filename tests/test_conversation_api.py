@@ -24,7 +24,6 @@ from outerloop.conversation import (
 )
 from outerloop.inner_loop.app import ServeOptions, create_app
 from outerloop.inner_loop.funnel import FunnelConfig
-from outerloop.inner_loop.user_state import UserStore
 from outerloop.tools.contracts import ToolDeps
 from outerloop.tools.registry import ToolRegistry
 from tests.redis_fixtures import pytest_generate_tests, redis_keys, redis_target  # noqa: F401
@@ -91,18 +90,9 @@ def test_bad_user_id_and_malformed_json(bare: TestClient) -> None:
 
 
 def test_wired_into_the_real_api(tiny_artifacts, tiny_data, redis_target, redis_keys) -> None:  # noqa: F811
-    """What the API owner adds to ``create_app``, reproduced: history comes from posted events."""
+    """The real API serves the route; the history comes from events posted to it."""
     options = ServeOptions(funnel=FunnelConfig(max_history=50))
     app = create_app(Settings(), tiny_artifacts, options=options, redis_target=redis_target, keys=redis_keys)
-
-    async def read(user_id: str) -> UserHistory | None:
-        store: UserStore | None = app.state.runtime.store
-        if store is None:
-            raise ConnectionError("redis unavailable")
-        state = await store.read(user_id, options.funnel.max_history)
-        return UserHistory.from_state(state) if state.version else None
-
-    app.include_router(conversation_router(ConversationService(tiny_artifacts), read))
     history = [int(i) for i in tiny_data.users[1].items[:10]]
     with TestClient(app, raise_server_exceptions=False) as client:
         posted = client.post("/v1/events", json=[event("talker", i, "finish", ts=now_ms() - 8 * 86_400_000 + n)

@@ -198,6 +198,7 @@ def create_app(
     options: ServeOptions | None = None,
     redis_target: RedisTarget | None = None,
     keys: type[Keys] = Keys,
+    conversation: Any = None,
 ) -> FastAPI:
     """The API around one set of loaded artifacts.
 
@@ -407,6 +408,27 @@ def create_app(
         w = rt.writer
         return {**funnel.stats_snapshot(), "redis_failures": gate.failures,
                 "write_behind_dropped": w.dropped if w else 0}
+
+    async def _conversation_history(user_id: str) -> Any:
+        """The user's history for the conversation route: same store, gate and read budget as
+        recommendations; a failure raises and the route answers without history (degraded)."""
+        from outerloop.conversation import UserHistory
+
+        if rt.store is None or not gate.open():
+            raise ConnectionError("redis unavailable")
+        try:
+            async with asyncio.timeout(read_timeout_s):
+                state = await rt.store.read(user_id, opts.funnel.max_history)
+            gate.ok()
+        except _REDIS_ERRORS as exc:
+            gate.failed(exc)
+            raise
+        return UserHistory.from_state(state) if state.version else None
+
+    from outerloop.conversation import ConversationService, conversation_router
+
+    app.state.conversation = conversation or ConversationService(artifacts)
+    app.include_router(conversation_router(app.state.conversation, _conversation_history))
 
     # the Event schema for the request body above
     def _openapi() -> dict[str, Any]:
