@@ -137,7 +137,7 @@ def _step_stream_and_show(base_url: str, world: Any, events: list[dict[str, Any]
         for user in users:
             watched = [_title(world, e["item_id"]) for e in mine if e["user_id"] == user and e["type"] in ("finish", "play")]
             recent = list(dict.fromkeys(reversed(watched)))[:3]
-            _say(f"\n  user {user}: a {' & '.join(world.user(user).top_genres(2))} fan; recently watched: " + "; ".join(recent))
+            _say(f"\n  user {user}: likes {' & '.join(world.user(user).top_genres(2))}; recently watched: " + "; ".join(recent))
             _show(http, user, world)
 
         user = users[0]

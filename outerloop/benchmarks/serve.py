@@ -65,6 +65,17 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print only the JSON object (default prints it too)")
 
 
+def _cpu_s(pid: int | None) -> float | None:
+    """CPU seconds (user + system) a process has used so far; None when unknown (not Linux)."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -249,9 +260,15 @@ class Bench:
 
     def run_point(self, pools: dict[str, list[str]], rate: float, with_probe: bool = True) -> dict[str, Any]:
         before = self.server_stats()
+        pid = self.server.pid if self.server is not None else None
+        cpu0 = _cpu_s(pid)
         res = self.phase(pools["main"], rate, self.args.duration, probe_users=pools["probe"] if with_probe else None)
+        cpu1 = _cpu_s(pid)
         after = self.server_stats()
         out = _summary(res, rate, self.args.duration)
+        if cpu0 is not None and cpu1 is not None and out["requests"]:
+            # robust on a shared machine: what each request costs the server, whatever it waited
+            out["server_cpu_ms_per_request"] = round((cpu1 - cpu0) * 1000.0 / out["requests"], 3)
         hits = sum(after.get(k, 0) - before.get(k, 0) for k in ("cache_hit", "cache_redis"))
         misses = after.get("cache_miss", 0) - before.get("cache_miss", 0)
         out["encoder_cache_hit_rate"] = round(hits / (hits + misses), 3) if hits + misses else None
@@ -304,7 +321,8 @@ def run(args: argparse.Namespace) -> int:
                     point = bench.run_point(pools, rate, with_probe=True)
                     table.append({"catalog_items": bench.n_items, **{k: point.get(k) for k in (
                         "rate_rps", "achieved_rps", "p50_ms", "p90_ms", "p99_ms", "max_ms", "errors", "degraded",
-                        "freshness_p99_ms", "encoder_cache_hit_rate", "ranker_skipped", "send_lag_p99_ms")}})
+                        "freshness_p99_ms", "encoder_cache_hit_rate", "ranker_skipped", "send_lag_p99_ms",
+                        "server_cpu_ms_per_request")}})
             result["table"] = table
         result["server_stats"] = bench.server_stats()
     result["machine"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
