@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -111,3 +112,18 @@ def dataset_hash(data: InteractionData) -> str:
                 h.update(f"{name}\0".encode())
                 h.update(np.ascontiguousarray(arr, dtype=dtype).tobytes())
     return h.hexdigest()
+
+
+def parse_dataset_options(pairs: list[str], flag: str = "--dataset-opt") -> dict[str, Any]:
+    """``["n_users=500", "name=x"]`` -> ``{"n_users": 500, "name": "x"}`` (values read as JSON
+    when they parse, else kept as text), for every command that takes ``--dataset-opt``."""
+    opts: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UserInputError(f"{flag} expects KEY=VALUE, got {pair!r}")
+        try:
+            opts[key] = json.loads(value)
+        except json.JSONDecodeError:
+            opts[key] = value
+    return opts

@@ -53,19 +53,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--redis-url", help="a real Redis (default: an embedded one in a temp dir); keys are namespaced")
 
 
-def _options(pairs: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UserInputError(f"--dataset-opt expects KEY=VALUE, got {pair!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
 def _validate(args: argparse.Namespace) -> None:
     for name, flag in (("k", "--k"), ("epochs", "--epochs"), ("d_model", "--d-model"),
                        ("max_minutes", "--max-minutes"), ("max_requests", "--max-requests")):
@@ -86,11 +73,11 @@ def run(args: argparse.Namespace) -> int:
     _validate(args)
     import torch
 
-    from outerloop.data.datasets import load_dataset
+    from outerloop.data.datasets import load_dataset, parse_dataset_options
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    data = load_dataset(args.dataset, args.data_dir, **_options(args.dataset_opt))
+    data = load_dataset(args.dataset, args.data_dir, **parse_dataset_options(args.dataset_opt))
     kind = args.replay
     if kind == "auto":
         kind = "fresh-stale" if data.users and all(u.ts is not None for u in data.users) else "inner-outer"

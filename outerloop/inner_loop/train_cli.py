@@ -68,19 +68,6 @@ def _fraction(args: argparse.Namespace, name: str, flag: str) -> None:
         raise UserInputError(f"{flag} must be in [0, 1), got {v}")
 
 
-def _dataset_options(pairs: list[str]) -> dict[str, Any]:
-    opts: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UserInputError(f"--dataset-opt expects KEY=VALUE, got {pair!r}")
-        try:
-            opts[key] = json.loads(value)
-        except json.JSONDecodeError:
-            opts[key] = value
-    return opts
-
-
 def validate(args: argparse.Namespace) -> None:
     """Flag checks argparse cannot do; each message names the flag."""
     for name, flag in (("d_model", "--d-model"), ("layers", "--layers"), ("heads", "--heads"), ("max_len", "--max-len"),
@@ -110,14 +97,14 @@ def run(args: argparse.Namespace) -> int:
     validate(args)
     import torch  # heavy imports only once the flags are known to be good
 
-    from outerloop.data.datasets import dataset_hash, load_dataset
+    from outerloop.data.datasets import dataset_hash, load_dataset, parse_dataset_options
     from outerloop.evals.offline import evaluate_recommender, item_counts, train_sequences
     from outerloop.inner_loop.align import align_to_parent
     from outerloop.inner_loop.artifacts import Artifacts
     from outerloop.inner_loop.train import TrainConfig, model_config_for, train
     from outerloop.inner_loop.warm_start import warm_start_model
 
-    data = load_dataset(args.dataset, args.data_dir, **_dataset_options(args.dataset_opt))
+    data = load_dataset(args.dataset, args.data_dir, **parse_dataset_options(args.dataset_opt))
     model_overrides = dict(
         d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, max_len=args.max_len, dropout=args.dropout,
         attention=args.attention, window=args.window,
@@ -143,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     result = train(data, cfg, tcfg, model=model, checkpoint_dir=out / "checkpoints", progress=not args.quiet)
     manifest = {
         "dataset": data.name,
-        "dataset_options": _dataset_options(args.dataset_opt),
+        "dataset_options": parse_dataset_options(args.dataset_opt),
         "data_dir": str(Path(args.data_dir).resolve()) if args.data_dir else None,
         "data_hash": dataset_hash(data),
         "config": {"train": dataclasses.asdict(tcfg)},

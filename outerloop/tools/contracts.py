@@ -109,6 +109,15 @@ class ToolSpec:
     def output_schema(self) -> dict[str, Any]:
         return self.output_model.model_json_schema()
 
+    def cache_key(self, parsed: BaseModel, share_key: str | None) -> str | None:
+        """Where a shareable output is cached: the canonical input for ``share="global"`` tools,
+        the caller's cluster key for ``share="cluster"`` ones; None means not cached."""
+        if self.share == "global":
+            return parsed.model_dump_json()
+        if self.share == "cluster":
+            return share_key
+        return None
+
     def describe(self) -> dict[str, Any]:
         """A JSON-able description: what an MCP server lists or an LLM is shown."""
         return {

@@ -175,11 +175,7 @@ class ToolRegistry:
         if budget is not None:
             budget.count_tool_call()
 
-        key: str | None = None
-        if spec.share == "global":
-            key = parsed.model_dump_json()
-        elif spec.share == "cluster" and share_key is not None:
-            key = share_key
+        key = spec.cache_key(parsed, share_key)
         now = float(deps.clock_ms())
         if key is not None:
             cached = self.cache.get(name, key, now)
