@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from outerloop.data.schema import ACTION_ID
 from outerloop.inner_loop.ranker import ArtifactsLike, FeatureTables, Ranker, candidate_features
 from outerloop.inner_loop.rows import AgentRow, live_rows
 from outerloop.inner_loop.user_state import UserState
@@ -28,7 +29,7 @@ TOP_PICKS = "top-picks"
 POPULAR = "popular"
 EXPLORE = "explore"
 PRECOMPUTED = "precomputed"
-SKIP_ACTION = 7  # ACTION_ID["skip"]; models without action inputs must not read a skip as interest
+SKIP_ACTION = ACTION_ID["skip"]  # models without action inputs must not read a skip as interest
 
 
 @dataclass(frozen=True, slots=True)
