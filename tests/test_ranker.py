@@ -8,7 +8,7 @@ import pytest
 
 from outerloop.inner_loop.ranker import FEATURE_NAMES, OBJECTIVES, FeatureTables, Ranker, candidate_features
 from outerloop.inner_loop.ranker_train import ranking_metrics, seen_items
-from tests.test_api_fixtures import tiny_artifacts, tiny_dir, tiny_ranker  # noqa: F401
+from tests.test_api_fixtures import tiny_artifacts, tiny_data, tiny_dir, tiny_ranker  # noqa: F401
 
 
 @pytest.fixture
@@ -95,3 +95,30 @@ def test_a_ranker_trained_on_fewer_features_still_scores(tiny_ranker, tables: Fe
     assert old.score(feats).shape == (5,)
     with pytest.raises(ValueError, match="does not compute"):
         Ranker(MultiTaskRanker(1, 8, OBJECTIVES), RankerConfig(features=("telepathy",), hidden=8, mean=[0.0], std=[1.0]))
+
+
+def test_training_lists_merge_given_agent_rows_as_serving_does(tiny_artifacts, tiny_data, tables) -> None:  # noqa: F811
+    """``build_examples(agent_rows=...)``: a user's rows are merged with the funnel's own merge
+    (items outside the ANN candidates added, best position kept); a user without rows gets none."""
+    from outerloop.evals.offline import leave_one_out
+    from outerloop.inner_loop.ranker_train import build_examples
+
+    cases = leave_one_out(tiny_data, "valid")
+    with_rows, without = cases.user_ids[0], cases.user_ids[1]
+    seen = set(cases.histories[0].tolist())
+    unseen = [i for i in range(1, len(tiny_artifacts.catalog) + 1) if i not in seen]
+    row_a, row_b = np.asarray(unseen[:6], np.int64), np.asarray([unseen[5], unseen[6]], np.int64)
+    ex = build_examples(tiny_artifacts, tables, tiny_data, "valid", n_candidates=5,
+                        agent_rows={with_rows: [row_a, row_b]})
+    col = {n: FEATURE_NAMES.index(n) for n in ("in_agent_row", "agent_row_position")}
+    first = ex.user_ids.index(with_rows)
+    items = ex.items[first][ex.mask[first]].tolist()
+    feats = ex.feats[first][ex.mask[first]]
+    best_pos = {int(i): p for p, i in enumerate(row_a.tolist())} | {unseen[5]: 0, unseen[6]: 1}  # best of both rows
+    assert set(best_pos) <= set(items)  # every row item is a candidate, even beyond the 5 ANN ones
+    for i, f in zip(items, feats):
+        assert f[col["in_agent_row"]] == (i in best_pos)
+        assert f[col["agent_row_position"]] == pytest.approx(1 / (1 + best_pos[i]) if i in best_pos else 0.0)
+    other = ex.user_ids.index(without)
+    assert not ex.feats[other][ex.mask[other]][:, col["in_agent_row"]].any()
+    assert ex.mask[other].sum() <= 5

@@ -175,3 +175,38 @@ async def test_outer_loop_sees_only_the_prefix_of_each_served_request(redis_targ
     assert set(out) >= {"inner_ndcg@10", "outer_ndcg@10", "relative_lift", "what_the_outer_loop_did"}
     plans = out["what_the_outer_loop_did"]["plans"]
     assert sum(n for p, n in plans.items() if "spy" in p.split("+") and "tools" in p.split("+")) == 6
+
+
+async def test_compiled_rows_come_from_the_validation_prefix_and_match_what_the_funnel_reads(
+        redis_target: Any, redis_keys: Any) -> None:
+    """The ranker's training rows: one real cycle per user on the validation prefix (all but the
+    last two items), returned as the funnel would read them."""
+    from outerloop.data.datasets import load_dataset
+    from outerloop.evals.offline import item_counts, train_sequences
+    from outerloop.inner_loop.artifacts import Artifacts
+    from outerloop.inner_loop.train import build_model, model_config_for
+
+    data = load_dataset("synthetic", None, n_users=30, n_films=60, n_series=3, days=4, seed=6)
+    counts = item_counts(train_sequences(data), len(data.catalog))
+    model = build_model(model_config_for(data, d_model=8, n_layers=1, max_len=20), data.catalog, counts)
+    arts = Artifacts.from_model(model, data.catalog, counts, {"dataset": "synthetic"})
+    histories: dict[str, list[int]] = {}
+
+    @agent(name="spy", budget=Budget(latency_ms=1000), triggers=("session_closed",), rows=("spy",))
+    async def spy(ctx: AgentContext) -> None:
+        """Records the history an agent of the cycle is shown."""
+        histories[ctx.user_id] = ctx.history.items.tolist()
+
+    cfg = replay.OuterReplay(n_users=5, seed=3, session_events=5, ingest_events_per_user=5)
+    rows = await replay.compile_outer_rows(arts, data, "valid", config=cfg, redis_target=redis_target,
+                                           keys=redis_keys, extra_agents=[spy])
+    by_id = {u.user_id: u for u in data.users}
+    assert set(rows) == set(histories) and len(rows) == 5
+    for user_id, user_rows in rows.items():
+        items = by_id[user_id].items.tolist()
+        assert histories[user_id] == items[:-2][-cfg.history_cap:]  # neither validation nor test item
+        assert user_rows, f"the outer loop compiled no row for {user_id}"
+        for row in user_rows:
+            assert row.dtype == np.int64 and row.size and len(set(row.tolist())) == row.size
+            assert np.all((row >= 1) & (row <= len(data.catalog)))
+            assert not set(row.tolist()) & set(items[:-2])  # rows hold only unseen items

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -451,17 +452,35 @@ class _OuterReplayRun:
         if batch:
             await self.loop.ingest(batch)
 
-    async def serve(self, user: str, prefix: np.ndarray, target: int) -> None:
-        """One evaluated user: inner list, one outer-loop cycle, inner+outer list, attribution."""
-        from outerloop.agents.contracts import Trigger
+    def seed(self, user: str, prefix: np.ndarray) -> None:
+        """The user's real-time history in Redis: the prefix at synthetic times before the clock."""
         from outerloop.inner_loop.user_state import seed_history
 
+        ts = [self.t0 - (prefix.shape[0] - p) * self.cfg.event_gap_ms for p in range(prefix.shape[0])]
+        seed_history(self.sync, user, prefix.tolist(), history_cap=self.cfg.history_cap, ts_ms=ts, keys=self.keys)
+
+    async def cycle(self, user: str, prefix: np.ndarray) -> Any:
+        """One real outer-loop cycle, triggered by the close of the prefix's last session."""
+        from outerloop.agents.contracts import Trigger
+
+        session = self.events_of(user, prefix, self.cfg.session_events)
+        return await self.loop.run_cycle(user, [Trigger.session_closed(session)], now_ms=self.t0)
+
+    async def live_rows(self, user: str) -> list[np.ndarray]:
+        """The user's agent rows exactly as the funnel would read them now (item ids, agent order)."""
+        from outerloop.inner_loop.rows import live_rows
+
+        state = await self.store.read(user, self.funnel.config.max_history)
+        rows, _ = live_rows(state.rows, now_ms=self.t0, n_items=self.funnel.n_items,
+                            limit=self.funnel.config.max_agent_rows)
+        return [r.item_ids for r in rows]
+
+    async def serve(self, user: str, prefix: np.ndarray, target: int) -> None:
+        """One evaluated user: inner list, one outer-loop cycle, inner+outer list, attribution."""
         cfg, t, k = self.cfg, self.tally, self.cfg.k
-        ts = [self.t0 - (prefix.shape[0] - p) * cfg.event_gap_ms for p in range(prefix.shape[0])]
-        seed_history(self.sync, user, prefix.tolist(), history_cap=cfg.history_cap, ts_ms=ts, keys=self.keys)
+        self.seed(user, prefix)
         inner = self.funnel.recommend(await self.store.read(user, self.funnel.config.max_history), k, now_ms=self.t0)
-        session = self.events_of(user, prefix, cfg.session_events)
-        res = await self.loop.run_cycle(user, [Trigger.session_closed(session)], now_ms=self.t0)
+        res = await self.cycle(user, prefix)
         outer = self.funnel.recommend(await self.store.read(user, self.funnel.config.max_history), k, now_ms=self.t0)
         top_out = outer.rows[0]
         g_in, _ = _ndcg_at(inner.rows[0].item_ids, target, k)
@@ -491,6 +510,44 @@ class _OuterReplayRun:
                 t.bump(t.facts, str(key).split(":", 1)[0])
 
 
+@asynccontextmanager
+async def _outer_replay(artifacts: Any, ranker: Any, cfg: OuterReplay, *, redis_target: Any = None, keys: Any = None,
+                        extra_agents: Sequence[Any] = ()) -> AsyncIterator[_OuterReplayRun]:
+    """A live ``OuterLoop`` and funnel on a Redis of their own (a temporary embedded server unless
+    ``redis_target`` is given), at the replay clock."""
+    import tempfile
+    from pathlib import Path
+
+    from outerloop.agents.loop import OuterLoop
+    from outerloop.inner_loop.funnel import Funnel, FunnelConfig
+    from outerloop.inner_loop.user_state import UserStore
+    from outerloop.storage import Keys, RedisTarget
+
+    keys = keys or Keys
+    t0 = replay_clock_ms()
+    tmp = tempfile.TemporaryDirectory(prefix="outerloop-replay-") if redis_target is None else None
+    target = redis_target or RedisTarget(embedded_dir=Path(tmp.name) / "redis")  # type: ignore[union-attr]
+    sync = target.sync_client()
+    client = target.async_client()
+    funnel = Funnel(artifacts, ranker, FunnelConfig(request_budget_ms=60_000.0))
+    try:
+        async with OuterLoop(artifacts, redis=client, keys=keys, agents=extra_agents, clock_ms=lambda: t0) as loop:
+            yield _OuterReplayRun(cfg, t0, loop, funnel, UserStore(client, history_cap=cfg.history_cap, keys=keys),
+                                  sync, keys)
+    finally:
+        await client.aclose()
+        sync.close()
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def _pick(n_cases: int, cfg: OuterReplay) -> list[int]:
+    """The evaluated cases: a seeded sample of ``cfg.n_users`` (all when None), in case order."""
+    n = n_cases if cfg.n_users is None else min(cfg.n_users, n_cases)
+    rng = np.random.default_rng(cfg.seed)
+    return sorted(rng.choice(n_cases, n, replace=False).tolist()) if n < n_cases else list(range(n))
+
+
 async def inner_vs_outer(artifacts: Any, data: InteractionData, *, ranker: Any = None,
                          config: OuterReplay | None = None, redis_target: Any = None, keys: Any = None,
                          extra_agents: Sequence[Any] = (),
@@ -504,49 +561,59 @@ async def inner_vs_outer(artifacts: Any, data: InteractionData, *, ranker: Any =
     (tests use one to record what agents see). The funnel runs with its ranker always on (a
     replay measures quality; the serve bench measures latency).
     """
-    import tempfile
     import time
-    from pathlib import Path
 
-    from outerloop.agents.loop import OuterLoop
     from outerloop.evals.budget_report import budget_compliance
-    from outerloop.inner_loop.funnel import Funnel, FunnelConfig
-    from outerloop.inner_loop.user_state import UserStore
-    from outerloop.storage import Keys, RedisTarget
 
     cfg = config or OuterReplay()
-    keys = keys or Keys
-    t0 = replay_clock_ms()
     cases = [(u.user_id, u.items[:-1].astype(np.int64), int(u.items[-1])) for u in data.users if len(u) >= 3]
-    rng = np.random.default_rng(cfg.seed)
-    n = len(cases) if cfg.n_users is None else min(cfg.n_users, len(cases))
-    picked = sorted(rng.choice(len(cases), n, replace=False).tolist()) if n < len(cases) else list(range(n))
-    tmp = tempfile.TemporaryDirectory(prefix="outerloop-replay-") if redis_target is None else None
-    target = redis_target or RedisTarget(embedded_dir=Path(tmp.name) / "redis")  # type: ignore[union-attr]
-    sync = target.sync_client()
-    client = target.async_client()
-    funnel = Funnel(artifacts, ranker, FunnelConfig(request_budget_ms=60_000.0))
-    try:
-        async with OuterLoop(artifacts, redis=client, keys=keys, agents=extra_agents, clock_ms=lambda: t0) as loop:
-            run = _OuterReplayRun(cfg, t0, loop, funnel, UserStore(client, history_cap=cfg.history_cap, keys=keys),
-                                  sync, keys)
-            started = time.perf_counter()
-            await run.ingest(cases)
-            run.tally.seconds["ingest"] = round(time.perf_counter() - started, 1)
-            started = time.perf_counter()
-            for done, ci in enumerate(picked, 1):
-                await run.serve(*cases[ci])
-                if progress is not None:
-                    progress(done, n)
-            run.tally.seconds["serve_and_cycles"] = round(time.perf_counter() - started, 1)
-            budget = budget_compliance(loop.accounting.records, late_writes_refused=loop.accounting.late_writes_refused)
-            stats = loop.stats()
-    finally:
-        await client.aclose()
-        sync.close()
-        if tmp is not None:
-            tmp.cleanup()
-    return _outer_report(data, artifacts, ranker, cfg, t0, run.tally, budget, stats, n, len(cases))
+    picked = _pick(len(cases), cfg)
+    async with _outer_replay(artifacts, ranker, cfg, redis_target=redis_target, keys=keys,
+                             extra_agents=extra_agents) as run:
+        started = time.perf_counter()
+        await run.ingest(cases)
+        run.tally.seconds["ingest"] = round(time.perf_counter() - started, 1)
+        started = time.perf_counter()
+        for done, ci in enumerate(picked, 1):
+            await run.serve(*cases[ci])
+            if progress is not None:
+                progress(done, len(picked))
+        run.tally.seconds["serve_and_cycles"] = round(time.perf_counter() - started, 1)
+        budget = budget_compliance(run.loop.accounting.records,
+                                   late_writes_refused=run.loop.accounting.late_writes_refused)
+        stats = run.loop.stats()
+    return _outer_report(data, artifacts, ranker, cfg, run.t0, run.tally, budget, stats, len(picked), len(cases))
+
+
+async def compile_outer_rows(artifacts: Any, data: InteractionData, split: str = "valid", *,
+                             config: OuterReplay | None = None, redis_target: Any = None, keys: Any = None,
+                             extra_agents: Sequence[Any] = (),
+                             progress: Callable[[int, int], None] | None = None) -> dict[str, list[np.ndarray]]:
+    """The agent rows the real outer loop compiles for each user at a leave-one-out cut (default
+    the validation cut: history = all but the last two items), as the funnel would read them.
+
+    The ranker trains on these (``ranker_train --agent-rows outer``) so that what it learns about
+    agent rows is what the outer loop actually emits, not a stand-in. Like the replay, the
+    outer loop sees only the prefixes; ``config.n_users`` samples users (None = all).
+    """
+    from outerloop.evals.offline import leave_one_out
+
+    cfg = config or OuterReplay(n_users=None)
+    loo = leave_one_out(data, split)  # type: ignore[arg-type]
+    cases = [(uid, h, int(t)) for uid, h, t in zip(loo.user_ids, loo.histories, loo.targets.tolist())]
+    picked = _pick(len(cases), cfg)
+    out: dict[str, list[np.ndarray]] = {}
+    async with _outer_replay(artifacts, None, cfg, redis_target=redis_target, keys=keys,
+                             extra_agents=extra_agents) as run:
+        await run.ingest(cases)
+        for done, ci in enumerate(picked, 1):
+            user, prefix, _ = cases[ci]
+            run.seed(user, prefix)
+            await run.cycle(user, prefix)
+            out[user] = await run.live_rows(user)
+            if progress is not None:
+                progress(done, len(picked))
+    return out
 
 
 def _outer_report(data: InteractionData, artifacts: Any, ranker: Any, cfg: OuterReplay, t0: int, tally: _Tally,

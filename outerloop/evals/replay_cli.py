@@ -47,7 +47,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--users", type=int, default=500, help="evaluated users, a seeded sample (0 = all)")
     io.add_argument("--ranker", metavar="DIR", help="ranker directory (default: --artifacts when it holds one)")
     io.add_argument("--train-ranker", action="store_true",
-                    help="train a ranker into --ranker (or a temp dir) first when none is found")
+                    help="train a ranker into --ranker first when none is found, on the rows the outer loop "
+                         "compiles at each user's validation cut")
     io.add_argument("--ingest-events", type=int, default=10,
                     help="of every user's prefix, the last N events fed to the co-watch graph and trending")
     io.add_argument("--redis-url", help="a real Redis (default: an embedded one in a temp dir); keys are namespaced")
@@ -108,6 +109,7 @@ def _fresh_stale(args: argparse.Namespace, data: Any) -> dict[str, Any]:
 
 def _inner_outer(args: argparse.Namespace, data: Any) -> dict[str, Any]:
     from outerloop.evals.replay import OuterReplay, inner_vs_outer
+    from outerloop.progress import progress_bar
     from outerloop.inner_loop.artifacts import Artifacts
     from outerloop.inner_loop.ranker import Ranker
 
@@ -119,10 +121,11 @@ def _inner_outer(args: argparse.Namespace, data: Any) -> dict[str, Any]:
     ranker_dir = Path(args.ranker or args.artifacts)
     ranker = Ranker.load(ranker_dir) if Ranker.exists(ranker_dir) else None
     if ranker is None and args.train_ranker:
-        from outerloop.inner_loop.ranker_train import train_ranker
+        from outerloop.inner_loop.ranker_train import outer_loop_rows, train_ranker
 
         ranker_dir.mkdir(parents=True, exist_ok=True)
-        ranker = train_ranker(arts, data, out_dir=ranker_dir, max_history=int(arts.config.max_len))
+        ranker = train_ranker(arts, data, out_dir=ranker_dir, max_history=int(arts.config.max_len),
+                              agent_rows=outer_loop_rows(arts, data))
     target = None
     keys = None
     if args.redis_url:
@@ -135,14 +138,11 @@ def _inner_outer(args: argparse.Namespace, data: Any) -> dict[str, Any]:
         keys = type("ReplayKeys", (Keys,), {"prefix": prefix, "events_stream": f"{prefix}:events",
                                             "dead_letter_stream": f"{prefix}:events:dead"})
 
-    def progress(done: int, total: int) -> None:
-        if done % 50 == 0 or done == total:
-            print(f"replay: {done}/{total} users", file=sys.stderr, flush=True)
-
     cfg = OuterReplay(n_users=args.users or None, seed=args.seed, k=args.k, ingest_events_per_user=args.ingest_events)
     try:
-        report = asyncio.run(inner_vs_outer(arts, data, ranker=ranker, config=cfg, redis_target=target, keys=keys,
-                                            progress=progress))
+        with progress_bar("replay", unit="user") as bar:
+            report = asyncio.run(inner_vs_outer(arts, data, ranker=ranker, config=cfg, redis_target=target, keys=keys,
+                                                progress=bar.update_to))
     finally:
         if target is not None and keys is not None:
             _delete_namespace(target, keys.prefix)

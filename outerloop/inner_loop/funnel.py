@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from outerloop import telemetry
 from outerloop.data.schema import ACTION_ID
 from outerloop.inner_loop.ranker import ArtifactsLike, FeatureTables, Ranker, candidate_features
 from outerloop.inner_loop.rows import AgentRow, live_rows
@@ -202,6 +204,8 @@ class Funnel:
             self._remember((state.user_id, fp), vec)
             rec.new_vector = f"{fp}|{self.model_version}|".encode() + vec.tobytes()
         self.stats["cache_" + rec.encoder_cache] += 1
+        if telemetry.enabled():  # nothing but a flag check on the request path when off
+            telemetry.count_cache("encoder", rec.encoder_cache != "miss")
         rec.timings_ms["encode"] = _ms(t0)
 
         t0 = time.perf_counter()
@@ -238,26 +242,7 @@ class Funnel:
 
     def _merge(self, vec: np.ndarray, ann_ids: np.ndarray, ann_scores: np.ndarray,
                agent_rows: list[AgentRow]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Union of ANN candidates and agent-row items: ids, retrieval scores, best position in any
-        agent row (-1 = none), and whether ANN found it."""
-        if not agent_rows:
-            return ann_ids, ann_scores, np.full(ann_ids.shape[0], -1, dtype=np.int64), np.ones(ann_ids.shape[0], bool)
-        row_items = np.concatenate([r.item_ids for r in agent_rows])
-        row_posn = np.concatenate([np.arange(r.item_ids.shape[0]) for r in agent_rows])
-        srt = np.lexsort((row_posn, row_items))
-        row_items, row_posn = row_items[srt], row_posn[srt]
-        first = np.r_[True, row_items[1:] != row_items[:-1]]
-        row_items, row_posn = row_items[first], row_posn[first]  # unique items, best position
-        extra = row_items[~np.isin(row_items, ann_ids)]
-        extra_scores = (self.tables.vectors[extra] @ vec).astype(np.float32)
-        cand = np.concatenate([ann_ids, extra])
-        retr = np.concatenate([ann_scores, extra_scores])
-        idx = np.searchsorted(row_items, cand)
-        idx_c = np.minimum(idx, row_items.shape[0] - 1)
-        hit = row_items[idx_c] == cand
-        row_pos = np.where(hit, row_posn[idx_c], -1)
-        from_ann = np.r_[np.ones(ann_ids.shape[0], bool), np.zeros(extra.shape[0], bool)]
-        return cand, retr, row_pos, from_ann
+        return merge_candidates(self.tables.vectors, vec, ann_ids, ann_scores, [r.item_ids for r in agent_rows])
 
     def _rank(self, rec: Recommendation, t_start: float, hist: np.ndarray, cand: np.ndarray,
               retr: np.ndarray, row_pos: np.ndarray) -> np.ndarray:
@@ -352,3 +337,31 @@ class Funnel:
 
     def stats_snapshot(self) -> dict[str, Any]:
         return {**self.stats, "cache_size": len(self._cache), "ranker_ewma_ms": round(self._ranker_ewma_ms, 3)}
+
+
+def merge_candidates(vectors: np.ndarray, vec: np.ndarray, ann_ids: np.ndarray, ann_scores: np.ndarray,
+                     rows: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Union of ANN candidates and agent-row items: ids, retrieval scores (``vectors @ vec`` for
+    items ANN did not find), best position in any row (-1 = none), and whether ANN found it.
+
+    The ranker's training (``ranker_train.build_examples``) calls this too, so the candidate
+    lists it learns from are built exactly as serving builds them."""
+    rows = [r for r in rows if r.shape[0]]
+    if not rows:
+        return ann_ids, ann_scores, np.full(ann_ids.shape[0], -1, dtype=np.int64), np.ones(ann_ids.shape[0], bool)
+    row_items = np.concatenate(rows).astype(np.int64)
+    row_posn = np.concatenate([np.arange(r.shape[0]) for r in rows])
+    srt = np.lexsort((row_posn, row_items))
+    row_items, row_posn = row_items[srt], row_posn[srt]
+    first = np.r_[True, row_items[1:] != row_items[:-1]]
+    row_items, row_posn = row_items[first], row_posn[first]  # unique items, best position
+    extra = row_items[~np.isin(row_items, ann_ids)]
+    extra_scores = (vectors[extra] @ vec).astype(np.float32)
+    cand = np.concatenate([ann_ids, extra])
+    retr = np.concatenate([ann_scores, extra_scores])
+    idx = np.searchsorted(row_items, cand)
+    idx_c = np.minimum(idx, row_items.shape[0] - 1)
+    hit = row_items[idx_c] == cand
+    row_pos = np.where(hit, row_posn[idx_c], -1)
+    from_ann = np.r_[np.ones(ann_ids.shape[0], bool), np.zeros(extra.shape[0], bool)]
+    return cand, retr, row_pos, from_ann

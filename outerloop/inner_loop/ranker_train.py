@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 from outerloop.data.schema import ACTION_ID, InteractionData
 from outerloop.evals.offline import EvalCases, leave_one_out, train_sequences
 from outerloop.inner_loop.covisit import CoVisitation
+from outerloop.inner_loop.funnel import merge_candidates
 from outerloop.inner_loop.ranker import (
     FEATURE_NAMES,
     OBJECTIVES,
@@ -100,12 +102,18 @@ def _target_actions(data: InteractionData, cases: EvalCases, from_end: int) -> l
 
 
 def build_examples(artifacts: ArtifactsLike, tables: FeatureTables, data: InteractionData, split: str, *,
-                   n_candidates: int = 500, max_history: int = 200, batch_size: int = 256) -> Examples:
-    """Serving's candidate lists for every leave-one-out case of ``split``, with labels."""
+                   n_candidates: int = 500, max_history: int = 200, batch_size: int = 256,
+                   agent_rows: Mapping[str, Sequence[np.ndarray]] | None = None) -> Examples:
+    """Serving's candidate lists for every leave-one-out case of ``split``, with labels.
+
+    ``agent_rows`` (user id -> that user's live rows, e.g. from
+    :func:`outerloop.evals.replay.compile_outer_rows`) are merged as serving merges them; a
+    user missing from it gets none. Without it, each user gets the simulated "because you
+    watched" row (catalogs up to ``SIMULATE_ROWS_MAX_ITEMS``)."""
     cases = leave_one_out(data, split)  # type: ignore[arg-type]
     target_actions = _target_actions(data, cases, 2 if split == "valid" else 1)
     n_items = len(artifacts.catalog)
-    simulate = n_items <= SIMULATE_ROWS_MAX_ITEMS
+    simulate = agent_rows is None and n_items <= SIMULATE_ROWS_MAX_ITEMS
     unit = tables.vectors * tables.inv_norm[:, None]  # (N+1, d) cosine-ready; row 0 is zero
     lists: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     for start in range(0, len(cases), batch_size):
@@ -129,14 +137,11 @@ def build_examples(artifacts: ArtifactsLike, tables: FeatureTables, data: Intera
             ok = (ids[j] >= 1) & (ids[j] <= n_items)
             ann, ann_s = ids[j][ok].astype(np.int64), scores[j][ok].astype(np.float32)
             if simulate:
-                row = rows[j].astype(np.int64)
-                extra = row[~np.isin(row, ann)]
-                cand = np.concatenate([ann, extra])
-                retr = np.concatenate([ann_s, tables.vectors[extra] @ vecs[j]]).astype(np.float32)
-                pos_in_row = {int(it): p for p, it in enumerate(row.tolist())}
-                row_pos = np.asarray([pos_in_row.get(int(c), -1) for c in cand], dtype=np.int64)
+                user_rows: Sequence[np.ndarray] = [rows[j].astype(np.int64)]
             else:
-                cand, retr, row_pos = ann, ann_s, np.full(ann.shape[0], -1, dtype=np.int64)
+                user_rows = (agent_rows or {}).get(cases.user_ids[i], [])
+            cand, retr, row_pos, _ = merge_candidates(tables.vectors, vecs[j], ann, ann_s, user_rows)
+            retr = retr.astype(np.float32)
             keep = ~np.isin(cand, seen_items(cases.histories[i], None if cases.actions is None else cases.actions[i]))
             cand, retr, row_pos = cand[keep], retr[keep], row_pos[keep]
             feats = candidate_features(tables, hists[j], cand, retr, row_pos)
@@ -202,17 +207,29 @@ def _logits(model: MultiTaskRanker, ex: Examples, mean: np.ndarray, inv_std: np.
 
 def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: str | Path | None = None,
                  n_candidates: int = 500, epochs: int = 30, patience: int = 5, hidden: int = 64,
-                 lr: float = 1e-3, batch_size: int = 128, seed: int = 0, max_history: int = 200) -> Ranker:
+                 lr: float = 1e-3, batch_size: int = 128, seed: int = 0, max_history: int = 200,
+                 agent_rows: Mapping[str, Sequence[np.ndarray]] | None = None) -> Ranker:
     """Train, select on held-out users, report the test-cut lift over retrieval order, and save
-    ``ranker.pt`` + ``ranker.json`` into ``out_dir`` (default: the artifacts' own directory)."""
+    ``ranker.pt`` + ``ranker.json`` into ``out_dir`` (default: the artifacts' own directory).
+
+    ``agent_rows``: the rows the outer loop compiled at the validation cut
+    (:func:`outerloop.evals.replay.compile_outer_rows`). Half the users (by a hash of the id)
+    keep theirs and half get none, so the ranker learns lists both with agent rows and
+    without them (what the inner loop alone serves) and neither case is new to it when
+    serving. The test report then measures the inner loop alone (no rows). Without
+    ``agent_rows``, every user gets a simulated "because you watched" row."""
     t_start = time.perf_counter()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     # co-visitation from the transformer's own training part: no validation or test item in it
     covisit = CoVisitation.build([u.items for u in train_sequences(data)], len(artifacts.catalog))
     tables = FeatureTables.build(artifacts.catalog, artifacts.item_vectors, artifacts.popularity, covisit=covisit)
-    train_all = build_examples(artifacts, tables, data, "valid", n_candidates=n_candidates, max_history=max_history)
-    test = build_examples(artifacts, tables, data, "test", n_candidates=n_candidates, max_history=max_history)
+    if agent_rows is not None:
+        agent_rows = {u: r for u, r in agent_rows.items() if not _holdout([u], share=0.5)[0]}
+    train_all = build_examples(artifacts, tables, data, "valid", n_candidates=n_candidates, max_history=max_history,
+                               agent_rows=agent_rows)
+    test = build_examples(artifacts, tables, data, "test", n_candidates=n_candidates, max_history=max_history,
+                          agent_rows=None if agent_rows is None else {})
     t_examples = time.perf_counter() - t_start
     hold = _holdout(train_all.user_ids)
     if hold.all() or not hold.any():  # tiny data: fall back to a random tenth
@@ -284,6 +301,8 @@ def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: st
     lift = {k: (ours[k] / base[k] - 1.0 if base[k] > 0 else 0.0) for k in ("hr@10", "ndcg@10", "mrr")}
     report = {
         "data": data.name, "users_train": len(train), "users_val": len(val), "cases_test": len(test),
+        "agent_rows": ("simulated 'because you watched' row" if agent_rows is None else
+                       f"outer-loop rows at the validation cut for {len(agent_rows)} users, none for the rest"),
         "n_candidates": n_candidates, "epochs_run": len(history), "best_epoch": best["epoch"],
         "val_ndcg@10_by_engagement_weight": {str(k): v for k, v in val_by_w.items()},
         "test": test_report, "test_lift_over_retrieval": lift,
@@ -299,6 +318,17 @@ def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: st
     return ranker
 
 
+def outer_loop_rows(artifacts: ArtifactsLike, data: InteractionData) -> dict[str, list[np.ndarray]]:
+    """Every user's outer-loop rows at the validation cut, with a progress bar (for the CLIs)."""
+    import asyncio
+
+    from outerloop.evals.replay import compile_outer_rows
+    from outerloop.progress import progress_bar
+
+    with progress_bar("outer-loop rows", unit="user") as bar:
+        return asyncio.run(compile_outer_rows(artifacts, data, "valid", progress=bar.update_to))
+
+
 # --- command line: `python -m outerloop.inner_loop.ranker_train` (or an `outerloop` row) -------------
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--artifacts", type=Path, required=True, help="trained artifacts; the ranker is saved there")
@@ -307,6 +337,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--candidates", type=int, default=500)
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--agent-rows", choices=["simulated", "outer"], default="simulated",
+                   help="agent rows in the training lists: a simulated 'because you watched' row (fast), or the "
+                        "rows the real outer loop compiles at each user's validation cut (one cycle per user)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -322,8 +355,10 @@ def run(args: argparse.Namespace) -> int:
     options = (manifest.get("dataset_options") or {}) if name == "synthetic" and not args.dataset else {}
     data_dir = args.data_dir or (manifest.get("data_dir") if not args.dataset else None)
     data = load_dataset(name, data_dir, **options)
+    rows = outer_loop_rows(artifacts, data) if args.agent_rows == "outer" else None
     ranker = train_ranker(artifacts, data, n_candidates=args.candidates, epochs=args.epochs, seed=args.seed,
-                          max_history=int(getattr(getattr(artifacts.model, "cfg", None), "max_len", 200)))
+                          max_history=int(getattr(getattr(artifacts.model, "cfg", None), "max_len", 200)),
+                          agent_rows=rows)
     rep = ranker.config.report
     print(json.dumps({"test": rep["test"], "test_lift_over_retrieval": rep["test_lift_over_retrieval"],
                       "weights": ranker.config.weights, "seconds": rep["seconds"]}, indent=2))
