@@ -28,6 +28,7 @@ Why it looks like this:
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
@@ -42,7 +43,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from outerloop.errors import UsageError
+from outerloop.errors import UsageError, UserInputError
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import MeterProvider
@@ -209,6 +210,33 @@ def _otlp_exporters() -> tuple[Any, Any]:
     except ImportError as exc:
         raise UsageError(f"exporter 'otlp' needs {OTLP_PIN} (pip install '{OTLP_PIN}')") from exc
     return OTLPSpanExporter(), OTLPMetricExporter()
+
+
+# --- entry points (serve, daemon, mcp) -------------------------------------------------------------
+
+CLI_EXPORTERS: tuple[str, ...] = ("none", "console", "otlp")
+
+
+def add_cli_flag(parser: argparse.ArgumentParser) -> None:
+    """``--telemetry {none,console,otlp}``; unset means :func:`default_exporter`, read when the
+    command runs (not when the parser is built)."""
+    parser.add_argument("--telemetry", choices=CLI_EXPORTERS, default=None,
+                        help=f"where traces and metrics go: otlp (to {OTLP_ENDPOINT_ENV}), console (stdout), "
+                             f"none; default: otlp when {OTLP_ENDPOINT_ENV} is set, else none")
+
+
+def setup_for_cli(service_name: str, choice: str | None) -> Telemetry | None:
+    """Set up telemetry for a command's ``--telemetry`` choice. ``none`` installs nothing: the
+    API's no-op objects cost nothing per request, while an SDK exporting nowhere would still
+    build every span. A missing OTLP package is the operator's to fix, so it is a
+    :class:`UserInputError` (the CLI prints it without a traceback)."""
+    kind = choice or default_exporter()
+    if kind == "none":
+        return None
+    try:
+        return setup_telemetry(service_name, exporter=kind)  # type: ignore[arg-type]
+    except UsageError as exc:
+        raise UserInputError(f"--telemetry {kind}: {exc}") from None
 
 
 # --- what instrumented code calls ---------------------------------------------------------------
@@ -403,9 +431,10 @@ def link_from_fields(fields: Mapping[Any, Any] | None, **attrs: Any) -> Link | N
 @dataclass(frozen=True, slots=True)
 class TraceLinks:
     """The ``traceparent``s of events consumed for a user and not yet seen by a cycle, in a
-    capped Redis list next to the user's other keys: the consumer remembers them in the
-    pipeline it already sends, the cycle takes them (read + delete, one round trip) and
-    links its span to each. ``cap`` keeps a burst from making a span with thousands of links."""
+    capped Redis list next to the user's other keys: the consumer remembers them before it
+    applies the events (applying may queue the user's cycle at once), the cycle takes them
+    (read + delete, one round trip) and links its span to each, once per distinct
+    ``traceparent``. ``cap`` keeps a burst from making a span with thousands of links."""
 
     cap: int = 16
     ttl_s: int = 24 * 3600
@@ -424,7 +453,7 @@ class TraceLinks:
         pipe.lrange(key, 0, -1)
         pipe.delete(key)
         raw, _ = await pipe.execute()
-        links = [link_from_traceparent(tp, relation="consumed_event") for tp in raw or []]
+        links = [link_from_traceparent(tp, relation="consumed_event") for tp in dict.fromkeys(raw or [])]
         return [ln for ln in links if ln is not None]
 
 
@@ -432,6 +461,7 @@ __all__ = [
     "AgentRunObservation",
     "Telemetry",
     "TraceLinks",
+    "add_cli_flag",
     "agent_run_span",
     "context_from_fields",
     "count_cache",
@@ -445,6 +475,7 @@ __all__ = [
     "meter",
     "record_agent_run",
     "run_attributes",
+    "setup_for_cli",
     "setup_telemetry",
     "span",
     "tool_call_span",

@@ -62,8 +62,8 @@ def ancestors(spans: list[Any], span: Any) -> list[int]:
 
 def make_app(client: Any = None, stream: str = "") -> FastAPI:
     """A small FastAPI app (its native telemetry makes the request spans); POST /v1/events
-    XADDs the way the API does, plus the ``traceparent`` field (the change proposed for
-    ``user_state.queue_apply``)."""
+    XADDs with the ``traceparent`` field, as ``user_state.queue_apply`` does (the real API and
+    daemon are traced end to end in ``tests/test_telemetry_wiring.py``)."""
     app = FastAPI()
 
     @app.get("/v1/users/{user_id}/recommendations")
@@ -127,12 +127,12 @@ async def _quick_agent(ctx: RunContext) -> str:
 
 
 async def test_killed_agent_run_span_has_outcome_budget_and_parent(tel: telemetry.Telemetry) -> None:
-    enforcer = Enforcer()
+    enforcer = Enforcer()  # the enforcer makes the run spans itself
     with telemetry.span("daemon.cycle", user_id="u1") as cycle:
         for fn, budget_ms in ((_sleepy_agent, 30.0), (_quick_agent, 50.0)):
-            with telemetry.agent_run_span(fn.__name__, budget_ms, user_id="u1") as obs:
-                obs.finish(await enforcer.run(fn, Budget(latency_ms=budget_ms), agent=fn.__name__))
+            await enforcer.run(fn, Budget(latency_ms=budget_ms), agent=fn.__name__)
     spans = tel.spans()
+    assert len([s for s in spans if s.name == "agent.run"]) == 2
     runs = {s.attributes["agent"]: s for s in spans if s.name == "agent.run"}
     killed, ok = runs["_sleepy_agent"], runs["_quick_agent"]
     for s in (killed, ok):
@@ -192,8 +192,7 @@ async def test_post_to_stream_to_daemon_cycle_is_linked(tel: telemetry.Telemetry
     async def run_cycle() -> None:
         cycle_links = await telemetry.TraceLinks().take(redis_client, trace_key)
         with telemetry.span("daemon.cycle", links=cycle_links, user_id="u42"):
-            with telemetry.agent_run_span("tools", 150.0) as obs:
-                obs.finish(await Enforcer().run(_quick_agent, Budget(latency_ms=150), agent="tools"))
+            await Enforcer().run(_quick_agent, Budget(latency_ms=150), agent="tools")
 
     await asyncio.create_task(run_cycle())
     assert await redis_client.exists(trace_key) == 0
@@ -233,6 +232,9 @@ def test_inject_adds_nothing_outside_a_span(tel: telemetry.Telemetry) -> None:
 
 
 def test_tool_call_span_and_cache_counter(tel: telemetry.Telemetry) -> None:
+    # metrics are process-wide and cumulative (other tests plan, and miss the plan cache): deltas
+    errors_before = sum_points(tel, telemetry.TOOL_CALL_DURATION, tool="co_watch", outcome="error")
+    misses_before = sum_points(tel, telemetry.CACHE_LOOKUPS, cache="plan", result="miss")
     with pytest.raises(ValueError):
         with telemetry.tool_call_span("co_watch", cached=False):
             raise ValueError("boom")
@@ -242,8 +244,8 @@ def test_tool_call_span_and_cache_counter(tel: telemetry.Telemetry) -> None:
     telemetry.count_cache("plan", hit=False, n=3)
     spans = {s.attributes["tool"]: s for s in tel.spans() if s.name == "tool.call"}
     assert not spans["co_watch"].status.is_ok and spans["trending"].attributes["cached"] is True
-    assert sum_points(tel, telemetry.TOOL_CALL_DURATION, tool="co_watch", outcome="error") == 1
-    assert sum_points(tel, telemetry.CACHE_LOOKUPS, cache="plan", result="miss") == 3
+    assert sum_points(tel, telemetry.TOOL_CALL_DURATION, tool="co_watch", outcome="error") - errors_before == 1
+    assert sum_points(tel, telemetry.CACHE_LOOKUPS, cache="plan", result="miss") - misses_before == 3
 
 
 def test_setup_rules(tel: telemetry.Telemetry, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -302,8 +304,9 @@ async def test_cycle_context_reaches_agents_through_langgraph(tel: telemetry.Tel
 
 
 def test_dead_letters_are_counted_by_kind(tel: telemetry.Telemetry) -> None:
+    before = {k: sum_points(tel, telemetry.DEAD_LETTERS, kind=k) for k in ("malformed", "trimmed")}
     telemetry.count_dead_letter("malformed")
     telemetry.count_dead_letter("malformed")
     telemetry.count_dead_letter("trimmed")
-    assert sum_points(tel, telemetry.DEAD_LETTERS, kind="malformed") == 2
-    assert sum_points(tel, telemetry.DEAD_LETTERS, kind="trimmed") == 1
+    assert sum_points(tel, telemetry.DEAD_LETTERS, kind="malformed") - before["malformed"] == 2
+    assert sum_points(tel, telemetry.DEAD_LETTERS, kind="trimmed") - before["trimmed"] == 1

@@ -19,11 +19,12 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import ClassVar, Generic, TypeVar
 
 import numpy as np
 
 from outerloop.errors import UsageError
+from outerloop.telemetry import count_cache
 from outerloop.tools.registry import HitStats
 
 V = TypeVar("V")
@@ -31,14 +32,17 @@ V = TypeVar("V")
 
 @dataclass(slots=True)
 class LRU(Generic[V]):
-    """A bounded least-recently-used map with hit counting."""
+    """A bounded least-recently-used map with hit counting (here, and in the cache-lookup
+    metric under ``cache_name``, so hit rates show up next to the other caches')."""
 
+    cache_name: ClassVar[str] = "lru"
     max_entries: int = 10_000
     stats: HitStats = field(default_factory=HitStats)
     _data: OrderedDict[str, V] = field(default_factory=OrderedDict)
 
     def get(self, key: str) -> V | None:
         value = self._data.get(key)
+        count_cache(self.cache_name, value is not None)
         if value is None:
             self.stats.misses += 1
             return None
@@ -62,6 +66,8 @@ class LRU(Generic[V]):
 
 class PlanCache(LRU["object"]):
     """Plans by signature (see ``PlanningView.signature``)."""
+
+    cache_name: ClassVar[str] = "plan"
 
 
 def signature(payload: str) -> str:

@@ -33,6 +33,7 @@ from outerloop.agents.runtime import CycleScope, LoopConfig, LoopDeps
 from outerloop.agents.sdk import AgentOutput, AgentRegistry, AgentSpec, IsolatedPayload, run_agent, run_isolated_agent
 from outerloop.budgets.record import RunRecord
 from outerloop.errors import UsageError
+from outerloop.telemetry import record_agent_run
 from outerloop.tools.builtin import catalog_index
 
 PLANNER_NODE = "planner"
@@ -147,6 +148,7 @@ def make_error_handler(spec: AgentSpec, max_replans: int) -> Callable[..., Any]:
             outcome="killed" if timed_out else "error", error=f"{type(error.error).__name__}: {error.error}",
             note="stopped by the graph's backstop timeout" if timed_out else "failed outside the enforcer",
         )
+        record_agent_run(rec)  # the enforcer's span ended as cancelled; the metrics learn how
         goto = _next(rest, state.get("pending", []), state.get("plan_rounds", 0), max_replans)
         return Command(update={"queue": rest, "records": [rec],
                                "notes": [f"{spec.name}: {rec.outcome} in the graph ({rec.error})"]}, goto=goto)

@@ -1,14 +1,15 @@
 """Benchmarks of the sequential model on ML-1M. Each mode prints one JSON object.
 
     python bench/model_ml1m.py --cold-start   [--epochs N] [--id-dropout P]
-    python bench/model_ml1m.py --attention    [--epochs N] [--window W]
+    python bench/model_ml1m.py --attention    [--epochs N] [--window W] [--kinds full,local]
     python bench/model_ml1m.py --align OLD_DIR NEW_DIR
     python bench/model_ml1m.py --encode-latency DIR
     python bench/model_ml1m.py --index-scale [--n-items 1000000]
 
 Timings on a shared machine are noisy: each mode records the load average next to them, and
-the latency modes also report CPU time (what one idle core would take), which load hardly moves.
-Artifacts of the training modes go under ``--out-dir`` (default ``runs/bench``, gitignored).
+the latency modes also report CPU time, which load moves less. The training modes keep their
+models in memory (nothing is written); ``--align`` compares two artifacts directories made by
+``outerloop train``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from outerloop.inner_loop.artifacts import Artifacts
 from outerloop.inner_loop.index import build_item_index
 from outerloop.inner_loop.model import Batch, ModelConfig, SeqRecModel
 from outerloop.inner_loop.train import TrainConfig, model_config_for, model_scorer, train
+
+REPO_ROOT = Path(__file__).resolve().parents[2]  # outerloop/benchmarks/model.py -> the checkout
 
 
 def load_avg() -> float:
@@ -128,7 +131,7 @@ def attention(args: argparse.Namespace) -> dict[str, Any]:
         }
     data = load_dataset("ml-1m", args.data_dir)
     quality = {}
-    for kind in ("full", "local"):
+    for kind in [k for k in args.kinds.split(",") if k] if args.epochs > 0 else []:
         cfg = model_config_for(data, attention=kind, window=args.window)
         tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, max_minutes=args.max_minutes)
         t0 = time.perf_counter()
@@ -136,7 +139,8 @@ def attention(args: argparse.Namespace) -> dict[str, Any]:
         test = evaluate(model_scorer(res.model), leave_one_out(data, "test"), len(data.catalog), "full", seed=args.seed)
         quality[kind] = {"valid": res.valid, "test": test, "epochs_run": res.epochs_run,
                          "train_wall_s": round(time.perf_counter() - t0, 1),
-                         "mean_epoch_s": round(float(np.mean([h["epoch_s"] for h in res.history])), 1)}
+                         "mean_epoch_s": round(float(np.mean([h["epoch_s"] for h in res.history])), 1),
+                         "valid_ndcg@10_by_epoch": [round(h["valid_ndcg@10"], 4) for h in res.history]}
     return {"bench": "attention", "window": args.window, "speed_1thread": speed, "quality_ml1m": quality, "load_avg": load_avg()}
 
 
@@ -246,12 +250,14 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--align", nargs=2, metavar=("OLD_DIR", "NEW_DIR"))
     mode.add_argument("--encode-latency", metavar="DIR")
     mode.add_argument("--index-scale", action="store_true")
-    p.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    p.add_argument("--data-dir", default=os.environ.get("OUTERLOOP_DATA_DIR") or str(REPO_ROOT.parent / "shared" / "data"),
+                   help="data root (default: $OUTERLOOP_DATA_DIR or ../shared/data next to the repo)")
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--max-minutes", type=float, default=None)
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--id-dropout", type=float, default=0.1)
     p.add_argument("--window", type=int, default=50)
+    p.add_argument("--kinds", default="full,local", help="attention kinds to train in --attention (0 epochs: speed only)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--reps", type=int, default=500)
     p.add_argument("--n-items", type=int, default=1_000_000)

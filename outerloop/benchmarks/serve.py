@@ -123,6 +123,7 @@ class Bench:
         self.redis_url = args.redis_url
         self.redis_client: Any = None
         self.n_items = 0  # catalog size of the server under test (from /readyz)
+        self.event_loop = ""  # asyncio or uvloop (uvicorn picks uvloop + httptools when installed)
 
     # --- redis and data ---------------------------------------------------------------------------
     def start_redis(self) -> None:
@@ -211,6 +212,7 @@ class Bench:
                 r = httpx.get(self.base_url + "/readyz", timeout=2.0)
                 if r.status_code == 200:
                     self.n_items = int(r.json().get("n_items", 0))
+                    self.event_loop = str(r.json().get("event_loop", ""))
                     return
             except (httpx.HTTPError, ValueError):
                 pass
@@ -304,6 +306,7 @@ def run(args: argparse.Namespace) -> int:
             bench.phase(pools["warmup"], min(args.rate, 200.0), args.warmup)
         main = bench.run_point(pools, args.rate)
         result["catalog_items"] = bench.n_items
+        result["config"]["server_event_loop"] = bench.event_loop
         result.update(main)
         bench.precompute(pools["baseline"])
         base = bench.phase(pools["baseline"], args.rate, args.baseline_duration or args.duration, source="precomputed")

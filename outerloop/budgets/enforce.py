@@ -14,6 +14,10 @@ policy. Two modes:
 
 Writes are staged on the :class:`RunContext` and committed by one fenced script after a run
 that ended in time; a run that did not end in time has its token revoked and writes dropped.
+
+Every run, killed and failed ones included, is one ``agent.run`` span (the current span's child;
+the agent's own spans and tool calls are its children) and one sample of the run metrics: the
+enforcer is the one place that sees every run and how it ended.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from outerloop.budgets.fencing import Fence, FenceRejected, Lease
 from outerloop.budgets.pool import WorkerPool
 from outerloop.budgets.record import ErrorInfo, Outcome, RunRecord
 from outerloop.errors import UsageError
+from outerloop.telemetry import agent_run_span, span
 
 log = logging.getLogger(__name__)
 
@@ -97,24 +102,28 @@ class Enforcer:
             raise UsageError(f"agent {name!r} is isolated but the Enforcer has no WorkerPool")
         if not isolated and not inspect.iscoroutinefunction(fn):
             raise UsageError(f"agent {name!r} is not async def; {ISOLATE_HINT}")
-        lease: Lease | None = None
-        if self.fence is not None and user_id is not None:
-            lease = await self.fence.acquire(user_id, budget.latency_ms)
-        ctx = RunContext(
-            run_id=uuid.uuid4().hex, agent=name, budget=budget, started_at=time.monotonic(),
-            user_id=user_id, fencing_token=lease.token if lease else None, deps=deps,
-        )
-        try:
-            if isolated:
-                end = await self._run_isolated(fn, ctx, args)
-            else:
-                end = await self._run_inline(fn, ctx, args, lease)
-        except BaseException:  # we were cancelled (or misused): the run is abandoned
-            ctx._stop()
-            if lease is not None:
-                await asyncio.shield(self._revoke(lease))
-            raise
-        return await self._finish(ctx, end, lease, isolated)
+        # the agent's task is created inside the span, so its spans (tool calls) are children
+        with agent_run_span(name, budget.latency_ms, user_id=user_id, isolated=isolated) as obs:
+            lease: Lease | None = None
+            if self.fence is not None and user_id is not None:
+                lease = await self.fence.acquire(user_id, budget.latency_ms)
+            ctx = RunContext(
+                run_id=uuid.uuid4().hex, agent=name, budget=budget, started_at=time.monotonic(),
+                user_id=user_id, fencing_token=lease.token if lease else None, deps=deps,
+            )
+            try:
+                if isolated:
+                    end = await self._run_isolated(fn, ctx, args)
+                else:
+                    end = await self._run_inline(fn, ctx, args, lease)
+            except BaseException:  # we were cancelled (or misused): the run is abandoned
+                ctx._stop()
+                if lease is not None:
+                    await asyncio.shield(self._revoke(lease))
+                raise
+            record = await self._finish(ctx, end, lease, isolated)
+            obs.finish(record)
+            return record
 
     # -- in-process ------------------------------------------------------------------------------
     async def _run_inline(self, fn: Callable[..., Any], ctx: RunContext, args: tuple[Any, ...],
@@ -201,8 +210,9 @@ class Enforcer:
         elif lease is not None:
             if outcome == "ok" and end.ctx.staged:
                 try:
-                    writes = await asyncio.shield(
-                        self.fence.commit(lease.user_id, lease.token, end.ctx.staged))  # type: ignore[union-attr]
+                    with span("agent.commit", user_id=lease.user_id, staged=len(end.ctx.staged)):
+                        writes = await asyncio.shield(
+                            self.fence.commit(lease.user_id, lease.token, end.ctx.staged))  # type: ignore[union-attr]
                 except FenceRejected as exc:
                     outcome, error = "killed", str(exc)
                     note = "finished in time but the commit reached Redis after the deadline"

@@ -400,7 +400,7 @@ def create_app(
                 why = gate.last_error
         body = {"ready": redis_ok, "artifacts": True, "model_version": funnel.model_version,
                 "ranker": ranker is not None, "redis": "ok" if redis_ok else f"unreachable: {why}",
-                "n_items": n_items}
+                "n_items": n_items, "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0]}
         return JSONResponse(body, status_code=200 if redis_ok else 503)
 
     @app.get("/v1/stats", summary="Counters of this process (cache hits, fallbacks, Redis failures)")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from outerloop.errors import UserInputError
+from outerloop.telemetry import add_cli_flag, setup_for_cli
 
 
 def is_loopback(host: str) -> bool:
@@ -64,6 +65,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index-cache", type=Path, default=Path("runs/index-cache"),
                    help="where synthetic-catalog indexes are cached")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    add_cli_flag(p)
 
 
 def _validate(args: argparse.Namespace) -> None:
@@ -109,6 +111,9 @@ def run(args: argparse.Namespace) -> int:
     settings = get_settings()
     check_bind(args.host, settings.api_key)  # before anything heavy is imported or loaded
     _validate(args)
+    # before loading (a missing exporter fails fast) and before the app: FastAPI traces every
+    # request itself once a provider is installed. The SDK's providers flush at exit.
+    setup_for_cli("outerloop-api", args.telemetry)
 
     import torch
     import uvicorn
@@ -137,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(settings, artifacts, ranker=ranker, options=options)
     gc.collect()
     gc.freeze()  # everything loaded so far lives as long as the process: keep it out of GC passes
+    # "auto": uvloop and httptools when installed (uvicorn[standard]), asyncio and h11 otherwise
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
-                            loop="asyncio", http="h11", lifespan="on", timeout_keep_alive=30)
+                            loop="auto", http="auto", lifespan="on", timeout_keep_alive=30)
     uvicorn.Server(config).run()
     return 0

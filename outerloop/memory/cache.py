@@ -13,6 +13,7 @@ from typing import Any
 
 from outerloop.errors import UsageError
 from outerloop.memory.store import Decide, MemoryStore, UpdateResult, UserMemory
+from outerloop.telemetry import count_cache
 
 
 @dataclass(slots=True)
@@ -38,9 +39,11 @@ class MemoryCache:
         if cached is not None and await self.store.version(user_id) == cached.version:
             self._entries.move_to_end(user_id)
             self.stats.hits += 1
+            count_cache("memory", True)
             return cached
         memory = await self.store.load(user_id)
         self.stats.refetches += 1
+        count_cache("memory", False)
         self._put(memory)
         return memory
 

@@ -11,6 +11,11 @@ Where entries come from: new ones (``>``); this consumer's own pending entries a
 a reconnect (re-claimed with XCLAIM so their delivery count goes up); and entries other
 consumers left idle (XAUTOCLAIM). An entry delivered more than ``max_deliveries`` times is
 dead-lettered with the reason instead of being tried forever.
+
+Telemetry: each chunk is one ``daemon.apply`` span (kind CONSUMER) linked to the span that
+posted each entry (its ``traceparent`` field); the ``traceparent``s are kept per user
+(:class:`~outerloop.telemetry.TraceLinks`) for the user's next cycle span to link to. With
+telemetry off none of this runs and no round trip is added.
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from opentelemetry.trace import SpanKind
 from redis.exceptions import NoScriptError, ResponseError
 
+from outerloop import telemetry
 from outerloop.data.events import Event
 from outerloop.scheduler.dispatch import REDIS_DOWN, fire_args, fire_keys, now_ms
 from outerloop.scheduler.keys import SchedulerKeys
@@ -82,6 +89,7 @@ class StreamConsumer:
         self._max_ts_written = [-1] * keys.shards  # skip the watermark write when nothing is newer
         self._in_hand: set[str] = set()  # entry ids this process is applying right now
         self._cluster = is_cluster(client)
+        self.trace_links = telemetry.TraceLinks()
 
     @property
     def me(self) -> str:
@@ -153,7 +161,7 @@ class StreamConsumer:
             deleted = reply[2] if len(reply) > 2 else []
             for entry_id in deleted:  # Redis >= 7 drops trimmed entries from the PEL itself
                 await self._dead_letter(shard, entry_id, None,
-                                        "entry was trimmed from the stream before it was applied", None)
+                                        "entry was trimmed from the stream before it was applied", None, "trimmed")
             entries = [e for e in entries if _text(e[0]) not in self._in_hand]  # our own reader has them
             if entries:
                 self.metrics.entries_claimed += len(entries)
@@ -220,26 +228,40 @@ class StreamConsumer:
         return handled
 
     async def _apply_chunk(self, shard: int, chunk: Sequence[Entry], deliveries: dict[str, int]) -> int:
+        """One chunk under one ``daemon.apply`` span, linked to the entries' producers."""
+        traced = telemetry.enabled()
+        links = [ln for ln in (telemetry.link_from_fields(f, entry_id=_text(i)) for i, f in chunk) if ln] \
+            if traced else []
+        with telemetry.span("daemon.apply", kind=SpanKind.CONSUMER, links=links, shard=shard,
+                            entries=len(chunk)) as span:
+            acked = await self._apply_entries(shard, chunk, deliveries, traced)
+            span.set_attribute("acked", acked)
+            return acked
+
+    async def _apply_entries(self, shard: int, chunk: Sequence[Entry], deliveries: dict[str, int],
+                             traced: bool) -> int:
         now = now_ms()
         good: list[tuple[bytes | str, Event, Any]] = []
-        dead: list[tuple[bytes | str, Any, str]] = []
+        dead: list[tuple[bytes | str, Any, str, str]] = []  # (id, fields, reason, kind)
         for entry_id, fields in chunk:
             n = deliveries.get(_text(entry_id))
             if n is not None and n > self.settings.max_deliveries:
                 dead.append((entry_id, fields, f"not acknowledged after {n - 1} deliveries "
-                                               "(its consumers died or its effect failed each time)"))
+                                               "(its consumers died or its effect failed each time)", "redelivered"))
                 continue
             try:
                 good.append((entry_id, decode_entry(fields), fields.get(EVENT_FIELD_B)))
             except MalformedEntry as exc:
-                dead.append((entry_id, fields, exc.reason))
+                dead.append((entry_id, fields, exc.reason, "malformed"))
         acks: list[bytes | str] = []
-        for entry_id, fields, reason in dead:
-            await self._dead_letter(shard, entry_id, fields, reason, deliveries.get(_text(entry_id)))
+        for entry_id, fields, reason, kind in dead:
+            await self._dead_letter(shard, entry_id, fields, reason, deliveries.get(_text(entry_id)), kind)
             acks.append(entry_id)
         pipe = self.client.pipeline(transaction=False)
         queued = False
         if good:
+            if traced:
+                await self._remember_traces(chunk, good)
             applied, queued = await self._apply_events(shard, good, now, pipe)
             acks += applied
         # The bookkeeping the events' effects need (queue users, index open sessions, ...) and
@@ -323,6 +345,23 @@ class StreamConsumer:
         self.metrics.record_applied(applied, dup, late)
         return acks, bool(due)
 
+    async def _remember_traces(self, chunk: Sequence[Entry], good: list[tuple[bytes | str, Event, Any]]) -> None:
+        """Keep the entries' ``traceparent``s per user for the users' next cycle spans to link
+        to. Before the events are applied, in a round trip of its own (telemetry only): on one
+        server the apply script queues the user itself, so a cycle may start before any later
+        write of this chunk. (A redelivered entry is remembered again; ``take`` dedupes.)"""
+        parents = {_text(i): tp for i, f in chunk if (tp := telemetry.traceparent_of(f)) is not None}
+        by_user: dict[str, list[str]] = {}
+        for entry_id, event, _ in good:
+            if (tp := parents.get(_text(entry_id))) is not None:
+                by_user.setdefault(event.user_id, []).append(tp)
+        if not by_user:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for user, tps in by_user.items():
+            self.trace_links.remember(pipe, self.keys.trace_links(user), tps)
+        await pipe.execute(raise_on_error=False)  # a lost link never holds up an event
+
     async def _fan_out_release(self, shard: int, event: Event, series: str, now: int) -> set[str]:
         """An ``episode_release`` (a catalog event) triggers every follower of the series, once
         per follower even if the release is redelivered (a marker in the follower's applied set)."""
@@ -353,9 +392,10 @@ class StreamConsumer:
         return fired
 
     async def _dead_letter(self, shard: int, entry_id: bytes | str, fields: Any, reason: str,
-                           deliveries: int | None) -> None:
+                           deliveries: int | None, kind: str) -> None:
         """Park an entry with the reason; the caller acknowledges it. (At least once: a crash
-        between this XADD and the XACK can record the same entry twice.)"""
+        between this XADD and the XACK can record the same entry twice.) ``kind`` (malformed,
+        redelivered, trimmed) labels the dead-letter metric; the reason stays in the stream."""
         await self.client.xadd(self.keys.dead_letter, {
             "reason": reason,
             "stream": self.keys.stream(shard),
@@ -367,6 +407,7 @@ class StreamConsumer:
             "dead_at_ms": str(now_ms()),
         }, maxlen=self.settings.dead_letter_maxlen, approximate=True)
         self.metrics.dead_letters += 1
+        telemetry.count_dead_letter(kind)
         log.warning("dead letter %s from %s: %s", _text(entry_id), self.keys.stream(shard), reason)
 
     async def measure_lag(self) -> tuple[int | None, int]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from outerloop.errors import UserInputError
+from outerloop.telemetry import add_cli_flag, setup_for_cli
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -71,6 +72,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--heartbeat-ttl-s", type=float, default=10.0)
     g.add_argument("--metrics-interval-s", type=float, default=10.0)
     g.add_argument("--log-level", default="INFO")
+    add_cli_flag(g)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserInputError(f"--stream-shards must be >= 1, got {args.stream_shards}")
     if args.check:
         return asyncio.run(_check(args))
+    setup_for_cli("outerloop-daemon", args.telemetry)  # the SDK's providers flush at exit
     asyncio.run(_serve(args))
     return 0
 

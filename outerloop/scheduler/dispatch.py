@@ -16,6 +16,11 @@ put the user back if something arrived (the event path writes triggers before it
 user), so no interleaving of two daemons can strand a trigger.
 
 Claims and releases of many users go to Redis together (one round trip per batch).
+
+Telemetry: each cycle is one ``daemon.cycle`` span, the root of its own trace (one cycle serves
+many events), linked to the events it consumed (the consumer's ``TraceLinks``, taken in one
+extra round trip, only when telemetry is on); the agent runs and their commits are its
+children, and its duration goes to the cycle-duration histogram by status.
 """
 
 from __future__ import annotations
@@ -29,10 +34,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from opentelemetry import context as otel_context
+from opentelemetry.trace import Link, Status, StatusCode
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from outerloop import telemetry
 from outerloop.scheduler.backoff import Backoff
 from outerloop.scheduler.keys import SchedulerKeys, shard_of
 from outerloop.scheduler.metrics import DaemonMetrics
@@ -199,6 +207,7 @@ class Dispatcher:
         self._releaser: asyncio.Task[None] | None = None
         self._cluster = is_cluster(client)
         self._tokens: dict[str, tuple[int, str]] = {}  # running user -> (shard, lock token)
+        self.trace_links = telemetry.TraceLinks()
 
     @property
     def running(self) -> int:
@@ -292,22 +301,44 @@ class Dispatcher:
         status = "failed"
         killed = 0
         refresh_at: int | None = None
+        with telemetry.span("daemon.cycle", parent=otel_context.Context(), user_id=user, shard=shard,
+                            triggers=sorted({t.name for t in triggers})) as span:
+            try:
+                if telemetry.enabled():  # (inside the try: a cancel here still releases the user)
+                    for link in await self._consumed_links(user):
+                        span.add_link(link.context, link.attributes)
+                async with asyncio.timeout(self.settings.cycle_timeout_s):
+                    outcome = await self.runner(user, triggers)
+                status, killed, refresh_at = outcome.status, len(outcome.killed_agents), outcome.refresh_at_ms
+                span.set_attributes({"rows_committed": outcome.rows_committed,
+                                     "killed_agents": list(outcome.killed_agents)})
+            except TimeoutError:
+                status = "timeout"
+                log.warning("cycle for %s passed the %.1f s backstop; stopped, not retried", user,
+                            self.settings.cycle_timeout_s)
+            except asyncio.CancelledError:
+                mode, status = "abort", "aborted"
+                raise
+            except Exception:  # one failing cycle never stops the daemon; not retried
+                log.exception("cycle for %s failed", user)
+            finally:
+                took_ms = (time.monotonic() - started) * 1000
+                self.metrics.record_cycle(status, took_ms, killed)
+                telemetry.histogram(telemetry.CYCLE_DURATION, description="daemon cycle wall time").record(
+                    took_ms, {"status": status})
+                span.set_attribute("status", status)
+                if status in ("failed", "timeout", "aborted"):
+                    span.set_status(Status(StatusCode.ERROR, status))
+                await asyncio.shield(self._finish(shard, user, token, mode, self._next_refresh_ms(refresh_at)))
+
+    async def _consumed_links(self, user: str) -> list[Link]:
+        """Links to the requests that posted the events this cycle consumes (telemetry only:
+        a failure here costs the links, never the cycle)."""
         try:
-            async with asyncio.timeout(self.settings.cycle_timeout_s):
-                outcome = await self.runner(user, triggers)
-            status, killed, refresh_at = outcome.status, len(outcome.killed_agents), outcome.refresh_at_ms
-        except TimeoutError:
-            status = "timeout"
-            log.warning("cycle for %s passed the %.1f s backstop; stopped, not retried", user,
-                        self.settings.cycle_timeout_s)
-        except asyncio.CancelledError:
-            mode, status = "abort", "aborted"
-            raise
-        except Exception:  # one failing cycle never stops the daemon; not retried
-            log.exception("cycle for %s failed", user)
-        finally:
-            self.metrics.record_cycle(status, (time.monotonic() - started) * 1000, killed)
-            await asyncio.shield(self._finish(shard, user, token, mode, self._next_refresh_ms(refresh_at)))
+            return await self.trace_links.take(self.client, self.keys.trace_links(user))
+        except Exception as exc:  # noqa: BLE001 - Redis down, a bad value: the cycle runs unlinked
+            log.debug("could not read the trace links of %s: %s", user, exc)
+            return []
 
     def _next_refresh_ms(self, refresh_at_ms: int | None) -> int:
         """When the stale-row sweep should look at the user again: when the cycle said its rows

@@ -163,6 +163,11 @@ class SchedulerKeys:
         return [self.base.user(user_id, "trig_run"), self.base.user(user_id, "trig_run_ids"),
                 self.base.user(user_id, "trig_run_ev")]
 
+    def trace_links(self, user_id: str) -> str:
+        """LIST of ``traceparent``s of events applied for the user and not yet linked from a cycle
+        span (``telemetry.TraceLinks``; written only when telemetry is on)."""
+        return self.base.user(user_id, "trace")
+
     def cycle_lock(self, user_id: str) -> str:
         """At most one cycle per user across all daemons: SET NX PX with a random token."""
         return self.base.user(user_id, "cycle_lock")

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from outerloop import telemetry
 from outerloop.data.events import Event
 from outerloop.scheduler.dispatch import CycleOutcome
 from outerloop.scheduler.keys import SchedulerKeys
@@ -35,7 +36,8 @@ class RowRefreshRunner:
     ``work_ms`` simulates agent time (to exercise concurrency limits and graceful stop).
     ``refresh_log``: a stream key; right behind each row write, one entry records the user, the
     source event ids and when the cycle started (the entry id is the commit time), so a
-    benchmark can measure event-to-row freshness.
+    benchmark can measure event-to-row freshness. The write is a ``row.write`` span, a child of
+    the daemon's cycle span, so a trace shows where the refreshed row came from.
     """
 
     ROW_ID = "recent"
@@ -75,19 +77,20 @@ class RowRefreshRunner:
             "created_at": now,
             "expires_at": now + int(self.row_ttl_s * 1000),
         }
-        if not self.refresh_log:
-            await self.client.hset(self.keys.rows(user_id), self.ROW_ID, json.dumps(row))
-        else:
-            # the log entry rides in the same round trip, behind the row: on one server the
-            # commands run in order, so the entry's id (the server's clock, ms) is a time at
-            # which the row was already visible
-            ids = sorted({i for t in triggers for i in t.event_ids})
-            fired = min((t.first_ms for t in triggers), default=0)
-            pipe = self.client.pipeline(transaction=False)
-            pipe.hset(self.keys.rows(user_id), self.ROW_ID, json.dumps(row))
-            pipe.xadd(self.refresh_log, {"user": user_id, "run_id": run_id, "started_ms": str(now),
-                                         "first_fired_ms": str(fired), "event_ids": ",".join(ids)})
-            await pipe.execute()
+        with telemetry.span("row.write", user_id=user_id, row_id=self.ROW_ID, run_id=run_id, items=len(row["items"])):
+            if not self.refresh_log:
+                await self.client.hset(self.keys.rows(user_id), self.ROW_ID, json.dumps(row))
+            else:
+                # the log entry rides in the same round trip, behind the row: on one server the
+                # commands run in order, so the entry's id (the server's clock, ms) is a time at
+                # which the row was already visible
+                ids = sorted({i for t in triggers for i in t.event_ids})
+                fired = min((t.first_ms for t in triggers), default=0)
+                pipe = self.client.pipeline(transaction=False)
+                pipe.hset(self.keys.rows(user_id), self.ROW_ID, json.dumps(row))
+                pipe.xadd(self.refresh_log, {"user": user_id, "run_id": run_id, "started_ms": str(now),
+                                             "first_fired_ms": str(fired), "event_ids": ",".join(ids)})
+                await pipe.execute()
         return CycleOutcome(status="ok", rows_committed=1, run_id=run_id, refresh_at_ms=row["expires_at"])
 
 

@@ -3,7 +3,9 @@
 One entry per event, one field: ``event`` = the event's JSON (``Event.model_dump_json``). The
 API (producer) and the daemon (consumer) both go through this module so they cannot drift
 apart. A single JSON field keeps optional fields optional and lets the daemon dead-letter an
-entry with the exact validation message (which names the field).
+entry with the exact validation message (which names the field). A producer that traces adds
+``traceparent`` (W3C trace context, :func:`outerloop.telemetry.inject_trace`); the event never
+depends on it, the consumer only links its spans to it.
 """
 
 from __future__ import annotations

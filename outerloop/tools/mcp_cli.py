@@ -11,6 +11,7 @@ streamable HTTP at ``/mcp`` and refuses to start without a bearer token (``OUTER
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from outerloop.errors import UserInputError
+from outerloop.telemetry import add_cli_flag, setup_for_cli
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -35,6 +37,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key-prefix", default=None, help="namespace for every Redis key (isolated deployments, tests)")
     p.add_argument("--no-ranker", action="store_true", help="recommend in retrieval order")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    add_cli_flag(p)
 
 
 def read_token(token_file: Path | None, from_env: str | None) -> str:
@@ -103,6 +106,9 @@ def run(args: argparse.Namespace) -> int:
 
     tools = load_specs(args.tools, "tools", ToolSpec)
     agents = load_specs(args.agents, "agents", AgentSpec)
+    # stdio speaks MCP on stdout: the console exporter (bound to sys.stdout at set-up) writes to stderr
+    with contextlib.redirect_stdout(sys.stderr) if args.transport == "stdio" else contextlib.nullcontext():
+        setup_for_cli("outerloop-mcp", args.telemetry)  # the SDK's providers flush at exit
     anyio.run(_serve, args, settings, token, tools, agents)
     return 0
 

@@ -14,6 +14,10 @@ goes through :meth:`ToolRegistry.call`, which is where the contract is enforced:
 
 The registry is introspectable (names, descriptions, JSON schemas, timeouts), so an MCP server
 can serve the very same tools.
+
+Every call past validation is one ``tool.call`` span (a child of the calling agent's run span,
+``cached`` true/false for shareable tools) and one cache lookup counted under ``cache="tool"``:
+the registry is the one place every call goes through, in process and behind the MCP server.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
+from outerloop import telemetry
 from outerloop.errors import UsageError
 from outerloop.tools.contracts import ToolDeps, ToolOutputInvalid, ToolSpec, ToolTimeout
 
@@ -172,31 +177,33 @@ class ToolRegistry:
             parsed = spec.input_model.model_validate(args.model_dump() if isinstance(args, BaseModel) else args)
         except ValidationError as exc:
             raise UsageError(f"tool {name!r}: invalid input: {exc}") from exc
-        if budget is not None:
-            budget.count_tool_call()
-
         key = spec.cache_key(parsed, share_key)
-        now = float(deps.clock_ms())
-        if key is not None:
-            cached = self.cache.get(name, key, now)
-            if cached is not None:
-                return cached
+        with telemetry.tool_call_span(name, share=spec.share) as span:
+            if budget is not None:
+                budget.count_tool_call()  # over budget: a failed call on the span
+            now = float(deps.clock_ms())
+            if key is not None:
+                cached = self.cache.get(name, key, now)
+                telemetry.count_cache("tool", cached is not None)
+                span.set_attribute("cached", cached is not None)
+                if cached is not None:
+                    return cached
 
-        timeout_ms = float(spec.timeout_ms)
-        if budget is not None:
-            timeout_ms = min(timeout_ms, max(budget.remaining_ms(), 0.0))
-        started = time.perf_counter()
-        try:
-            async with asyncio.timeout(timeout_ms / 1000.0):
-                out = await spec.fn(parsed, deps)
-        except TimeoutError:
-            took = (time.perf_counter() - started) * 1000
-            raise ToolTimeout(f"tool {name!r} timed out after {took:.1f} ms (limit {timeout_ms:.1f} ms)") from None
-        if not isinstance(out, spec.output_model):
+            timeout_ms = float(spec.timeout_ms)
+            if budget is not None:
+                timeout_ms = min(timeout_ms, max(budget.remaining_ms(), 0.0))
+            started = time.perf_counter()
             try:
-                out = spec.output_model.model_validate(out)
-            except ValidationError as exc:
-                raise ToolOutputInvalid(f"tool {name!r} returned an invalid output: {exc}") from exc
-        if key is not None:
-            self.cache.put(name, key, out, now + spec.cache_ttl_ms)
-        return out
+                async with asyncio.timeout(timeout_ms / 1000.0):
+                    out = await spec.fn(parsed, deps)
+            except TimeoutError:
+                took = (time.perf_counter() - started) * 1000
+                raise ToolTimeout(f"tool {name!r} timed out after {took:.1f} ms (limit {timeout_ms:.1f} ms)") from None
+            if not isinstance(out, spec.output_model):
+                try:
+                    out = spec.output_model.model_validate(out)
+                except ValidationError as exc:
+                    raise ToolOutputInvalid(f"tool {name!r} returned an invalid output: {exc}") from exc
+            if key is not None:
+                self.cache.put(name, key, out, now + spec.cache_ttl_ms)
+            return out
