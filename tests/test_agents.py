@@ -218,9 +218,26 @@ async def test_memory_agent_backs_off_through_the_graph(redis_target, redis_keys
     assert res.record("memory").outcome == "ok"
     backoff = {f.genre for f in mem.of_kind(GenreBackoff)}
     assert "Crime" in backoff
+    # the evidence is the skips themselves (already in the history the API applied) by event id
+    assert mem.get("genre_backoff:crime").evidence == [e.event_id for e in events if e.type == "skip"]
     # rows built later in the same cycle already leave the backed-off genre out
     top = res.rows_committed["top_picks"]
     assert all("Crime" not in IDX.item(i).genres for i in top.item_ids())
+
+
+async def test_continue_watching_leaves_out_a_series_of_a_backed_off_genre(redis_target, redis_keys, redis_client):
+    user = "u-tired-of-crime"
+    events = [ev(user, "play", episode_id(1), BASE_TS), ev(user, "finish", episode_id(1), BASE_TS + 60_000)]
+    events += [e for n, i in enumerate(CRIME_DRAMAS[:3]) for e in (
+        ev(user, "play", i, BASE_TS + 100_000 * (n + 1)), ev(user, "skip", i, BASE_TS + 100_000 * (n + 1) + 50))]
+    await apply_events(redis_client, redis_keys, events)
+    async with OuterLoop(TinyArtifacts(), redis=redis_target, keys=redis_keys) as loop:
+        res = await loop.run_cycle(user, [Trigger.session_closed(events)], now_ms=BASE_TS + 1_000_000)
+        mem = await loop.deps.memory.load(user)
+    assert mem.get("genre_backoff:crime") is not None
+    assert ("tools", ["continue_watching"]) in [(s.agent, s.rows) for s in res.plan.steps]
+    assert res.record("tools").outcome == "ok"
+    assert "continue_watching" not in res.rows_committed  # Night Shift is a crime drama
 
 
 class RacingStore(MemoryStore):

@@ -30,7 +30,7 @@ def row_json(row_id: str, items: list[int], expires_at: int | str | None, **kw: 
     return json.dumps({"row_id": row_id, "title": kw.get("title", "Because you watched X"), "reason": "agent said so",
                        "items": [[i, 1.0 - 0.01 * n] for n, i in enumerate(items)], "produced_by": "planner",
                        "run_id": "run-1", "model_version": "m", "created_at": NOW - 1000,
-                       "expires_at": expires_at}).encode()
+                       "expires_at": expires_at, **({"ordered": True} if kw.get("ordered") else {})}).encode()
 
 
 @pytest.fixture
@@ -87,6 +87,21 @@ def test_agent_rows_are_merged_and_expired_or_broken_ones_ignored(funnel: Funnel
     assert all(o in ("ann", "agent", "ann+agent") for o in origins.values())
     boosted = funnel.recommend(state_of("u1", history, rows=rows), funnel.n_items, now_ms=NOW)
     assert set(fresh_items[:6]) <= set(top(boosted))
+
+
+def test_an_ordered_row_keeps_the_agents_order_and_others_are_ranked(funnel: Funnel, history: list[int]) -> None:
+    items = [i for i in range(1, funnel.n_items + 1) if i not in history][:8]
+    rows = {"next-up": row_json("next-up", items, NOW + 60_000, ordered=True),
+            "ranked": row_json("ranked", items, NOW + 60_000)}
+    rec = funnel.recommend(state_of("u1", history, rows=rows), 20, now_ms=NOW)
+    by_id = {r.row_id: r for r in rec.rows}
+    agent_scores = [1.0 - 0.01 * n for n in range(len(items))]
+    assert by_id["next-up"].item_ids.tolist() == items  # as the agent ordered them, with its scores
+    assert np.allclose(by_id["next-up"].scores, agent_scores)
+    ranked = by_id["ranked"]
+    assert sorted(ranked.item_ids.tolist()) == sorted(items)
+    assert not np.allclose(sorted(ranked.scores), sorted(agent_scores))  # the funnel's scores, in their order
+    assert list(ranked.scores) == sorted(ranked.scores, reverse=True)
 
 
 def test_cold_start_and_degraded(funnel: Funnel) -> None:

@@ -138,3 +138,14 @@ def test_report_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert got["figures"] == ["plots/fresh_stale.png", "plots/training.png"]
     assert cli(["report", "--out", str(tmp_path / "o2"), "--artifacts", str(tmp_path / "nope")]) == 2
     assert "directory not found" in capsys.readouterr().err
+
+
+def test_run_records_summarised_by_budget_compliance_get_a_figure_and_their_name(tmp_path: Path) -> None:
+    recs = [RunRecord(run_id=f"r{i}", agent="tools", budget_ms=150.0, elapsed_ms=20.0 + i, outcome="ok")
+            for i in range(5)]
+    recs.append(RunRecord(run_id="k", agent="deep_rerank", budget_ms=250.0, elapsed_ms=252.0, outcome="killed",
+                          overrun_ms=2.0, isolated=True))
+    (tmp_path / "b.json").write_text(json.dumps({"name": "demo daemon", **budget_compliance(recs)}))
+    index = build_report(tmp_path / "r", inputs=load_inputs([tmp_path / "b.json"]), measure_latency=False)
+    text = index.read_text()
+    assert 'src="plots/budget_runs_0.png"' in text and "demo daemon" in text

@@ -131,6 +131,8 @@ class Row(BaseModel):
     model_version: str
     created_at: int
     expires_at: int
+    ordered: bool = Field(default=False, description="the agent's order is the row's order: the inner "
+                          "loop drops seen items but does not re-rank (e.g. continue watching)")
 
     def item_ids(self) -> list[int]:
         return [i for i, _ in self.items]

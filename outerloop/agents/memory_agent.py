@@ -50,21 +50,26 @@ class Interaction:
 
 
 def timeline(history: History, triggers: Sequence[Trigger]) -> list[Interaction]:
-    """History tokens and trigger events merged, deduplicated, in time order."""
-    seen: set[tuple[int, str, int]] = set()
+    """History tokens and trigger events merged, deduplicated, in time order. A trigger event
+    already in the history (the API applied it before the daemon saw it) lends the token its
+    ``event_id``, so facts can cite the events as evidence."""
+    at: dict[tuple[int, str, int], int] = {}  # (item, type, ts) -> index in out
     out: list[Interaction] = []
     for item, action, ts in zip(history.items.tolist(), history.actions.tolist(), history.ts.tolist()):
         kind = _ACTION_NAME.get(int(action), "play")
-        seen.add((int(item), kind, int(ts)))
+        at[(int(item), kind, int(ts))] = len(out)
         out.append(Interaction(int(item), kind, int(ts)))
     for t in triggers:
         for e in t.events:
             if e.item_id is None or e.type in ("impression", "search", "episode_release"):
                 continue
             k = (e.item_id, e.type, e.ts)
-            if k not in seen:
-                seen.add(k)
+            i = at.get(k)
+            if i is None:
+                at[k] = len(out)
                 out.append(Interaction(e.item_id, e.type, e.ts, e.event_id))
+            elif out[i].event_id is None:
+                out[i] = Interaction(e.item_id, e.type, e.ts, e.event_id)
     out.sort(key=lambda x: x.ts)
     return out
 

@@ -215,7 +215,8 @@ class _RowStager:
     _rows: dict[str, Row]
 
     def _stage_row(self, rows_key: str, model_version: str, now_ms: int, row_id: str,
-                   title: str, reason: str, items: Sequence[tuple[int, float]], ttl_ms: int | None) -> Row:
+                   title: str, reason: str, items: Sequence[tuple[int, float]], ttl_ms: int | None,
+                   ordered: bool = False) -> Row:
         if row_id not in self.spec.rows:
             raise UsageError(f"agent {self.spec.name!r} may only emit rows {list(self.spec.rows)}, "
                              f"not {row_id!r} (declare it in @agent(rows=...))")
@@ -224,6 +225,7 @@ class _RowStager:
             items=[(int(i), round(float(s), 6)) for i, s in items],
             produced_by=self.spec.name, run_id=self.run.run_id, model_version=model_version,
             created_at=now_ms, expires_at=now_ms + (ttl_ms if ttl_ms is not None else self.spec.row_ttl_ms),
+            ordered=ordered,
         )
         self.run.stage(rows_key, row.model_dump_json(), field=row_id)
         self._rows[row_id] = row
@@ -327,10 +329,11 @@ class AgentContext(_RowStager):
         return self.loop.clusters.assign(vec)
 
     def emit_row(self, row_id: str, *, title: str, reason: str, items: Sequence[tuple[int, float]],
-                 ttl_ms: int | None = None) -> Row:
-        """Stage a row; it reaches ``Keys.rows(user)`` only if this run commits in budget."""
+                 ttl_ms: int | None = None, ordered: bool = False) -> Row:
+        """Stage a row; it reaches ``Keys.rows(user)`` only if this run commits in budget.
+        ``ordered``: serve the items in this order (the inner loop otherwise re-ranks them)."""
         return self._stage_row(self.loop.keys.rows(self.user_id), self.loop.artifacts.model_version,
-                               self.now_ms, row_id, title, reason, items, ttl_ms)
+                               self.now_ms, row_id, title, reason, items, ttl_ms, ordered)
 
     def raise_trigger(self, trigger: Trigger) -> None:
         """Ask the planner to look at this (e.g. a drift flag)."""
@@ -419,9 +422,10 @@ class IsolatedContext(_RowStager):
         return self.run.remaining_ms()
 
     def emit_row(self, row_id: str, *, title: str, reason: str, items: Sequence[tuple[int, float]],
-                 ttl_ms: int | None = None) -> Row:
+                 ttl_ms: int | None = None, ordered: bool = False) -> Row:
         p = self.payload
-        return self._stage_row(p.rows_key, p.model_version, p.now_ms, row_id, title, reason, items, ttl_ms)
+        return self._stage_row(p.rows_key, p.model_version, p.now_ms, row_id, title, reason, items, ttl_ms,
+                               ordered)
 
 
 async def run_agent(run: RunContext, spec: AgentSpec, step: PlanStep, scope: "CycleScope",

@@ -1,7 +1,8 @@
 """The tool agent: builds rows from tool calls, one recipe per row.
 
 - ``continue_watching``: the next episode of each series the user is in the middle of (the
-  plan's series first: just finished, or just released), from ``next_episodes``;
+  plan's series first: just finished, or just released), from ``next_episodes``; an ordered
+  row (the inner loop serves it in this order instead of re-ranking it);
 - ``wind_down``: the user's taste, minus thrillers and horror, calmer genres first, shorter
   runtimes (the user's night-time runtime preference when memory has one);
 - ``top_picks``: the user's taste (vector search, shared per cluster and re-scored with the
@@ -85,8 +86,9 @@ def _backoff(ctx: AgentContext) -> set[str]:
 async def continue_watching(ctx: AgentContext) -> list[tuple[int, float]]:
     """For each series (the plan's first: just finished, or just released; then those memory
     says the user is in the middle of), the first released episode the user has not seen after
-    the last one they watched."""
+    the last one they watched. Series of a genre the user is backing off from are left out."""
     p = ctx.params
+    avoid = _backoff(ctx)
     facts = {f.series_id: f for f in ctx.memory(ContinueWatching)}
     series = list(dict.fromkeys([*p.get("series", []), *sorted(facts, key=lambda s: -facts[s].version)]))[:8]
     last_watched: dict[str, int] = {}
@@ -98,6 +100,9 @@ async def continue_watching(ctx: AgentContext) -> list[tuple[int, float]]:
         last_watched[ctx.catalog.get(i).series_id] = i
     out: list[int] = []
     for s in series:
+        probe = last_watched.get(s) or (facts[s].next_item_id if s in facts else None)
+        if probe is not None and avoid & {g.lower() for g in ctx.catalog.get(probe).genres}:
+            continue
         if s not in last_watched:
             if s in facts and facts[s].next_item_id not in ctx.seen:
                 out.append(facts[s].next_item_id)
@@ -171,6 +176,7 @@ RECIPES: dict[str, tuple[str, Recipe]] = {
     ROW_WIND_DOWN: ("Wind down", wind_down),
     ROW_TOP_PICKS: ("Top picks for you", top_picks),
 }
+ORDERED_ROWS = frozenset({ROW_CONTINUE})  # their order means something (the series just finished or released first)
 
 
 @agent(name=TOOL_AGENT, budget=Budget(latency_ms=150, max_tool_calls=12, max_llm_tokens=0),
@@ -185,5 +191,5 @@ async def tool_agent(ctx: AgentContext) -> dict[str, int]:
         items = await recipe(ctx)
         sizes[row_id] = len(items)
         if items:  # an empty recipe keeps the last good row rather than blanking it
-            ctx.emit_row(row_id, title=title, reason=ctx.step.reason, items=items)
+            ctx.emit_row(row_id, title=title, reason=ctx.step.reason, items=items, ordered=row_id in ORDERED_ROWS)
     return sizes

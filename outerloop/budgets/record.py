@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from outerloop.budgets.budget import DeadlineExceeded, TokenBudgetExceeded, ToolCallBudgetExceeded
@@ -62,7 +62,6 @@ class RunRecord:
     value: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields (without ``value``)."""
-        data = asdict(self)
-        data.pop("value")
-        return data
+        """JSON-ready fields (without ``value``, which is never copied: an agent's return value
+        may hold objects that neither copy nor serialize)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "value"}

@@ -326,11 +326,18 @@ def _budgets(page: _Page, inputs: ReportInputs) -> None:
         page.add(tag, _budget_table(b, f"replay ({r['dataset']})"))
         shown = True
     for i, b in enumerate(inputs.budget_benches):
+        source = str(b.get("name") or "budget bench")
         if b.get("by_kind"):
             path, tag = page.figure(f"budget_bench_{i}", "overrun p99 by agent kind")
             plots.overrun_by_kind(b["by_kind"], path, title="budget bench: adversarial agents")
             page.add(tag)
-        page.add(_budget_table(b, "budget bench"))
+        elif b.get("elapsed_samples_ms"):  # run records summarised by budget_compliance (e.g. the demo's)
+            budgets = {a: (g.get("budget_ms") or [None])[-1] for a, g in (b.get("by_agent") or {}).items()}
+            path, tag = page.figure(f"budget_runs_{i}", "agent run times and overruns")
+            plots.budget_overruns(b["elapsed_samples_ms"], {a: v for a, v in budgets.items() if v},
+                                  b.get("overrun_samples_ms") or [], path, title=f"agent runs: {source}")
+            page.add(tag)
+        page.add(_budget_table(b, source))
         shown = True
     if not shown:
         page.add(_missing("No agent runs: pass an inner-vs-outer replay or <code>bench/budgets.py --json</code> output."))

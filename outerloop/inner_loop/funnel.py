@@ -281,10 +281,10 @@ class Funnel:
         ids = row.item_ids[keep]
         agent_scores = row.scores[keep]
         scored = np.asarray([score_of.get(i, np.nan) for i in ids.tolist()], dtype=np.float32)
-        if ids.shape[0] and not np.isnan(scored).any():
+        if ids.shape[0] and not row.ordered and not np.isnan(scored).any():
             order = np.argsort(-scored, kind="stable")[:k]
             ids, scores = ids[order], scored[order]
-        else:  # no common scale: keep the agent's order and scores
+        else:  # an ordered row, or no common scale: keep the agent's order and scores
             ids, scores = ids[:k], agent_scores[:k]
         return Row(row_id=row.row_id, title=row.title, reason=row.reason, produced_by=row.produced_by,
                    source="agent", item_ids=ids, scores=scores, origins=["agent"] * ids.shape[0],

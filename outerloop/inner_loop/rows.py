@@ -55,6 +55,7 @@ class AgentRow:
     model_version: str | None
     created_at: int | None
     expires_at: int | None
+    ordered: bool = False  # serve in the agent's order (no re-ranking)
 
 
 def parse_row(row_id: str, raw: bytes, *, now_ms: int, n_items: int) -> AgentRow | None:
@@ -104,6 +105,7 @@ def parse_row(row_id: str, raw: bytes, *, now_ms: int, n_items: int) -> AgentRow
         model_version=doc.get("model_version") if isinstance(doc.get("model_version"), str) else None,
         created_at=to_epoch_ms(doc.get("created_at")),
         expires_at=expires_at,
+        ordered=doc.get("ordered") is True,
     )
 
 
