@@ -52,6 +52,7 @@ from outerloop.budgets import (
     WorkerPool,
     percentile,
 )
+from outerloop.budgets.priority import PRIORITIES, set_supervisor_priority
 from outerloop.storage import Keys, RedisTarget, embedded_socket
 
 MIX: dict[str, float] = {  # share of runs per kind
@@ -313,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker-nice", type=int, default=10, help="nice of isolated workers")
     p.add_argument("--no-hasten-exit", action="store_true",
                    help="do not lift killed workers to real-time priority to exit")
-    p.add_argument("--priority", choices=["normal", "nice", "rt"], default="normal",
+    p.add_argument("--priority", choices=PRIORITIES, default="normal",
                    help="the supervising process: nice = nice -10, rt = SCHED_RR; both reset "
                         "to normal in child processes and threads (needs CAP_SYS_NICE)")
     p.add_argument("--min-budget-ms", type=float, default=10.0)
@@ -325,12 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.runs < 1000 and args.json:
         print("note: fewer than 1,000 runs", file=sys.stderr)
-    if args.priority == "rt":
-        # Reset-on-fork: worker processes, threads and the embedded redis-server stay normal.
-        os.sched_setscheduler(0, os.SCHED_RR | os.SCHED_RESET_ON_FORK, os.sched_param(10))
-    elif args.priority == "nice":
-        os.sched_setscheduler(0, os.SCHED_OTHER | os.SCHED_RESET_ON_FORK, os.sched_param(0))
-        os.setpriority(os.PRIO_PROCESS, 0, -10)
+    set_supervisor_priority(args.priority)  # reset on fork: workers and the embedded redis-server stay normal
     result = asyncio.run(_bench(args))
     if args.json:
         print(json.dumps(result))

@@ -122,6 +122,12 @@ class Pool:
         self.idle.clear()
 
 
+def _now() -> float:
+    """Seconds on a high-resolution clock. Not ``loop.time()``: uvloop's is libuv's cached
+    millisecond clock, which would round every latency to whole milliseconds."""
+    return time.perf_counter()
+
+
 @dataclass
 class PhaseResult:
     latencies_ms: list[float] = field(default_factory=list)  # of every answered request (any status)
@@ -136,8 +142,7 @@ class PhaseResult:
 
 
 async def _one(pool: Pool, path: str, due: float, timeout_s: float, res: PhaseResult) -> None:
-    loop = asyncio.get_running_loop()
-    res.send_lag_ms.append((loop.time() - due) * 1000.0)
+    res.send_lag_ms.append((_now() - due) * 1000.0)
     try:
         status, body = await asyncio.wait_for(pool.request("GET", path), timeout_s)
     except asyncio.TimeoutError:
@@ -147,7 +152,7 @@ async def _one(pool: Pool, path: str, due: float, timeout_s: float, res: PhaseRe
         kind = type(exc).__name__
         res.failures[kind] = res.failures.get(kind, 0) + 1
         return
-    res.latencies_ms.append((loop.time() - due) * 1000.0)
+    res.latencies_ms.append((_now() - due) * 1000.0)
     res.statuses[str(status)] = res.statuses.get(str(status), 0) + 1
     if b'"degraded":true' in body:
         res.degraded += 1
@@ -155,15 +160,14 @@ async def _one(pool: Pool, path: str, due: float, timeout_s: float, res: PhaseRe
 
 async def _probe(pool: Pool, spec: dict[str, Any], stop_at: float, res: PhaseResult) -> None:
     """Freshness: POST a finish of the current top pick, then GET until the response reflects it."""
-    loop = asyncio.get_running_loop()
     probe = spec["probe"]
     users: list[str] = probe["users"]
     period = 1.0 / float(probe["rate"])
     headers = {"X-API-Key": probe["api_key"]} if probe.get("api_key") else {}
     n = 0
-    next_at = loop.time()
-    while loop.time() < stop_at:
-        await asyncio.sleep(max(0.0, next_at - loop.time()))
+    next_at = _now()
+    while _now() < stop_at:
+        await asyncio.sleep(max(0.0, next_at - _now()))
         next_at += period
         user = users[n % len(users)]
         n += 1
@@ -182,7 +186,7 @@ async def _probe(pool: Pool, spec: dict[str, Any], stop_at: float, res: PhaseRes
             v0 = doc["history_version"]
             event = {"event_id": uuid.uuid4().hex, "user_id": user, "item_id": item, "type": "finish",
                      "ts": int(time.time() * 1000)}
-            t0 = loop.time()
+            t0 = _now()
             status, _ = await pool.request("POST", "/v1/events", json.dumps(event).encode(), headers)
             if status != 200:
                 fail(f"post_{status}")
@@ -192,7 +196,7 @@ async def _probe(pool: Pool, spec: dict[str, Any], stop_at: float, res: PhaseRes
                 doc = json.loads(body)
                 items = [it["item_id"] for it in doc["rows"][0]["items"]] if doc.get("rows") else []
                 if status == 200 and doc["history_version"] > v0 and item not in items:
-                    res.freshness_ms.append((loop.time() - t0) * 1000.0)
+                    res.freshness_ms.append((_now() - t0) * 1000.0)
                     break
             else:
                 fail("never_reflected")
@@ -215,14 +219,14 @@ async def run_phase(spec: dict[str, Any]) -> PhaseResult:
     for c in warm:
         pool._release(c)
     tasks: set[asyncio.Task[None]] = set()
-    t0 = loop.time() + 0.05
+    t0 = _now() + 0.05
     res.started_s = time.time()
     probe_task = None
     if spec.get("probe"):
         probe_task = loop.create_task(_probe(probe_pool, spec, t0 + n / rate, res))
     for i in range(n):
         due = t0 + i / rate
-        delay = due - loop.time()
+        delay = due - _now()
         if delay > 0:
             await asyncio.sleep(delay)
         task = loop.create_task(_one(pool, paths[i % len(paths)], due, timeout_s, res))

@@ -59,7 +59,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, default=None, help="data root (default: OUTERLOOP_DATA_DIR or "
                    "../shared/data)")
     p.add_argument("--redis-url", default=None, help="a real Redis instead of the embedded one")
-    p.add_argument("--index-cache", type=Path, default=Path("runs/index-cache"))
+    p.add_argument("--index-cache", type=Path, default=Path("runs/index-cache"),
+                   help="where synthetic-catalog indexes are kept between runs (a 1M-item HNSW takes minutes to build)")
     p.add_argument("--server-arg", action="append", default=[], help="extra argument for `outerloop serve`")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print only the JSON object (default prints it too)")

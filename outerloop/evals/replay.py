@@ -477,7 +477,7 @@ class _OuterReplayRun:
 
     async def serve(self, user: str, prefix: np.ndarray, target: int) -> None:
         """One evaluated user: inner list, one outer-loop cycle, inner+outer list, attribution."""
-        cfg, t, k = self.cfg, self.tally, self.cfg.k
+        t, k = self.tally, self.cfg.k
         self.seed(user, prefix)
         inner = self.funnel.recommend(await self.store.read(user, self.funnel.config.max_history), k, now_ms=self.t0)
         res = await self.cycle(user, prefix)

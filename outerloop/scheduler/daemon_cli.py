@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from outerloop.budgets.priority import PRIORITIES, set_supervisor_priority
 from outerloop.errors import UserInputError
 from outerloop.telemetry import add_cli_flag, setup_for_cli
 
@@ -72,6 +73,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--heartbeat-ttl-s", type=float, default=10.0)
     g.add_argument("--metrics-interval-s", type=float, default=10.0)
     g.add_argument("--log-level", default="INFO")
+    g.add_argument("--priority", choices=PRIORITIES, default="normal",
+                   help="CPU priority of the daemon (the budget enforcer): nice = nice -10, rt = SCHED_RR, so "
+                        "kills stay punctual on a busy machine; agent workers and children stay normal "
+                        "(raised modes need CAP_SYS_NICE)")
     add_cli_flag(g)
 
 
@@ -82,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserInputError(f"--stream-shards must be >= 1, got {args.stream_shards}")
     if args.check:
         return asyncio.run(_check(args))
+    set_supervisor_priority(args.priority)  # before the worker pool starts: its helper threads inherit it
     setup_for_cli("outerloop-daemon", args.telemetry)  # the SDK's providers flush at exit
     asyncio.run(_serve(args))
     return 0
