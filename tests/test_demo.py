@@ -49,7 +49,7 @@ def test_the_demo_story_happens(tiny_dir: Path, tmp_path: Path) -> None:  # noqa
         backoff = genre_backoff(story, roles.genre_fan, roles.genre)
         assert backoff.fact is not None and backoff.happened, lines
         assert backoff.fact.evidence == backoff.skip_ids  # cited by event id
-        assert "Top picks for you (tools)" in backoff.refreshed
+        assert "Picked from your viewing and what's trending (tools)" in backoff.refreshed
         assert all(backoff.after[row][0] == 0 for row in backoff.refreshed), backoff.after
 
         overrun = budget_overrun(story, roles.follower, DEMO_AGENT, DEMO_ROW)

@@ -174,7 +174,7 @@ Recipe = Callable[[AgentContext], Awaitable[list[tuple[int, float]]]]
 RECIPES: dict[str, tuple[str, Recipe]] = {
     ROW_CONTINUE: ("Continue watching", continue_watching),
     ROW_WIND_DOWN: ("Wind down", wind_down),
-    ROW_TOP_PICKS: ("Top picks for you", top_picks),
+    ROW_TOP_PICKS: ("Picked from your viewing and what's trending", top_picks),  # not the funnel's "Top picks for you"
 }
 ORDERED_ROWS = frozenset({ROW_CONTINUE})  # their order means something (the series just finished or released first)
 

@@ -1,10 +1,12 @@
 """Benchmarks of the sequential model on ML-1M. Each mode prints one JSON object.
 
-    python bench/model_ml1m.py --cold-start   [--epochs N] [--id-dropout P]
-    python bench/model_ml1m.py --attention    [--epochs N] [--window W] [--kinds full,local]
-    python bench/model_ml1m.py --align OLD_DIR NEW_DIR
-    python bench/model_ml1m.py --encode-latency DIR
-    python bench/model_ml1m.py --index-scale [--n-items 1000000]
+    outerloop bench model --cold-start   [--epochs N] [--max-minutes M] [--id-dropout P]
+    outerloop bench model --attention    [--epochs N] [--max-minutes M] [--window W] [--kinds full,local]
+    outerloop bench model --align OLD_DIR NEW_DIR
+    outerloop bench model --encode-latency DIR
+    outerloop bench model --index-scale [--n-items 1000000]
+
+(``python bench/model_ml1m.py`` takes the same flags.)
 
 Timings on a shared machine are noisy: each mode records the load average next to them, and
 the latency modes also report CPU time, which load moves less. The training modes keep their
@@ -243,13 +245,16 @@ def index_scale(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="outerloop bench model", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = p.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--cold-start", action="store_true")
-    mode.add_argument("--attention", action="store_true")
-    mode.add_argument("--align", nargs=2, metavar=("OLD_DIR", "NEW_DIR"))
-    mode.add_argument("--encode-latency", metavar="DIR")
-    mode.add_argument("--index-scale", action="store_true")
+    mode.add_argument("--cold-start", action="store_true",
+                      help="hold 10%% of items out of training; NDCG@10 on test cases whose target is one")
+    mode.add_argument("--attention", action="store_true", help="local-window vs full attention: speed and quality")
+    mode.add_argument("--align", nargs=2, metavar=("OLD_DIR", "NEW_DIR"),
+                      help="recall@100 of OLD's user vectors against NEW's index, before/after Procrustes")
+    mode.add_argument("--encode-latency", metavar="DIR", help="one-history encode and k=500 search latency")
+    mode.add_argument("--index-scale", action="store_true", help="HNSW build time, latency and recall at --n-items")
     p.add_argument("--data-dir", default=os.environ.get("OUTERLOOP_DATA_DIR") or str(REPO_ROOT.parent / "shared" / "data"),
                    help="data root (default: $OUTERLOOP_DATA_DIR or ../shared/data next to the repo)")
     p.add_argument("--epochs", type=int, default=200)
