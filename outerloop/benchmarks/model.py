@@ -233,7 +233,7 @@ def index_scale(args: argparse.Namespace) -> dict[str, Any]:
         times, ids = [], []
         for row in q:
             t = time.perf_counter()
-            i, _ = index.index.search(row[None], 100)
+            _, i = index.index.search(row[None], 100)  # faiss returns (scores, rows)
             times.append((time.perf_counter() - t) * 1000)
             ids.append(i[0] + 1)
         sweep[f"efSearch={ef}"] = {
