@@ -104,7 +104,7 @@ def test_inputs_are_recognised_by_content(tmp_path: Path) -> None:
     lines = tmp_path / "many.jsonl"
     lines.write_text(json.dumps({"p99_ms": 1.0}) + "\n" + json.dumps({"what": "else"}) + "\n")
     got = load_inputs([lines])
-    assert len(got.serve_benches) == 1 and got.unknown == [str(lines)]
+    assert len(got.serve_benches) == 1 and got.other == [(str(lines), {"what": "else"})] and not got.unknown
     bad = tmp_path / "bad.json"
     bad.write_text("{nope")
     with pytest.raises(UserInputError, match="not JSON"):
@@ -149,3 +149,21 @@ def test_run_records_summarised_by_budget_compliance_get_a_figure_and_their_name
     index = build_report(tmp_path / "r", inputs=load_inputs([tmp_path / "b.json"]), measure_latency=False)
     text = index.read_text()
     assert 'src="plots/budget_runs_0.png"' in text and "demo daemon" in text
+
+
+def test_other_benchmarks_show_their_figures(tmp_path: Path) -> None:
+    """An input without a plot of its own (an eval, a loop or model bench) is a table of its
+    scalar figures, nested keys dotted, samples left out; a non-object is still reported."""
+    ev = tmp_path / "eval.json"
+    ev.write_text(json.dumps({"model_version": "m-1", "ndcg@10": 0.1787,
+                              "sampled100": {"ndcg@10": 0.6123, "n": 6040}, "samples": [1, 2, 3]}))
+    odd = tmp_path / "odd.json"
+    odd.write_text("[1, 2]")
+    index = build_report(tmp_path / "r", inputs=load_inputs([ev, odd]), measure_latency=False)
+    text = index.read_text()
+    other = text.split("<h2>Other figures</h2>", 1)[1]
+    for cell in ("<td>ndcg@10</td><td>0.1787</td>", "<td>sampled100.ndcg@10</td><td>0.6123</td>",
+                 "<td>sampled100.n</td><td>6040</td>", "<td>model_version</td><td>m-1</td>"):
+        assert cell in other
+    assert "samples" not in other
+    assert "Inputs not recognised" in text and str(odd) in text

@@ -38,7 +38,8 @@ class ReportInputs:
     inner_outer: list[dict[str, Any]] = field(default_factory=list)
     budget_benches: list[dict[str, Any]] = field(default_factory=list)
     serve_benches: list[dict[str, Any]] = field(default_factory=list)
-    unknown: list[str] = field(default_factory=list)
+    other: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (path, doc): shown as figure tables
+    unknown: list[str] = field(default_factory=list)  # not a JSON object
 
 
 def classify(doc: Mapping[str, Any]) -> str:
@@ -71,7 +72,9 @@ def load_inputs(paths: Iterable[str | Path]) -> ReportInputs:
                 raise UserInputError(f"--inputs {path}: not JSON ({exc})") from exc
         for doc in docs:
             kind = classify(doc) if isinstance(doc, dict) else "unknown"
-            if kind == "unknown":
+            if kind == "unknown" and isinstance(doc, dict):
+                out.other.append((str(path), doc))  # eval, loop, model benches: their figures as a table
+            elif kind == "unknown":
                 out.unknown.append(str(path))
             else:
                 getattr(out, {"fresh_stale": "fresh_stale", "inner_outer": "inner_outer",
@@ -203,6 +206,7 @@ def build_report(out_dir: str | Path, *, artifacts_dir: str | Path | None = None
     _fresh_stale(page, inputs)
     _lift(page, inputs)
     _budgets(page, inputs)
+    _other(page, inputs)
     if inputs.unknown:
         page.add("<h2>Inputs not recognised</h2>", _missing("; ".join(html.escape(u) for u in inputs.unknown)))
     created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -348,3 +352,34 @@ def _budget_table(b: Mapping[str, Any], source: str) -> str:
                     b.get("overrun_p99_ms"), b.get("late_writes_committed")]],
                   ["source", "runs", "killed", "errors", "retries", "overrun p50 ms", "overrun p99 ms",
                    "late writes committed"])
+
+
+OTHER_MAX_ROWS = 80  # per input: enough for an eval or a model bench, not a dump of samples
+
+
+def flat_figures(doc: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Every scalar of a benchmark's JSON as ``("a.b.c", value)``, in the file's order; lists
+    (samples, histories) are left out, they are what the plots are for."""
+    rows: list[tuple[str, Any]] = []
+    for key, value in doc.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            rows.extend(flat_figures(value, name + "."))
+        elif not isinstance(value, (list, tuple)):
+            rows.append((name, value))
+    return rows
+
+
+def _other(page: _Page, inputs: ReportInputs) -> None:
+    """Benchmarks without a plot of their own (``outerloop eval``, ``bench loop``, ``bench model``):
+    their figures, so the report holds every number ``make bench`` measured."""
+    if not inputs.other:
+        return
+    page.add("<h2>Other figures</h2>")
+    for path, doc in inputs.other:
+        title = doc.get("bench") or doc.get("benchmark") or Path(path).stem
+        rows = flat_figures(doc)
+        more = len(rows) - OTHER_MAX_ROWS
+        page.add(f"<h3>{html.escape(str(title))} <small>({html.escape(path)})</small></h3>",
+                 _table(rows[:OTHER_MAX_ROWS], ["figure", "value"]),
+                 f"<p>{more} more in the file.</p>" if more > 0 else "")
