@@ -106,6 +106,12 @@ class Keys:
         return cls.user(user_id, "rows")
 
     @classmethod
+    def profile(cls, user_id: str) -> str:
+        """HASH of the user's profile (``utc_offset_min``, ``timezone``): set through the API,
+        read by the scheduler's late-night and daypart rules."""
+        return cls.user(user_id, "profile")
+
+    @classmethod
     def memory(cls, user_id: str) -> str:
         """HASH of the durable symbolic memory (facts JSON + version)."""
         return cls.user(user_id, "mem")

@@ -288,3 +288,33 @@ def test_generated_garbage_never_gets_a_5xx(client: TestClient) -> None:
         assert g.status_code < 500, (user, k, g.text)
 
     check()
+
+
+def test_profile_sets_the_offset_the_scheduler_reads(client: TestClient, redis_target, redis_keys) -> None:  # noqa: F811
+    """PUT /v1/users/{id}/profile writes the HASH the late-night rule reads (SchedulerKeys.profile),
+    from an offset or an IANA zone; bad input is a 422 naming the field and writes nothing."""
+    from outerloop.scheduler.keys import SchedulerKeys
+
+    user = "tz-user"
+    put = lambda body, key=KEY: client.put(f"/v1/users/{user}/profile", json=body,  # noqa: E731
+                                           headers={"X-API-Key": key} if key else {})
+    assert client.get(f"/v1/users/{user}/profile").json() == {"user_id": user, "utc_offset_min": 0,
+                                                              "timezone": None, "set": False}
+    r = put({"timezone": "Asia/Tokyo"})  # no daylight saving time: always +9:00
+    assert r.status_code == 200 and r.json()["utc_offset_min"] == 540 and r.json()["timezone"] == "Asia/Tokyo"
+    sync = redis_target.sync_client()
+    try:
+        scheduler_key = SchedulerKeys(base=redis_keys).profile(user)
+        assert sync.hget(scheduler_key, "utc_offset_min") == b"540"
+        assert put({"utc_offset_min": -300}).status_code == 200
+        assert client.get(f"/v1/users/{user}/profile").json() == {"user_id": user, "utc_offset_min": -300,
+                                                                  "timezone": None, "set": True}
+        for body, field in (({"utc_offset_min": 2000}, "utc_offset_min"), ({"timezone": "Mars/Olympus"}, "timezone"),
+                            ({"utc_offset_min": 60, "timezone": "Europe/Paris"}, "exactly one"),
+                            ({}, "exactly one"), ({"utc_offset_min": 60, "tz": "x"}, "tz")):
+            bad = put(body)
+            assert bad.status_code == 422 and field in bad.json()["detail"], (body, bad.text)
+        assert put({"utc_offset_min": 60}, key="wrong").status_code == 401
+        assert sync.hget(scheduler_key, "utc_offset_min") == b"-300"  # nothing bad was written
+    finally:
+        sync.close()

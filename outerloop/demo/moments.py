@@ -139,7 +139,8 @@ def late_night(story: Story, user: str, tz_offset_min: int) -> LateNightOutcome:
     film resumed 25 minutes before its end and finished, then another started and paused at
     2 AM. (Events are never more than 27 minutes apart, or the 30-minute idle gap would split
     the session.)"""
-    story.redis.hset(story.keys.profile(user), "utc_offset_min", tz_offset_min)  # what the triggers read
+    # the user's time zone, as a client sets it (the late-night rule reads it)
+    story.http.put(f"/v1/users/{user}/profile", json={"utc_offset_min": tz_offset_min}).raise_for_status()
     films = story.unseen_films(user, DARK, 2)
     if not films:
         story.say(f"     (no unseen thriller or horror film for {user}: the moment is skipped)")

@@ -1,7 +1,8 @@
 """The inner loop's HTTP API (FastAPI). Build it with :func:`create_app`; nothing is read at
 import time.
 
-Endpoints: ``GET /v1/users/{user_id}/recommendations``, ``POST /v1/events``, ``GET /v1/items/{id}``,
+Endpoints: ``GET /v1/users/{user_id}/recommendations``, ``POST /v1/events``,
+``PUT``/``GET /v1/users/{user_id}/profile``, ``GET /v1/items/{id}``,
 ``GET /healthz``, ``GET /readyz``, ``GET /v1/stats`` and the OpenAPI docs (``/docs``).
 
 Latency rules this file follows: one Redis round trip per recommendation (a Lua read), the
@@ -41,6 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from outerloop.data.events import MIN_LIVE_TS_MS, Event
 from outerloop.errors import UserInputError
 from outerloop.inner_loop.funnel import Funnel, FunnelConfig, Recommendation
+from outerloop.inner_loop.profiles import ProfileIn, profile_out
 from outerloop.inner_loop.ranker import ArtifactsLike, Ranker
 from outerloop.inner_loop.user_state import (
     DEFAULT_STREAM_MAXLEN,
@@ -371,6 +373,37 @@ def create_app(
                              "duplicates": result.duplicates, "history_versions": result.versions})
 
     # --- items, health, stats ------------------------------------------------------------------
+    # --- profile -------------------------------------------------------------------------
+    @app.put("/v1/users/{user_id}/profile", responses={422: {"model": ErrorOut}, 503: {"model": ErrorOut}},
+             summary="Set the user's UTC offset or time zone (the late-night and daypart rules read it)")
+    async def put_profile(
+        request: Request, body: ProfileIn,
+        user_id: str = Path(min_length=1, max_length=128, pattern=USER_ID_PATTERN),
+    ) -> dict[str, Any]:
+        _require_key(request)
+        fields = body.fields()
+        if rt.client is None:
+            raise ApiError(503, "redis unavailable: the profile was not written")
+        try:
+            async with asyncio.timeout(write_timeout_s):
+                await rt.client.hset(keys.profile(user_id), mapping=fields)
+        except _REDIS_ERRORS as exc:
+            gate.failed(exc)
+            raise ApiError(503, "redis unavailable: the profile was not written") from None
+        return profile_out(user_id, fields)
+
+    @app.get("/v1/users/{user_id}/profile", responses={503: {"model": ErrorOut}}, summary="The user's profile")
+    async def get_profile(user_id: str = Path(min_length=1, max_length=128, pattern=USER_ID_PATTERN)) -> dict[str, Any]:
+        if rt.client is None:
+            raise ApiError(503, "redis unavailable")
+        try:
+            async with asyncio.timeout(read_timeout_s * 10):
+                raw = await rt.client.hgetall(keys.profile(user_id))
+        except _REDIS_ERRORS as exc:
+            gate.failed(exc)
+            raise ApiError(503, "redis unavailable") from None
+        return profile_out(user_id, raw)
+
     @app.get("/v1/items/{item_id}", responses={404: {"model": ErrorOut}}, summary="One catalog item")
     async def get_item(item_id: int = Path(description="dense item id, 1..N")) -> dict[str, Any]:
         if not 1 <= item_id <= n_items:

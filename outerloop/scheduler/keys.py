@@ -150,7 +150,7 @@ class SchedulerKeys:
 
     def profile(self, user_id: str) -> str:
         """HASH of profile fields the scheduler reads (``utc_offset_min``)."""
-        return self.base.user(user_id, "profile")
+        return self.base.profile(user_id)
 
     def pending_triggers(self, user_id: str) -> list[str]:
         """Triggers waiting for the user's next cycle (coalesced): a HASH (per name: count,
