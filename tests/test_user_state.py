@@ -107,3 +107,23 @@ def test_rows_of_garbage_are_skipped(bad: bytes) -> None:
 
     rows, skipped = live_rows({"r": bad}, now_ms=0, n_items=10, limit=5)
     assert rows == [] and skipped == 1
+
+
+def test_a_released_embedded_server_exits_without_a_snapshot(tmp_path) -> None:
+    """``release_embedded(save=False)`` (replays and benchmarks in temporary directories): the
+    server process exits at once and writes no snapshot; releasing again is a no-op."""
+    import psutil
+
+    from outerloop.storage import _EMBEDDED, RedisTarget, release_embedded
+
+    target = RedisTarget(embedded_dir=tmp_path / "redis")
+    client = target.sync_client()
+    client.set("k", "v")
+    pid = _EMBEDDED[(tmp_path / "redis").resolve()].pid
+    client.close()
+    assert psutil.pid_exists(pid)
+    release_embedded(target.embedded_dir, save=False)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert not (tmp_path / "redis" / "outerloop.rdb").exists()
+    assert (tmp_path / "redis").resolve() not in _EMBEDDED
+    release_embedded(target.embedded_dir, save=False)

@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -53,7 +54,7 @@ from outerloop.budgets import (
     percentile,
 )
 from outerloop.budgets.priority import PRIORITIES, set_supervisor_priority
-from outerloop.storage import Keys, RedisTarget, embedded_socket
+from outerloop.storage import Keys, RedisTarget, embedded_socket, release_embedded
 
 MIX: dict[str, float] = {  # share of runs per kind
     "sleeper": 0.25,
@@ -223,6 +224,9 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
     ok_records = sum(1 for r in acct.records if r.outcome == "ok")
     await _cleanup(client, prefix)
     await client.aclose()
+    if not args.redis_url:
+        release_embedded(target.embedded_dir, save=False)
+        shutil.rmtree(target.embedded_dir, ignore_errors=True)
     load_after = os.getloadavg()
 
     summary = acct.summary(by="agent")

@@ -112,7 +112,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from outerloop.agents.runtime import LoopConfig
     from outerloop.inner_loop.artifacts import Artifacts
     from outerloop.inner_loop.user_state import UserStore
-    from outerloop.storage import Keys, RedisTarget
+    from outerloop.storage import Keys, RedisTarget, release_embedded
 
     art = Artifacts.load(args.artifacts)
     dataset = str(art.manifest.get("dataset", "?"))
@@ -215,6 +215,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for i in range(0, len(doomed), 500):
                 client.delete(*doomed[i:i + 500])
             client.close()
+    release_embedded(Path(tmp.name), save=False)
     tmp.cleanup()
 
     runs = stats["runs"]

@@ -128,12 +128,13 @@ class Bench:
 
     # --- redis and data ---------------------------------------------------------------------------
     def start_redis(self) -> None:
-        from outerloop.storage import RedisTarget, embedded_socket
+        from outerloop.storage import RedisTarget, embedded_socket, release_embedded
 
         if self.redis_url:
             target = RedisTarget(url=self.redis_url)
         else:
             sock = embedded_socket(self.tmp / "redis")  # this process owns the embedded server
+            self.stack.callback(release_embedded, self.tmp / "redis", save=False)
             self.redis_url = f"unix://{sock}"
             target = RedisTarget(url=self.redis_url)
         self.redis_client = target.sync_client()

@@ -521,7 +521,7 @@ async def _outer_replay(artifacts: Any, ranker: Any, cfg: OuterReplay, *, redis_
     from outerloop.agents.loop import OuterLoop
     from outerloop.inner_loop.funnel import Funnel, FunnelConfig
     from outerloop.inner_loop.user_state import UserStore
-    from outerloop.storage import Keys, RedisTarget
+    from outerloop.storage import Keys, RedisTarget, release_embedded
 
     keys = keys or Keys
     t0 = replay_clock_ms()
@@ -538,6 +538,7 @@ async def _outer_replay(artifacts: Any, ranker: Any, cfg: OuterReplay, *, redis_
         await client.aclose()
         sync.close()
         if tmp is not None:
+            release_embedded(target.embedded_dir, save=False)
             tmp.cleanup()
 
 
