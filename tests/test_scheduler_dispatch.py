@@ -127,6 +127,27 @@ def test_scheduler_triggers_map_to_the_agents_contract() -> None:
     assert mapped[1].events[0].event_id == ev.event_id and mapped[2].row_id == "because"
 
 
+async def test_a_renewal_racing_the_release_is_not_a_lost_lock(env: Env) -> None:
+    """The renewal task may run after a cycle released its lock and before the cycle's task is
+    done: the lock is then gone, but it was given back, not lost (no warning, no cancel)."""
+    runner = RecordingRunner(env.client, keys=env.keys, work_s=0.05)
+    daemon = make_daemon(env, runner, settings=fast_settings(lock_ttl_s=5.0))
+    dispatcher = daemon.dispatcher
+    release = dispatcher._finish
+
+    async def release_then_renew(*args: object, **kwargs: object) -> None:
+        await release(*args, **kwargs)  # type: ignore[arg-type]
+        await dispatcher.renew_locks()  # exactly the interleaving that used to count a lost lock
+
+    dispatcher._finish = release_then_renew  # type: ignore[method-assign]
+    async with running(daemon):
+        await request_cycle(env.client, env.keys, "racer", DRIFT)
+        await wait_until(lambda: _done(len(runner.calls) == 1 and not runner.running.get("racer")), timeout_s=5)
+        await asyncio.sleep(0.2)
+    assert daemon.metrics.locks_lost == 0
+    assert list(daemon.metrics.cycle_ms) and daemon.metrics.cycles_started == 1
+
+
 async def test_a_cycle_longer_than_the_lock_keeps_it_by_renewal(env: Env) -> None:
     runner = RecordingRunner(env.client, keys=env.keys, work_s=1.0)
     settings = dict(lock_ttl_s=0.3, cycle_timeout_s=5.0)

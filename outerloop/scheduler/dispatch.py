@@ -329,6 +329,10 @@ class Dispatcher:
                 span.set_attribute("status", status)
                 if status in ("failed", "timeout", "aborted"):
                     span.set_status(Status(StatusCode.ERROR, status))
+                if self._tokens.get(user, (0, ""))[1] == token:
+                    # no more renewals: one racing the release would find the lock gone and
+                    # report it lost (and cancel this finishing cycle)
+                    del self._tokens[user]
                 await asyncio.shield(self._finish(shard, user, token, mode, self._next_refresh_ms(refresh_at)))
 
     async def _consumed_links(self, user: str) -> list[Link]:
