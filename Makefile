@@ -28,7 +28,7 @@ ML1M := runs/ml1m
 bench: install
 	mkdir -p runs/bench
 	test -f $(ML1M)/manifest.json || $(BIN)/outerloop train --dataset ml-1m --data-dir $(DATA)/ml-1m --out $(ML1M)
-	test -f $(ML1M)/ranker.json || $(BIN)/python -m outerloop.inner_loop.ranker_train --artifacts $(ML1M) --dataset ml-1m --data-dir $(DATA) --agent-rows outer
+	test -f $(ML1M)/ranker.json || $(BIN)/outerloop train-ranker --artifacts $(ML1M) --dataset ml-1m --data-dir $(DATA) --agent-rows outer
 	$(BIN)/outerloop eval --artifacts $(ML1M) --json | tee runs/bench/eval.json
 	$(BIN)/outerloop eval replay --dataset ml-1m --data-dir $(DATA) --artifacts $(ML1M) --users 0 --json | tee runs/bench/replay_outer.json
 	$(BIN)/outerloop bench model --encode-latency $(ML1M) | tee runs/bench/model_encode.json

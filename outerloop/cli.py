@@ -25,6 +25,8 @@ def _register(name: str, help_text: str, module: str) -> None:
 _register("demo", "the whole system in a few minutes: world, model, API, daemon and the outer loop's moments",
           "outerloop.demo")
 _register("train", "train the sequential transformer and build its artifacts", "outerloop.inner_loop.train_cli")
+_register("train-ranker", "train the multi-task ranker next to trained artifacts (the funnel's second stage)",
+          "outerloop.inner_loop.ranker_train")
 _register("eval", "offline metrics of trained artifacts (HR@10, NDCG@10, full and sampled)", "outerloop.evals.cli")
 _register("serve", "serve real-time recommendations over HTTP (FastAPI + uvicorn)", "outerloop.inner_loop.serve_cli")
 _register("bench", "run a benchmark and print one JSON object", "outerloop.bench_cli")

@@ -307,7 +307,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="outerloop bench conversation", description=__doc__.split("\n")[0])
     p.add_argument("--ml1m", type=Path, help="ML-1M artifacts directory")
     p.add_argument("--ml-latest-small", type=Path, help="ml-latest-small artifacts directory")
     p.add_argument("--synthetic", type=Path, help="synthetic artifacts directory (trained here when omitted)")

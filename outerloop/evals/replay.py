@@ -593,7 +593,7 @@ async def compile_outer_rows(artifacts: Any, data: InteractionData, split: str =
     """The agent rows the real outer loop compiles for each user at a leave-one-out cut (default
     the validation cut: history = all but the last two items), as the funnel would read them.
 
-    The ranker trains on these (``ranker_train --agent-rows outer``) so that what it learns about
+    The ranker trains on these (``outerloop train-ranker --agent-rows outer``) so that what it learns about
     agent rows is what the outer loop actually emits, not a stand-in. Like the replay, the
     outer loop sees only the prefixes; ``config.n_users`` samples users (None = all).
     """

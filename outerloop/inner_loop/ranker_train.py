@@ -329,7 +329,7 @@ def outer_loop_rows(artifacts: ArtifactsLike, data: InteractionData) -> dict[str
         return asyncio.run(compile_outer_rows(artifacts, data, "valid", progress=bar.update_to))
 
 
-# --- command line: `python -m outerloop.inner_loop.ranker_train` (or an `outerloop` row) -------------
+# --- command line: `outerloop train-ranker` (also `python -m outerloop.inner_loop.ranker_train`) -------
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--artifacts", type=Path, required=True, help="trained artifacts; the ranker is saved there")
     p.add_argument("--dataset", default=None, help="dataset name (default: the one in the artifacts' manifest)")
@@ -366,10 +366,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m outerloop.inner_loop.ranker_train",
-                                     description="train the multi-task ranker next to trained artifacts")
-    configure(parser)
-    return run(parser.parse_args(argv))
+    """``python -m outerloop.inner_loop.ranker_train`` is ``outerloop train-ranker`` (same flags,
+    same error handling)."""
+    import sys
+
+    from outerloop.cli import main as cli
+
+    return cli(["train-ranker", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
