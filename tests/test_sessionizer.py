@@ -17,7 +17,8 @@ from tests.redis_fixtures import pytest_generate_tests, redis_keys, redis_target
 from tests.test_scheduler_helpers import MIN, T0, Env, env, event  # noqa: F401
 
 ITEMS = {1: ItemInfo(genres=("Comedy",)), 2: ItemInfo(genres=("Horror", "Thriller")),
-         3: ItemInfo(series_id="s1", genres=("Drama",)), 4: ItemInfo(series_id="s1", genres=("Drama",))}
+         3: ItemInfo(series_id="s1", genres=("Drama",)), 4: ItemInfo(series_id="s1", genres=("Drama",)),
+         5: ItemInfo(genres=("Drama",), runtime_min=120)}  # a two-hour film
 
 
 def sessionizer(**rules) -> Sessionizer:
@@ -111,6 +112,44 @@ async def test_idle_session_closes_when_event_time_moves_on(env: Env) -> None:
     assert len(await sessions(env, "quiet")) == 1
     assert await env.client.zscore(env.keys.open_sessions(0), "quiet") is None
     assert "session_closed" in await pending(env, "quiet")
+
+
+async def test_a_playing_film_holds_its_session_open_until_its_runtime_has_passed(env: Env) -> None:
+    """play of a 120-min film, finish 115 min later: one session (no event in between). Without
+    a runtime the same events are two sessions; a pause ends the hold."""
+    sz = sessionizer()
+    await apply(env, sz, event("film", T0, "play", item=5))
+    await apply(env, sz, event("film", T0 + 115 * MIN, "finish", item=5))
+    assert await sessions(env, "film") == []  # still one open session
+    await apply(env, sz, event("film", T0 + 200 * MIN, "play", item=1))  # 85 min after the finish: closes it
+    [one] = await sessions(env, "film")
+    assert (one["start_ts"], one["end_ts"], one["n"]) == (T0, T0 + 115 * MIN, 2)
+
+    await apply(env, sz, event("norun", T0, "play", item=1))  # no runtime known: the gap decides
+    await apply(env, sz, event("norun", T0 + 115 * MIN, "finish", item=1))
+    assert len(await sessions(env, "norun")) == 1
+
+    await apply(env, sz, event("paused", T0, "play", item=5))
+    await apply(env, sz, event("paused", T0 + 5 * MIN, "pause", item=5))  # stopped watching: no hold
+    await apply(env, sz, event("paused", T0 + 50 * MIN, "play", item=5))
+    [first] = await sessions(env, "paused")
+    assert (first["start_ts"], first["end_ts"], first["n"]) == (T0, T0 + 5 * MIN, 2)
+
+
+async def test_the_idle_sweep_waits_for_a_playing_film(env: Env) -> None:
+    sz = sessionizer()
+    sweeper = Sweeper(client=env.client, keys=env.keys, settings=DaemonSettings(), sessionizer=sz,
+                      metrics=DaemonMetrics(), on_due=lambda: None)
+    await sweeper.prepare()
+    res = await apply(env, sz, event("watching", T0, "play", item=5))
+    assert res.open_session_last_ts == T0 + 120 * MIN  # the horizon is what the index holds
+    await env.client.zadd(env.keys.open_sessions(0), {"watching": res.open_session_last_ts})
+    await env.client.set(env.keys.watermark(0), T0 + 60 * MIN)  # an hour in: still watching
+    assert await sweeper.close_idle_sessions(0) == 0
+    await env.client.set(env.keys.watermark(0), T0 + 150 * MIN + 5_000)  # the film's end + 30 min
+    assert await sweeper.close_idle_sessions(0) == 1
+    [closed] = await sessions(env, "watching")
+    assert closed["end_ts"] == T0  # the session's end is still its last event
 
 
 async def test_planner_triggers(env: Env) -> None:

@@ -15,6 +15,14 @@ it is applied and counted (``late`` counter, the session's ``late`` count when i
 open session) and never decides a session boundary; it is never dropped. A user who goes quiet
 has their session closed by the idle sweep, which uses the shard's event-time clock.
 
+A title being watched is activity too: a ``play`` holds the session open until the title's
+runtime has passed (its ``hold``), so a two-hour film between a ``play`` and its ``finish`` stays
+one session; a ``pause``, ``skip`` or ``finish`` ends the hold. The gap counts from the later of
+the last event and the hold (a session's *horizon*); a session's recorded end stays its last event.
+(The idle sweep's index of open sessions only moves forward, so when a pause releases a hold the
+sweep may close that session up to the title's runtime late; the user's next event closes it on
+time.)
+
 Catalog events (``episode_release``) are not user activity: they never open or extend a session.
 """
 
@@ -37,22 +45,29 @@ local function fmt(x) return string.format('%.0f', x) end
 
 local function load_s(key, p)
   local v = redis.call('HMGET', key, p..'sid', p..'start', p..'last', p..'n', p..'late',
-                       p..'item', p..'item_ts', p..'dark')
+                       p..'item', p..'item_ts', p..'dark', p..'hold')
   if not v[1] then return nil end
   return {sid = v[1], start = tonumber(v[2]), last = tonumber(v[3]), n = tonumber(v[4]),
           late = tonumber(v[5]), item = v[6] or '', item_ts = tonumber(v[7]) or -1,
-          dark = tonumber(v[8]) or 0}
+          dark = tonumber(v[8]) or 0, hold = tonumber(v[9]) or tonumber(v[3])}
+end
+
+-- The session is active until its last event or the end of the title it is playing, whichever
+-- is later; the idle gap counts from there.
+local function horizon(s)
+  if s.hold and s.hold > s.last then return s.hold end
+  return s.last
 end
 
 local function save_s(key, p, s)
   if s == nil then
     redis.call('HDEL', key, p..'sid', p..'start', p..'last', p..'n', p..'late', p..'item',
-               p..'item_ts', p..'dark')
+               p..'item_ts', p..'dark', p..'hold')
     return
   end
   redis.call('HSET', key, p..'sid', s.sid, p..'start', fmt(s.start), p..'last', fmt(s.last),
              p..'n', fmt(s.n), p..'late', fmt(s.late), p..'item', s.item,
-             p..'item_ts', fmt(s.item_ts), p..'dark', fmt(s.dark))
+             p..'item_ts', fmt(s.item_ts), p..'dark', fmt(s.dark), p..'hold', fmt(s.hold or s.last))
 end
 
 local function take_item(s, ts, item, dark)
@@ -86,7 +101,7 @@ local function finalize(cfg, state, s, list)
   redis.call('RPUSH', cfg.sessions, cjson.encode(rec))
   redis.call('LTRIM', cfg.sessions, -cfg.cap, -1)
   redis.call('HINCRBY', cfg.counters, 'sessions', 1)
-  if s.last + cfg.gap > state.closed_upto then state.closed_upto = s.last + cfg.gap end
+  if horizon(s) + cfg.gap > state.closed_upto then state.closed_upto = horizon(s) + cfg.gap end
   local summary = {sid = s.sid, start_ts = s.start, end_ts = s.last, n = s.n, late = s.late}
   if s.item ~= '' then summary.last_item = tonumber(s.item) end
   local offset = tonumber(redis.call('HGET', cfg.profile, 'utc_offset_min') or '0') or 0
@@ -118,7 +133,7 @@ _LUA_CONSTANTS = "--@CONSTANTS"
 # KEYS: 1 applied, 2 counters, 3 sess, 4 sessions, 5 trig, 6 follows, 7 profile, 8 sess_ev_c,
 #       9 sess_ev_p, 10 trig_ids, 11 trig_ev [, 12 due queue, 13 open-sessions index]
 # ARGV: 1 event_id, 2 ts, 3 type, 4 item_id|'', 5 series_id|'', 6 dark 0/1, 7 watch 0/1,
-#       8 in_session 0/1, 9 now_ms, 10 event JSON [, 11 user]
+#       8 in_session 0/1, 9 now_ms, 10 event JSON, 11 runtime_ms (0 = unknown) [, 12 user]
 # With the two indexes (one server only: they are not in the user's slot) the script also
 # queues the user when triggers are pending and indexes the open session, also on a
 # redelivery (a crash may have come between the effect and the indexes).
@@ -129,6 +144,7 @@ APPLY_EVENT_LUA = _LUA_CONSTANTS + LUA_TRIGGERS + _LUA_SESSIONS + r"""
 local eid, ts, etype, item, series = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
 local dark, watch, in_session = tonumber(ARGV[6]), ARGV[7] == '1', ARGV[8] == '1'
 local ejson = ARGV[10]
+local runtime_ms = tonumber(ARGV[11]) or 0
 local T = {KEYS[5], KEYS[10], KEYS[11]}
 local cfg = {sessions = KEYS[4], trig = T, profile = KEYS[7], counters = KEYS[2],
              now = tonumber(ARGV[9]), gap = C_GAP, cap = C_CAP,
@@ -136,16 +152,25 @@ local cfg = {sessions = KEYS[4], trig = T, profile = KEYS[7], counters = KEYS[2]
 local lateness = C_LATENESS
 local LC, LP = KEYS[8], KEYS[9]
 
-local function open_last()
-  local v = redis.call('HGET', KEYS[3], 'c_last')
-  if v then return tonumber(v) end
-  return -1
+local function open_last()  -- the open session's horizon (what the idle sweep compares)
+  local v = redis.call('HMGET', KEYS[3], 'c_last', 'c_hold')
+  if not v[1] then return -1 end
+  return math.max(tonumber(v[1]), tonumber(v[2]) or -1)
+end
+
+-- A play holds the session for the title's runtime; a pause, skip or finish releases it.
+local function hold_for(s, ts)
+  if etype == 'play' and runtime_ms > 0 then
+    if ts + runtime_ms > (s.hold or s.last) then s.hold = ts + runtime_ms end
+  elseif etype == 'pause' or etype == 'skip' or etype == 'finish' then
+    if ts >= (s.item_ts or -1) then s.hold = ts end
+  end
 end
 
 local function index(pending, last)
   if KEYS[12] then
-    if pending == 1 then redis.call('ZADD', KEYS[12], 'NX', cfg.now, ARGV[11]) end
-    if last >= 0 then redis.call('ZADD', KEYS[13], 'GT', last, ARGV[11]) end
+    if pending == 1 then redis.call('ZADD', KEYS[12], 'NX', cfg.now, ARGV[12]) end
+    if last >= 0 then redis.call('ZADD', KEYS[13], 'GT', last, ARGV[12]) end
   end
   return pending
 end
@@ -197,16 +222,18 @@ if in_session then
       redis.call('HINCRBY', KEYS[2], 'late_outside_session', 1)
     end
   else
-    if cur and ts <= cur.last + cfg.gap then
+    if cur and ts <= horizon(cur) + cfg.gap then
       cur.n = cur.n + 1
       if ts < cur.start then cur.start = ts end
       if ts > cur.last then cur.last = ts end
+      hold_for(cur, ts)
       take_item(cur, ts, sitem, sdark)
       push_event(cfg, LC, ejson)
-      if prev and cur.start - prev.last <= cfg.gap then
+      if prev and cur.start - horizon(prev) <= cfg.gap then
         -- the event bridged the gap: one session again (previous events first)
         cur.sid = prev.sid; cur.start = prev.start; cur.n = cur.n + prev.n
         cur.late = cur.late + prev.late
+        if prev.hold and prev.hold > (cur.hold or cur.last) then cur.hold = prev.hold end
         if prev.item_ts > cur.item_ts then
           cur.item = prev.item; cur.item_ts = prev.item_ts; cur.dark = prev.dark
         end
@@ -222,13 +249,15 @@ if in_session then
       redis.call('DEL', LP)
       if prev and redis.call('EXISTS', LC) == 1 then redis.call('RENAME', LC, LP) end
       st.seq = st.seq + 1
-      cur = {sid = fmt(st.seq), start = ts, last = ts, n = 1, late = 0, item = '', item_ts = -1, dark = 0}
+      cur = {sid = fmt(st.seq), start = ts, last = ts, n = 1, late = 0, item = '', item_ts = -1, dark = 0,
+             hold = ts}
+      hold_for(cur, ts)
       take_item(cur, ts, sitem, sdark)
       push_event(cfg, LC, ejson)
     end
     if ts > st.max_ts then st.max_ts = ts end
   end
-  if prev and prev.last + cfg.gap <= st.max_ts - lateness then
+  if prev and horizon(prev) + cfg.gap <= st.max_ts - lateness then
     fired = fired + finalize(cfg, st, prev, LP); closed = closed + 1; prev = nil
   end
   save_s(KEYS[3], 'c_', cur); save_s(KEYS[3], 'p_', prev); save_state(KEYS[3], st)
@@ -251,10 +280,10 @@ local wm = tonumber(ARGV[1])
 local st = load_state(KEYS[2])
 local cur, prev = load_s(KEYS[2], 'c_'), load_s(KEYS[2], 'p_')
 local closed, fired = 0, 0
-if prev and prev.last + cfg.gap <= wm then
+if prev and horizon(prev) + cfg.gap <= wm then
   fired = fired + finalize(cfg, st, prev, KEYS[7]); closed = closed + 1; prev = nil
 end
-if cur and cur.last + cfg.gap <= wm then
+if cur and horizon(cur) + cfg.gap <= wm then
   fired = fired + finalize(cfg, st, cur, KEYS[6]); closed = closed + 1; cur = nil
 end
 if cur == nil and prev ~= nil then  -- not reachable (prev ends before cur), kept for safety
@@ -265,7 +294,7 @@ if closed > 0 then
   save_s(KEYS[2], 'c_', cur); save_s(KEYS[2], 'p_', prev); save_state(KEYS[2], st)
 end
 local last = -1
-if cur then last = cur.last end
+if cur then last = horizon(cur) end
 return {closed, last, redis.call('EXISTS', KEYS[4]), fired}
 """
 
@@ -356,7 +385,8 @@ class Sessionizer:
                 "" if event.item_id is None else event.item_id, series, dark,
                 1 if event.type in WATCH_TYPES else 0,
                 0 if event.type == "episode_release" else 1,
-                now_ms, event_json if event_json is not None else event.model_dump_json(exclude_none=True)]
+                now_ms, event_json if event_json is not None else event.model_dump_json(exclude_none=True),
+                int((info.runtime_min or 0) * 60_000) if info is not None else 0]
         if shard is not None:
             names += [k.due(shard), k.open_sessions(shard)]
             args.append(u)

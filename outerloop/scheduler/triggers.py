@@ -156,6 +156,7 @@ class ItemInfo:
 
     series_id: str | None = None
     genres: tuple[str, ...] = ()
+    runtime_min: int | None = None  # keeps a session open while the title plays (see the sessionizer)
 
 
 class ItemLookup(Protocol):
@@ -180,7 +181,8 @@ class CatalogLookup:
             item = self.catalog.get(item_id)
         except KeyError:
             return None
-        return ItemInfo(series_id=getattr(item, "series_id", None), genres=tuple(getattr(item, "genres", ())))
+        return ItemInfo(series_id=getattr(item, "series_id", None), genres=tuple(getattr(item, "genres", ())),
+                        runtime_min=getattr(item, "runtime_min", None))
 
 
 # Lua shared by every script that fires or moves triggers. ``t`` = {hash, ids list, events
