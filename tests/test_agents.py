@@ -272,3 +272,27 @@ async def test_memory_agent_loses_the_race_rereads_and_redecides(redis_target, r
 def test_history_embedding_is_finite():
     art = TinyArtifacts()
     assert np.isfinite(art.encode([[1, 2, 3]])).all()
+
+
+async def test_a_new_backoff_rebuilds_the_users_older_rows_in_the_same_cycle(redis_target, redis_keys, redis_client):
+    """Rows built before a back-off may hold the genre: the memory agent raises a ``backoff``
+    trigger, the planner replans, and the tool agent rebuilds the user's other rows (here a
+    wind-down row full of crime) in the same cycle; a back-off already known raises nothing."""
+    from outerloop.agents.contracts import Row
+
+    user = "u-rows-before"
+    old = Row(row_id="wind_down", title="Wind down", reason="earlier", items=[(i, 1.0) for i in CRIME_DRAMAS[3:]],
+              produced_by="tools", run_id="r-old", model_version="m", created_at=BASE_TS - 10,
+              expires_at=BASE_TS + 10**9)
+    await redis_client.hset(redis_keys.rows(user), "wind_down", old.model_dump_json())
+    events = [e for n, i in enumerate(CRIME_DRAMAS[:3])
+              for e in (ev(user, "play", i, BASE_TS + 100 * n), ev(user, "skip", i, BASE_TS + 100 * n + 50))]
+    await apply_events(redis_client, redis_keys, events)
+    async with OuterLoop(TinyArtifacts(), redis=redis_target, keys=redis_keys) as loop:
+        res = await loop.run_cycle(user, [Trigger.session_closed(events)], now_ms=BASE_TS + 1000)
+        again = await loop.run_cycle(user, [Trigger.session_closed(events)], now_ms=BASE_TS + 2000)
+    assert [(s.agent, s.rows) for p in res.plans for s in p.steps][-1] == ("tools", ["wind_down"])
+    assert "backed off" in res.plans[-1].steps[-1].reason
+    rebuilt = res.rows_committed["wind_down"]
+    assert rebuilt.run_id != "r-old" and all("Crime" not in IDX.item(i).genres for i in rebuilt.item_ids())
+    assert len(again.plans) == 1  # the back-off is known now: no replan

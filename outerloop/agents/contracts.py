@@ -21,7 +21,9 @@ from outerloop.budgets.budget import Budget
 from outerloop.budgets.record import RunRecord
 from outerloop.data.events import Event
 
-TriggerKind = Literal["event", "session_closed", "drift", "sweep", "manual"]
+# "backoff" is raised inside a cycle by the memory agent when a genre back-off is new, so the
+# planner refreshes the user's other rows without that genre.
+TriggerKind = Literal["event", "session_closed", "drift", "sweep", "manual", "backoff"]
 
 
 def now_ms() -> int:

@@ -205,13 +205,15 @@ async def memory_agent(ctx: AgentContext) -> MemoryReport:
     derived = derive(timeline(ctx.history, ctx.triggers), catalog_index(ctx.loop.tool_deps), ctx.now_ms, tz)
     # First against the memory the cycle already read (no extra read); if another writer moved
     # the version since, the store re-reads and this decides again on the fresh facts.
-    ch = decide(ctx.scope.memory, derived, ctx.now_ms)
+    before = ctx.scope.memory
+    ch = decide(before, derived, ctx.now_ms)
     if not ch:
-        return MemoryReport(1, ctx.scope.memory.version, False, (), ())
+        return MemoryReport(1, before.version, False, (), ())
     try:
-        version = await ctx.loop.memory.commit(ctx.user_id, ctx.scope.memory.version, ch,
+        version = await ctx.loop.memory.commit(ctx.user_id, before.version, ch,
                                                fencing_token=ctx.run.fencing_token)
-        ctx.set_memory_after(UserMemory(ctx.user_id, version, _applied(ctx.scope.memory, ch, version)))
+        ctx.set_memory_after(UserMemory(ctx.user_id, version, _applied(before, ch, version)))
+        _raise_new_backoffs(ctx, before, ch)
         return MemoryReport(1, version, True, tuple(f.key for f in ch.upsert), ch.delete)
     except VersionConflict:
         pass
@@ -224,7 +226,17 @@ async def memory_agent(ctx: AgentContext) -> MemoryReport:
     res = await ctx.commit_memory(decide_now)
     assert res is not None  # a decide function always commits (or decides "no change")
     ch = last[0] if last else MemoryChanges()
+    if res.changed:
+        _raise_new_backoffs(ctx, before, ch)
     return MemoryReport(res.attempts + 1, res.version, res.changed, tuple(f.key for f in ch.upsert), ch.delete)
+
+
+def _raise_new_backoffs(ctx: AgentContext, before: UserMemory, ch: MemoryChanges) -> None:
+    """A genre backed off just now: ask the planner (this cycle) to refresh the user's other
+    rows, which were built before the back-off and may still hold that genre."""
+    new = sorted(f.genre for f in ch.upsert if isinstance(f, GenreBackoff) and before.get(f.key) is None)
+    if new:
+        ctx.raise_trigger(Trigger(kind="backoff", at_ms=ctx.now_ms, detail={"genres": ",".join(new)}))
 
 
 def _applied(mem: UserMemory, ch: MemoryChanges, version: int) -> dict[str, Any]:

@@ -16,6 +16,8 @@ the LLM's input and the plan cache's key). A policy then maps the view to a :cla
   genres (thriller/horror)
   drift flag on a row                     the row's owner, exploring (``explore=1``)
   session closed                          tool agent -> ``top_picks``
+  a genre just backed off (memory agent's tool agent -> its other rows the user has
+  ``backoff`` trigger, a replan)          (``continue_watching``, ``wind_down``)
   sweep: rows expired / expiring soon     each stale row's owner
   engagement events                       memory agent (first, so rows see new facts)
   feedback joined to a request            evaluator (before everything)
@@ -92,6 +94,8 @@ class PlanningView:
     event_types: tuple[str, ...] = ()
     manual_agents: tuple[str, ...] = ()
     backoff_genres: tuple[str, ...] = ()
+    new_backoffs: tuple[str, ...] = ()  # genres backed off in this cycle (a "backoff" trigger)
+    rows_built_before: tuple[str, ...] = ()  # with new_backoffs: the user's rows that predate them
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
@@ -111,6 +115,7 @@ class PlanningView:
         releases: list[tuple[str, int]] = []
         drift: list[str] = []
         manual: list[str] = []
+        backed_off: list[str] = []
         types: set[str] = set()
         engagement = feedback = 0
         session_closed = sweep = late_dark = False
@@ -142,6 +147,8 @@ class PlanningView:
                 sweep = True
             elif t.kind == "manual":
                 manual.extend(t.agents)
+            elif t.kind == "backoff":
+                backed_off.extend(g for g in str(t.detail.get("genres", "")).split(",") if g)
         stale = sorted(r for r, row in scope.rows.items() if row.expires_at <= scope.now_ms + config.stale_horizon_ms)
         missing = sorted(
             r for spec in agents if "sweep" in spec.triggers for r in spec.rows if r not in scope.rows
@@ -161,6 +168,8 @@ class PlanningView:
             event_types=tuple(sorted(types)),
             manual_agents=tuple(dict.fromkeys(manual)),
             backoff_genres=tuple(sorted(f.genre for f in scope.memory.of_kind(GenreBackoff))),
+            new_backoffs=tuple(sorted(set(backed_off))),
+            rows_built_before=tuple(sorted(scope.rows)) if backed_off else (),
         )
 
 
@@ -216,6 +225,11 @@ class RulePolicy:
                           f"late-night session (ended {view.session_end_local_hour}:00 local) on thriller/horror")
             if view.session_closed:
                 steps.add(TOOL_AGENT, [ROW_TOP_PICKS], "session closed: refresh the main row")
+            if view.new_backoffs:  # the rows it owns that predate the back-off (top picks comes after memory)
+                stale_genre = [r for r in (ROW_CONTINUE, ROW_WIND_DOWN) if r in view.rows_built_before]
+                if stale_genre:
+                    steps.add(TOOL_AGENT, stale_genre, f"{', '.join(view.new_backoffs)} backed off: "
+                              "rebuilt without it")
         for row_id in view.drift_rows:
             owner = agents.owner_of(row_id)
             if owner is not None:
