@@ -151,6 +151,17 @@ async def test_the_idle_sweep_waits_for_a_playing_film(env: Env) -> None:
     [closed] = await sessions(env, "watching")
     assert closed["end_ts"] == T0  # the session's end is still its last event
 
+    # a pause ends the hold: the horizon, and the index the script keeps, come back to the pause
+    scripts = ScriptSet(*sz.scripts())
+    for ts, type_ in ((T0, "play"), (T0 + 10 * MIN, "pause")):
+        keys, args = sz.apply_call(env.keys, event("stopped", ts, type_, item=5), now_ms(), shard=0)
+        await scripts.call(env.client, "apply", keys, args)
+        assert await env.client.zscore(env.keys.open_sessions(0), "stopped") == (
+            T0 + 120 * MIN if type_ == "play" else T0 + 10 * MIN)
+    await env.client.set(env.keys.watermark(0), T0 + 40 * MIN + 5_000)  # the pause + 30 min
+    assert await sweeper.close_idle_sessions(0) == 1
+    assert [s["end_ts"] for s in await sessions(env, "stopped")] == [T0 + 10 * MIN]
+
 
 async def test_planner_triggers(env: Env) -> None:
     sz = sessionizer()

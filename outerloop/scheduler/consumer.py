@@ -335,7 +335,7 @@ class StreamConsumer:
         if self._cluster and due:
             pipe.zadd(self.keys.due(shard), {u: now for u in due}, nx=True)
         if self._cluster and open_last:
-            pipe.zadd(self.keys.open_sessions(shard), open_last, gt=True)
+            pipe.zadd(self.keys.open_sessions(shard), open_last)  # may go down: a pause ends a hold
         if max_ts > self._max_ts_written[shard]:
             if self._cluster:
                 await self.scripts.call(self.client, "max_set", [self.keys.watermark(shard)], [max_ts])

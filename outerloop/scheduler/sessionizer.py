@@ -19,9 +19,9 @@ A title being watched is activity too: a ``play`` holds the session open until t
 runtime has passed (its ``hold``), so a two-hour film between a ``play`` and its ``finish`` stays
 one session; a ``pause``, ``skip`` or ``finish`` ends the hold. The gap counts from the later of
 the last event and the hold (a session's *horizon*); a session's recorded end stays its last event.
-(The idle sweep's index of open sessions only moves forward, so when a pause releases a hold the
-sweep may close that session up to the title's runtime late; the user's next event closes it on
-time.)
+The idle sweep's index of open sessions holds each user's horizon and may go down (a pause ends a
+hold). A score that is too low, e.g. written by a slower consumer, costs one idle-close call that
+finds the session still open (the script decides on the user's state, never on the index).
 
 Catalog events (``episode_release``) are not user activity: they never open or extend a session.
 """
@@ -170,7 +170,7 @@ end
 local function index(pending, last)
   if KEYS[12] then
     if pending == 1 then redis.call('ZADD', KEYS[12], 'NX', cfg.now, ARGV[12]) end
-    if last >= 0 then redis.call('ZADD', KEYS[13], 'GT', last, ARGV[12]) end
+    if last >= 0 then redis.call('ZADD', KEYS[13], last, ARGV[12]) end
   end
   return pending
 end

@@ -94,7 +94,7 @@ class Sweeper:
         if still_open or due:
             pipe = self.client.pipeline(transaction=False)
             if still_open:
-                pipe.zadd(index, still_open, gt=True)
+                pipe.zadd(index, still_open)
             if due:
                 pipe.zadd(self.keys.due(shard), due, nx=True)
             await pipe.execute()
