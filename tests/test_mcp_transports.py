@@ -20,6 +20,7 @@ from outerloop.storage import RedisTarget
 from outerloop.tools.mcp_cli import load_specs, read_token
 from outerloop.tools.mcp_client import McpToolClient
 from outerloop.tools.mcp_server import build_server, http_app, open_service
+from outerloop.ports import free_port
 from tests.redis_fixtures import (  # noqa: F401  (fixtures and the parametrising hook)
     SERVER_URL_ENV,
     delete_namespace,
@@ -34,7 +35,6 @@ from tests.test_mcp_support import (  # noqa: F401  (fixtures)
     TOKEN,
     artifacts,
     echo,
-    free_port,
     seed_user,
     tiny_dir,
     trained_artifacts,

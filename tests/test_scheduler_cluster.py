@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ import redis
 from outerloop.scheduler.keys import SchedulerKeys
 from outerloop.scheduler.redis_client import async_client
 from outerloop.scheduler.triggers import TriggerRules
+from outerloop.ports import free_ports
 from tests.test_daemon_process import assert_exactly_once, stream_of_events
 from tests.test_scheduler_helpers import Env, RecordingRunner, fast_settings, make_daemon, running, wait_until
 
@@ -37,20 +37,9 @@ pytestmark = pytest.mark.skipif(not (REDIS_CLI and _server_major() >= 7),
                                 reason="needs redis-server >= 7 (--cluster-port) and redis-cli on PATH")
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[list[int]]:
-    free = _free_ports(6)
+    free = free_ports(6)
     ports, bus_ports = free[:3], free[3:]  # the bus port is explicit: port + 10000 may be taken or > 65535
     procs = []
     try:

