@@ -181,3 +181,23 @@ class Keys:
 
     events_stream = "ol:events"
     dead_letter_stream = "ol:events:dead"
+
+
+def namespaced_keys(prefix: str) -> type[Keys]:
+    """A :class:`Keys` with every key, user keys and streams, under ``prefix`` (a subclass: the
+    default namespace is untouched). For isolated deployments sharing one Redis, benchmarks and
+    replays on a real server, and tests."""
+    return type(f"Keys_{prefix.replace('-', '_')}", (Keys,), {
+        "prefix": prefix, "events_stream": f"{prefix}:events", "dead_letter_stream": f"{prefix}:events:dead"})
+
+
+def delete_namespace(target: RedisTarget, prefix: str) -> int:
+    """Delete every key under ``prefix`` (and nothing else); returns how many."""
+    client = target.sync_client()
+    try:
+        doomed = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        for i in range(0, len(doomed), 500):
+            client.delete(*doomed[i:i + 500])
+        return len(doomed)
+    finally:
+        client.close()

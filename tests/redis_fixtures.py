@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis.asyncio as aioredis
 
-from outerloop.storage import Keys, RedisTarget, embedded_socket
+from outerloop.storage import Keys, RedisTarget, delete_namespace, embedded_socket, namespaced_keys  # noqa: F401  (re-exported to tests)
 
 SERVER_URL_ENV = "OUTERLOOP_TEST_REDIS_URL"
 _PARAMETRISED = pytest.StashKey[bool]()
@@ -59,31 +59,6 @@ def redis_target(request: pytest.FixtureRequest,
     if backend == "embedded":
         return RedisTarget(embedded_dir=tmp_path_factory.mktemp("redis-embedded"))
     return RedisTarget(url=os.environ[SERVER_URL_ENV])
-
-
-def namespaced_keys(prefix: str) -> type[Keys]:
-    """A ``Keys`` with every key (user keys and streams) under ``prefix``."""
-    return type(
-        f"Keys_{prefix.replace('-', '_')}",
-        (Keys,),
-        {
-            "prefix": prefix,
-            "events_stream": f"{prefix}:events",
-            "dead_letter_stream": f"{prefix}:events:dead",
-        },
-    )
-
-
-def delete_namespace(target: RedisTarget, prefix: str) -> int:
-    """Delete every key under ``prefix`` (and nothing else); returns how many."""
-    client = target.sync_client()
-    try:
-        doomed = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-        for i in range(0, len(doomed), 500):
-            client.delete(*doomed[i:i + 500])
-        return len(doomed)
-    finally:
-        client.close()
 
 
 @pytest.fixture

@@ -54,7 +54,7 @@ from outerloop.budgets import (
     percentile,
 )
 from outerloop.budgets.priority import PRIORITIES, set_supervisor_priority
-from outerloop.storage import Keys, RedisTarget, embedded_socket, release_embedded
+from outerloop.storage import RedisTarget, embedded_socket, namespaced_keys, release_embedded
 
 MIX: dict[str, float] = {  # share of runs per kind
     "sleeper": 0.25,
@@ -78,10 +78,6 @@ class Deps:
     prefix: str
     staged_key: str  # a key of the run's user that the run stages
     late_key: str  # a key of the run's user that a late write targets
-
-
-def _keys(prefix: str) -> type[Keys]:
-    return type("BenchKeys", (Keys,), {"prefix": prefix})
 
 
 # -- agents --------------------------------------------------------------------------------------
@@ -137,7 +133,7 @@ def spinner(ctx: RunContext) -> None:
 async def isolated_late_writer(ctx: RunContext) -> None:
     """Runs in a worker process: connects first, then writes just after its deadline."""
     client = aioredis.Redis.from_url(ctx.deps.redis_url)
-    fence = Fence(client, keys=_keys(ctx.deps.prefix))
+    fence = Fence(client, keys=namespaced_keys(ctx.deps.prefix))
     await client.ping()
     while time.monotonic() < ctx.deadline + 0.0005:  # CPU-bound until just past the deadline
         pass
@@ -153,7 +149,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
         target = RedisTarget(embedded_dir=Path(tempfile.mkdtemp(prefix="ol-bench-redis-")))
         url = f"unix://{embedded_socket(target.embedded_dir)}"
     prefix = f"olbench-{uuid.uuid4().hex[:10]}"
-    keys = _keys(prefix)
+    keys = namespaced_keys(prefix)
     client = target.async_client()
     fence = Fence(client, keys=keys)
     # Open the connections up front: a new redis-py connection runs a blocking

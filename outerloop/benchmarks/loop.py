@@ -112,7 +112,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from outerloop.agents.runtime import LoopConfig
     from outerloop.inner_loop.artifacts import Artifacts
     from outerloop.inner_loop.user_state import UserStore
-    from outerloop.storage import Keys, RedisTarget, release_embedded
+    from outerloop.storage import RedisTarget, delete_namespace, namespaced_keys, release_embedded
 
     art = Artifacts.load(args.artifacts)
     dataset = str(art.manifest.get("dataset", "?"))
@@ -130,8 +130,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for i in range(0, len(fit_users), 256)
     ]) if fit_users else np.zeros((0, art.item_vectors.shape[1]), dtype=np.float32)
     prefix = f"olbench-{uuid.uuid4().hex[:8]}"
-    keys = type("BenchKeys", (Keys,), {"prefix": prefix, "events_stream": f"{prefix}:events",
-                                       "dead_letter_stream": f"{prefix}:events:dead"})
+    keys = namespaced_keys(prefix)
     tmp = tempfile.TemporaryDirectory(prefix="ol-bench-loop-")
     target = RedisTarget(url=args.redis_url) if args.redis_url else RedisTarget(embedded_dir=Path(tmp.name))
     clusters = KMeansClusters.fit(sample, k=args.clusters, seed=args.seed) if len(sample) else None
@@ -210,11 +209,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             true_ids, _ = art.index.search(vec[None, :], 100)
             recalls.append(len(cached & set(true_ids[0].tolist())) / 100.0)
         if args.redis_url:
-            client = target.sync_client()
-            doomed = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-            for i in range(0, len(doomed), 500):
-                client.delete(*doomed[i:i + 500])
-            client.close()
+            delete_namespace(target, prefix)
     release_embedded(Path(tmp.name), save=False)
     tmp.cleanup()
 

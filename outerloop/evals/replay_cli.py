@@ -131,12 +131,10 @@ def _inner_outer(args: argparse.Namespace, data: Any) -> dict[str, Any]:
     if args.redis_url:
         import uuid
 
-        from outerloop.storage import Keys, RedisTarget
+        from outerloop.storage import RedisTarget, namespaced_keys
 
-        prefix = f"olreplay-{uuid.uuid4().hex[:8]}"
         target = RedisTarget(url=args.redis_url)
-        keys = type("ReplayKeys", (Keys,), {"prefix": prefix, "events_stream": f"{prefix}:events",
-                                            "dead_letter_stream": f"{prefix}:events:dead"})
+        keys = namespaced_keys(f"olreplay-{uuid.uuid4().hex[:8]}")
 
     cfg = OuterReplay(n_users=args.users or None, seed=args.seed, k=args.k, ingest_events_per_user=args.ingest_events)
     try:
@@ -145,20 +143,11 @@ def _inner_outer(args: argparse.Namespace, data: Any) -> dict[str, Any]:
                                                 progress=bar.update_to))
     finally:
         if target is not None and keys is not None:
-            _delete_namespace(target, keys.prefix)
+            from outerloop.storage import delete_namespace
+
+            delete_namespace(target, keys.prefix)
     report["ranker_dir"] = str(ranker_dir) if ranker is not None else None
     return report
-
-
-def _delete_namespace(target: Any, prefix: str) -> None:
-    """Remove the replay's keys from a shared Redis (only its own namespace)."""
-    client = target.sync_client()
-    try:
-        doomed = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-        for i in range(0, len(doomed), 500):
-            client.delete(*doomed[i:i + 500])
-    finally:
-        client.close()
 
 
 def _summary(r: dict[str, Any]) -> str:

@@ -397,7 +397,7 @@ def create_app(
         if rt.client is None:
             raise ApiError(503, "redis unavailable")
         try:
-            async with asyncio.timeout(read_timeout_s * 10):
+            async with asyncio.timeout(write_timeout_s):  # off the request path: the generous budget
                 raw = await rt.client.hgetall(keys.profile(user_id))
         except _REDIS_ERRORS as exc:
             gate.failed(exc)

@@ -13,7 +13,7 @@ import zlib
 from dataclasses import dataclass
 
 from outerloop.errors import UsageError
-from outerloop.storage import Keys
+from outerloop.storage import Keys, namespaced_keys
 
 
 def shard_of(user_id: str, shards: int) -> int:
@@ -21,13 +21,6 @@ def shard_of(user_id: str, shards: int) -> int:
     if shards <= 1:
         return 0
     return zlib.crc32(user_id.encode("utf-8")) % shards
-
-
-def namespaced(prefix: str) -> type[Keys]:
-    """A :class:`Keys` with every key, user keys and streams, under ``prefix`` (isolated
-    deployments sharing one Redis, tests on a shared server)."""
-    return type(f"Keys_{prefix}", (Keys,), {"prefix": prefix, "events_stream": f"{prefix}:events",
-                                            "dead_letter_stream": f"{prefix}:events:dead"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,8 +46,8 @@ class SchedulerKeys:
 
     @classmethod
     def with_prefix(cls, prefix: str, *, shards: int = 1, group: str = "outerloop-daemon") -> "SchedulerKeys":
-        """Every key under ``prefix`` (see :func:`namespaced`)."""
-        return cls(base=namespaced(prefix), group=group, shards=shards)
+        """Every key under ``prefix`` (see :func:`outerloop.storage.namespaced_keys`)."""
+        return cls(base=namespaced_keys(prefix), group=group, shards=shards)
 
     @property
     def stream_base(self) -> str:

@@ -80,14 +80,6 @@ def load_specs(refs: list[str], what: str, kind: type) -> list[Any]:
     return out
 
 
-def prefixed_keys(prefix: str) -> Any:
-    """A ``Keys`` namespace under ``prefix`` (a subclass: the default namespace is untouched)."""
-    from outerloop.storage import Keys
-
-    return type("PrefixedKeys", (Keys,), {"prefix": prefix, "events_stream": f"{prefix}:events",
-                                          "dead_letter_stream": f"{prefix}:events:dead"})
-
-
 def run(args: argparse.Namespace) -> int:
     import anyio
 
@@ -123,7 +115,9 @@ async def _serve(args: argparse.Namespace, settings: Any, token: str | None, too
 
     torch.set_num_threads(1)
     artifacts, ranker = load_serving(args.artifacts or settings.artifacts_dir, no_ranker=args.no_ranker)
-    keys = prefixed_keys(args.key_prefix) if args.key_prefix else None
+    from outerloop.storage import namespaced_keys
+
+    keys = namespaced_keys(args.key_prefix) if args.key_prefix else None
     async with open_service(artifacts, redis=RedisTarget.from_settings(settings), keys=keys, ranker=ranker,
                             tools=tools, agents=agents) as svc:
         host = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 literal
