@@ -463,6 +463,11 @@ def create_app(
     app.state.conversation = conversation or ConversationService(artifacts)
     app.include_router(conversation_router(app.state.conversation, _conversation_history))
 
+    from outerloop.console import mount_console  # the operator's console at /console
+
+    mount_console(app, runtime=rt, keys=keys, funnel=funnel, api_key=opts.api_key,
+                  reads_need_key=opts.require_api_key, max_history=opts.funnel.max_history)
+
     # the Event schema for the request body above
     def _openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -416,15 +416,26 @@ class StreamConsumer:
         lag_total: int | None = 0
         pending_total = 0
         for shard in range(self.keys.shards):
-            stream = self.keys.stream(shard)
-            for g in await self.client.xinfo_groups(stream):
-                if _text(g["name"]) != self.keys.group:
-                    continue
-                pending_total += int(g.get("pending") or 0)
-                lag = g.get("lag")
-                if lag is None:
-                    last = _text(g.get("last-delivered-id") or "0-0")
-                    lag = len(await self.client.xrange(stream, min="(" + last, max="+", count=10_000))
-                if lag_total is not None:
-                    lag_total += int(lag)
+            found = await group_lag(self.client, self.keys.stream(shard), self.keys.group)
+            if found is None:
+                continue
+            lag, pending = found
+            pending_total += pending
+            if lag_total is not None:
+                lag_total += lag
         return lag_total, pending_total
+
+
+async def group_lag(client: Any, stream: str, group: str) -> tuple[int, int] | None:
+    """(entries the group has not read yet, entries read and not acknowledged) on one stream, or
+    None when the group does not exist there. ``lag`` comes from XINFO GROUPS (Redis >= 7); on
+    older servers it is counted, capped at 10,000."""
+    for g in await client.xinfo_groups(stream):
+        if _text(g["name"]) != group:
+            continue
+        lag = g.get("lag")
+        if lag is None:
+            last = _text(g.get("last-delivered-id") or "0-0")
+            lag = len(await client.xrange(stream, min="(" + last, max="+", count=10_000))
+        return int(lag), int(g.get("pending") or 0)
+    return None

@@ -18,7 +18,9 @@ from typing import Any
 
 from outerloop import telemetry
 from outerloop.data.events import Event
+from outerloop.scheduler.control import ControlledPlanner, ControlState, control_key
 from outerloop.scheduler.dispatch import CycleOutcome
+from outerloop.scheduler.journal import CycleJournal
 from outerloop.scheduler.keys import SchedulerKeys
 from outerloop.scheduler.triggers import (
     DRIFT, LATE_NIGHT_SESSION, SESSION_CLOSED, STALE_ROWS, Trigger,
@@ -132,12 +134,22 @@ def to_agent_triggers(triggers: Sequence[Trigger], tz_offset_min: int = 0) -> li
 
 class OuterLoopRunner:
     """Adapter: the daemon's runner protocol over ``OuterLoop.run_cycle``, and the daemon's
-    event sink feeding the loop's co-watch graph and trending counts (:meth:`ingest`)."""
+    event sink feeding the loop's co-watch graph and trending counts (:meth:`ingest`).
+
+    Each cycle reads the operators' control (:mod:`outerloop.scheduler.control`: paused agents,
+    budget overrides) in the same round trip as the user's profile and plans with it, then
+    leaves its entry in the journal the console reads (:mod:`outerloop.scheduler.journal`)."""
 
     def __init__(self, loop: Any, client: Any, keys: SchedulerKeys) -> None:
         self.loop = loop
         self.client = client
         self.keys = keys
+        self.control = ControlState()
+        self.journal = CycleJournal(client, keys)
+        loop.planner = ControlledPlanner(loop.planner, lambda: self.control.current,
+                                         slack_ms=loop.config.node_slack_ms)
+        if getattr(loop, "deps", None) is not None:  # (a loop started before it was handed over)
+            loop.deps.planner = loop.planner
 
     async def ingest(self, applied: Sequence[Event], redelivered: Sequence[Event]) -> None:
         """Newly applied events go to ``OuterLoop.ingest``; redeliveries only to the co-watch
@@ -153,9 +165,15 @@ class OuterLoopRunner:
         await self.loop.aclose()
 
     async def __call__(self, user_id: str, triggers: Sequence[Trigger]) -> CycleOutcome:
-        raw = await self.client.hget(self.keys.profile(user_id), "utc_offset_min")
+        started = _now_ms()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(self.keys.profile(user_id), "utc_offset_min")
+        pipe.hgetall(control_key(self.keys.base))
+        raw, control = await pipe.execute()
+        self.control.update(control)
         tz = int(raw) if raw is not None else 0
         result = await self.loop.run_cycle(user_id, to_agent_triggers(triggers, tz))
+        await self.journal.record(user_id, triggers, result, started_ms=started, loop=self.loop)
         killed = tuple(r.agent for r in result.records if r.outcome == "killed")
         expiries = [row.expires_at for row in result.rows_committed.values()]
         return CycleOutcome(
