@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from types import FrameType
 
 from outerloop.errors import UserInputError
 
@@ -27,6 +30,8 @@ _register("demo", "the whole system in a few minutes: world, model, API, daemon 
 _register("train", "train the sequential transformer and build its artifacts", "outerloop.inner_loop.train_cli")
 _register("train-ranker", "train the multi-task ranker next to trained artifacts (the funnel's second stage)",
           "outerloop.inner_loop.ranker_train")
+_register("train-ensemble", "train the outer loop's heavy model (more transformers + EASE) next to trained artifacts",
+          "outerloop.inner_loop.ensemble")
 _register("eval", "offline metrics of trained artifacts (HR@10, NDCG@10, full and sampled)", "outerloop.evals.cli")
 _register("serve", "serve real-time recommendations over HTTP (FastAPI + uvicorn)", "outerloop.inner_loop.serve_cli")
 _register("bench", "run a benchmark and print one JSON object", "outerloop.bench_cli")
@@ -50,6 +55,27 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     return parser
 
 
+def stop_on_sigterm_as_on_ctrl_c() -> list[int]:
+    """SIGTERM (``kill``, systemd, Docker) stops a command the way Ctrl-C does, instead of ending
+    the process where it stands: the SIGINT handler in force runs (Python's, which raises
+    KeyboardInterrupt, or asyncio's, which cancels the main task), so ``finally`` blocks and exit
+    hooks run, and the embedded redis-server is left or stopped as ``outerloop.storage`` says.
+    Commands that handle SIGTERM themselves (uvicorn, the daemon) replace this handler while they
+    run. Returns the list the handler appends each signal it gets to. Main thread only."""
+    got: list[int] = []
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        got.append(signum)
+        interrupt = signal.getsignal(signal.SIGINT)
+        if callable(interrupt):
+            interrupt(signal.SIGINT, frame)
+        else:  # SIGINT ignored (a background job): stop anyway
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    return got
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
@@ -58,14 +84,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     module = importlib.import_module(COMMANDS[args.command][1])
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM)
+    terminated = stop_on_sigterm_as_on_ctrl_c() if in_main_thread else []
     try:
         return int(module.run(args) or 0)
     except UserInputError as exc:
         print(f"outerloop {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if terminated:
+            print(f"outerloop {args.command}: stopped (SIGTERM)", file=sys.stderr)
+            return 128 + signal.SIGTERM
         print(f"outerloop {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if in_main_thread and previous is not None:  # an in-process caller (a test) gets its handler back
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

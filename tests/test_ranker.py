@@ -107,18 +107,35 @@ def test_training_lists_merge_given_agent_rows_as_serving_does(tiny_artifacts, t
     with_rows, without = cases.user_ids[0], cases.user_ids[1]
     seen = set(cases.histories[0].tolist())
     unseen = [i for i in range(1, len(tiny_artifacts.catalog) + 1) if i not in seen]
+    from outerloop.inner_loop.rows import AgentRow, CompiledRows
+
+    def agent_row(row_id: str, ids: list[int], scores: list[float] | None = None, kind: str = "relative") -> AgentRow:
+        return AgentRow(row_id, row_id, "", np.asarray(ids, np.int64),
+                        np.asarray(scores or [0.0] * len(ids), np.float32), "test", None, None, None, None,
+                        score_kind=kind)
+
     row_a, row_b = np.asarray(unseen[:6], np.int64), np.asarray([unseen[5], unseen[6]], np.int64)
+    lp_ids, lp_scores = [unseen[6], unseen[7]], [-0.5, -2.0]  # a log-prob row, compiled 2 interactions back
     ex = build_examples(tiny_artifacts, tables, tiny_data, "valid", n_candidates=5,
-                        agent_rows={with_rows: [row_a, row_b]})
-    col = {n: FEATURE_NAMES.index(n) for n in ("in_agent_row", "agent_row_position")}
+                        agent_rows={with_rows: CompiledRows([agent_row("a", row_a.tolist()), agent_row("b", row_b.tolist()),
+                                                             agent_row("lp", lp_ids, lp_scores, "log_prob")], 2)})
+    col = {n: FEATURE_NAMES.index(n) for n in ("in_agent_row", "agent_row_position", "log_prob", "log_prob_gap",
+                                               "has_log_prob_row", "log_prob_row_staleness")}
     first = ex.user_ids.index(with_rows)
     items = ex.items[first][ex.mask[first]].tolist()
     feats = ex.feats[first][ex.mask[first]]
     best_pos = {int(i): p for p, i in enumerate(row_a.tolist())} | {unseen[5]: 0, unseen[6]: 1}  # best of both rows
     assert set(best_pos) <= set(items)  # every row item is a candidate, even beyond the 5 ANN ones
+    assert set(lp_ids) <= set(items)  # the log-prob row's items are candidates too ...
+    lp = dict(zip(lp_ids, lp_scores))
     for i, f in zip(items, feats):
-        assert f[col["in_agent_row"]] == (i in best_pos)
+        assert f[col["in_agent_row"]] == (i in best_pos)  # ... but only relative rows give positions
         assert f[col["agent_row_position"]] == pytest.approx(1 / (1 + best_pos[i]) if i in best_pos else 0.0)
+        assert f[col["log_prob"]] == pytest.approx(lp.get(i, -3.0))  # not in the row: its minimum minus one
+        assert f[col["log_prob_gap"]] == pytest.approx(lp.get(i, -3.0) + 0.5)
+        assert f[col["has_log_prob_row"]] == 1.0
+        assert f[col["log_prob_row_staleness"]] == pytest.approx(np.log1p(2))
     other = ex.user_ids.index(without)
     assert not ex.feats[other][ex.mask[other]][:, col["in_agent_row"]].any()
+    assert not ex.feats[other][ex.mask[other]][:, col["has_log_prob_row"]].any()
     assert ex.mask[other].sum() <= 5

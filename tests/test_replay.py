@@ -202,11 +202,61 @@ async def test_compiled_rows_come_from_the_validation_prefix_and_match_what_the_
                                            keys=redis_keys, extra_agents=[spy])
     by_id = {u.user_id: u for u in data.users}
     assert set(rows) == set(histories) and len(rows) == 5
-    for user_id, user_rows in rows.items():
+    for user_id, compiled in rows.items():
         items = by_id[user_id].items.tolist()
         assert histories[user_id] == items[:-2][-cfg.history_cap:]  # neither validation nor test item
-        assert user_rows, f"the outer loop compiled no row for {user_id}"
-        for row in user_rows:
+        assert compiled.rows, f"the outer loop compiled no row for {user_id}"
+        assert compiled.events_since == 0
+        for agent_row in compiled.rows:
+            row = agent_row.item_ids
             assert row.dtype == np.int64 and row.size and len(set(row.tolist())) == row.size
             assert np.all((row >= 1) & (row <= len(data.catalog)))
             assert not set(row.tolist()) & set(items[:-2])  # rows hold only unseen items
+
+
+async def test_stale_rows_are_compiled_from_the_history_k_interactions_back(redis_target: Any, redis_keys: Any) -> None:
+    """At staleness k the outer loop (its cycle and the co-watch/trending it reads) sees each
+    prefix without its last k items, and the funnel serves from the whole prefix, reading the
+    row's staleness from the events since the row's ``history_ts``."""
+    from outerloop.data.datasets import load_dataset
+    from outerloop.evals.offline import item_counts, train_sequences
+    from outerloop.inner_loop.artifacts import Artifacts
+    from outerloop.inner_loop.funnel import log_prob_row
+    from outerloop.inner_loop.rows import live_rows
+    from outerloop.inner_loop.train import build_model, model_config_for
+
+    data = load_dataset("synthetic", None, n_users=30, n_films=60, n_series=3, days=4, seed=7)
+    counts = item_counts(train_sequences(data), len(data.catalog))
+    model = build_model(model_config_for(data, d_model=8, n_layers=1, max_len=20), data.catalog, counts)
+    arts = Artifacts.from_model(model, data.catalog, counts, {"dataset": "synthetic"})
+    seen: dict[str, list[int]] = {}
+
+    @agent(name="spy", budget=Budget(latency_ms=1000), triggers=("session_closed",), rows=("spy",))
+    async def spy(ctx: AgentContext) -> None:
+        """Records the history and emits a log-prob row, as the ensemble agent does."""
+        seen[ctx.user_id] = ctx.history.items.tolist()
+        unseen = [i for i in range(1, len(ctx.catalog.items) + 1) if i not in ctx.seen][:5]
+        ctx.emit_row("spy", title="spy", reason="test", items=[(i, -1.0 - j) for j, i in enumerate(unseen)],
+                     score_kind="log_prob")
+
+    cfg = replay.OuterReplay(n_users=4, seed=1, session_events=5, ingest_events_per_user=5, staleness=(0, 3))
+    out = await replay.inner_vs_outer(arts, data, config=cfg, redis_target=redis_target, keys=redis_keys,
+                                      extra_agents=[spy])
+    assert [r["staleness"] for r in out["by_staleness"]] == [0, 3]
+    by_id = {u.user_id: u for u in data.users}
+    for user_id, history in seen.items():  # the last cycle of each user ran at k = 3 (keeping one item at least)
+        prefix = by_id[user_id].items.tolist()[:-1]
+        assert history == prefix[:max(1, len(prefix) - 3)][-cfg.history_cap:]
+    assert out["leakage"]["events_at_or_after_served_item"] == 0
+    assert out["leakage"]["events_after_the_staleness_cut"] == 0
+    for r in out["by_staleness"]:
+        assert "spy" in r["ablation_each_row_removed"]
+        assert r["cost"]["cycles_per_interaction"] == round(1 / (r["staleness"] + 1), 4)
+        assert r["cost"]["outer_loop_cpu_ms_per_cycle"]["mean"] > 0
+    # what the funnel reads: the spy's row, three events behind the user's history
+    compiled = await replay.compile_outer_rows(arts, data, "valid", config=cfg, redis_target=redis_target,
+                                               keys=redis_keys, extra_agents=[spy])
+    assert {c.events_since for c in compiled.values()} <= {0, 3} and len(compiled) == 4
+    for c in compiled.values():
+        lp = next(r for r in c.rows if r.row_id == "spy")
+        assert lp.log_prob and lp.history_ts is not None

@@ -115,6 +115,9 @@ class Plan(BaseModel):
         return [s.agent for s in self.steps]
 
 
+ScoreKind = Literal["relative", "log_prob"]
+
+
 class Row(BaseModel):
     """One candidate set, as stored in ``Keys.rows(user)`` (field ``row_id``, value this JSON).
 
@@ -135,6 +138,11 @@ class Row(BaseModel):
     expires_at: int
     ordered: bool = Field(default=False, description="the agent's order is the row's order: the inner "
                           "loop drops seen items but does not re-rank (e.g. continue watching)")
+    score_kind: ScoreKind = Field(default="relative", description="'relative': scores only order this row; "
+                                  "'log_prob': log-probability that the item is the user's next one, comparable "
+                                  "across rows and users, which the inner loop's ranker reads as a feature")
+    history_ts: int | None = Field(default=None, description="event time (ms) of the newest interaction the run "
+                                   "saw; the inner loop counts the user's interactions since (the row's staleness)")
 
     def item_ids(self) -> list[int]:
         return [i for i, _ in self.items]

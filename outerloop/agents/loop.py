@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from outerloop.agents.caches import AdaptiveClusters, PlanCache
 from outerloop.agents.contracts import CycleResult, Row, Trigger
+from outerloop.agents.ensemble_agent import ensemble_agent
 from outerloop.agents.evaluator import evaluator
 from outerloop.agents.graph import build_graph, initial_state
 from outerloop.agents.memory_agent import memory_agent
@@ -42,6 +43,7 @@ from outerloop.memory.store import MemoryStore
 from outerloop.storage import Keys, RedisTarget
 from outerloop.tools.builtin import ENCODE_IN_THREAD, CoWatchGraph, TrendingCounter, builtin_tools
 from outerloop.tools.contracts import ModelArtifacts, ToolDeps, ToolSpec
+from outerloop.tools.ensemble import ENSEMBLE
 from outerloop.tools.registry import ToolCaller, ToolRegistry
 
 if TYPE_CHECKING:
@@ -49,7 +51,17 @@ if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
     from langgraph.graph.state import CompiledStateGraph
 
+    from outerloop.inner_loop.ensemble import Ensemble
+
 BUILTIN_AGENTS: tuple[AgentSpec, ...] = (evaluator, memory_agent, tool_agent)
+
+
+def _load_ensemble(artifacts: ModelArtifacts) -> "Ensemble | None":
+    """The artifacts' trained ensemble (``<dir>/ensemble``), or None when there is none."""
+    from outerloop.inner_loop.ensemble import Ensemble
+
+    d = getattr(artifacts, "dir", None)
+    return Ensemble.load(artifacts) if d is not None and Ensemble.exists(d) else None  # type: ignore[arg-type]
 
 
 def _now_ms() -> int:
@@ -91,6 +103,7 @@ class OuterLoop:
         clock_ms: Callable[[], int] = _now_ms,
         torch_threads: int | None = 1,
         tool_caller: "ToolCaller | None" = None,
+        ensemble: "Ensemble | None | bool" = True,
     ) -> None:
         self.artifacts = artifacts
         self.keys = keys
@@ -98,7 +111,9 @@ class OuterLoop:
         self.clock_ms = clock_ms
         self.torch_threads = torch_threads
         self._redis_arg = redis if redis is not None else RedisTarget.from_settings(get_settings())
-        specs = [*(BUILTIN_AGENTS if builtins else ()), *agents]
+        self.ensemble = _load_ensemble(artifacts) if ensemble is True else (ensemble or None)
+        specs = [*(BUILTIN_AGENTS if builtins else ()), *((ensemble_agent,) if builtins and self.ensemble else ()),
+                 *agents]
         overrides = dict(budgets or {})
         self.agents = AgentRegistry(
             dataclasses.replace(s, budget=overrides.pop(s.name)) if s.name in overrides else s for s in specs
@@ -149,7 +164,7 @@ class OuterLoop:
         self.deps = LoopDeps(
             redis=redis, keys=self.keys, artifacts=self.artifacts, tools=self.tool_caller,
             tool_deps=ToolDeps(redis=redis, artifacts=self.artifacts, clock_ms=self.clock_ms,
-                               extra={ENCODE_IN_THREAD: self.config.encode_in_thread}),
+                               extra={ENCODE_IN_THREAD: self.config.encode_in_thread, ENSEMBLE: self.ensemble}),
             agents=self.agents, enforcer=Enforcer(fence=Fence(redis, keys=self.keys), pool=self._pool),
             memory=store, memory_cache=MemoryCache(store), planner=self.planner, clusters=self.clusters,
             config=self.config, clock_ms=self.clock_ms,

@@ -92,6 +92,7 @@ class LoopConfig:
 
     history_len: int = 200  # tokens of history read per cycle
     row_len: int = 50  # items per row
+    ensemble_row_len: int = 300  # items in the ensemble agent's log-prob row (the ranker reads their scores)
     retrieval_pool: int = 600  # shared vector-search pool re-scored per user
     stale_horizon_ms: int = 60 * 60 * 1000  # a sweep refreshes rows expiring within this
     max_replans: int = 1  # evaluator flags -> planner, at most this many times per cycle

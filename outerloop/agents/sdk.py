@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 from pydantic import BaseModel
 
-from outerloop.agents.contracts import PlanStep, Row, Trigger, TriggerKind
+from outerloop.agents.contracts import PlanStep, Row, ScoreKind, Trigger, TriggerKind
 from outerloop.budgets.budget import Budget
 from outerloop.budgets.context import RunContext
 from outerloop.errors import UsageError
@@ -216,7 +216,8 @@ class _RowStager:
 
     def _stage_row(self, rows_key: str, model_version: str, now_ms: int, row_id: str,
                    title: str, reason: str, items: Sequence[tuple[int, float]], ttl_ms: int | None,
-                   ordered: bool = False) -> Row:
+                   ordered: bool = False, score_kind: ScoreKind = "relative",
+                   history_ts: int | None = None) -> Row:
         if row_id not in self.spec.rows:
             raise UsageError(f"agent {self.spec.name!r} may only emit rows {list(self.spec.rows)}, "
                              f"not {row_id!r} (declare it in @agent(rows=...))")
@@ -225,7 +226,7 @@ class _RowStager:
             items=[(int(i), round(float(s), 6)) for i, s in items],
             produced_by=self.spec.name, run_id=self.run.run_id, model_version=model_version,
             created_at=now_ms, expires_at=now_ms + (ttl_ms if ttl_ms is not None else self.spec.row_ttl_ms),
-            ordered=ordered,
+            ordered=ordered, score_kind=score_kind, history_ts=history_ts,
         )
         self.run.stage(rows_key, row.model_dump_json(), field=row_id)
         self._rows[row_id] = row
@@ -329,11 +330,15 @@ class AgentContext(_RowStager):
         return self.loop.clusters.assign(vec)
 
     def emit_row(self, row_id: str, *, title: str, reason: str, items: Sequence[tuple[int, float]],
-                 ttl_ms: int | None = None, ordered: bool = False) -> Row:
+                 ttl_ms: int | None = None, ordered: bool = False, score_kind: ScoreKind = "relative") -> Row:
         """Stage a row; it reaches ``Keys.rows(user)`` only if this run commits in budget.
-        ``ordered``: serve the items in this order (the inner loop otherwise re-ranks them)."""
+        ``ordered``: serve the items in this order (the inner loop otherwise re-ranks them).
+        ``score_kind="log_prob"``: the scores are log-probabilities of being the next item, which
+        the inner loop's ranker reads as a feature. The row records the newest event it saw."""
+        ts = self.scope.history.ts
         return self._stage_row(self.loop.keys.rows(self.user_id), self.loop.artifacts.model_version,
-                               self.now_ms, row_id, title, reason, items, ttl_ms, ordered)
+                               self.now_ms, row_id, title, reason, items, ttl_ms, ordered, score_kind,
+                               int(ts[-1]) if len(ts) else None)
 
     def raise_trigger(self, trigger: Trigger) -> None:
         """Ask the planner to look at this (e.g. a drift flag)."""
@@ -422,10 +427,10 @@ class IsolatedContext(_RowStager):
         return self.run.remaining_ms()
 
     def emit_row(self, row_id: str, *, title: str, reason: str, items: Sequence[tuple[int, float]],
-                 ttl_ms: int | None = None, ordered: bool = False) -> Row:
+                 ttl_ms: int | None = None, ordered: bool = False, score_kind: ScoreKind = "relative") -> Row:
         p = self.payload
         return self._stage_row(p.rows_key, p.model_version, p.now_ms, row_id, title, reason, items, ttl_ms,
-                               ordered)
+                               ordered, score_kind, int(p.ts[-1]) if len(p.ts) else None)
 
 
 async def run_agent(run: RunContext, spec: AgentSpec, step: PlanStep, scope: "CycleScope",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -351,6 +352,11 @@ class OuterReplay:
     Without timestamps, "known when the test item was served" is each user's train+val prefix
     (every item but the last); events get synthetic times ``event_gap_ms`` apart ending at the
     replay clock, so sessions, trending decay and dayparts have something to read.
+
+    ``staleness``: for each k, the outer loop compiles every user's rows from the history as it
+    was k interactions before the request (and its co-watch graph and trending see every user's
+    prefix k interactions short), while the inner loop serves from the full prefix (it is real
+    time). k = 0 is a daemon refreshing on every interaction.
     """
 
     n_users: int | None = 500  # evaluated users (seeded sample); None = every user
@@ -361,36 +367,41 @@ class OuterReplay:
     event_gap_ms: int = 60_000
     ingest_batch: int = 5_000
     history_cap: int = 200
+    staleness: tuple[int, ...] = (0,)
+    ablate: bool = True  # also serve each user once without each of their rows in turn
 
 
 def replay_clock_ms(now_ms: int | None = None) -> int:
     """20:00 UTC of yesterday: in the past (events may not come from the future) and the same
     hour of day on every run (the planner's late-night rule reads the hour)."""
-    import time
-
     now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
     return int(day_start_ms(now)) - DAY_MS + 20 * 3_600_000
 
 
 @dataclass(slots=True)
 class _Tally:
-    """Per-user results and what the outer loop did, gathered during the replay."""
+    """Per-user results of one staleness setting and what the outer loop did, gathered during
+    the replay."""
 
-    inner: list[float] = dataclasses.field(default_factory=list)
     outer: list[float] = dataclasses.field(default_factory=list)
-    inner_hit: list[bool] = dataclasses.field(default_factory=list)
     outer_hit: list[bool] = dataclasses.field(default_factory=list)
+    without: dict[str, list[float]] = dataclasses.field(default_factory=dict)  # row id -> NDCG without it
     cycle_ms: list[float] = dataclasses.field(default_factory=list)
+    cycle_cpu_ms: list[float] = dataclasses.field(default_factory=list)
+    request_cpu_ms: list[float] = dataclasses.field(default_factory=list)
     origins: dict[str, int] = dataclasses.field(default_factory=dict)
     rows: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
     facts: dict[str, int] = dataclasses.field(default_factory=dict)
     tool_calls: dict[str, int] = dataclasses.field(default_factory=dict)
     plans: dict[str, int] = dataclasses.field(default_factory=dict)
     failures: dict[str, int] = dataclasses.field(default_factory=dict)
+    outcomes: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)  # agent -> outcome -> runs
+    row_missing: dict[str, int] = dataclasses.field(default_factory=dict)  # users served without the agent's row
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     ranker_used: int = 0
     exposed_events: int = 0
     exposed_after_request: int = 0
+    exposed_after_staleness_cut: int = 0
 
     def bump(self, d: dict[str, Any], key: str, by: float = 1) -> None:
         d[key] = d.get(key, 0) + by
@@ -415,80 +426,128 @@ def paired_lift_ci(inner: np.ndarray, outer: np.ndarray, *, seed: int = 0, n_boo
     return [round(float(np.percentile(lifts, 2.5)), 4), round(float(np.percentile(lifts, 97.5)), 4)] if lifts.size else None
 
 
+def _lift(inner: np.ndarray, outer: np.ndarray, seed: int) -> dict[str, Any]:
+    g_in, g_out = (float(inner.mean()), float(outer.mean())) if inner.size else (0.0, 0.0)
+    return {"relative_lift": round(g_out / g_in - 1.0, 4) if g_in > 0 else None,
+            "relative_lift_ci95": paired_lift_ci(inner, outer, seed=seed)}
+
+
+def _dist(xs: Sequence[float]) -> dict[str, float | None]:
+    if not len(xs):
+        return {"p50": None, "mean": None, "p99": None}
+    a = np.asarray(xs, dtype=np.float64)
+    return {"p50": round(float(np.percentile(a, 50)), 3), "mean": round(float(a.mean()), 3),
+            "p99": round(float(np.percentile(a, 99)), 3)}
+
+
 @dataclass(slots=True)
 class _OuterReplayRun:
-    """One inner-vs-outer replay in progress: the live loop, funnel and user store, and the tally."""
+    """One staleness setting of the inner-vs-outer replay in progress: the live loop, the
+    funnels and user store, and the tally."""
 
     cfg: OuterReplay
     t0: int
     loop: Any
-    funnel: Any
+    funnel: Any  # the served ranker: inner+outer
+    inner_funnels: dict[str, Any]  # name -> funnel of the inner arm candidates (served with no rows)
     store: Any
     sync: Any  # blocking client, for seeding histories
     keys: Any
     tally: _Tally = dataclasses.field(default_factory=_Tally)
 
-    def events_of(self, user: str, prefix: np.ndarray, last: int) -> list[Any]:
-        """The prefix's last ``last`` events ("rate": the MovieLens interaction) at synthetic
-        times ending before the replay clock; event ids name their position in the sequence."""
+    def ts_of(self, prefix: np.ndarray, pos: int | np.ndarray) -> Any:
+        """Synthetic event time of position ``pos`` of a prefix (the newest ends at the clock)."""
+        return self.t0 - (prefix.shape[0] - pos) * self.cfg.event_gap_ms
+
+    def events_of(self, user: str, prefix: np.ndarray, last: int, upto: int) -> list[Any]:
+        """Events ``upto - last .. upto - 1`` of the prefix ("rate": the MovieLens interaction)
+        at their synthetic times; event ids name their position in the sequence."""
         from outerloop.data.events import Event
 
-        start = max(0, prefix.shape[0] - last)
+        start = max(0, upto - last)
         out = [Event(event_id=f"{user}:{pos}", user_id=user, item_id=int(prefix[pos]), type="rate",
-                     ts=self.t0 - (prefix.shape[0] - pos) * self.cfg.event_gap_ms)
-               for pos in range(start, prefix.shape[0])]
+                     ts=int(self.ts_of(prefix, pos))) for pos in range(start, upto)]
         self.tally.exposed_events += len(out)
-        self.tally.exposed_after_request += sum(int(e.event_id.rsplit(":", 1)[1]) >= prefix.shape[0] for e in out)
+        self.tally.exposed_after_request += sum(pos >= prefix.shape[0] for pos in range(start, upto))
+        self.tally.exposed_after_staleness_cut += sum(pos >= upto for pos in range(start, upto))
         return out
 
-    async def ingest(self, cases: Sequence[tuple[str, np.ndarray, int]]) -> None:
-        """Every user's recent prefix events into the co-watch graph and trending counts."""
+    async def ingest(self, cases: Sequence[tuple[str, np.ndarray, int]], k: int) -> None:
+        """Every user's recent events, as of k interactions before their request, into the
+        co-watch graph and trending counts."""
         batch: list[Any] = []
         for user, prefix, _ in cases:
-            batch += self.events_of(user, prefix, self.cfg.ingest_events_per_user)
+            batch += self.events_of(user, prefix, self.cfg.ingest_events_per_user, _upto(prefix, k))
             if len(batch) >= self.cfg.ingest_batch:
                 await self.loop.ingest(batch)
                 batch = []
         if batch:
             await self.loop.ingest(batch)
 
-    def seed(self, user: str, prefix: np.ndarray) -> None:
-        """The user's real-time history in Redis: the prefix at synthetic times before the clock."""
+    def seed(self, user: str, prefix: np.ndarray, upto: int) -> None:
+        """The user's history in Redis: ``prefix[:upto]`` at its synthetic times."""
         from outerloop.inner_loop.user_state import seed_history
 
-        ts = [self.t0 - (prefix.shape[0] - p) * self.cfg.event_gap_ms for p in range(prefix.shape[0])]
-        seed_history(self.sync, user, prefix.tolist(), history_cap=self.cfg.history_cap, ts_ms=ts, keys=self.keys)
+        ts = [int(self.ts_of(prefix, p)) for p in range(upto)]
+        seed_history(self.sync, user, prefix[:upto].tolist(), history_cap=self.cfg.history_cap, ts_ms=ts,
+                     keys=self.keys)
 
-    async def cycle(self, user: str, prefix: np.ndarray) -> Any:
-        """One real outer-loop cycle, triggered by the close of the prefix's last session."""
+    async def cycle(self, user: str, prefix: np.ndarray, upto: int) -> Any:
+        """One real outer-loop cycle over ``prefix[:upto]``, triggered by its last session's close."""
         from outerloop.agents.contracts import Trigger
 
-        session = self.events_of(user, prefix, self.cfg.session_events)
+        session = self.events_of(user, prefix, self.cfg.session_events, upto)
         return await self.loop.run_cycle(user, [Trigger.session_closed(session)], now_ms=self.t0)
 
-    async def live_rows(self, user: str) -> list[np.ndarray]:
-        """The user's agent rows exactly as the funnel would read them now (item ids, agent order)."""
+    async def compile(self, user: str, prefix: np.ndarray, k: int) -> Any:
+        """The rows the outer loop compiles k interactions before the request, with the user's
+        full prefix in place afterwards (what the funnel serves from)."""
+        upto = _upto(prefix, k)
+        self.seed(user, prefix, upto)
+        cpu = time.process_time()
+        res = await self.cycle(user, prefix, upto)
+        self.tally.cycle_cpu_ms.append((time.process_time() - cpu) * 1000.0)
+        if upto < prefix.shape[0]:
+            self.seed(user, prefix, prefix.shape[0])
+        return res
+
+    async def live_rows(self, user: str) -> list[Any]:
+        """The user's agent rows exactly as the funnel would read them now."""
         from outerloop.inner_loop.rows import live_rows
 
         state = await self.store.read(user, self.funnel.config.max_history)
         rows, _ = live_rows(state.rows, now_ms=self.t0, n_items=self.funnel.n_items,
                             limit=self.funnel.config.max_agent_rows)
-        return [r.item_ids for r in rows]
+        return rows
 
-    async def serve(self, user: str, prefix: np.ndarray, target: int) -> None:
-        """One evaluated user: inner list, one outer-loop cycle, inner+outer list, attribution."""
+    async def serve(self, user: str, prefix: np.ndarray, target: int, k_stale: int,
+                    inner: dict[str, list[float]] | None) -> None:
+        """One evaluated user at one staleness: rows compiled k interactions back, the
+        inner+outer list, each row left out in turn, and (once) the inner arms."""
         t, k = self.tally, self.cfg.k
-        self.seed(user, prefix)
-        inner = self.funnel.recommend(await self.store.read(user, self.funnel.config.max_history), k, now_ms=self.t0)
-        res = await self.cycle(user, prefix)
-        outer = self.funnel.recommend(await self.store.read(user, self.funnel.config.max_history), k, now_ms=self.t0)
+        res = await self.compile(user, prefix, k_stale)
+        state = await self.store.read(user, self.funnel.config.max_history)
+        if inner is not None:
+            plain = dataclasses.replace(state, rows={})
+            for name, funnel in self.inner_funnels.items():
+                inner.setdefault(name, []).append(
+                    _ndcg_at(funnel.recommend(plain, k, now_ms=self.t0).rows[0].item_ids, target, k)[0])
+        cpu = time.process_time()
+        outer = self.funnel.recommend(state, k, now_ms=self.t0)
+        t.request_cpu_ms.append((time.process_time() - cpu) * 1000.0)
         top_out = outer.rows[0]
-        g_in, _ = _ndcg_at(inner.rows[0].item_ids, target, k)
         g_out, pos = _ndcg_at(top_out.item_ids, target, k)
-        t.inner.append(g_in)
         t.outer.append(g_out)
-        t.inner_hit.append(g_in > 0)
         t.outer_hit.append(g_out > 0)
+        if self.cfg.ablate:
+            for row_id in sorted(state.rows):
+                less = dataclasses.replace(state, rows={r: v for r, v in state.rows.items() if r != row_id})
+                g = _ndcg_at(self.funnel.recommend(less, k, now_ms=self.t0).rows[0].item_ids, target, k)[0]
+                t.without.setdefault(row_id, []).append(g)
+        n_done = len(t.outer)
+        for row_id, vals in t.without.items():  # a user without that row: removing it changes nothing
+            if len(vals) < n_done:
+                vals.append(g_out)
         t.ranker_used += outer.ranker == "model"
         t.cycle_ms.append(res.elapsed_ms)
         if pos is not None:
@@ -501,19 +560,32 @@ class _OuterReplayRun:
         for served in outer.rows[1:]:
             if served.row_id in t.rows:
                 t.rows[served.row_id]["served_row_ndcg_sum"] += _ndcg_at(served.item_ids, target, k)[0]
+        produced = set(res.rows_committed)
         for rec in res.records:
             t.bump(t.tool_calls, rec.agent, rec.tool_calls)
+            t.outcomes.setdefault(rec.agent, {})
+            t.bump(t.outcomes[rec.agent], rec.outcome)
             if rec.outcome != "ok":
                 t.bump(t.failures, f"{rec.agent} {rec.outcome}: {(rec.error or '')[:100]}")
             report = getattr(rec.value, "value", None)
             for key in getattr(report, "upserts", ()) or ():
                 t.bump(t.facts, str(key).split(":", 1)[0])
+        for step in res.plan.steps:  # planned rows that did not land: the user keeps the previous row (none here)
+            for row_id in step.rows:
+                if row_id not in produced:
+                    t.bump(t.row_missing, row_id)
+
+
+def _upto(prefix: np.ndarray, k: int) -> int:
+    """How much of the prefix the outer loop sees at staleness k (at least one item)."""
+    return max(1, int(prefix.shape[0]) - int(k))
 
 
 @asynccontextmanager
 async def _outer_replay(artifacts: Any, ranker: Any, cfg: OuterReplay, *, redis_target: Any = None, keys: Any = None,
-                        extra_agents: Sequence[Any] = ()) -> AsyncIterator[_OuterReplayRun]:
-    """A live ``OuterLoop`` and funnel on a Redis of their own (a temporary embedded server unless
+                        extra_agents: Sequence[Any] = (), inner_rankers: dict[str, Any] | None = None,
+                        ensemble: Any = True) -> AsyncIterator[_OuterReplayRun]:
+    """A live ``OuterLoop`` and funnels on a Redis of their own (a temporary embedded server unless
     ``redis_target`` is given), at the replay clock."""
     import tempfile
     from pathlib import Path
@@ -529,11 +601,14 @@ async def _outer_replay(artifacts: Any, ranker: Any, cfg: OuterReplay, *, redis_
     target = redis_target or RedisTarget(embedded_dir=Path(tmp.name) / "redis")  # type: ignore[union-attr]
     sync = target.sync_client()
     client = target.async_client()
-    funnel = Funnel(artifacts, ranker, FunnelConfig(request_budget_ms=60_000.0))
+    fcfg = FunnelConfig(request_budget_ms=60_000.0)  # a replay measures quality; `bench serve` measures latency
+    funnel = Funnel(artifacts, ranker, fcfg)
+    inner = {name: (funnel if r is ranker else Funnel(artifacts, r, fcfg)) for name, r in (inner_rankers or {}).items()}
     try:
-        async with OuterLoop(artifacts, redis=client, keys=keys, agents=extra_agents, clock_ms=lambda: t0) as loop:
-            yield _OuterReplayRun(cfg, t0, loop, funnel, UserStore(client, history_cap=cfg.history_cap, keys=keys),
-                                  sync, keys)
+        async with OuterLoop(artifacts, redis=client, keys=keys, agents=extra_agents, clock_ms=lambda: t0,
+                             ensemble=ensemble) as loop:
+            yield _OuterReplayRun(cfg, t0, loop, funnel, inner,
+                                  UserStore(client, history_cap=cfg.history_cap, keys=keys), sync, keys)
     finally:
         await client.aclose()
         sync.close()
@@ -549,102 +624,159 @@ def _pick(n_cases: int, cfg: OuterReplay) -> list[int]:
     return sorted(rng.choice(n_cases, n, replace=False).tolist()) if n < n_cases else list(range(n))
 
 
+def _check_staleness(staleness: Sequence[int]) -> tuple[int, ...]:
+    ks = tuple(dict.fromkeys(int(k) for k in staleness))
+    if not ks or any(k < 0 for k in ks):
+        raise UserInputError(f"staleness must be one or more integers >= 0, got {list(staleness)}")
+    return ks
+
+
 async def inner_vs_outer(artifacts: Any, data: InteractionData, *, ranker: Any = None,
+                         inner_rankers: dict[str, Any] | None = None, inner_choice: str | None = None,
                          config: OuterReplay | None = None, redis_target: Any = None, keys: Any = None,
-                         extra_agents: Sequence[Any] = (),
+                         extra_agents: Sequence[Any] = (), ensemble: Any = True,
                          progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Serve each evaluated user's test item twice through the real funnel: with no agent rows
-    (the inner loop alone), then after one real ``OuterLoop`` cycle (planner, memory, tools,
-    evaluator, default budgets) triggered by the user's last session, with the rows it committed.
+    """Serve each evaluated user's test item through the real funnel with no agent rows (the
+    inner loop alone), and, for every staleness k, with the rows one real ``OuterLoop`` cycle
+    (planner, memory, tools, ensemble, evaluator, default budgets, the daemon's enforcer)
+    compiled from the user's history k interactions before the request.
 
-    The outer loop is shown only the prefix: the user's history and session, and the
-    co-watch/trending events of every user's prefix. ``extra_agents`` run in the same cycle
-    (tests use one to record what agents see). The funnel runs with its ranker always on (a
-    replay measures quality; the serve bench measures latency).
+    ``ranker`` serves inner+outer; ``inner_rankers`` (name -> ranker, default just ``ranker``)
+    are the candidates for the inner arm, each served with no rows, and ``inner_choice`` names
+    the one the report's headline compares against (chosen by the caller on validation data;
+    default the first). The outer loop is shown only the prefix (and at k > 0 only its first
+    len - k items, for every user's co-watch and trending too). ``extra_agents`` run in the same
+    cycles (tests use one to record what agents see). Each k runs on a fresh Redis.
     """
-    import time
-
     from outerloop.evals.budget_report import budget_compliance
 
     cfg = config or OuterReplay()
+    ks = _check_staleness(cfg.staleness)
+    inner_rankers = inner_rankers or {"served ranker": ranker}
+    choice = inner_choice or next(iter(inner_rankers))
+    if choice not in inner_rankers:
+        raise UserInputError(f"inner arm {choice!r} is not one of {sorted(inner_rankers)}")
     cases = [(u.user_id, u.items[:-1].astype(np.int64), int(u.items[-1])) for u in data.users if len(u) >= 3]
     picked = _pick(len(cases), cfg)
-    async with _outer_replay(artifacts, ranker, cfg, redis_target=redis_target, keys=keys,
-                             extra_agents=extra_agents) as run:
-        started = time.perf_counter()
-        await run.ingest(cases)
-        run.tally.seconds["ingest"] = round(time.perf_counter() - started, 1)
-        started = time.perf_counter()
-        for done, ci in enumerate(picked, 1):
-            await run.serve(*cases[ci])
-            if progress is not None:
-                progress(done, len(picked))
-        run.tally.seconds["serve_and_cycles"] = round(time.perf_counter() - started, 1)
-        budget = budget_compliance(run.loop.accounting.records,
-                                   late_writes_refused=run.loop.accounting.late_writes_refused)
-        stats = run.loop.stats()
-    return _outer_report(data, artifacts, ranker, cfg, run.t0, run.tally, budget, stats, len(picked), len(cases))
+    inner: dict[str, list[float]] = {}
+    per_k: dict[int, tuple[_Tally, dict[str, Any], dict[str, Any]]] = {}
+    total = len(picked) * len(ks)
+    done = 0
+    for k_stale in ks:
+        async with _outer_replay(artifacts, ranker, cfg, redis_target=redis_target, keys=keys,
+                                 extra_agents=extra_agents, inner_rankers=inner_rankers, ensemble=ensemble) as run:
+            started = time.perf_counter()
+            await run.ingest(cases, k_stale)
+            run.tally.seconds["ingest"] = round(time.perf_counter() - started, 1)
+            started = time.perf_counter()
+            for ci in picked:
+                await run.serve(*cases[ci], k_stale, inner if not per_k else None)
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+            run.tally.seconds["serve_and_cycles"] = round(time.perf_counter() - started, 1)
+            budget = budget_compliance(run.loop.accounting.records,
+                                       late_writes_refused=run.loop.accounting.late_writes_refused, keep_samples=0)
+            per_k[k_stale] = (run.tally, budget, run.loop.stats())
+            t0 = run.t0
+            agents = run.loop.agents.names()
+        if redis_target is not None and keys is not None:  # a fresh namespace state for the next k
+            from outerloop.storage import delete_namespace
+
+            delete_namespace(redis_target, keys.prefix)
+    return _outer_report(data, artifacts, cfg, t0, inner, choice, per_k, len(picked), len(cases), agents)
 
 
 async def compile_outer_rows(artifacts: Any, data: InteractionData, split: str = "valid", *,
                              config: OuterReplay | None = None, redis_target: Any = None, keys: Any = None,
-                             extra_agents: Sequence[Any] = (),
-                             progress: Callable[[int, int], None] | None = None) -> dict[str, list[np.ndarray]]:
+                             extra_agents: Sequence[Any] = (), ensemble: Any = True,
+                             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """The agent rows the real outer loop compiles for each user at a leave-one-out cut (default
-    the validation cut: history = all but the last two items), as the funnel would read them.
+    the validation cut: history = all but the last two items), as the funnel would read them,
+    as :class:`~outerloop.inner_loop.rows.CompiledRows`.
 
-    The ranker trains on these (``outerloop train-ranker --agent-rows outer``) so that what it learns about
-    agent rows is what the outer loop actually emits, not a stand-in. Like the replay, the
-    outer loop sees only the prefixes; ``config.n_users`` samples users (None = all).
+    ``config.staleness`` spreads the users over staleness settings (by a hash of the id): a
+    user at k gets rows compiled k interactions before the cut, as in the replay, so the ranker
+    learns how far to trust a row from how old it is. The ranker trains on these
+    (``outerloop train-ranker --agent-rows outer``) so that what it learns about agent rows is
+    what the outer loop actually emits, not a stand-in. Like the replay, the outer loop sees
+    only the prefixes; ``config.n_users`` samples users (None = all).
     """
+    import hashlib
+
     from outerloop.evals.offline import leave_one_out
+    from outerloop.inner_loop.rows import CompiledRows
 
     cfg = config or OuterReplay(n_users=None)
+    ks = _check_staleness(cfg.staleness)
     loo = leave_one_out(data, split)  # type: ignore[arg-type]
     cases = [(uid, h, int(t)) for uid, h, t in zip(loo.user_ids, loo.histories, loo.targets.tolist())]
     picked = _pick(len(cases), cfg)
-    out: dict[str, list[np.ndarray]] = {}
-    async with _outer_replay(artifacts, None, cfg, redis_target=redis_target, keys=keys,
-                             extra_agents=extra_agents) as run:
-        await run.ingest(cases)
-        for done, ci in enumerate(picked, 1):
-            user, prefix, _ = cases[ci]
-            run.seed(user, prefix)
-            await run.cycle(user, prefix)
-            out[user] = await run.live_rows(user)
-            if progress is not None:
-                progress(done, len(picked))
+    k_of = {ci: ks[int(hashlib.sha1(f"{cases[ci][0]}#staleness".encode()).hexdigest()[:8], 16) % len(ks)]
+            for ci in picked}
+    out: dict[str, Any] = {}
+    done = 0
+    for k_stale in ks:
+        mine = [ci for ci in picked if k_of[ci] == k_stale]
+        if not mine:
+            continue
+        async with _outer_replay(artifacts, None, cfg, redis_target=redis_target, keys=keys,
+                                 extra_agents=extra_agents, ensemble=ensemble) as run:
+            await run.ingest(cases, k_stale)
+            for ci in mine:
+                user, prefix, _ = cases[ci]
+                await run.compile(user, prefix, k_stale)
+                out[user] = CompiledRows(await run.live_rows(user), events_since=prefix.shape[0] - _upto(prefix, k_stale))
+                done += 1
+                if progress is not None:
+                    progress(done, len(picked))
+        if redis_target is not None and keys is not None:
+            from outerloop.storage import delete_namespace
+
+            delete_namespace(redis_target, keys.prefix)
     return out
 
 
-def _outer_report(data: InteractionData, artifacts: Any, ranker: Any, cfg: OuterReplay, t0: int, tally: _Tally,
-                  budget: dict[str, Any], stats: dict[str, Any], n: int, n_eligible: int) -> dict[str, Any]:
+def _staleness_report(cfg: OuterReplay, k_stale: int, tally: _Tally, budget: dict[str, Any], stats: dict[str, Any],
+                      inner: np.ndarray) -> dict[str, Any]:
     k = cfg.k
-    inner, outer = np.asarray(tally.inner), np.asarray(tally.outer)
-    g_in, g_out = float(inner.mean()) if n else 0.0, float(outer.mean()) if n else 0.0
+    outer = np.asarray(tally.outer)
+    n = outer.size
     diff = outer - inner
+    g_out = float(outer.mean()) if n else 0.0
+    ablation = {}
+    for row_id, vals in sorted(tally.without.items()):
+        less = np.asarray(vals)
+        ablation[row_id] = {
+            f"ndcg@{k}_without": round(float(less.mean()), 5),
+            **{f"{key}_without": v for key, v in _lift(inner, less, cfg.seed).items()},
+            "lift_lost_without": round(float(outer.mean() - less.mean()) / float(inner.mean()), 4) if inner.mean() > 0 else None,
+        }
     rows = {rid: {"committed": int(r["committed"]), "target_in_row": int(r["target_in_row"]),
                   f"served_row_ndcg@{k}": round(r["served_row_ndcg_sum"] / max(r["committed"], 1), 5)}
             for rid, r in sorted(tally.rows.items())}
+    cpu = _dist(tally.cycle_cpu_ms)
     return {
-        "replay": "inner_vs_outer",
-        "dataset": data.name,
-        "model_version": str(artifacts.model_version),
-        "ranker": None if ranker is None else "multi-task ranker (in_agent_row, agent_row_position features)",
-        "users": n,
-        "eligible_users": n_eligible,
-        "seed": cfg.seed,
-        "k": k,
-        "clock": iso(t0),
-        f"inner_ndcg@{k}": g_in,
+        "staleness": k_stale,
         f"outer_ndcg@{k}": g_out,
-        "relative_lift": round(g_out / g_in - 1.0, 4) if g_in > 0 else None,
-        "relative_lift_ci95": paired_lift_ci(inner, outer, seed=cfg.seed),
-        f"inner_hr@{k}": float(np.mean(tally.inner_hit)) if n else 0.0,
         f"outer_hr@{k}": float(np.mean(tally.outer_hit)) if n else 0.0,
+        **_lift(inner, outer, cfg.seed),
         "users_better": int((diff > 0).sum()),
         "users_worse": int((diff < 0).sum()),
-        "reference": {"agentrec_reported_ndcg@10_lift": 0.019, "goal": 0.02},
+        "ablation_each_row_removed": ablation,
+        "cost": {
+            "refresh_policy": f"one cycle every {k_stale + 1} interaction(s) keeps rows at most {k_stale} behind",
+            "cycles_per_interaction": round(1.0 / (k_stale + 1), 4),
+            "outer_loop_cpu_ms_per_cycle": cpu,
+            "outer_loop_cpu_ms_per_interaction": (round(cpu["mean"] / (k_stale + 1), 3) if cpu["mean"] is not None
+                                                  else None),
+            "inner_loop_cpu_ms_per_request": _dist(tally.request_cpu_ms),
+            "cycle_wall_ms": _dist(tally.cycle_ms),
+            "measured": "process CPU time (all threads of the replay process; the embedded Redis is another process)",
+        },
+        "agents": {a: dict(sorted(o.items())) for a, o in sorted(tally.outcomes.items())},
+        "rows_planned_but_not_committed": tally.row_missing,
+        "budget": budget,
         "what_the_outer_loop_did": {
             "plans": tally.plans,
             "rows": rows,
@@ -653,15 +785,60 @@ def _outer_report(data: InteractionData, artifacts: Any, ranker: Any, cfg: Outer
             "tool_calls_by_agent": tally.tool_calls,
             "runs_not_ok": dict(sorted(tally.failures.items(), key=lambda kv: -kv[1])[:10]),
             "ranker_used_share": round(tally.ranker_used / n, 4) if n else 0.0,
-            "cycle_ms_p50": round(float(np.percentile(tally.cycle_ms, 50)), 2) if n else None,
-            "cycle_ms_p99": round(float(np.percentile(tally.cycle_ms, 99)), 2) if n else None,
             "cache_hit_rates": {k_: v for k_, v in stats.items() if "hit_rate" in k_ or k_ == "tool_cache_by_tool"},
         },
-        "budget": budget,
         "seconds": tally.seconds,
-        "ingested_events_per_user": cfg.ingest_events_per_user,
         "leakage": {"events_shown_to_outer_loop": tally.exposed_events,
-                    "events_at_or_after_served_item": tally.exposed_after_request},
-        "protocol": ("each user's last item is served; the outer loop and the user's state hold only the "
-                     "prefix before it (train+val); sequence order stands in for time"),
+                    "events_at_or_after_served_item": tally.exposed_after_request,
+                    "events_after_the_staleness_cut": tally.exposed_after_staleness_cut},
+    }
+
+
+def _outer_report(data: InteractionData, artifacts: Any, cfg: OuterReplay, t0: int, inner: dict[str, list[float]],
+                  choice: str, per_k: dict[int, tuple[_Tally, dict[str, Any], dict[str, Any]]], n: int,
+                  n_eligible: int, agents: list[str]) -> dict[str, Any]:
+    k = cfg.k
+    arms = {name: np.asarray(v) for name, v in inner.items()}
+    base = arms[choice]
+    by_k = [_staleness_report(cfg, ks, *per_k[ks], base) for ks in per_k]
+    first = by_k[0]
+    tally0 = per_k[next(iter(per_k))][0]
+    return {
+        "replay": "inner_vs_outer",
+        "dataset": data.name,
+        "model_version": str(artifacts.model_version),
+        "agents": agents,
+        "users": n,
+        "eligible_users": n_eligible,
+        "seed": cfg.seed,
+        "k": k,
+        "clock": iso(t0),
+        "inner_arm": choice,
+        "inner_arms": {name: {f"ndcg@{k}": float(a.mean()) if a.size else 0.0,
+                              f"hr@{k}": float((a > 0).mean()) if a.size else 0.0} for name, a in arms.items()},
+        f"inner_ndcg@{k}": float(base.mean()) if n else 0.0,
+        f"inner_hr@{k}": float((base > 0).mean()) if n else 0.0,
+        "staleness": [r["staleness"] for r in by_k],
+        # the headline fields describe the first staleness setting (k = 0 unless asked otherwise)
+        f"outer_ndcg@{k}": first[f"outer_ndcg@{k}"],
+        f"outer_hr@{k}": first[f"outer_hr@{k}"],
+        "relative_lift": first["relative_lift"],
+        "relative_lift_ci95": first["relative_lift_ci95"],
+        "users_better": first["users_better"],
+        "users_worse": first["users_worse"],
+        "by_staleness": by_k,
+        "budget": first["budget"],
+        "what_the_outer_loop_did": first["what_the_outer_loop_did"],
+        "reference": {"agentrec_reported_ndcg@10_lift": 0.019, "required": 0.02, "goal_at_staleness_1": 0.05},
+        "ingested_events_per_user": cfg.ingest_events_per_user,
+        "leakage": {
+            "events_shown_to_outer_loop": sum(t.exposed_events for t, _, _ in per_k.values()),
+            "events_at_or_after_served_item": sum(t.exposed_after_request for t, _, _ in per_k.values()),
+            "events_after_the_staleness_cut": sum(t.exposed_after_staleness_cut for t, _, _ in per_k.values()),
+        },
+        "seconds": {f"staleness_{ks}": per_k[ks][0].seconds for ks in per_k},
+        "protocol": ("each user's last item is served; the inner loop holds the prefix before it (train+val); at "
+                     "staleness k the outer loop held only the prefix's first len-k items when it compiled the rows; "
+                     "sequence order stands in for time"),
+        "ranker_used_share": tally0.ranker_used / n if n else 0.0,
     }

@@ -45,10 +45,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     fs.add_argument("--save-model", metavar="DIR", help="save the model trained before the cut (reuse with --artifacts)")
     io = parser.add_argument_group("inner vs outer")
     io.add_argument("--users", type=int, default=500, help="evaluated users, a seeded sample (0 = all)")
-    io.add_argument("--ranker", metavar="DIR", help="ranker directory (default: --artifacts when it holds one)")
-    io.add_argument("--train-ranker", action="store_true",
-                    help="train a ranker into --ranker first when none is found, on the rows the outer loop "
-                         "compiles at each user's validation cut")
+    io.add_argument("--staleness", default="0", metavar="K,K,...",
+                    help="the outer loop compiles rows from the history K interactions before the request, the "
+                         "inner loop serves from the full history; one replay per K (e.g. 0,1,2,5,10)")
+    io.add_argument("--no-train", action="store_true",
+                    help="refuse to train what is missing (by default the ensemble, the ranker trained on outer-loop "
+                         "rows and the inner-only ranker are trained once and cached in --artifacts)")
+    io.add_argument("--no-ensemble", action="store_true", help="leave the ensemble agent out (its ablation by hand)")
+    io.add_argument("--no-ablation", action="store_true", help="skip serving each user without each row in turn")
     io.add_argument("--ingest-events", type=int, default=10,
                     help="of every user's prefix, the last N events fed to the co-watch graph and trending")
     io.add_argument("--redis-url", help="a real Redis (default: an embedded one in a temp dir); keys are namespaced")
@@ -64,6 +68,9 @@ def _validate(args: argparse.Namespace) -> None:
         raise UserInputError(f"--ingest-events must be >= 0, got {args.ingest_events}")
     if args.users < 0:
         raise UserInputError(f"--users must be >= 0, got {args.users}")
+    from outerloop.inner_loop.ranker_train import parse_staleness
+
+    parse_staleness(args.staleness, "--staleness")
     if not 0.0 < args.test_share < 1.0:
         raise UserInputError(f"--test-share must be in (0, 1), got {args.test_share}")
     if args.artifacts and not Path(args.artifacts).is_dir():
@@ -108,24 +115,21 @@ def _fresh_stale(args: argparse.Namespace, data: Any) -> dict[str, Any]:
 
 
 def _inner_outer(args: argparse.Namespace, data: Any) -> dict[str, Any]:
+    from outerloop.evals.prepare import STALENESS_MIX, prepare_outer_loop
     from outerloop.evals.replay import OuterReplay, inner_vs_outer
-    from outerloop.progress import progress_bar
     from outerloop.inner_loop.artifacts import Artifacts
-    from outerloop.inner_loop.ranker import Ranker
+    from outerloop.inner_loop.ranker_train import parse_staleness
+    from outerloop.progress import progress_bar
 
     if not args.artifacts:
         raise UserInputError("inner vs outer needs --artifacts trained on the dataset (`outerloop train`)")
+    staleness = parse_staleness(args.staleness, "--staleness")
     arts = Artifacts.load(args.artifacts)
     if len(arts.catalog) != len(data.catalog):
         raise UserInputError(f"--artifacts has {len(arts.catalog)} items, dataset {data.name!r} {len(data.catalog)}")
-    ranker_dir = Path(args.ranker or args.artifacts)
-    ranker = Ranker.load(ranker_dir) if Ranker.exists(ranker_dir) else None
-    if ranker is None and args.train_ranker:
-        from outerloop.inner_loop.ranker_train import outer_loop_rows, train_ranker
-
-        ranker_dir.mkdir(parents=True, exist_ok=True)
-        ranker = train_ranker(arts, data, out_dir=ranker_dir, max_history=int(arts.config.max_len),
-                              agent_rows=outer_loop_rows(arts, data))
+    show = None  # progress bars on stderr when it is a terminal (stdout keeps the JSON)
+    parts = prepare_outer_loop(arts, data, ensemble=not args.no_ensemble, staleness=STALENESS_MIX,
+                               allow_training=not args.no_train, progress=show)
     target = None
     keys = None
     if args.redis_url:
@@ -136,17 +140,28 @@ def _inner_outer(args: argparse.Namespace, data: Any) -> dict[str, Any]:
         target = RedisTarget(url=args.redis_url)
         keys = namespaced_keys(f"olreplay-{uuid.uuid4().hex[:8]}")
 
-    cfg = OuterReplay(n_users=args.users or None, seed=args.seed, k=args.k, ingest_events_per_user=args.ingest_events)
+    cfg = OuterReplay(n_users=args.users or None, seed=args.seed, k=args.k, ingest_events_per_user=args.ingest_events,
+                      staleness=staleness, ablate=not args.no_ablation)
     try:
-        with progress_bar("replay", unit="user") as bar:
-            report = asyncio.run(inner_vs_outer(arts, data, ranker=ranker, config=cfg, redis_target=target, keys=keys,
-                                                progress=bar.update_to))
+        with progress_bar("replay", unit="user", enabled=show) as bar:
+            report = asyncio.run(inner_vs_outer(
+                arts, data, ranker=parts.ranker, inner_rankers=parts.inner_rankers(), inner_choice=parts.inner_choice,
+                config=cfg, redis_target=target, keys=keys, ensemble=parts.ensemble or False,
+                progress=bar.update_to))
     finally:
         if target is not None and keys is not None:
             from outerloop.storage import delete_namespace
 
             delete_namespace(target, keys.prefix)
-    report["ranker_dir"] = str(ranker_dir) if ranker is not None else None
+    report["prepared"] = {
+        "trained_now": parts.trained_now,
+        "ensemble": None if parts.ensemble is None else {"weights": parts.ensemble.weights,
+                                                         "temperature": parts.ensemble.temperature,
+                                                         **parts.ensemble.report},
+        "ranker_val_no_rows_ndcg@10": {name: (r.config.report.get("val_no_rows") or {}).get("ndcg@10")
+                                       for name, r in parts.inner_rankers().items()},
+        "inner_arm_chosen_on": "validation cut, held-out users, no rows (val_no_rows)",
+    }
     return report
 
 
@@ -155,9 +170,13 @@ def _summary(r: dict[str, Any]) -> str:
     if r.get("replay") == "fresh_vs_stale":
         return (f"{r['dataset']}: {r['n_requests']} requests after {r['cut']}: fresh NDCG@{k} {r[f'fresh_ndcg@{k}']:.4f}, "
                 f"stale {r[f'stale_ndcg@{k}']:.4f}, fresh/stale {r['fresh_over_stale']}")
-    return (f"{r['dataset']}: {r['users']} users: inner NDCG@{k} {r[f'inner_ndcg@{k}']:.4f}, inner+outer "
-            f"{r[f'outer_ndcg@{k}']:.4f}, lift {r['relative_lift']} (95% CI {r['relative_lift_ci95']}); "
-            f"agent runs {r['budget']['runs']}, killed {r['budget']['killed']}, retries {r['budget']['retries']}")
+    lines = [f"{r['dataset']}: {r['users']} users: inner NDCG@{k} {r[f'inner_ndcg@{k}']:.4f} ({r['inner_arm']})"]
+    for s in r["by_staleness"]:
+        b = s["budget"]
+        lines.append(f"  staleness {s['staleness']}: inner+outer {s[f'outer_ndcg@{k}']:.4f}, lift {s['relative_lift']} "
+                     f"(95% CI {s['relative_lift_ci95']}); agent runs {b['runs']}, killed {b['killed']}, "
+                     f"retries {b['retries']}")
+    return "\n".join(lines)
 
 
 # --- wiring into `outerloop eval` --------------------------------------------------------------------

@@ -275,6 +275,21 @@ class Artifacts:
         return cls(d, manifest, catalog, model, vectors, popularity, index, cold, rotation)
 
 
+def training_data(artifacts: Artifacts, dataset: str | None = None, data_dir: str | Path | None = None) -> Any:
+    """The data set the artifacts were trained on (their manifest names it, and for a generated
+    set its options), or ``dataset`` from ``data_dir`` when given. For commands that train more
+    next to existing artifacts (ranker, ensemble)."""
+    from outerloop.data.datasets import load_dataset
+
+    manifest = artifacts.manifest or {}
+    name = dataset or manifest.get("dataset") or (manifest.get("data") or {}).get("name")
+    if not name:
+        raise UserInputError("--dataset is required: the artifacts' manifest does not name one")
+    options = (manifest.get("dataset_options") or {}) if name == "synthetic" and not dataset else {}
+    root = data_dir or (manifest.get("data_dir") if not dataset else None)
+    return load_dataset(name, root, **options)
+
+
 def _read(path: Path, reader: Any) -> Any:
     if not path.is_file():
         raise UserInputError(f"{path}: missing (not an outerloop artifacts directory, or an incomplete one)")

@@ -23,7 +23,7 @@ import numpy as np
 
 from outerloop import telemetry
 from outerloop.data.schema import ACTION_ID
-from outerloop.inner_loop.ranker import ArtifactsLike, FeatureTables, Ranker, candidate_features
+from outerloop.inner_loop.ranker import ArtifactsLike, FeatureTables, LogProbRow, Ranker, candidate_features
 from outerloop.inner_loop.rows import AgentRow, live_rows
 from outerloop.inner_loop.user_state import UserState
 
@@ -214,13 +214,14 @@ class Funnel:
         scores = np.asarray(scores[0], dtype=np.float32)
         ok = (ids >= 1) & (ids <= self.n_items)
         ann_ids, ann_scores = ids[ok], scores[ok]
+        lp_row = log_prob_row(agent_rows, state.ts)
         cand, retr, row_pos, from_ann = self._merge(vec, ann_ids, ann_scores, agent_rows)
         keep = ~np.isin(cand, state.seen) if state.seen.shape[0] else np.ones(cand.shape[0], dtype=bool)
         cand, retr, row_pos, from_ann = cand[keep], retr[keep], row_pos[keep], from_ann[keep]
         rec.timings_ms["retrieve"] = _ms(t0)
 
         t0 = time.perf_counter()
-        final = self._rank(rec, t_start, items, cand, retr, row_pos)
+        final = self._rank(rec, t_start, items, cand, retr, row_pos, lp_row)
         rec.timings_ms["rank"] = _ms(t0)
 
         order = np.argsort(-final, kind="stable")
@@ -242,10 +243,12 @@ class Funnel:
 
     def _merge(self, vec: np.ndarray, ann_ids: np.ndarray, ann_scores: np.ndarray,
                agent_rows: list[AgentRow]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        return merge_candidates(self.tables.vectors, vec, ann_ids, ann_scores, [r.item_ids for r in agent_rows])
+        return merge_candidates(self.tables.vectors, vec, ann_ids, ann_scores,
+                                [r.item_ids for r in agent_rows if not r.log_prob],
+                                extra=[r.item_ids for r in agent_rows if r.log_prob])
 
     def _rank(self, rec: Recommendation, t_start: float, hist: np.ndarray, cand: np.ndarray,
-              retr: np.ndarray, row_pos: np.ndarray) -> np.ndarray:
+              retr: np.ndarray, row_pos: np.ndarray, lp_row: LogProbRow | None = None) -> np.ndarray:
         """Ranker scores, or retrieval scores when there is no ranker or no time for it."""
         rec.ranker = "retrieval_order"
         if self.ranker is None:
@@ -266,7 +269,7 @@ class Funnel:
             return retr
         t0 = time.perf_counter()
         self._ranker_last_try = now
-        feats = candidate_features(self.tables, hist, cand, retr, row_pos)
+        feats = candidate_features(self.tables, hist, cand, retr, row_pos, lp_row)
         final = self.ranker.score(feats)
         took = (time.perf_counter() - t0) * 1000.0
         self._ranker_ewma_ms = took if self._ranker_ewma_ms == 0 else 0.9 * self._ranker_ewma_ms + 0.1 * took
@@ -339,29 +342,46 @@ class Funnel:
         return {**self.stats, "cache_size": len(self._cache), "ranker_ewma_ms": round(self._ranker_ewma_ms, 3)}
 
 
+def log_prob_row(rows: Sequence[AgentRow], history_ts: np.ndarray) -> LogProbRow | None:
+    """The freshest live row with ``score_kind="log_prob"`` as the ranker reads it, with the
+    user's interactions since the run that compiled it (``history_ts`` is the user's event times,
+    newest last; a row without ``history_ts`` counts as fresh)."""
+    for r in rows:  # live_rows orders them newest first
+        if r.log_prob:
+            since = 0 if r.history_ts is None else int((history_ts > r.history_ts).sum())
+            return LogProbRow(r.item_ids, r.scores, since)
+    return None
+
+
 def merge_candidates(vectors: np.ndarray, vec: np.ndarray, ann_ids: np.ndarray, ann_scores: np.ndarray,
-                     rows: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                     rows: Sequence[np.ndarray], extra: Sequence[np.ndarray] = (),
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Union of ANN candidates and agent-row items: ids, retrieval scores (``vectors @ vec`` for
-    items ANN did not find), best position in any row (-1 = none), and whether ANN found it.
+    items ANN did not find), best position in any of ``rows`` (-1 = none), and whether ANN found
+    it. ``extra`` rows (log-prob rows, which reach the ranker through their scores) join the
+    union without positions.
 
     The ranker's training (``ranker_train.build_examples``) calls this too, so the candidate
     lists it learns from are built exactly as serving builds them."""
     rows = [r for r in rows if r.shape[0]]
-    if not rows:
+    extra = [r for r in extra if r.shape[0]]
+    if not rows and not extra:
         return ann_ids, ann_scores, np.full(ann_ids.shape[0], -1, dtype=np.int64), np.ones(ann_ids.shape[0], bool)
-    row_items = np.concatenate(rows).astype(np.int64)
-    row_posn = np.concatenate([np.arange(r.shape[0]) for r in rows])
+    row_items = np.concatenate(rows).astype(np.int64) if rows else np.zeros(0, np.int64)
+    row_posn = np.concatenate([np.arange(r.shape[0]) for r in rows]) if rows else np.zeros(0, np.int64)
     srt = np.lexsort((row_posn, row_items))
     row_items, row_posn = row_items[srt], row_posn[srt]
-    first = np.r_[True, row_items[1:] != row_items[:-1]]
+    first = np.r_[True, row_items[1:] != row_items[:-1]] if row_items.shape[0] else np.zeros(0, bool)
     row_items, row_posn = row_items[first], row_posn[first]  # unique items, best position
-    extra = row_items[~np.isin(row_items, ann_ids)]
-    extra_scores = (vectors[extra] @ vec).astype(np.float32)
-    cand = np.concatenate([ann_ids, extra])
-    retr = np.concatenate([ann_scores, extra_scores])
-    idx = np.searchsorted(row_items, cand)
-    idx_c = np.minimum(idx, row_items.shape[0] - 1)
-    hit = row_items[idx_c] == cand
-    row_pos = np.where(hit, row_posn[idx_c], -1)
-    from_ann = np.r_[np.ones(ann_ids.shape[0], bool), np.zeros(extra.shape[0], bool)]
+    proposed = np.unique(np.concatenate([row_items, *[e.astype(np.int64) for e in extra]]))
+    new = proposed[~np.isin(proposed, ann_ids)]
+    new_scores = (vectors[new] @ vec).astype(np.float32)
+    cand = np.concatenate([ann_ids, new])
+    retr = np.concatenate([ann_scores, new_scores])
+    if row_items.shape[0]:
+        idx = np.minimum(np.searchsorted(row_items, cand), row_items.shape[0] - 1)
+        row_pos = np.where(row_items[idx] == cand, row_posn[idx], -1)
+    else:
+        row_pos = np.full(cand.shape[0], -1, dtype=np.int64)
+    from_ann = np.r_[np.ones(ann_ids.shape[0], bool), np.zeros(new.shape[0], bool)]
     return cand, retr, row_pos, from_ann

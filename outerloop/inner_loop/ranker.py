@@ -53,6 +53,10 @@ FEATURE_NAMES: tuple[str, ...] = (
     "history_length",  # log1p(len(history)) / log1p(200)
     "covisit_recent",  # co-visitation from the last RECENT items, newer ones weigh more
     "covisit_last",  # co-visitation from the newest item
+    "log_prob",  # next-item log-probability from a log-prob agent row (below its minimum when not in it)
+    "log_prob_gap",  # log_prob minus the row's best
+    "has_log_prob_row",  # 1 when the user has a live log-prob row
+    "log_prob_row_staleness",  # log1p(interactions since that row was compiled)
 )
 RECENT = 5  # items for recent_similarity
 GENRE_WINDOW = 20  # items for genre_affinity
@@ -120,17 +124,40 @@ class FeatureTables:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class LogProbRow:
+    """An agent row whose scores are next-item log-probabilities (``score_kind="log_prob"``, e.g.
+    the ensemble agent's), as the ranker reads it. ``events_since``: the user's interactions
+    after the newest one the producing run saw (0 = compiled from the current history)."""
+
+    item_ids: np.ndarray  # (R,) int64
+    log_probs: np.ndarray  # (R,) float32
+    events_since: int = 0
+
+    def lookup(self, cand: np.ndarray) -> np.ndarray:
+        """(C,) log-probability of each candidate; items not in the row get the row's minimum
+        minus one (they ranked below everything the row kept)."""
+        order = np.argsort(self.item_ids, kind="stable")
+        ids, lp = self.item_ids[order], self.log_probs[order]
+        fill = float(lp.min()) - 1.0 if lp.shape[0] else 0.0
+        if not ids.shape[0]:
+            return np.full(cand.shape[0], fill, dtype=np.float32)
+        idx = np.minimum(np.searchsorted(ids, cand), ids.shape[0] - 1)
+        return np.where(ids[idx] == cand, lp[idx], fill).astype(np.float32)
+
+
 def candidate_features(
     t: FeatureTables,
     hist_items: np.ndarray,
     cand: np.ndarray,
     retrieval: np.ndarray,
     row_position: np.ndarray,
+    log_prob_row: LogProbRow | None = None,
 ) -> np.ndarray:
     """(C, F) float32 features of candidates ``cand`` (C,) for a user with history
     ``hist_items`` (L,) (newest last; may be empty). ``retrieval`` (C,) is the inner product
     with the user vector; ``row_position`` (C,) is the 0-based position in an agent row, -1 when
-    no agent row proposed the candidate."""
+    no agent row proposed the candidate; ``log_prob_row``: the user's freshest log-prob row."""
     c = cand.shape[0]
     out = np.empty((c, len(FEATURE_NAMES)), dtype=np.float32)
     out[:, 0] = retrieval
@@ -164,6 +191,14 @@ def candidate_features(
         out[:, 12] = np.log1p(100.0 * co[-1])
     else:
         out[:, 11:13] = 0.0
+    if log_prob_row is not None and log_prob_row.item_ids.shape[0]:
+        lp = log_prob_row.lookup(cand)
+        out[:, 13] = lp
+        out[:, 14] = lp - float(log_prob_row.log_probs.max())
+        out[:, 15] = 1.0
+        out[:, 16] = np.log1p(max(0, log_prob_row.events_since))
+    else:
+        out[:, 13:17] = 0.0
     return out
 
 

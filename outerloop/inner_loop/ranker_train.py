@@ -43,11 +43,13 @@ from outerloop.inner_loop.ranker import (
     OBJECTIVES,
     ArtifactsLike,
     FeatureTables,
+    LogProbRow,
     MultiTaskRanker,
     Ranker,
     RankerConfig,
     candidate_features,
 )
+from outerloop.inner_loop.rows import CompiledRows
 from outerloop.inner_loop.user_state import SEEN_TYPES
 
 log = logging.getLogger(__name__)
@@ -103,7 +105,7 @@ def _target_actions(data: InteractionData, cases: EvalCases, from_end: int) -> l
 
 def build_examples(artifacts: ArtifactsLike, tables: FeatureTables, data: InteractionData, split: str, *,
                    n_candidates: int = 500, max_history: int = 200, batch_size: int = 256,
-                   agent_rows: Mapping[str, Sequence[np.ndarray]] | None = None) -> Examples:
+                   agent_rows: Mapping[str, CompiledRows] | None = None) -> Examples:
     """Serving's candidate lists for every leave-one-out case of ``split``, with labels.
 
     ``agent_rows`` (user id -> that user's live rows, e.g. from
@@ -136,15 +138,23 @@ def build_examples(artifacts: ArtifactsLike, tables: FeatureTables, data: Intera
         for j, i in enumerate(idx):
             ok = (ids[j] >= 1) & (ids[j] <= n_items)
             ann, ann_s = ids[j][ok].astype(np.int64), scores[j][ok].astype(np.float32)
+            lp_row: LogProbRow | None = None
             if simulate:
                 user_rows: Sequence[np.ndarray] = [rows[j].astype(np.int64)]
+                scored: Sequence[np.ndarray] = []
             else:
-                user_rows = (agent_rows or {}).get(cases.user_ids[i], [])
-            cand, retr, row_pos, _ = merge_candidates(tables.vectors, vecs[j], ann, ann_s, user_rows)
+                compiled = (agent_rows or {}).get(cases.user_ids[i])
+                live = compiled.rows if compiled is not None else []
+                user_rows = [r.item_ids for r in live if not r.log_prob]
+                scored = [r.item_ids for r in live if r.log_prob]
+                first = next((r for r in live if r.log_prob), None)
+                if first is not None and compiled is not None:
+                    lp_row = LogProbRow(first.item_ids, first.scores, compiled.events_since)
+            cand, retr, row_pos, _ = merge_candidates(tables.vectors, vecs[j], ann, ann_s, user_rows, extra=scored)
             retr = retr.astype(np.float32)
             keep = ~np.isin(cand, seen_items(cases.histories[i], None if cases.actions is None else cases.actions[i]))
             cand, retr, row_pos = cand[keep], retr[keep], row_pos[keep]
-            feats = candidate_features(tables, hists[j], cand, retr, row_pos)
+            feats = candidate_features(tables, hists[j], cand, retr, row_pos, lp_row)
             target = int(cases.targets[i])
             rel = (cand == target).astype(np.float32)
             inter = tables.genres[cand] @ tables.genres[target]
@@ -208,7 +218,8 @@ def _logits(model: MultiTaskRanker, ex: Examples, mean: np.ndarray, inv_std: np.
 def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: str | Path | None = None,
                  n_candidates: int = 500, epochs: int = 30, patience: int = 5, hidden: int = 64,
                  lr: float = 1e-3, batch_size: int = 128, seed: int = 0, max_history: int = 200,
-                 agent_rows: Mapping[str, Sequence[np.ndarray]] | None = None) -> Ranker:
+                 agent_rows: Mapping[str, CompiledRows] | None = None,
+                 provenance: dict[str, Any] | None = None) -> Ranker:
     """Train, select on held-out users, report the test-cut lift over retrieval order, and save
     ``ranker.pt`` + ``ranker.json`` into ``out_dir`` (default: the artifacts' own directory).
 
@@ -216,8 +227,12 @@ def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: st
     (:func:`outerloop.evals.replay.compile_outer_rows`). Half the users (by a hash of the id)
     keep theirs and half get none, so the ranker learns lists both with agent rows and
     without them (what the inner loop alone serves) and neither case is new to it when
-    serving. The test report then measures the inner loop alone (no rows). Without
-    ``agent_rows``, every user gets a simulated "because you watched" row."""
+    serving (the split is salted apart from the validation users', so both halves are
+    validated). The report gives the held-out users' validation NDCG without any rows
+    (``val_no_rows``: how this ranker serves the inner loop alone, the figure a replay uses to
+    pick the inner arm's ranker) and the test cut without rows. ``agent_rows={}`` trains for the
+    inner loop alone; without ``agent_rows``, every user gets a simulated "because you watched"
+    row."""
     t_start = time.perf_counter()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -225,7 +240,7 @@ def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: st
     covisit = CoVisitation.build([u.items for u in train_sequences(data)], len(artifacts.catalog))
     tables = FeatureTables.build(artifacts.catalog, artifacts.item_vectors, artifacts.popularity, covisit=covisit)
     if agent_rows is not None:
-        agent_rows = {u: r for u, r in agent_rows.items() if not _holdout([u], share=0.5)[0]}
+        agent_rows = {u: r for u, r in agent_rows.items() if not _holdout([u + "#rows"], share=0.5)[0]}
     train_all = build_examples(artifacts, tables, data, "valid", n_candidates=n_candidates, max_history=max_history,
                                agent_rows=agent_rows)
     test = build_examples(artifacts, tables, data, "test", n_candidates=n_candidates, max_history=max_history,
@@ -290,6 +305,12 @@ def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: st
     w_eng = max(grid, key=lambda w: (val_by_w[w], -abs(w - 0.5)))
     weights = {"relevance": 1.0, "engagement": w_eng}
 
+    if agent_rows:  # the held-out users again, without any row: the inner loop alone
+        val_plain = build_examples(artifacts, tables, data, "valid", n_candidates=n_candidates,
+                                   max_history=max_history, agent_rows={}).take(np.flatnonzero(hold))
+    else:
+        val_plain = val
+    val_no_rows = ranking_metrics(_combined(_logits(model, val_plain, mean, inv_std), weights), val_plain)
     test_logits = _logits(model, test, mean, inv_std)
     test_report = {
         "retrieval_order": ranking_metrics(test.retrieval, test),
@@ -301,10 +322,12 @@ def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: st
     lift = {k: (ours[k] / base[k] - 1.0 if base[k] > 0 else 0.0) for k in ("hr@10", "ndcg@10", "mrr")}
     report = {
         "data": data.name, "users_train": len(train), "users_val": len(val), "cases_test": len(test),
+        "rows_provenance": provenance,
         "agent_rows": ("simulated 'because you watched' row" if agent_rows is None else
                        f"outer-loop rows at the validation cut for {len(agent_rows)} users, none for the rest"),
         "n_candidates": n_candidates, "epochs_run": len(history), "best_epoch": best["epoch"],
         "val_ndcg@10_by_engagement_weight": {str(k): v for k, v in val_by_w.items()},
+        "val_no_rows": val_no_rows if agent_rows is not None else None,
         "test": test_report, "test_lift_over_retrieval": lift,
         "seconds": {"examples": round(t_examples, 1), "total": round(time.perf_counter() - t_start, 1)},
         "history": history,
@@ -318,17 +341,6 @@ def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: st
     return ranker
 
 
-def outer_loop_rows(artifacts: ArtifactsLike, data: InteractionData) -> dict[str, list[np.ndarray]]:
-    """Every user's outer-loop rows at the validation cut, with a progress bar (for the CLIs)."""
-    import asyncio
-
-    from outerloop.evals.replay import compile_outer_rows
-    from outerloop.progress import progress_bar
-
-    with progress_bar("outer-loop rows", unit="user") as bar:
-        return asyncio.run(compile_outer_rows(artifacts, data, "valid", progress=bar.update_to))
-
-
 # --- command line: `outerloop train-ranker` (also `python -m outerloop.inner_loop.ranker_train`) -------
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--artifacts", type=Path, required=True, help="trained artifacts; the ranker is saved there")
@@ -337,32 +349,53 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--candidates", type=int, default=500)
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--agent-rows", choices=["simulated", "outer"], default="simulated",
-                   help="agent rows in the training lists: a simulated 'because you watched' row (fast), or the "
-                        "rows the real outer loop compiles at each user's validation cut (one cycle per user)")
+    p.add_argument("--agent-rows", choices=["simulated", "outer", "none"], default="simulated",
+                   help="agent rows in the training lists: a simulated 'because you watched' row (fast), the "
+                        "rows the real outer loop compiles at each user's validation cut (one cycle per user; the "
+                        "ensemble agent's too when the artifacts have one), or none (the inner loop alone)")
+    p.add_argument("--staleness", default="0,1,2,5,10", metavar="K,K,...",
+                   help="with --agent-rows outer: users spread over these staleness settings (rows compiled K "
+                        "interactions before the cut)")
+    p.add_argument("--out", type=Path, default=None, help="where to save the ranker (default: --artifacts)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from outerloop.data.datasets import load_dataset
-    from outerloop.errors import UserInputError
-    from outerloop.inner_loop.artifacts import Artifacts
+    from outerloop.inner_loop.artifacts import Artifacts, training_data
 
     artifacts = Artifacts.load(args.artifacts)
-    manifest = getattr(artifacts, "manifest", {}) or {}
-    name = args.dataset or manifest.get("dataset") or (manifest.get("data") or {}).get("name")
-    if not name:
-        raise UserInputError("--dataset is required: the artifacts' manifest does not name one")
-    options = (manifest.get("dataset_options") or {}) if name == "synthetic" and not args.dataset else {}
-    data_dir = args.data_dir or (manifest.get("data_dir") if not args.dataset else None)
-    data = load_dataset(name, data_dir, **options)
-    rows = outer_loop_rows(artifacts, data) if args.agent_rows == "outer" else None
+    data = training_data(artifacts, args.dataset, args.data_dir)
+    rows: Mapping[str, CompiledRows] | None = None
+    provenance = None
+    if args.agent_rows == "outer":
+        from outerloop.evals.prepare import outer_loop_rows, rows_provenance  # a CLI composes the loops
+
+        staleness = parse_staleness(args.staleness, "--staleness")
+        rows = outer_loop_rows(artifacts, data, staleness=staleness)
+        provenance = rows_provenance(artifacts, staleness)
+    elif args.agent_rows == "none":
+        from outerloop.evals.prepare import rows_provenance
+
+        rows, provenance = {}, rows_provenance(artifacts, None)
     ranker = train_ranker(artifacts, data, n_candidates=args.candidates, epochs=args.epochs, seed=args.seed,
                           max_history=int(getattr(getattr(artifacts.model, "cfg", None), "max_len", 200)),
-                          agent_rows=rows)
+                          agent_rows=rows, provenance=provenance, out_dir=args.out)
     rep = ranker.config.report
     print(json.dumps({"test": rep["test"], "test_lift_over_retrieval": rep["test_lift_over_retrieval"],
                       "weights": ranker.config.weights, "seconds": rep["seconds"]}, indent=2))
     return 0
+
+
+def parse_staleness(text: str, flag: str) -> tuple[int, ...]:
+    """``"0,1,2"`` -> (0, 1, 2); a clear error naming ``flag`` otherwise."""
+    from outerloop.errors import UserInputError
+
+    try:
+        ks = tuple(dict.fromkeys(int(x) for x in text.split(",") if x.strip()))
+    except ValueError:
+        raise UserInputError(f"{flag} must be comma-separated integers >= 0, got {text!r}") from None
+    if not ks or min(ks) < 0:
+        raise UserInputError(f"{flag} must be comma-separated integers >= 0, got {text!r}")
+    return ks
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,8 @@
 """Agent-compiled rows ("candidate sets") as the inner loop reads them from ``Keys.rows(user)``.
 
 A row is JSON ``{row_id, title, reason, items: [[item_id, score], ...], produced_by, run_id,
-model_version, created_at, expires_at}``, written only by a committed outer-loop run. The inner
+model_version, created_at, expires_at, ordered?, score_kind?, history_ts?}`` (the fields of
+``outerloop.agents.contracts.Row``), written only by a committed outer-loop run. The inner
 loop is a reader that must never fail because of a row: a row that does not parse, has expired,
 or names no known item is skipped (and counted), and the plain funnel still answers.
 
@@ -56,6 +57,12 @@ class AgentRow:
     created_at: int | None
     expires_at: int | None
     ordered: bool = False  # serve in the agent's order (no re-ranking)
+    score_kind: str = "relative"  # "log_prob": scores are next-item log-probabilities the ranker reads
+    history_ts: int | None = None  # newest event the producing run saw (staleness = events since)
+
+    @property
+    def log_prob(self) -> bool:
+        return self.score_kind == "log_prob"
 
 
 def parse_row(row_id: str, raw: bytes, *, now_ms: int, n_items: int) -> AgentRow | None:
@@ -106,6 +113,8 @@ def parse_row(row_id: str, raw: bytes, *, now_ms: int, n_items: int) -> AgentRow
         created_at=to_epoch_ms(doc.get("created_at")),
         expires_at=expires_at,
         ordered=doc.get("ordered") is True,
+        score_kind="log_prob" if doc.get("score_kind") == "log_prob" else "relative",
+        history_ts=to_epoch_ms(doc.get("history_ts")),
     )
 
 
@@ -121,3 +130,13 @@ def live_rows(raw_rows: dict[str, bytes], *, now_ms: int, n_items: int, limit: i
             rows.append(row)
     rows.sort(key=lambda r: (-(r.created_at or 0), r.row_id))
     return rows[:limit], skipped
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRows:
+    """One user's live rows as the outer loop compiled them, and how many interactions the user
+    made after the history those rows were compiled from (what the funnel computes from
+    ``history_ts`` when serving). Replays hand these to the ranker's training."""
+
+    rows: list[AgentRow]
+    events_since: int = 0

@@ -7,7 +7,8 @@ Tools (each an ``@tool`` spec; :func:`default_registry` registers them all):
 - ``co_watch``: items co-watched with seed items, from the member-action graph in Redis;
 - ``item_metadata``: catalog facts about items;
 - ``next_episodes``: the episodes after a given one in a series;
-- ``trending``: decayed play counts, overall or per genre (shareable by everyone).
+- ``trending``: decayed play counts, overall or per genre (shareable by everyone);
+- ``ensemble_rank``: the heavy ensemble's most likely next items (``tools/ensemble.py``).
 
 Structures:
 
@@ -35,6 +36,7 @@ from outerloop.data.events import Event
 from outerloop.data.schema import Catalog, Item
 from outerloop.storage import Keys
 from outerloop.tools.contracts import ScoredItems, ToolDeps, ToolSpec, tool
+from outerloop.tools.ensemble import ensemble_rank
 from outerloop.tools.registry import ToolRegistry
 
 if TYPE_CHECKING:
@@ -472,6 +474,7 @@ def builtin_tools(
         item_metadata,
         next_episodes,
         make_trending_tool(trending_counter or TrendingCounter()),
+        ensemble_rank,
     ]
 
 

@@ -1,0 +1,141 @@
+"""What the outer loop needs beyond the served model, trained when missing and cached next to it.
+
+The replay (``outerloop eval replay``), ``make bench`` and the demo call :func:`prepare_outer_loop`
+on artifacts fresh from ``outerloop train``; it fills in, in order and only what is missing:
+
+1. ``<artifacts>/ensemble/``: the heavy model of the ensemble agent (extra transformers + EASE,
+   :mod:`outerloop.inner_loop.ensemble`);
+2. ``<artifacts>/ranker.*``: the served ranker, trained on the rows the real outer loop
+   (ensemble included) compiles at each user's validation cut, at staleness spread over
+   :data:`STALENESS_MIX`, so it learns how far to trust a row from how old it is;
+3. ``<artifacts>/ranker-inner/``: a ranker trained with no agent rows at all, the inner loop
+   alone at its best. The replay compares inner+outer against whichever of the two serves the
+   inner loop better on the validation cut (``val_no_rows``), never on test.
+
+A ranker trained for another ensemble (or none) is retrained, so a cached file never silently
+describes another setup. This module composes training and the outer loop; the training code
+itself never imports the outer loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from outerloop.progress import progress_bar
+
+if TYPE_CHECKING:
+    from outerloop.data.schema import InteractionData
+    from outerloop.inner_loop.artifacts import Artifacts
+    from outerloop.inner_loop.ensemble import Ensemble
+    from outerloop.inner_loop.ranker import Ranker
+    from outerloop.inner_loop.rows import CompiledRows
+
+STALENESS_MIX: tuple[int, ...] = (0, 1, 2, 5, 10)
+INNER_RANKER_DIR = "ranker-inner"
+SERVED = "served ranker (trained with outer-loop rows)"
+INNER_ONLY = "inner-only ranker (trained without rows)"
+
+
+@dataclass(slots=True)
+class OuterLoopParts:
+    ensemble: "Ensemble | None"
+    ranker: "Ranker"
+    inner_ranker: "Ranker"
+    inner_choice: str  # SERVED or INNER_ONLY: the better inner arm on validation
+    trained_now: list[str]
+
+    def inner_rankers(self) -> dict[str, "Ranker"]:
+        return {SERVED: self.ranker, INNER_ONLY: self.inner_ranker}
+
+
+def outer_loop_rows(artifacts: "Artifacts", data: "InteractionData", *, staleness: Sequence[int] = STALENESS_MIX,
+                    progress: bool | None = None) -> dict[str, "CompiledRows"]:
+    """Every user's outer-loop rows at the validation cut, staleness spread over ``staleness``."""
+    from outerloop.evals.replay import OuterReplay, compile_outer_rows
+
+    cfg = OuterReplay(n_users=None, staleness=tuple(staleness))
+    with progress_bar("outer-loop rows", unit="user", enabled=progress) as bar:
+        return asyncio.run(compile_outer_rows(artifacts, data, "valid", config=cfg, progress=bar.update_to))
+
+
+def rows_provenance(artifacts: "Artifacts", staleness: Sequence[int] | None) -> dict[str, Any]:
+    """What a ranker's training rows came from (stored in its report, checked before reuse)."""
+    from outerloop.inner_loop.ensemble import Ensemble
+
+    ens = None
+    if staleness is not None and Ensemble.exists(artifacts.dir):
+        ens = json_of(Ensemble.directory(artifacts.dir) / "ensemble.json").get("member_versions")
+    return {"model_version": artifacts.model_version, "ensemble_members": ens,
+            "staleness": None if staleness is None else list(staleness)}
+
+
+def json_of(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _ranker_matches(directory: Path, provenance: dict[str, Any]) -> bool:
+    from outerloop.inner_loop.ranker import RANKER_CONFIG_FILE, Ranker
+
+    if not Ranker.exists(directory):
+        return False
+    report = json_of(directory / RANKER_CONFIG_FILE).get("report") or {}
+    return report.get("rows_provenance") == provenance
+
+
+def prepare_outer_loop(artifacts: "Artifacts", data: "InteractionData", *, ensemble: bool = True,
+                       staleness: Sequence[int] = STALENESS_MIX, allow_training: bool = True,
+                       progress: bool | None = None) -> OuterLoopParts:
+    """Load, or train when missing, the ensemble and both rankers (see the module docstring)."""
+    from outerloop.errors import UserInputError
+    from outerloop.inner_loop.ensemble import Ensemble, train_ensemble
+    from outerloop.inner_loop.ranker import Ranker
+    from outerloop.inner_loop.ranker_train import train_ranker
+
+    trained: list[str] = []
+
+    def need(what: str) -> None:
+        if not allow_training:
+            raise UserInputError(f"{artifacts.dir}: {what} is missing or was trained for another setup "
+                                 "(run without --no-train to train it)")
+        trained.append(what)
+
+    ens = None
+    if ensemble:
+        if Ensemble.exists(artifacts.dir):
+            ens = Ensemble.load(artifacts)
+        else:
+            need("ensemble")
+            ens = train_ensemble(artifacts, data, progress=True if progress is None else progress)
+    max_history = int(artifacts.config.max_len)
+    served_dir = Path(artifacts.dir)
+    prov = rows_provenance(artifacts, staleness)
+    if _ranker_matches(served_dir, prov):
+        ranker = Ranker.load(served_dir)
+    else:
+        need("ranker (outer-loop rows)")
+        rows = outer_loop_rows(artifacts, data, staleness=staleness, progress=progress)
+        ranker = train_ranker(artifacts, data, out_dir=served_dir, max_history=max_history, agent_rows=rows,
+                              provenance=prov)
+    inner_dir = served_dir / INNER_RANKER_DIR
+    inner_prov = rows_provenance(artifacts, None)
+    if _ranker_matches(inner_dir, inner_prov):
+        inner = Ranker.load(inner_dir)
+    else:
+        need("inner-only ranker")
+        inner = train_ranker(artifacts, data, out_dir=inner_dir, max_history=max_history, agent_rows={},
+                             provenance=inner_prov)
+
+    def val(r: "Ranker") -> float:
+        return float(((r.config.report.get("val_no_rows") or {}).get("ndcg@10")) or 0.0)
+
+    choice = INNER_ONLY if val(inner) >= val(ranker) else SERVED
+    return OuterLoopParts(ens, ranker, inner, choice, trained)

@@ -1,0 +1,448 @@
+"""The outer loop's heavy model: an ensemble the request path does not run.
+
+A request gets about 2 ms of model compute: one transformer forward pass and an ANN search. An
+outer-loop agent refreshing a user's rows in the background can afford more, and this is what
+the built-in ``ensemble`` agent spends it on:
+
+- the served transformer, plus ``extra_transformers`` more of the same shape trained with other
+  seeds (independent errors average out: the classic ensemble gain);
+- EASE (Steck, "Embarrassingly Shallow Autoencoders", WWW 2019), an item-item model fitted in
+  closed form on the same training parts. It reads the whole history as a bag, recent items
+  weighted up (``half_life`` in interactions), where the transformer reads a sequence; the two
+  make different mistakes. Its (N+1, N+1) matrix is why it is not for the request path of a big
+  catalog; above ``max_ease_items`` it is left out.
+
+Each member's scores are standardized per user (z-scores over the catalog), mixed with weights
+chosen on the validation cut, and turned into log-probabilities of being the next item with a
+temperature fitted on the validation cut too. Nothing here ever looks at the test cut except to
+report it. The result is an agent row whose scores mean the same thing for every user and every
+row (``score_kind="log_prob"``), which the ranker reads as a feature.
+
+Files (in ``<artifacts>/ensemble/``): ``ensemble.json`` (members, weights, EASE settings,
+temperature, the validation/test report), ``ease.npy`` and one artifacts directory per extra
+transformer (``member-1``, ...), each written by the project's own ``train``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from outerloop.data.schema import InteractionData
+from outerloop.errors import UserInputError
+from outerloop.evals.offline import EvalCases, leave_one_out, train_sequences
+
+if TYPE_CHECKING:
+    from outerloop.inner_loop.artifacts import Artifacts
+
+log = logging.getLogger(__name__)
+
+ENSEMBLE_DIR = "ensemble"
+ENSEMBLE_FILE = "ensemble.json"
+EASE_FILE = "ease.npy"
+EASE = "ease"
+
+
+@dataclass(frozen=True, slots=True)
+class EnsembleConfig:
+    """What to train and the grids the validation cut chooses from."""
+
+    extra_transformers: int = 1  # more transformers of the served shape, other seeds
+    seed_offset: int = 1  # member i trains with the served model's seed + seed_offset + i - 1
+    max_minutes: float | None = None  # per extra transformer (None: train to early stopping)
+    ease_lambdas: tuple[float, ...] = (100.0, 300.0, 1000.0, 3000.0)
+    half_lives: tuple[float, ...] = (0.0, 20.0, 80.0)  # interactions; 0 = no recency weighting
+    max_ease_items: int = 20_000
+    weight_step: float = 0.1
+    temperatures: tuple[float, ...] = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
+    batch_size: int = 512
+
+
+def _zscore(s: np.ndarray) -> np.ndarray:
+    """Per-row standardization over the catalog (column 0, padding, left out and set to -inf)."""
+    body = s[:, 1:]
+    mu = body.mean(1, keepdims=True)
+    sd = body.std(1, keepdims=True)
+    out = np.empty_like(s, dtype=np.float32)
+    out[:, 1:] = (body - mu) / np.maximum(sd, 1e-6)
+    out[:, 0] = -np.inf
+    return out
+
+
+class EaseModel:
+    """EASE's item-item weights ``B`` (diagonal zero) and how a history is weighted."""
+
+    def __init__(self, weights: np.ndarray, half_life: float = 0.0) -> None:
+        self.weights = np.ascontiguousarray(weights, dtype=np.float32)  # (N+1, N+1)
+        self.half_life = float(half_life)
+
+    @staticmethod
+    def gram(sequences: Sequence[np.ndarray], n_items: int) -> np.ndarray:
+        """``X^T X`` of the binary user-item matrix of ``sequences`` ((N+1, N+1), float64)."""
+        x = np.zeros((len(sequences), n_items + 1), dtype=np.float32)
+        for r, s in enumerate(sequences):
+            x[r, np.asarray(s, dtype=np.int64)] = 1.0
+        x[:, 0] = 0.0
+        return (x.T @ x).astype(np.float64)
+
+    @classmethod
+    def fit(cls, gram: np.ndarray, lam: float, half_life: float = 0.0) -> "EaseModel":
+        """Closed form: ``P = (G + lam I)^-1``, ``B = I - P / diag(P)``, diagonal zeroed."""
+        g = gram.copy()
+        idx = np.arange(g.shape[0])
+        g[idx, idx] += lam
+        p = np.linalg.inv(g)
+        b = p / (-np.diag(p))[None, :]
+        b[idx, idx] = 0.0
+        b[0, :] = 0.0
+        b[:, 0] = 0.0
+        return cls(b, half_life)
+
+    def user_weights(self, history: np.ndarray) -> np.ndarray:
+        """(L,) weight of each history item, the newest 1 (recency decay when ``half_life``)."""
+        n = history.shape[0]
+        if self.half_life <= 0:
+            return np.ones(n, dtype=np.float32)
+        age = np.arange(n - 1, -1, -1, dtype=np.float32)
+        return (0.5 ** (age / self.half_life)).astype(np.float32)
+
+    def scores(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+        """(B, N+1) EASE scores; a history is a bag of its items, recent ones weighted up."""
+        n = self.weights.shape[0]
+        x = np.zeros((len(histories), n), dtype=np.float32)
+        for r, h in enumerate(histories):
+            h = np.asarray(h, dtype=np.int64)
+            h = h[(h >= 1) & (h < n)]
+            if h.shape[0]:
+                np.maximum.at(x[r], h, self.user_weights(h))
+        return x @ self.weights
+
+
+@dataclass
+class Ensemble:
+    """The served transformer, extra transformers and EASE, mixed (see the module docstring)."""
+
+    base: "Artifacts"
+    members: list["Artifacts"]
+    ease: EaseModel | None
+    weights: dict[str, float]  # "base", "member-1", ..., "ease"
+    temperature: float
+    report: dict[str, Any] = field(default_factory=dict)
+    max_len: int = 200
+
+    @property
+    def names(self) -> list[str]:
+        return ["base", *[f"member-{i + 1}" for i in range(len(self.members))], *([EASE] if self.ease else [])]
+
+    def member_scores(self, histories: Sequence[np.ndarray], actions: Any = None, ts: Any = None) -> dict[str, np.ndarray]:
+        """Each member's standardized (B, N+1) scores (the transformers read the last ``max_len``)."""
+        short = [np.asarray(h, dtype=np.int64)[-self.max_len:].tolist() for h in histories]
+        a = None if actions is None else [list(x)[-self.max_len:] for x in actions]
+        t = None if ts is None else [list(x)[-self.max_len:] for x in ts]
+        out = {"base": _zscore(self.base.scores(short, a, t))}
+        for i, m in enumerate(self.members):
+            out[f"member-{i + 1}"] = _zscore(m.scores(short, a, t))
+        if self.ease is not None:
+            out[EASE] = _zscore(self.ease.scores(histories))
+        return out
+
+    def mix(self, z: dict[str, np.ndarray]) -> np.ndarray:
+        total = sum(self.weights.get(k, 0.0) * v for k, v in z.items() if self.weights.get(k, 0.0))
+        return np.asarray(total, dtype=np.float32)
+
+    def log_probs(self, histories: Sequence[np.ndarray], actions: Any = None, ts: Any = None,
+                  exclude: Sequence[np.ndarray] | None = None) -> np.ndarray:
+        """(B, N+1) log-probability that each item is the user's next one; ``exclude`` (per
+        history; default the history itself) and column 0 get -inf."""
+        s = self.mix(self.member_scores(histories, actions, ts)) / self.temperature
+        s[:, 0] = -np.inf
+        for r, h in enumerate(histories if exclude is None else exclude):
+            s[r, np.asarray(h, dtype=np.int64)] = -np.inf
+        m = s.max(1, keepdims=True)
+        return (s - m - np.log(np.exp(s - m).sum(1, keepdims=True))).astype(np.float32)
+
+    def top(self, history: np.ndarray, k: int, *, actions: Any = None, ts: Any = None,
+            exclude: np.ndarray | None = None) -> list[tuple[int, float]]:
+        """The ``k`` most likely next items for one history, with their log-probabilities."""
+        lp = self.log_probs([history], None if actions is None else [actions], None if ts is None else [ts],
+                            None if exclude is None else [exclude])[0]
+        k = max(0, min(k, int(np.isfinite(lp).sum())))
+        if k == 0:
+            return []
+        idx = np.argpartition(-lp, k - 1)[:k]
+        idx = idx[np.argsort(-lp[idx], kind="stable")]
+        return [(int(i), float(lp[i])) for i in idx]
+
+    # ---- files ----------------------------------------------------------------------------
+    @staticmethod
+    def directory(artifacts_dir: str | Path) -> Path:
+        return Path(artifacts_dir) / ENSEMBLE_DIR
+
+    @classmethod
+    def exists(cls, artifacts_dir: str | Path) -> bool:
+        return (cls.directory(artifacts_dir) / ENSEMBLE_FILE).is_file()
+
+    def save(self) -> None:
+        d = self.directory(self.base.dir)
+        d.mkdir(parents=True, exist_ok=True)
+        if self.ease is not None:
+            tmp = d / (EASE_FILE + ".tmp.npy")
+            np.save(tmp, self.ease.weights)
+            tmp.replace(d / EASE_FILE)
+        doc = {
+            "base_model_version": self.base.model_version,
+            "members": [f"member-{i + 1}" for i in range(len(self.members))],
+            "member_versions": [m.model_version for m in self.members],
+            "ease": None if self.ease is None else {"file": EASE_FILE, "half_life": self.ease.half_life},
+            "weights": self.weights,
+            "temperature": self.temperature,
+            "max_len": self.max_len,
+            "report": self.report,
+        }
+        tmp = d / (ENSEMBLE_FILE + ".tmp")
+        tmp.write_text(json.dumps(doc, indent=2) + "\n")
+        tmp.replace(d / ENSEMBLE_FILE)  # written last: its presence means the rest is there
+
+    @classmethod
+    def load(cls, base: "Artifacts") -> "Ensemble":
+        """The ensemble trained for ``base`` (refused when it was trained for another model)."""
+        from outerloop.inner_loop.artifacts import Artifacts
+
+        d = cls.directory(base.dir)
+        path = d / ENSEMBLE_FILE
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise UserInputError(f"{path}: missing or unreadable ({exc}); run `outerloop train-ensemble`") from exc
+        if doc.get("base_model_version") != base.model_version:
+            raise UserInputError(f"{path}: trained for model {doc.get('base_model_version')}, not "
+                                 f"{base.model_version}; re-run `outerloop train-ensemble`")
+        members = [Artifacts.load(d / name) for name in doc.get("members", [])]
+        ease = None
+        if doc.get("ease"):
+            try:
+                ease = EaseModel(np.load(d / doc["ease"]["file"]), float(doc["ease"]["half_life"]))
+            except (OSError, ValueError) as exc:
+                raise UserInputError(f"{d / EASE_FILE}: unreadable ({exc})") from exc
+        return cls(base, members, ease, {str(k): float(v) for k, v in doc["weights"].items()},
+                   float(doc["temperature"]), dict(doc.get("report", {})), int(doc.get("max_len", 200)))
+
+
+# ---- training ------------------------------------------------------------------------------------
+def _ranks(scores: np.ndarray, cases: EvalCases) -> np.ndarray:
+    """0-based rank of each case's target, the case's history excluded (ties count half)."""
+    s = np.array(scores, dtype=np.float32)
+    s[:, 0] = -np.inf
+    rows = np.arange(s.shape[0])
+    keep = s[rows, cases.targets].copy()
+    for r, h in enumerate(cases.histories):
+        s[r, h] = -np.inf
+    s[rows, cases.targets] = keep
+    t = keep[:, None]
+    return (s > t).sum(1) + 0.5 * ((s == t).sum(1) - 1)
+
+
+def _ndcg10(scores: np.ndarray, cases: EvalCases) -> float:
+    r = _ranks(scores, cases)
+    return float(np.where(r < 10, 1.0 / np.log2(r + 2.0), 0.0).mean()) if r.size else 0.0
+
+
+def _nll(logits: np.ndarray, cases: EvalCases) -> float:
+    s = np.array(logits, dtype=np.float64)
+    s[:, 0] = -np.inf
+    rows = np.arange(s.shape[0])
+    keep = s[rows, cases.targets].copy()
+    for r, h in enumerate(cases.histories):
+        s[r, h] = -np.inf
+    s[rows, cases.targets] = keep
+    m = s.max(1, keepdims=True)
+    lse = m[:, 0] + np.log(np.exp(s - m).sum(1))
+    return float((lse - keep).mean())
+
+
+def _simplex(n: int, step: float) -> list[tuple[float, ...]]:
+    """Every weight vector of ``n`` non-negative multiples of ``step`` summing to 1."""
+    units = int(round(1.0 / step))
+
+    def rec(left: int, k: int) -> list[tuple[int, ...]]:
+        if k == 1:
+            return [(left,)]
+        return [(i, *rest) for i in range(left + 1) for rest in rec(left - i, k - 1)]
+
+    return [tuple(u / units for u in w) for w in rec(units, n)]
+
+
+def _batched(fn: Callable[[list[np.ndarray], Any, Any], np.ndarray], cases: EvalCases, batch: int) -> np.ndarray:
+    parts = []
+    for s in range(0, len(cases), batch):
+        sl = slice(s, s + batch)
+        parts.append(fn(cases.histories[sl], None if cases.actions is None else cases.actions[sl],
+                        None if cases.ts is None else cases.ts[sl]))
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+def train_member(base: "Artifacts", data: InteractionData, index: int, cfg: EnsembleConfig, *,
+                 progress: bool = True) -> "Artifacts":
+    """One extra transformer: the served model's shape and training settings, another seed,
+    trained by the project's own ``train`` and saved as ``ensemble/member-<index>``."""
+    from outerloop.data.datasets import dataset_hash
+    from outerloop.inner_loop.artifacts import Artifacts
+    from outerloop.inner_loop.train import TrainConfig, train
+
+    tc = dict((base.manifest.get("config") or {}).get("train") or {})
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    tcfg = TrainConfig(**{k: v for k, v in tc.items() if k in known})
+    tcfg = dataclasses.replace(tcfg, seed=int(tcfg.seed) + cfg.seed_offset + index - 1, freeze_backbone=False,
+                               max_minutes=cfg.max_minutes if cfg.max_minutes is not None else tcfg.max_minutes)
+    out = Ensemble.directory(base.dir) / f"member-{index}"
+    result = train(data, base.config, tcfg, checkpoint_dir=out / "checkpoints", progress=progress)
+    manifest = {"dataset": data.name, "data_hash": dataset_hash(data), "config": {"train": dataclasses.asdict(tcfg)},
+                "wall_time_s": round(result.wall_s, 1), "epochs_run": result.epochs_run,
+                "best_epoch": result.best_epoch, "ensemble_member_of": base.model_version,
+                "metrics": {"valid_best": result.valid}}
+    arts = Artifacts.from_model(result.model, data.catalog, result.popularity, manifest, dir=out)
+    arts.save(out)
+    return arts
+
+
+def _usable_member(path: Path, base: "Artifacts", data_hash: str) -> "Artifacts | None":
+    """A member trained earlier for the same data and model shape (reused, not retrained)."""
+    from outerloop.inner_loop.artifacts import Artifacts
+
+    if not (path / "manifest.json").is_file():
+        return None
+    try:
+        arts = Artifacts.load(path)
+    except UserInputError:
+        return None
+    same_shape = arts.config.to_dict() == base.config.to_dict()
+    return arts if same_shape and arts.manifest.get("data_hash") == data_hash else None
+
+
+def train_ensemble(base: "Artifacts", data: InteractionData, cfg: EnsembleConfig | None = None, *,
+                   progress: bool = True) -> Ensemble:
+    """Train what is missing (extra transformers, EASE), choose EASE's settings, the mix and the
+    temperature on the validation cut, report the test cut, and save into ``<base>/ensemble``."""
+    from outerloop.data.datasets import dataset_hash
+
+    cfg = cfg or EnsembleConfig()
+    t0 = time.perf_counter()
+    if len(base.catalog) != len(data.catalog):
+        raise UserInputError(f"artifacts have {len(base.catalog)} items, dataset {data.name!r} {len(data.catalog)}")
+    data_hash = dataset_hash(data)
+    if base.manifest.get("data_hash") not in (None, data_hash):
+        raise UserInputError(f"{base.dir}: trained on other data than {data.name!r} (data hash differs)")
+    members: list[Artifacts] = []
+    trained: list[str] = []
+    for i in range(1, cfg.extra_transformers + 1):
+        path = Ensemble.directory(base.dir) / f"member-{i}"
+        arts = _usable_member(path, base, data_hash)
+        if arts is None:
+            arts = train_member(base, data, i, cfg, progress=progress)
+            trained.append(path.name)
+        members.append(arts)
+    t_members = time.perf_counter() - t0
+
+    val = leave_one_out(data, "valid")
+    test = leave_one_out(data, "test")
+    n_items = len(data.catalog)
+    probe = Ensemble(base, members, None, {}, 1.0, max_len=int(base.config.max_len))
+    # standardized validation scores of each transformer member
+    z_val = {name: _batched(lambda h, a, t, m=m: _zscore(m.scores([x[-probe.max_len:].tolist() for x in h],
+                                                                   _cut(a, probe.max_len), _cut(t, probe.max_len))),
+                            val, cfg.batch_size)
+             for name, m in zip(probe.names, [base, *members])}
+    report: dict[str, Any] = {"valid": {}, "test": {}, "trained_now": trained}
+    for name, z in z_val.items():
+        report["valid"][f"{name}_ndcg@10"] = round(_ndcg10(z, val), 5)
+
+    ease: EaseModel | None = None
+    t_ease = time.perf_counter()
+    if n_items <= cfg.max_ease_items:
+        gram = EaseModel.gram([u.items for u in train_sequences(data)], n_items)
+        best = (-1.0, None)
+        grid = {}
+        for lam in cfg.ease_lambdas:
+            model = EaseModel.fit(gram, lam)
+            for hl in cfg.half_lives:
+                model.half_life = hl
+                nd = _ndcg10(_batched(lambda h, a, t: model.scores(h), val, cfg.batch_size), val)
+                grid[f"lambda={lam:g},half_life={hl:g}"] = round(nd, 5)
+                if nd > best[0]:
+                    best = (nd, (lam, hl))
+        lam, hl = best[1]  # type: ignore[misc]
+        ease = EaseModel.fit(gram, lam, hl)
+        z_val[EASE] = _batched(lambda h, a, t: _zscore(ease.scores(h)), val, cfg.batch_size)  # type: ignore[union-attr]
+        report["valid"]["ease_grid_ndcg@10"] = grid
+        report["ease"] = {"lambda": lam, "half_life": hl}
+        report["valid"][f"{EASE}_ndcg@10"] = round(best[0], 5)
+    t_ease = time.perf_counter() - t_ease
+
+    names = list(z_val)
+    best_w: tuple[float, dict[str, float]] = (-1.0, {})
+    for w in _simplex(len(names), cfg.weight_step):
+        mixed = sum(wi * z_val[n] for wi, n in zip(w, names) if wi)
+        nd = _ndcg10(mixed, val)
+        if nd > best_w[0] + 1e-9:
+            best_w = (nd, {n: wi for n, wi in zip(names, w)})
+    weights = best_w[1]
+    mixed = sum(w * z_val[n] for n, w in weights.items() if w)
+    temps = {t: _nll(mixed / t, val) for t in cfg.temperatures}
+    temperature = min(temps, key=temps.get)  # type: ignore[arg-type]
+    report["valid"]["ensemble_ndcg@10"] = round(best_w[0], 5)
+    report["valid"]["nll_by_temperature"] = {f"{t:g}": round(v, 4) for t, v in temps.items()}
+    del z_val, mixed
+
+    ens = Ensemble(base, members, ease, weights, temperature, report, max_len=int(base.config.max_len))
+    for name in ens.names:  # reported, never used to choose anything
+        only = {n: (1.0 if n == name else 0.0) for n in ens.names}
+        report["test"][f"{name}_ndcg@10"] = round(_ndcg10(
+            _batched(lambda h, a, t, o=only: dataclasses.replace(ens, weights=o).mix(ens.member_scores(h, a, t)),
+                     test, cfg.batch_size), test), 5)
+    report["test"]["ensemble_ndcg@10"] = round(_ndcg10(
+        _batched(lambda h, a, t: ens.mix(ens.member_scores(h, a, t)), test, cfg.batch_size), test), 5)
+    report["seconds"] = {"members": round(t_members, 1), "ease": round(t_ease, 1),
+                         "total": round(time.perf_counter() - t0, 1)}
+    ens.save()
+    return ens
+
+
+def _cut(xs: Any, n: int) -> Any:
+    return None if xs is None else [list(x)[-n:] for x in xs]
+
+
+# ---- command line: `outerloop train-ensemble` ------------------------------------------------------
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--artifacts", type=Path, required=True,
+                   help="trained artifacts (`outerloop train`); the ensemble is saved in DIR/ensemble")
+    p.add_argument("--dataset", default=None, help="dataset name (default: the one in the artifacts' manifest)")
+    p.add_argument("--data-dir", type=Path, default=None, help="data root (default: the manifest's)")
+    p.add_argument("--extra-transformers", type=int, default=EnsembleConfig.extra_transformers,
+                   help="transformers trained besides the served one, other seeds (default %(default)s)")
+    p.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget of each extra transformer")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from outerloop.inner_loop.artifacts import Artifacts, training_data
+
+    if args.extra_transformers < 0:
+        raise UserInputError(f"--extra-transformers must be >= 0, got {args.extra_transformers}")
+    if args.max_minutes is not None and args.max_minutes <= 0:
+        raise UserInputError(f"--max-minutes must be > 0, got {args.max_minutes}")
+    base = Artifacts.load(args.artifacts)
+    data = training_data(base, args.dataset, args.data_dir)
+    cfg = EnsembleConfig(extra_transformers=args.extra_transformers, max_minutes=args.max_minutes)
+    ens = train_ensemble(base, data, cfg, progress=not args.quiet)
+    print(json.dumps({"dir": str(Ensemble.directory(base.dir)), "weights": ens.weights,
+                      "temperature": ens.temperature, **ens.report}))
+    return 0
