@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from outerloop.conversation.catalog_facts import CatalogFacts
 from outerloop.conversation.constraints import TitleRef
 from outerloop.conversation.lexicon import FILLERS, GENRE_WORDS, KIND_WORDS, ORDINALS, TONE_WORDS
-from outerloop.conversation.masking import MaskedText
-from outerloop.conversation.quantities import YEAR
+from outerloop.conversation.masking import MaskedText, rewrite_negations
+from outerloop.conversation.quantities import YEAR, negated_before
 
 _TRIGGER = re.compile(
-    r"(?:\b(?:more|something|anything|stuff|movies?|films?|shows?|things?|titles?|ones?|similar|kind\s+of|sort\s+of"
+    r"(?:\b(?:more|something|anything|nothing|stuff|movies?|films?|shows?|things?|titles?|ones?|similar|kind\s+of|sort\s+of"
     r"|vibes?|closer\s+to)\s+(?:just\s+|a\s+bit\s+|a\s+little\s+|more\s+)?like"
     r"|\bsimilar\s+to|\bin\s+the\s+(?:vein|style|spirit)\s+of|\balong\s+the\s+lines\s+of|\breminds?\s+me\s+of"
     r"|\bakin\s+to|\bcomparable\s+to|\b(?:i|we)\s+(?:really\s+)?(?:liked|loved|enjoyed)|^\s*like)\s+")
@@ -44,13 +44,32 @@ def _lexicon_words(text: str) -> bool:
     return bool(words & (set(GENRE_WORDS) | set(TONE_WORDS)))
 
 
-def parse_anchors(t: MaskedText, facts: CatalogFacts, shown: Sequence[int], notes: list[str]) -> list[TitleRef]:
-    """Resolved anchors of the message (masked in ``t``); ``shown``: ids of the last answer."""
+def _negated_trigger(s: str, start: int) -> bool:
+    """ "I don't want anything like Titanic": the trigger is under a negation in its clause."""
+    before = rewrite_negations(s[max(0, start - 80):start])
+    return negated_before(before + " ", len(before) + 1)
+
+
+def parse_anchors(t: MaskedText, facts: CatalogFacts, shown: Sequence[int], notes: list[str],
+                  unapplied: list[tuple[str, str]] | None = None) -> list[TitleRef]:
+    """Resolved anchors of the message (masked in ``t``); ``shown``: ids of the last answer.
+    ``unapplied`` receives (phrase, reason) for titles that could not be used."""
+    unapplied = unapplied if unapplied is not None else []
     anchors: list[TitleRef] = []
     for trig in t.finditer(_TRIGGER):
         rest = t.s[trig.end():]
         if not rest.strip() or rest.lstrip().startswith("§"):
             continue
+        if trig.group(0).lstrip().startswith("nothing") or _negated_trigger(t.s, trig.start()):
+            end = _TITLE_END.search(rest)
+            span = rest[: end.start()] if end else rest
+            found = _resolve_span(span, facts) if span.strip() else None
+            if found is not None:  # "nothing like Titanic": not an anchor, and said so
+                title = facts.item(found[0]).title
+                unapplied.append((span[:found[1]].strip(), f"steering away from a title ({title}) is not supported; "
+                                                            "it was not used"))
+                t.consume(trig.start(), trig.end() + found[1])
+            continue  # "don't want anything like a musical": the word pass reads the negation
         # "the second one", "these": references to what was shown last turn
         ref = _ORDINAL.match(rest) or _PLURAL_REF.match(rest)
         if ref is None and trig.group(0).startswith("more"):
@@ -71,6 +90,7 @@ def parse_anchors(t: MaskedText, facts: CatalogFacts, shown: Sequence[int], note
         if found is None:
             if not _lexicon_words(span) and not re.match(r"\s*\d", span):
                 notes.append(f"no title matching '{span.strip()[:60]}' in this catalog; ignored")
+                unapplied.append((span.strip()[:60], "no such title in this catalog"))
                 t.consume(trig.start(), trig.end() + len(span))
             continue
         offset = 0

@@ -108,8 +108,30 @@ class CatalogFacts:
 
     # -- genre names -------------------------------------------------------------------------
     def genres_for(self, canonical: str) -> list[str]:
-        """The catalog's names for a canonical genre (empty when it has none of them)."""
+        """The catalog's names for a canonical genre, or the catalog's own genre name itself
+        (empty when it has none of them)."""
+        if canonical in self.genre_index:
+            return [canonical]
         return [g for g in GENRE_NAMES.get(canonical, ()) if g in self.genre_index]
+
+    @cached_property
+    def genre_words(self) -> dict[str, tuple[str, ...]]:
+        """Words for genres, for this catalog: the everyday lexicon (canonical genres) plus the
+        catalog's own genre names, as written, in the plural and with spaces for hyphens ("Sci-Fi",
+        "sci fi", "Film-Noir", "biographies"), so a catalog with a genre the lexicon lacks can still
+        be asked for it by name."""
+        words: dict[str, tuple[str, ...]] = {}
+        for name in self.catalog.genres:
+            base = name.lower()
+            if not re.fullmatch(r"[a-z0-9' \-]+", base) or base in ("(no genres listed)",):
+                continue
+            forms = {base, base.replace("-", " "), base.replace("-", "")}
+            forms |= {f + "s" for f in list(forms) if not f.endswith("s")}
+            forms |= {f[:-1] + "ies" for f in list(forms) if f.endswith("y")}
+            for f in forms:
+                words[f] = (name,)
+        words.update(GENRE_WORDS)  # the lexicon's readings win ("romantic" -> romance)
+        return words
 
     def resolve_genre(self, text: str) -> list[str]:
         """Catalog genre names for free text ("sci fi", "Children's", "comedy"): the exact name

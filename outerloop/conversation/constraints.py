@@ -115,6 +115,15 @@ class Turn(BaseModel):
         return ids
 
 
+class Unapplied(BaseModel):
+    """Part of a message that reads like a constraint but did not become one: words the parser
+    did not understand, a genre the catalog lacks, a title it does not have, a reading it could
+    not express. Named in the reply and returned here, never dropped."""
+
+    phrase: str = Field(description="the words of the message, as understood (lower case)")
+    reason: str
+
+
 class Refusal(BaseModel):
     """A constraint that was understood but not applied, and why (never silently dropped)."""
 

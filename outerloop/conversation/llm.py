@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from outerloop.budgets import Budget, Enforcer, RunContext, RunRecord
 from outerloop.conversation.catalog_facts import CatalogFacts
-from outerloop.conversation.constraints import Constraints, TitleRef
+from outerloop.conversation.constraints import Constraints, TitleRef, Unapplied
 from outerloop.conversation.lexicon import TONES, tone_tags
 
 DEFAULT_LLM_BUDGET = Budget(latency_ms=1500, max_llm_tokens=4000)
@@ -56,6 +56,7 @@ class LLMParse:
     record: RunRecord
     notes: list[str] = field(default_factory=list)
     failure: str | None = None
+    unapplied: list[Unapplied] = field(default_factory=list)  # what validation took out of the model's answer
 
 
 def _usage_tokens(message: Any, text: str) -> int:
@@ -129,21 +130,25 @@ class LLMParser:
         if record.outcome != "ok" or not isinstance(record.value, Constraints):
             why = record.error or record.outcome
             return LLMParse(None, record, failure=f"language model run {record.outcome}: {why}")
+        dropped: list[Unapplied] = []
         try:
-            constraints, notes = sanitise(record.value, facts)
+            constraints, notes = sanitise(record.value, facts, dropped)
         except ValidationError as exc:
             first = exc.errors(include_url=False, include_input=False)[0]
             return LLMParse(None, record,
                             failure=f"language model constraints invalid after mapping: {first.get('msg')}")
-        return LLMParse(constraints, record, notes)
+        return LLMParse(constraints, record, notes, unapplied=dropped)
 
 
-def _resolve_titles(refs: Sequence[TitleRef], facts: CatalogFacts, what: str, notes: list[str]) -> list[TitleRef]:
+def _resolve_titles(refs: Sequence[TitleRef], facts: CatalogFacts, what: str, notes: list[str],
+                    dropped: list[Unapplied]) -> list[TitleRef]:
     out: list[TitleRef] = []
     for ref in refs:
         item_id = facts.titles.resolve(ref.title, ref.year)
         if item_id is None:
             notes.append(f"dropped the model's {what} {ref.title!r}: not in this catalog")
+            if what == "anchor":  # a suggestion is the model's own idea; an anchor is the user's ask
+                dropped.append(Unapplied(phrase=ref.title.lower(), reason="no such title in this catalog"))
             continue
         it = facts.item(item_id)
         if all(r.item_id != item_id for r in out):
@@ -151,30 +156,38 @@ def _resolve_titles(refs: Sequence[TitleRef], facts: CatalogFacts, what: str, no
     return out
 
 
-def sanitise(c: Constraints, facts: CatalogFacts) -> tuple[Constraints, list[str]]:
-    """``c`` in catalog terms: genre names mapped, titles resolved or dropped, tones' tags added."""
+def sanitise(c: Constraints, facts: CatalogFacts,
+             dropped: list[Unapplied] | None = None) -> tuple[Constraints, list[str]]:
+    """``c`` in catalog terms: genre names mapped, titles resolved or dropped, tones' tags added.
+    What is taken out of an ask (not a suggestion) is added to ``dropped``, to be named to the user."""
     notes: list[str] = []
+    dropped = dropped if dropped is not None else []
 
-    def genres(values: list[str]) -> list[str]:
+    def genres(values: list[str], asked: bool = True) -> list[str]:
         out: list[str] = []
         for v in values:
             names = facts.resolve_genre(v)
             if not names:
                 notes.append(f"dropped the model's genre {v!r}: not a genre of this catalog")
+                if asked:
+                    dropped.append(Unapplied(phrase=v.lower(), reason=f"{facts.name} has no such genre"))
             out += names
         return out
 
-    tones = sorted({t.lower() for t in c.tones})
+    tones = sorted({t.lower().strip() for t in c.tones})
+    for t in [t for t in tones if t not in TONES]:  # a tone nothing can act on is named, not kept silently
+        dropped.append(Unapplied(phrase=t, reason="not a tone this catalog's filter or ranking knows"))
+    tones = [t for t in tones if t in TONES]
     prefer, avoid = tone_tags([t for t in tones if t in TONES])
     kind = c.kind if c.kind == "episode" or facts.has_episodes else None
     excluded = {t.lower() for t in c.exclude_tags} | set(avoid)
     return Constraints(
         include_genres=genres(c.include_genres), any_genres=genres(c.any_genres),
-        exclude_genres=genres(c.exclude_genres),
+        exclude_genres=genres(c.exclude_genres, asked=False),
         min_runtime_min=c.min_runtime_min, max_runtime_min=c.max_runtime_min,
         min_year=c.min_year, max_year=c.max_year, kind=kind, tones=tones,
         prefer_tags=sorted(({t.lower() for t in c.prefer_tags} | set(prefer)) - excluded),
         exclude_tags=sorted(excluded),
-        anchors=_resolve_titles(c.anchors, facts, "anchor", notes),
-        suggestions=_resolve_titles(c.suggestions, facts, "suggestion", notes),
+        anchors=_resolve_titles(c.anchors, facts, "anchor", notes, dropped),
+        suggestions=_resolve_titles(c.suggestions, facts, "suggestion", notes, dropped),
     ), notes

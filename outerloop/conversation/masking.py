@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import re
 
+from outerloop.conversation.lexicon import NEGATION_PHRASES
+from outerloop.conversation.number_words import digits
+
 _REWRITES = (
     (re.compile(r"[\u2018\u2019\u02bc`]"), "'"),
     (re.compile(r"[\u201c\u201d]"), '"'),
@@ -17,8 +20,26 @@ _REWRITES = (
     (re.compile(r"\bother\s+than\b"), "except"),
     (re.compile(r"\bdo\s+not\b"), "don't"),
     (re.compile(r"\bwon't\b|\bwont\b"), "don't"),
+    (re.compile(r"\bcan\s*not\b"), "can't"),
+    (re.compile(r"\b(do|does|is|are|was|were|should|could|would|must|ca|did)n'?t\b"), r"\1n't"),
+    (re.compile(r"\bi\s*'?\s*m\b"), "i'm"),
+    (re.compile(r"\s+[-\u2013\u2014]+\s+|\s*[\u2013\u2014]\s*"), " ; "),
     (re.compile(r"\s+"), " "),
 )
+_NEGATION = re.compile(r"\b(?:" + "|".join(NEGATION_PHRASES) + r")\b")
+_FREE = re.compile(r"\b([a-z]+)-free\b")  # "gore-free", "romance-free"
+
+
+def rewrite_negations(s: str) -> str:
+    """Negation cues of several words ("can't stand", "not a fan of", "sick of", "steer clear of")
+    as the one word "no", and "X-free" as "no X"; the word pass then reads one kind of negator."""
+    s = _FREE.sub(r"no \1", s)
+    return _NEGATION.sub("no", s)
+
+
+def rewrite_numbers(s: str) -> str:
+    """Number words as digits ("ninety" -> "90", "nineteen eighty" -> "1980")."""
+    return digits(s)
 
 
 def normalise(text: str) -> str:

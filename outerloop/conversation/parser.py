@@ -1,11 +1,25 @@
 """The deterministic parser: one message -> what it asks for, with no model.
 
 It reads a message in passes, each one consuming (masking, :mod:`.masking`) what it understood
-so later passes cannot misread it: title anchors first (:mod:`.anchors`; "like Scary Movie" must
-not read as *scary*), then runtimes and years (:mod:`.quantities`; "under 90 minutes", "from the
-80s"), then follow-up words ("shorter", "newer", "start over"), and last the genre, tone and kind
-words, each checked for a negation in its clause ("no romance", "funny but not stupid",
-"nothing too dark").
+so later passes cannot misread it:
+
+1. follow-up resets and "any length" / "any genre" clears;
+2. title anchors (:mod:`.anchors`; "like Scary Movie" must not read as *scary*; "nothing like
+   Titanic" is not an anchor, and is said to be unsupported);
+3. negation cues of several words become the one word "no" ("can't stand", "not a fan of",
+   "sick of", "steer clear of", "gore-free"), and numbers in words become digits ("ninety",
+   "nineteen eighty", "the two thousands");
+4. runtimes and years (:mod:`.quantities`), with the direction of each comparison read
+   together with the negation before it ("nothing over an hour and a half" is at most 90);
+5. follow-up words ("shorter", "newer");
+6. genre, tone, kind and length/era words, each checked for a negation that governs it
+   (:func:`_negated`): a negation reaches the words of its own phrase ("no romance or horror"),
+   not the next phrase ("no romantic stuff, something funny" still wants comedy), and a few cues
+   come after the words ("romance? no thanks", "horror is out");
+7. whatever is left that is not a function word is reported as not understood
+   (:attr:`ParsedMessage.unapplied`), so nothing that reads like a constraint is dropped silently.
+
+Where a phrase has two readings the parser picks one and says which (:attr:`ParsedMessage.readings`).
 
 The result, :class:`ParsedMessage`, is a *delta*: what this message alone says. Merging it into
 the conversation's running state (replace, accumulate, "romance is fine after all") is
@@ -20,24 +34,26 @@ from dataclasses import dataclass, field
 
 from outerloop.conversation.anchors import parse_anchors
 from outerloop.conversation.catalog_facts import CatalogFacts
-from outerloop.conversation.constraints import TitleRef
+from outerloop.conversation.constraints import TitleRef, Unapplied
 from outerloop.conversation.lexicon import (
     CLASSIC_AGE_YEARS,
     CLAUSE_BREAKS,
     CONNECTORS,
     FILLERS,
-    GENRE_WORDS,
     KIND_WORDS,
     LONG_MIN_MIN,
     NOT_TOO_LONG_MAX_MIN,
     NOT_TOO_SHORT_MIN_MIN,
+    POSTPOSED_NEGATION,
     RECENT_SPAN_YEARS,
+    SCOPE_STARTERS,
     SHORT_MAX_MIN,
+    STOPWORDS,
     TONE_WORDS,
     TONES,
 )
-from outerloop.conversation.masking import MaskedText, normalise
-from outerloop.conversation.quantities import Bound, parse_era, parse_runtime
+from outerloop.conversation.masking import MaskedText, normalise, rewrite_negations, rewrite_numbers
+from outerloop.conversation.quantities import Bound, Readings, YearSpan, parse_era, parse_runtime
 
 
 @dataclass
@@ -58,6 +74,8 @@ class ParsedMessage:
     additive: bool = False  # "also", "too": add genres instead of replacing them
     clear: list[str] = field(default_factory=list)  # "any genre", "any length", "any year"
     notes: list[str] = field(default_factory=list)
+    unapplied: list[Unapplied] = field(default_factory=list)  # read like a constraint, not applied
+    readings: list[str] = field(default_factory=list)  # where a phrase had two readings: the one taken
 
     def is_empty(self) -> bool:
         return not (self.include_genres or self.any_genres or self.exclude_genres or self.allow_genres
@@ -75,12 +93,23 @@ _RELATIVE = (
 )
 _RESET = re.compile(r"\b(?:start\s+over|forget\s+(?:that|it|all|everything|about\s+it)|new\s+search|never\s*mind"
                     r"|from\s+scratch|reset|something\s+(?:completely|totally|entirely)\s+different)\b")
-_ADDITIVE = re.compile(r"\b(?:also|too|as\s+well|in\s+addition)\b")
+_ADDITIVE = re.compile(r"\b(?:also|too|as\s+well|in\s+addition)\b(?!\s+(?:long|short|old|new|dark|much|many|scary"
+                       r"|violent|silly|sad|heavy|light|recent)\b)")
+_LIMIT = r"(?:limit|constraint|bound|cap|requirement|restriction|filter|thing)s?"
 _CLEAR = (
-    ("genres", re.compile(r"\bany\s+genre\b|\bgenre\s+doesn'?t\s+matter\b")),
+    ("genres", re.compile(r"\bany\s+genre\b|\bgenre\s+(?:doesn'?t|does\s+not|don'?t)\s+matter\b|\bwhatever\s+genre\b"
+                          r"|\b(?:drop|forget|ignore|remove|lose)\s+the\s+genres?\b|\bno\s+genre\s+" + _LIMIT)),
     ("runtime", re.compile(r"\bany\s+(?:length|runtime|duration)\b"
-                           r"|\b(?:length|runtime|duration)\s+doesn'?t\s+matter\b")),
-    ("years", re.compile(r"\bany\s+(?:year|era|decade)\b|\b(?:year|era|age)\s+doesn'?t\s+matter\b")),
+                           r"|\b(?:length|runtime|duration)\s+(?:doesn'?t|does\s+not|don'?t)\s+matter\b"
+                           r"|\b(?:doesn'?t|does\s+not)\s+matter\s+how\s+long\b|\bhowever\s+long\b"
+                           r"|\bno\s+(?:time|length|runtime|duration)\s+" + _LIMIT +
+                           r"|\b(?:drop|forget|ignore|remove|lose|skip)\s+the\s+(?:time|length|runtime|duration)\s*"
+                           + _LIMIT + r"?\b|\bany\s+(?:length|runtime)\s+is\s+(?:fine|ok|okay)\b")),
+    ("years", re.compile(r"\bany\s+(?:year|era|decade|period)\b"
+                         r"|\b(?:year|era|age|decade|period)\s+(?:doesn'?t|does\s+not|don'?t)\s+matter\b"
+                         r"|\b(?:doesn'?t|does\s+not)\s+matter\s+(?:when|how\s+old)\b"
+                         r"|\bno\s+(?:date|year|era)\s+" + _LIMIT +
+                         r"|\b(?:drop|forget|ignore|remove|lose)\s+the\s+(?:date|year|era|decade)s?\s*" + _LIMIT + r"?\b")),
 )
 _ALLOW_AFTER = re.compile(r"^\s*(?:is|are|'s)\s+(?:fine|ok|okay|alright|all\s+right|good|allowed)\b"
                           r"|^\s*(?:after\s+all|again)\b")
@@ -90,16 +119,20 @@ _ALLOW_BEFORE = re.compile(r"(?:\ballow|\bdon't\s+mind|\bdont\s+mind|\bfine\s+wi
 
 # --- genre, tone, kind and word-level runtime/era ----------------------------------------------
 
-_TOKEN = re.compile(r"[a-z0-9][a-z0-9'\-]*|[,.;!?/&§]")
-# single tokens: "do not" was rewritten to "don't", "anything but" / "other than" to "except"
+_TOKEN = re.compile(r"[a-z0-9][a-z0-9'\-]*|[,.;:!?/&§]")
+# single tokens: phrases ("can't stand", "not a fan of") were rewritten to "no" (masking.rewrite_negations)
 _NEGATOR_TOKENS = frozenset({
     "no", "not", "without", "except", "excluding", "nothing", "none", "never", "avoid", "skip", "minus",
-    "hate", "isn't", "less", "nor", "neither", "don't", "dont", "doesn't", "hates", "avoiding", "skipping",
+    "hate", "isn't", "aren't", "less", "nor", "neither", "don't", "dont", "doesn't", "hates", "avoiding", "skipping",
+    "exclude", "no-one", "nope", "non", "sans", "avoid", "dislike", "hated", "nix", "shouldn't", "mustn't",
 })
-_RUNTIME_WORDS = {"short": "short", "quick": "short", "brief": "short", "long": "long", "lengthy": "long"}
-_ERA_WORDS = {"recent": "recent", "new": "recent", "latest": "recent", "modern": "recent",
+_RUNTIME_WORDS = {"short": "short", "quick": "short", "brief": "short", "long": "long", "lengthy": "long",
+                  "shortish": "short", "not too long": "not long", "epic length": "long", "longish": "long"}
+_ERA_WORDS = {"recent": "recent", "new": "recent", "latest": "recent", "modern": "recent", "brand new": "recent",
               "contemporary": "recent", "classic": "old", "classics": "old", "old": "old", "vintage": "old",
-              "old-school": "old", "oldies": "old", "golden age": "old"}
+              "old-school": "old", "old school": "old", "oldies": "old", "golden age": "old", "older": "old",
+              "old-fashioned": "old", "newer": "recent"}
+_UNKNOWN_REACH = 2  # words the parser does not know that may stand between a negator and its word
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,27 +143,38 @@ class _Hit:
     value: str | tuple[str, ...]
 
 
-def _phrases() -> dict[tuple[str, ...], tuple[str, str | tuple[str, ...]]]:
-    table: dict[tuple[str, ...], tuple[str, str | tuple[str, ...]]] = {}
-    for source, cat in ((_ERA_WORDS, "era"), (_RUNTIME_WORDS, "runtime"), (KIND_WORDS, "kind"),
-                        (TONE_WORDS, "tone"), (GENRE_WORDS, "genre")):
+_FAMILY = {"genre": "content", "tone": "content", "kind": "kind", "runtime": "runtime", "era": "era"}
+
+
+def _phrase_table(facts: CatalogFacts) -> dict[tuple[str, ...], tuple[tuple[str, str | tuple[str, ...]], ...]]:
+    """Every phrase the word pass knows, for one catalog (its own genre names included)."""
+    cached = facts.__dict__.get("_phrase_table")
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    table: dict[tuple[str, ...], tuple[tuple[str, str | tuple[str, ...]], ...]] = {}
+    sources: list[tuple[dict[str, object], str]] = [(_ERA_WORDS, "era"), (_RUNTIME_WORDS, "runtime"),  # type: ignore[list-item]
+                                                    (KIND_WORDS, "kind"), (TONE_WORDS, "tone"),  # type: ignore[list-item]
+                                                    (facts.genre_words, "genre")]  # type: ignore[list-item]
+    for source, cat in sources:
         for phrase, value in source.items():  # later sources win: "romantic" is a genre word
-            table[tuple(_TOKEN.findall(phrase))] = (cat, value)
+            table[tuple(_TOKEN.findall(phrase))] = ((cat, value),)  # type: ignore[assignment]
+    from outerloop.conversation.lexicon import COMPOUND_WORDS
+
+    for phrase, entries in COMPOUND_WORDS.items():
+        table[tuple(_TOKEN.findall(phrase))] = entries
+    facts.__dict__["_phrase_table"] = table
     return table
 
 
-_PHRASES = _phrases()
-_MAX_PHRASE = max(len(k) for k in _PHRASES)
-
-
-def _scan(tokens: list[str]) -> list[_Hit]:
+def _scan(tokens: list[str], table: dict[tuple[str, ...], tuple[tuple[str, str | tuple[str, ...]], ...]]) -> list[_Hit]:
+    longest = max(len(k) for k in table)
     hits: list[_Hit] = []
     i = 0
     while i < len(tokens):
-        for n in range(min(_MAX_PHRASE, len(tokens) - i), 0, -1):
-            entry = _PHRASES.get(tuple(tokens[i:i + n]))
-            if entry is not None:
-                hits.append(_Hit(i, i + n, entry[0], entry[1]))
+        for n in range(min(longest, len(tokens) - i), 0, -1):
+            entries = table.get(tuple(tokens[i:i + n]))
+            if entries is not None:
+                hits += [_Hit(i, i + n, cat, value) for cat, value in entries]
                 i += n
                 break
         else:
@@ -138,16 +182,39 @@ def _scan(tokens: list[str]) -> list[_Hit]:
     return hits
 
 
-_FAMILY = {"genre": "content", "tone": "content", "kind": "kind", "runtime": "runtime", "era": "era"}
+def _list_continues(tokens: list[str], after: int, family: str, covered: dict[int, str]) -> bool:
+    """After a comma-joined word: does the list go on to an "or"/"nor"/"and" ("no horror, war or
+    romance")? Then the comma joined a list, not two phrases."""
+    k = after
+    while k < len(tokens):
+        tok = tokens[k]
+        if k in covered and covered[k] == family:
+            k += 1
+            continue
+        if tok in ("or", "nor", "and", "&", "/"):
+            return k + 1 < len(tokens) and covered.get(k + 1) == family
+        if tok == "," or tok in FILLERS:
+            k += 1
+            continue
+        return False
+    return False
 
 
-def _negated(hit: _Hit, tokens: list[str], covered: dict[int, str]) -> bool:
-    """True when a negator governs ``hit`` within its clause. Only fillers, connectors and hits of
-    the same family, joined by a connector, may stand between them: "no romance or horror"
-    negates both; "nothing too dark, recent" and "non-violent action" leave the last word alone."""
+def _negated(hit: _Hit, tokens: list[str], covered: dict[int, str], readings: list[str]) -> bool:
+    """True when a negator governs ``hit`` within its phrase.
+
+    Between the negator and the word may stand fillers ("not too dark"), a few words the parser
+    does not know ("no mushy romance"), and other words of the same family joined by a connector
+    ("no romance or horror"). A clause break ("but", ".") ends the reach, and so does a new phrase
+    after "and" or a comma ("no romance, something funny"). A comma alone between two genre words
+    ("no romance, horror") is read as the start of a new phrase unless the list goes on to an "or"
+    ("no romance, horror or war"); that reading is said.
+    """
     j = hit.start - 1
     family = _FAMILY[hit.category]
     joined = False  # a connector since the last hit: "no romance or horror", not "non-violent action"
+    unknown = 0
+    comma_join: int | None = None  # position of a comma that alone joins this word to an earlier one
     while j >= 0:
         tok = tokens[j]
         if j in covered:
@@ -158,16 +225,64 @@ def _negated(hit: _Hit, tokens: list[str], covered: dict[int, str]) -> bool:
             joined = False
             continue
         if tok in CONNECTORS:
+            nxt = tokens[j + 1] if j + 1 < len(tokens) else ""
+            if tok in ("and", ",") and nxt in SCOPE_STARTERS and j + 1 != hit.start:
+                return False
+            if tok == "," and not joined and j + 1 == hit.start:
+                comma_join = j
             joined = True
-        if tok in _NEGATOR_TOKENS:
-            return not (tok == "no" and j + 1 < len(tokens) and tokens[j + 1] in {",", ".", "!", "§"})
-        if tok in CLAUSE_BREAKS or tok == "§":
-            return False
-        if tok in FILLERS or tok in CONNECTORS:
             j -= 1
             continue
-        return False
+        if tok in _NEGATOR_TOKENS:
+            if tok == "no" and j + 1 < len(tokens) and tokens[j + 1] in {",", ".", "!", "§", ";", ":"}:
+                return False  # "no, something newer": an interjection
+            if comma_join is not None and not _list_continues(tokens, hit.end, family, covered):
+                phrase = re.sub(r" ([,;:])", r"\1", " ".join(tokens[j:hit.end]))
+                readings.append(f"read '{phrase}' as {tokens[hit.start]} wanted; the '{tok}' only reaches the "
+                                f"word before the comma (say '{tok} {' '.join(tokens[hit.start:hit.end])}' to leave "
+                                f"it out too)")
+                return False
+            return True
+        if tok in CLAUSE_BREAKS or tok == "§":
+            return False
+        if tok in FILLERS:
+            j -= 1
+            continue
+        if tok in SCOPE_STARTERS or tok[0].isdigit():
+            return False
+        unknown += 1  # a word the parser does not know, or a function word: "never liked horror"
+        if unknown > _UNKNOWN_REACH:
+            return False
+        j -= 1
     return False
+
+
+_POSTPOSED = re.compile(POSTPOSED_NEGATION)
+
+
+def _run_end(hit: _Hit, hits: list[_Hit], tokens: list[str]) -> int:
+    """Where the list ``hit`` starts ends ("romance and horror are out": after "horror")."""
+    end = hit.end
+    family = _FAMILY[hit.category]
+    for other in hits:
+        if other.start < end or _FAMILY[other.category] != family:
+            continue
+        between = tokens[end:other.start]
+        if between and all(t in CONNECTORS or t in FILLERS for t in between) and any(t in CONNECTORS for t in between):
+            end = other.end
+        elif not between:
+            end = other.end
+        else:
+            break
+    return end
+
+
+def _post_negated(hit: _Hit, hits: list[_Hit], tokens: list[str]) -> bool:
+    """ "romance? no thanks", "horror is out", "musicals are not my thing"."""
+    end = _run_end(hit, hits, tokens)
+    rest = " ".join(tokens[end:end + 8])
+    rest = re.sub(r"\s+([,.;:!?])", r"\1", rest)
+    return bool(_POSTPOSED.match(" " + rest if rest and rest[0].isalnum() else rest))
 
 
 def _allowed(hit: _Hit, tokens: list[str]) -> bool:
@@ -177,42 +292,49 @@ def _allowed(hit: _Hit, tokens: list[str]) -> bool:
     return bool(_ALLOW_AFTER.search(after) or _ALLOW_BEFORE.search(before))
 
 
-def _genre_names(canonicals: Sequence[str], facts: CatalogFacts, notes: list[str], ask: bool) -> list[str]:
-    out: list[str] = []
+def _genre_names(canonicals: Sequence[str], facts: CatalogFacts, out: ParsedMessage, ask: bool,
+                 said: str) -> list[str]:
+    names: list[str] = []
     for c in canonicals:
-        names = facts.genres_for(c)
-        if not names and ask:
-            notes.append(f"this catalog has no '{c}' genre; that part was ignored")
-        out += names
-    return out
+        found = facts.genres_for(c)
+        if not found and ask:
+            out.notes.append(f"this catalog has no '{c}' genre; that part was ignored")
+            out.unapplied.append(Unapplied(phrase=said, reason=f"{facts.name} has no '{c}' genre"))
+        names += found
+    return names
 
 
-def _apply_words(t: MaskedText, facts: CatalogFacts, out: ParsedMessage) -> None:
+def _apply_words(t: MaskedText, facts: CatalogFacts, out: ParsedMessage) -> set[int]:
+    """The word pass; returns the token positions it used (for the leftover check)."""
     tokens = _TOKEN.findall(t.s)
-    hits = _scan(tokens)
+    hits = _scan(tokens, _phrase_table(facts))
     covered = {k: _FAMILY[h.category] for h in hits for k in range(h.start, h.end)}
     positive_genres: list[tuple[_Hit, list[str]]] = []
     latest = facts.latest_year
     for hit in hits:
-        neg = _negated(hit, tokens, covered)
+        said = " ".join(tokens[hit.start:hit.end])
+        neg = _negated(hit, tokens, covered, out.readings) or _post_negated(hit, hits, tokens)
         if hit.category == "genre":
             assert isinstance(hit.value, tuple)
             if _allowed(hit, tokens):
-                out.allow_genres += _genre_names(hit.value, facts, out.notes, ask=False)
+                out.allow_genres += _genre_names(hit.value, facts, out, False, said)
             elif neg:
-                out.exclude_genres += _genre_names(hit.value, facts, out.notes, ask=False)
+                out.exclude_genres += _genre_names(hit.value, facts, out, False, said)
             else:
-                positive_genres.append((hit, _genre_names(hit.value, facts, out.notes, ask=True)))
+                positive_genres.append((hit, _genre_names(hit.value, facts, out, True, said)))
         elif hit.category == "tone":
             tone = TONES[str(hit.value)]
             if not neg:
                 out.tones.append(tone.name)
-                out.include_genres += _genre_names(tone.genres, facts, out.notes, ask=True)
+                out.include_genres += _genre_names(tone.genres, facts, out, True, said)
             elif tone.negation:
                 out.tones.append(tone.negation)
-                out.exclude_genres += _genre_names(tone.genres, facts, out.notes, ask=False)
+                out.exclude_genres += _genre_names(tone.genres, facts, out, False, said)
             elif tone.genres:
-                out.exclude_genres += _genre_names(tone.genres, facts, out.notes, ask=False)
+                out.exclude_genres += _genre_names(tone.genres, facts, out, False, said)
+            else:
+                out.unapplied.append(Unapplied(phrase=f"not {said}", reason="there is no opposite of this tone to "
+                                                                              "filter by"))
         elif hit.category == "kind":
             kind = str(hit.value)
             if neg:
@@ -220,7 +342,9 @@ def _apply_words(t: MaskedText, facts: CatalogFacts, out: ParsedMessage) -> None
             if kind == "episode" or facts.has_episodes:  # "movie" says nothing on a films-only catalog
                 out.kind = kind
         elif hit.category == "runtime":
-            if hit.value == "short":
+            if hit.value == "not long":
+                out.runtime = (out.runtime[0], NOT_TOO_LONG_MAX_MIN)
+            elif hit.value == "short":
                 out.runtime = (NOT_TOO_SHORT_MIN_MIN, out.runtime[1]) if neg else (out.runtime[0], SHORT_MAX_MIN)
             else:
                 out.runtime = (out.runtime[0], NOT_TOO_LONG_MAX_MIN) if neg else (LONG_MIN_MIN, out.runtime[1])
@@ -232,6 +356,7 @@ def _apply_words(t: MaskedText, facts: CatalogFacts, out: ParsedMessage) -> None
                 cut = latest - CLASSIC_AGE_YEARS
                 out.years = (cut + 1, out.years[1]) if neg else (out.years[0], cut)
     _group_genres(positive_genres, tokens, out)
+    return set(covered)
 
 
 def _group_genres(hits: list[tuple[_Hit, list[str]]], tokens: list[str], out: ParsedMessage) -> None:
@@ -255,6 +380,36 @@ def _group_genres(hits: list[tuple[_Hit, list[str]]], tokens: list[str], out: Pa
         i += 1
 
 
+# --- what is left -------------------------------------------------------------------------------
+
+_GLUE = frozenset({"and", "of", "by", "the", "with", "in", "on", "about", "&", "starring", "from", "set", "a", "an"})
+_KNOWN = (STOPWORDS | FILLERS | SCOPE_STARTERS | CLAUSE_BREAKS | CONNECTORS | _NEGATOR_TOKENS
+          | frozenset({"§", "like", "than", "please", "short", "long", "minutes", "minute", "mins", "hours", "hour",
+                       "year", "years", "decade", "era", "ago", "older", "newer", "earlier", "later", "released",
+                       "came", "made", "era", "fine", "ok", "okay", "matter", "doesn't", "limit", "genre", "length",
+                       "runtime", "also", "too", "either", "neither", "thanks", "less", "more", "most"}))
+
+
+def _leftovers(t: MaskedText, used: set[int]) -> list[str]:
+    """Runs of words no pass used and that are not function words ("tom hanks", "subtitles")."""
+    tokens = _TOKEN.findall(t.s)
+    phrases: list[str] = []
+    run: list[str] = []
+    for k, tok in enumerate(tokens + ["§"]):
+        content = k not in used and tok not in _KNOWN and not re.fullmatch(r"[,.;:!?/&§]", tok)
+        if content:
+            run.append(tok)
+        elif run and tok in _GLUE and k not in used:
+            run.append(tok)
+        else:
+            while run and run[-1] in _GLUE:
+                run.pop()
+            if run:
+                phrases.append(" ".join(run))
+            run = []
+    return phrases
+
+
 # --- entry point ----------------------------------------------------------------------------
 
 
@@ -264,25 +419,36 @@ def parse_message(text: str, facts: CatalogFacts, shown: Sequence[int] = ()) -> 
     out = ParsedMessage()
     t = MaskedText(normalise(text))
     out.reset = bool(_RESET.search(t.s))
+    for m in t.finditer(_RESET):
+        t.consume(m.start(), m.end())
     out.additive = bool(_ADDITIVE.search(t.s))
     for what, pattern in _CLEAR:
         for m in t.finditer(pattern):
             out.clear.append(what)
             t.consume(m.start(), m.end())
-    out.anchors = parse_anchors(t, facts, shown, out.notes)
-    out.runtime = parse_runtime(t)
-    out.years = parse_era(t)
+    unapplied: list[tuple[str, str]] = []
+    out.anchors = parse_anchors(t, facts, shown, out.notes, unapplied)
+    t.s = rewrite_numbers(rewrite_negations(t.s))
+    found = Readings()
+    out.runtime = parse_runtime(t, found)
+    out.years = parse_era(t, YearSpan(facts.earliest_year, facts.latest_year), found)
+    unapplied += found.unapplied
+    out.readings += found.readings
     for name, pattern in _RELATIVE:
         for m in t.finditer(pattern):
             out.relative.append(name)
             t.consume(m.start(), m.end())
     runtime, years = out.runtime, out.years
     out.runtime, out.years = (None, None), (None, None)
-    _apply_words(t, facts, out)
+    used = _apply_words(t, facts, out)
     out.runtime = (runtime[0] if runtime[0] is not None else out.runtime[0],
                    runtime[1] if runtime[1] is not None else out.runtime[1])
     out.years = (years[0] if years[0] is not None else out.years[0],
                  years[1] if years[1] is not None else out.years[1])
+    out.unapplied = [Unapplied(phrase=p, reason=r) for p, r in unapplied] + out.unapplied
+    for phrase in _leftovers(t, used):
+        if not any(phrase in u.phrase or u.phrase in phrase for u in out.unapplied):
+            out.unapplied.append(Unapplied(phrase=phrase, reason="not understood; no constraint was made from it"))
     for attr in ("include_genres", "any_genres", "exclude_genres", "allow_genres", "tones"):
         setattr(out, attr, sorted(set(getattr(out, attr))))
     out.relative = sorted(set(out.relative))

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from outerloop.conversation.constraints import Constraints, Refusal, Turn
+from outerloop.conversation.constraints import Constraints, Refusal, Turn, Unapplied
 
 
 class Pick(BaseModel):
@@ -34,6 +34,13 @@ class ConversationResponse(BaseModel):
     constraints: Constraints = Field(description="everything understood from the conversation so far")
     applied: Constraints = Field(description="what the returned items were filtered by (constraints minus refused)")
     refused: list[Refusal] = Field(default_factory=list, description="understood but not applied, with the reason")
+    unapplied: list[Unapplied] = Field(
+        default_factory=list,
+        description="parts of the message that read like a constraint but did not become one (not understood, "
+                    "a genre or title this catalog lacks, a reading that cannot be expressed); named in the reply too")
+    readings: list[str] = Field(
+        default_factory=list,
+        description="where a phrase had two readings: the one taken (also stated in the reply)")
     notes: list[str] = Field(default_factory=list)
     parser: Literal["rules", "llm"] = "rules"
     parser_fallback: str | None = Field(None, description="why the language model's parse was not used")

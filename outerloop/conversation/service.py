@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from outerloop.budgets import Budget
 from outerloop.conversation.catalog_facts import CatalogFacts
-from outerloop.conversation.constraints import MAX_MESSAGE_CHARS, MAX_TURNS, Constraints, Refusal, Turn
+from outerloop.conversation.constraints import MAX_MESSAGE_CHARS, MAX_TURNS, Constraints, Refusal, Turn, Unapplied
 from outerloop.conversation.filters import applicable, eligible_mask, relax_hints
 from outerloop.conversation.llm import DEFAULT_LLM_BUDGET, LLMParser
 from outerloop.conversation.rerank import RerankInput, rerank
@@ -199,12 +199,17 @@ class ConversationService:
         prior = replay(prior_turns, self.facts)
         ruled, _ = next_state(prior, message, self.facts)
         constraints, notes = ruled.constraints, list(ruled.notes)
+        unapplied, readings = list(ruled.unapplied), list(ruled.readings)
         parser, fallback, llm_run = "rules", None, None
         if self.llm is not None:
             parsed = await self.llm.parse(message, prior.constraints, prior.shown, self.facts)
             llm_run = parsed.record.to_dict()
             if parsed.constraints is not None:
                 constraints, notes, parser = parsed.constraints, parsed.notes, "llm"
+                # what the model's answer lost in validation, and what no constraint field can say
+                # (the rule parser's "not understood" phrases: an actor, a language) stay named
+                readings = []
+                unapplied = parsed.unapplied + [u for u in ruled.unapplied if u.reason.startswith("not understood")]
             else:
                 fallback = f"{parsed.failure}; used the rule parser"
         t_parse = (time.perf_counter() - started) * 1000
@@ -213,13 +218,13 @@ class ConversationService:
             notes.append("no history for this user: picks come from the request alone")
         if degraded:
             notes.append("the user's history could not be read; answered without it")
-        reply = self._reply(plan)
+        reply = self._reply(plan, unapplied, readings)
         turn_out = Turn(role="assistant", text=reply[:MAX_MESSAGE_CHARS], item_ids=[p.item_id for p in plan.picks])
         timings = {"parse": round(t_parse, 3), **plan.timings_ms,
                    "total": round((time.perf_counter() - started) * 1000, 3)}
         return ConversationResponse(
             user_id=user_id, message=message, reply=reply, constraints=constraints, applied=plan.applied,
-            refused=plan.refused, notes=notes + plan.notes, parser=parser, parser_fallback=fallback,
+            refused=plan.refused, unapplied=unapplied, readings=readings, notes=notes + plan.notes, parser=parser, parser_fallback=fallback,
             llm_run=llm_run, items=plan.picks, eligible=plan.eligible,
             retrieval=plan.retrieval,  # type: ignore[arg-type]
             cold_start=not history.items, degraded=degraded, model_version=self.artifacts.model_version,
@@ -227,14 +232,20 @@ class ConversationService:
         )
 
     @staticmethod
-    def _reply(plan: Plan) -> str:
+    def _reply(plan: Plan, unapplied: Sequence[Unapplied] = (), readings: Sequence[str] = ()) -> str:
         asked = describe(plan.applied)
+        said = ""
+        if unapplied:
+            said += " Not used: " + "; ".join(f"'{u.phrase}' ({u.reason})" for u in unapplied) + "."
+        if readings:
+            said += " " + " ".join(r[0].upper() + r[1:] + "." for r in readings)
+        if plan.refused:
+            said += f" Not applied: {', '.join(r.field for r in plan.refused)}."
         if not plan.picks:
-            return f"Nothing fits {asked}." + (f" ({plan.notes[-1]})" if plan.notes else "")
+            return f"Nothing fits {asked}." + (f" ({plan.notes[-1]})" if plan.notes else "") + said
         head = "; ".join(f"{p.title} ({p.explanation})" for p in plan.picks[:3])
         more = f" and {len(plan.picks) - 3} more" if len(plan.picks) > 3 else ""
-        refused = f" Not applied: {', '.join(r.field for r in plan.refused)}." if plan.refused else ""
-        return f"{asked[0].upper() + asked[1:]}: {head}{more}.{refused}"
+        return f"{asked[0].upper() + asked[1:]}: {head}{more}.{said}"
 
 
 async def converse(

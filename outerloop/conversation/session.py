@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from outerloop.conversation.catalog_facts import CatalogFacts
-from outerloop.conversation.constraints import Constraints, Turn
+from outerloop.conversation.constraints import Constraints, Turn, Unapplied
 from outerloop.conversation.lexicon import (
     CLASSIC_AGE_YEARS,
     DEFAULT_REFERENCE_RUNTIME_MIN,
@@ -41,11 +41,14 @@ from outerloop.errors import UserInputError
 @dataclass
 class SessionState:
     """The constraints after a sequence of turns, the ids the last answer showed, and what the
-    latest user message could not be used for."""
+    latest user message could not be used for (notes; the parts that read like a constraint but
+    were not applied; the readings taken where a phrase had two)."""
 
     constraints: Constraints = field(default_factory=Constraints)
     shown: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    unapplied: list[Unapplied] = field(default_factory=list)
+    readings: list[str] = field(default_factory=list)
 
 
 def _median(values: list[int]) -> int | None:
@@ -178,7 +181,7 @@ def replay(turns: Sequence[Turn], facts: CatalogFacts) -> SessionState:
             continue
         delta = parse_message(turn.text, facts, state.shown)
         state.constraints = refine(state.constraints, delta, facts, state.shown)
-        state.notes = delta.notes
+        state.notes, state.unapplied, state.readings = delta.notes, delta.unapplied, delta.readings
     return state
 
 
@@ -190,4 +193,5 @@ def next_state(prior: SessionState, message: str, facts: CatalogFacts) -> tuple[
     if delta.is_empty():
         notes.append("no genre, length, era, tone or title was recognised in that message; "
                      "the earlier constraints were kept")
-    return SessionState(constraints=constraints, shown=prior.shown, notes=notes), delta
+    return SessionState(constraints=constraints, shown=prior.shown, notes=notes, unapplied=list(delta.unapplied),
+                        readings=list(delta.readings)), delta
