@@ -250,6 +250,7 @@ friends partner wife husband girlfriend boyfriend family's date night's couch ev
 available please's though although however yet because since until till while where's that's there's what's
 let's it'll you'll i'd've isn't aren't wasn't weren't don't doesn't didn't won't wouldn't can't couldn't shouldn't
 mustn't haven't hasn't hadn't dont doesnt didnt cant wont isnt arent typically usually generally overall
+both whole kinda lol haha runs run running lasting lasts last length runtime duration long
 """.split())
 
 NUMBER_WORDS: dict[str, float] = {

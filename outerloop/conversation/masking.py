@@ -23,6 +23,7 @@ _REWRITES = (
     (re.compile(r"\bcan\s*not\b"), "can't"),
     (re.compile(r"\b(do|does|is|are|was|were|should|could|would|must|ca|did)n'?t\b"), r"\1n't"),
     (re.compile(r"\bi\s*'?\s*m\b"), "i'm"),
+    (re.compile(r"\bshow\s+(me|us)\b"), r"give \1"),  # the verb, not "a show"
     (re.compile(r"\s+[-\u2013\u2014]+\s+|\s*[\u2013\u2014]\s*"), " ; "),
     (re.compile(r"\s+"), " "),
 )

@@ -111,7 +111,8 @@ _CLEAR = (
                          r"|\bno\s+(?:date|year|era)\s+" + _LIMIT +
                          r"|\b(?:drop|forget|ignore|remove|lose)\s+the\s+(?:date|year|era|decade)s?\s*" + _LIMIT + r"?\b")),
 )
-_ALLOW_AFTER = re.compile(r"^\s*(?:is|are|'s)\s+(?:fine|ok|okay|alright|all\s+right|good|allowed)\b"
+_ALLOW_AFTER = re.compile(r"^\s*(?:is|are|'s)\s+(?:both\s+|all\s+|also\s+|totally\s+|perfectly\s+)?"
+                          r"(?:fine|ok|okay|alright|all\s+right|good|allowed)\b"
                           r"|^\s*(?:after\s+all|again)\b")
 _ALLOW_BEFORE = re.compile(r"(?:\ballow|\bdon't\s+mind|\bdont\s+mind|\bfine\s+with|\bok\s+with|\bokay\s+with"
                            r"|\bopen\s+to|\binclude)\s*(?:some\s+)?$")
@@ -131,7 +132,9 @@ _RUNTIME_WORDS = {"short": "short", "quick": "short", "brief": "short", "long": 
 _ERA_WORDS = {"recent": "recent", "new": "recent", "latest": "recent", "modern": "recent", "brand new": "recent",
               "contemporary": "recent", "classic": "old", "classics": "old", "old": "old", "vintage": "old",
               "old-school": "old", "old school": "old", "oldies": "old", "golden age": "old", "older": "old",
-              "old-fashioned": "old", "newer": "recent"}
+              "old-fashioned": "old", "newer": "recent", "newest": "recent", "most recent": "recent",
+              "new releases": "recent", "new release": "recent", "oldest": "old"}
+_HEDGES = frozenset({"maybe", "perhaps", "preferably", "ideally", "possibly", "probably", "then", "instead", "rather"})
 _UNKNOWN_REACH = 2  # words the parser does not know that may stand between a negator and its word
 
 
@@ -248,7 +251,7 @@ def _negated(hit: _Hit, tokens: list[str], covered: dict[int, str], readings: li
         if tok in FILLERS:
             j -= 1
             continue
-        if tok in SCOPE_STARTERS or tok[0].isdigit():
+        if tok in _HEDGES or tok[0].isdigit():  # "no horror maybe a thriller"
             return False
         unknown += 1  # a word the parser does not know, or a function word: "never liked horror"
         if unknown > _UNKNOWN_REACH:

@@ -26,6 +26,7 @@ _NUM = r"(?:\d+(?:\.\d+)?|an?|one|two|three|four)"
 _DURATION = (
     r"(?:(?P<h1>\d+|an?|one)\s*h(?:ours?|rs?)?(?![a-z])\s*(?:and\s*)?(?P<m1>\d+)\s*(?:m(?:in(?:ute)?s?)?\b)?"
     r"|(?P<hh>an?|one|two|three|\d+)\s+(?:hours?|hrs?)\s+and\s+a\s+half"
+    r"|(?P<hq>an?|one|two|three|\d+)\s+(?:hours?|hrs?)\s+and\s+(?P<q>a|1|3)\s+quarters?"
     r"|(?P<hh2>one|two|three|\d+)\s+and\s+a\s+half\s+(?:hours?|hrs?)"
     r"|(?P<half>half\s+an\s+hour)"
     rf"|(?:a\s+couple\s+of\s+|couple\s+of\s+)?(?P<h>{_NUM})\s*(?:hours?|hrs?|h)\b"
@@ -55,6 +56,8 @@ def duration_minutes(m: re.Match[str], prefix: str = "") -> int:
         return int(_number(g["h1"])) * 60 + int(g["m1"])
     if "hh" in g:
         return int(round((_number(g["hh"]) + 0.5) * 60))
+    if "hq" in g:
+        return int(round((_number(g["hq"]) + (0.75 if g["q"] == "3" else 0.25)) * 60))
     if "hh2" in g:
         return int(round((_number(g["hh2"]) + 0.5) * 60))
     if "half" in g:
@@ -97,7 +100,10 @@ _RUNTIME_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("about", re.compile(rf"\b(?:about|around|roughly|approximately|approx\.?|circa|~|more\s+or\s+less|give\s+or\s+take)"
                          rf"\s*(?:an?\s+)?{_dur('a')}")),
     ("about", re.compile(rf"{_dur('a')}\s+or\s+so\b")),
-    ("about", re.compile(rf"(?:\ban?\s+)?{_dur('a')}(?:\s+|-)(?:long\b|movie\b|film\b|show\b|episode\b|runtime\b)")),
+    ("about", re.compile(rf"(?:\ban?\s+)?{_dur('a')}(?:(?:\s+|-)long\b|(?=(?:\s+|-)(?:movies?|films?|shows?|episodes?"
+                         r"|runtime|features?|flicks?|ones?)\b))")),
+    # a duration alone ("a comedy, 90 minutes"): about that long, and the reading is said
+    ("alone", re.compile(rf"(?<![\w-]){_dur('a')}")),
     # a comparison with a bare number: "under 90", "nothing over 120" (minutes; the reading is said)
     ("max_bare", re.compile(rf"(?:\b|(?<=[<≤]))(?:{_MAX_WORDS})\s*{_dur('a', bare=True)}")),
     ("min_bare", re.compile(rf"(?:\b|(?<=[>≥]))(?:{_MIN_WORDS})\s*{_dur('a', bare=True)}")),
@@ -127,6 +133,19 @@ def negated_before(s: str, start: int) -> bool:
     return False
 
 
+MAX_RUNTIME_MIN = 1000  # what Constraints accepts
+
+
+def _minutes_out_of_range(m: re.Match[str], prefix: str) -> bool:
+    if not any(v is not None and k.startswith(prefix) for k, v in m.groupdict().items()):
+        return False
+    try:
+        x = duration_minutes(m, prefix)
+    except (KeyError, ValueError):
+        return False
+    return not 1 <= x <= MAX_RUNTIME_MIN
+
+
 def parse_runtime(t: MaskedText, notes: Readings | None = None) -> Bound:
     """Runtime bounds in minutes."""
     notes = notes if notes is not None else Readings()
@@ -134,6 +153,10 @@ def parse_runtime(t: MaskedText, notes: Readings | None = None) -> Bound:
     hi: int | None = None
     for kind, pattern in _RUNTIME_PATTERNS:
         for m in t.finditer(pattern):
+            if any(_minutes_out_of_range(m, p) for p in ("a", "b")):
+                notes.unapplied.append((m.group(0).strip(), f"a runtime must be 1 to {MAX_RUNTIME_MIN} minutes"))
+                t.consume(m.start(), m.end())
+                continue
             if kind.endswith("_bare"):
                 if m.groupdict().get("abare") is not None:
                     x = int(m.group("abare"))
@@ -162,7 +185,14 @@ def parse_runtime(t: MaskedText, notes: Readings | None = None) -> Bound:
             else:
                 x = duration_minutes(m, "a")
                 lo, hi = max(1, x - ABOUT_SLACK_MIN), x + ABOUT_SLACK_MIN
+                if kind == "alone":
+                    notes.readings.append(f"read '{m.group(0).strip()}' as about that long ({lo}-{hi} minutes); "
+                                          "say 'under' or 'at least' for a bound")
             t.consume(m.start(), m.end())
+    for x in (lo, hi):
+        if x is not None and not 1 <= x <= MAX_RUNTIME_MIN:
+            notes.unapplied.append((f"{x} minutes", f"a runtime must be 1 to {MAX_RUNTIME_MIN} minutes"))
+            return None, None
     return lo, hi
 
 
