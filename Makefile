@@ -19,7 +19,9 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/outerloop demo
 
+# The browser tests need Debian's chromium: installed here when missing (root, apt-get).
 test: install
+	$(BIN)/python tests/browser.py
 	$(BIN)/python -m pytest -q
 
 # The figures the issues ask for, each printed as one JSON object and kept in runs/bench/.

@@ -1,26 +1,22 @@
 """The report in a real browser: headless Chromium loads ``index.html`` from disk, offline, and
 every figure must decode (``naturalWidth > 0``); a screenshot must not be blank.
 
-Chromium is Debian's ``chromium`` package. :func:`ensure_chromium` installs it when missing
-(``apt-get update && apt-get install -y chromium``; root, network to the Debian mirror); the
-Makefile's ``test`` target runs the same step first. Without it this module fails, never skips.
-
-    python tests/test_report_browser.py     # install Chromium if missing, then exit
+Chromium is Debian's ``chromium`` package: :func:`tests.browser.ensure_chromium` installs it when
+missing, and the Makefile's ``test`` target runs that step first. Without it this module fails,
+never skips.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
+from tests.browser import CHROMIUM, ensure_chromium
+
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars"]
 # appended to a copy of the page: writes every image's load state into the DOM for --dump-dom
@@ -28,21 +24,6 @@ CHECK_SCRIPT = ('<script>window.addEventListener("load",()=>{const d=document.cr
                 'd.id="imgcheck";d.textContent=JSON.stringify([...document.images].map('
                 'i=>({src:i.getAttribute("src"),complete:i.complete,w:i.naturalWidth,h:i.naturalHeight})));'
                 "document.body.appendChild(d);});</script>")
-
-
-def ensure_chromium() -> Path:
-    """``/usr/bin/chromium``, installing Debian's package first when it is missing."""
-    if CHROMIUM.exists():
-        return CHROMIUM
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
-        raise RuntimeError("chromium is missing and cannot be installed here (needs root and apt-get): "
-                           "run `apt-get update && apt-get install -y chromium`")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update"], check=True, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run(["apt-get", "install", "-y", "chromium"], check=True, env=env, stdout=subprocess.DEVNULL)
-    if not CHROMIUM.exists():
-        raise RuntimeError("apt-get installed chromium but /usr/bin/chromium is still missing")
-    return CHROMIUM
 
 
 def chromium(args: list[str], user_data_dir: Path) -> str:
@@ -82,8 +63,3 @@ def test_report_renders_offline_with_every_figure(browser: Path, tmp_path: Path)
     pixels = imread(shot)[..., :3]  # (H, W, 3) floats in [0, 1]
     assert pixels.shape[0] >= 2000 and pixels.std() > 0.05  # not blank
     assert (pixels.reshape(-1, 3).std(1) > 0.1).mean() > 0.01  # coloured figure pixels, not just text
-
-
-if __name__ == "__main__":
-    print(ensure_chromium())
-    sys.exit(0)

@@ -7,7 +7,9 @@ import contextlib
 import io
 import json
 import os
+import secrets
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="users whose viewing is streamed (default 5; the moments' users come first)")
     parser.add_argument("--port", type=int, default=0, help="API port on 127.0.0.1 (default: a free one)")
     parser.add_argument("--reuse", action="store_true", help="reuse artifacts already in --workdir if present")
+    parser.add_argument("--keep-running", action="store_true",
+                        help="leave the API, the daemon and the console up after the story, until Ctrl-C")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,11 +64,14 @@ def _run(args: argparse.Namespace, workdir: Path, started: float) -> int:
     _say(f"3/{STEPS}  Starting the API (outerloop serve) and the outer-loop daemon (outerloop daemon) "
          f"on one embedded Redis")
     t0 = time.perf_counter()
-    with services(artifacts.resolve(), workdir, redis_dir=redis_dir, port=args.port) as svc, \
-            httpx.Client(base_url=svc.base_url, timeout=10.0) as http, \
+    # the console's control needs the API key: the one set in the environment, else one for this run
+    api_key = os.environ.get("OUTERLOOP_API_KEY") or secrets.token_urlsafe(12)
+    with services(artifacts.resolve(), workdir, redis_dir=redis_dir, port=args.port, api_key=api_key) as svc, \
+            httpx.Client(base_url=svc.base_url, timeout=10.0, headers={"X-API-Key": api_key}) as http, \
             contextlib.closing(redis_lib.Redis.from_url(svc.redis_url)) as client:
         _say(f"     both ready in {time.perf_counter() - t0:.0f} s: API {svc.base_url}, Redis {svc.redis_url}; "
              f"logs {svc.api_log}, {svc.daemon_log}")
+        _say(f"     console (live, while the demo runs): {svc.console_url}  (API key for its controls: {api_key})")
         story = Story(http=http, redis=client, catalog=world.catalog, say=_say)
         roles = pick_roles(world, events)
         _step_stream(story, world, events, _users(roles, events, args.users))
@@ -72,8 +79,27 @@ def _run(args: argparse.Namespace, workdir: Path, started: float) -> int:
         results = _step_moments(story, world, roles)
         _say(f"7/{STEPS}  Summary")
         index = _summary(story, results, artifacts, workdir, started)
+        if args.keep_running:
+            _say(f"\nDone in {time.perf_counter() - started:.0f} s. Report: {index}")
+            _keep_running(svc.console_url, svc.base_url, api_key)
+            return 0
     _say(f"\nDone in {time.perf_counter() - started:.0f} s (the API and the daemon are stopped). Report: {index}")
     return 0
+
+
+def _keep_running(console_url: str, base_url: str, api_key: str) -> None:
+    """Block until Ctrl-C or SIGTERM (then the caller's context stops the daemon and the API)."""
+    def stop(*_: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    _say(f"Still running (--keep-running): console {console_url} (API key: {api_key}), API {base_url}.\n"
+         "Ctrl-C stops the API and the daemon.")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        _say("Stopping the API and the daemon.")
 
 
 # --- 1, 2: the world and the model ---------------------------------------------------------------

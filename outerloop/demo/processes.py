@@ -36,6 +36,10 @@ class Services:
     api_log: Path
     daemon_log: Path
 
+    @property
+    def console_url(self) -> str:
+        return f"{self.base_url}/console"
+
 
 def embedded_redis_url(redis_dir: Path) -> str:
     """Start (or join) the embedded server in ``redis_dir``, owned by this process; its URL."""
@@ -84,13 +88,16 @@ def stop(proc: subprocess.Popen[bytes], name: str, grace_s: float = 15.0) -> Non
 
 @contextlib.contextmanager
 def services(artifacts: Path, workdir: Path, *, redis_dir: Path, port: int = 0,
-             ready_timeout_s: float = 120.0) -> Iterator[Services]:
-    """The API and the daemon running on the embedded Redis in ``redis_dir``, ready."""
+             ready_timeout_s: float = 120.0, api_key: str | None = None) -> Iterator[Services]:
+    """The API and the daemon running on the embedded Redis in ``redis_dir``, ready.
+    ``api_key``: the API's key (``OUTERLOOP_API_KEY``: writes and the console's control)."""
     import redis as redis_lib
 
     url = embedded_redis_url(redis_dir)
     env = {**os.environ, "OUTERLOOP_REDIS_URL": url, "OUTERLOOP_ARTIFACTS_DIR": str(artifacts.resolve())}
     env.pop("OUTERLOOP_EMBEDDED_REDIS_DIR", None)
+    if api_key:
+        env["OUTERLOOP_API_KEY"] = api_key
     port = port or free_port()
     api_log, daemon_log = workdir / "api.log", workdir / "daemon.log"
     with contextlib.ExitStack() as stack:  # exits in reverse: the daemon stops before the API

@@ -148,14 +148,25 @@ async def apply_change(client: Any, keys: type[Keys], agent: str, action: Action
         fld, value = f"{agent}|budget", {"budget": None if b is None else {
             "latency_ms": b.latency_ms, "max_tool_calls": b.max_tool_calls, "max_llm_tokens": b.max_llm_tokens},
             **meta}
-    entry = {"agent": agent, "action": action, "value": json.dumps(value.get("budget") if "budget" in value
-                                                                 else value["paused"]),
-             "by": by, "source": source, "note": note, "at_ms": str(at)}
+    entry = {"agent": agent, "action": action, "value": _describe(action, budget), "by": by, "source": source,
+             "note": note, "at_ms": str(at)}
     pipe = client.pipeline(transaction=True)
     pipe.hset(control_key(keys), fld, json.dumps(value))
     pipe.xadd(control_log_key(keys), entry, maxlen=LOG_MAXLEN, approximate=True)
     await pipe.execute()
     return {**entry, "at_ms": at}
+
+
+def _describe(action: str, budget: Budget | None) -> str:
+    if action == "pause":
+        return "paused"
+    if action == "resume":
+        return "running"
+    if action == "reset_budget" or budget is None:
+        return "declared budget"
+    extra = [f"{n} {v}" for n, v in (("tool calls", budget.max_tool_calls), ("LLM tokens", budget.max_llm_tokens))
+             if v is not None]
+    return ", ".join([f"{budget.latency_ms:g} ms", *extra])
 
 
 async def read_log(client: Any, keys: type[Keys], count: int = 50) -> list[dict[str, Any]]:

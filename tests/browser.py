@@ -1,0 +1,38 @@
+"""Headless Chromium for the browser tests: Debian's ``chromium`` package at ``/usr/bin/chromium``.
+
+:func:`ensure_chromium` installs it when missing (``apt-get update && apt-get install -y
+chromium``; root, network to the Debian mirror); ``make test`` runs this file first, so a fresh
+clone needs nothing done by hand. Without Chromium the browser tests fail, never skip.
+
+    python tests/browser.py     # install Chromium if missing, print its path
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def ensure_chromium() -> Path:
+    """``/usr/bin/chromium``, installing Debian's package first when it is missing."""
+    if CHROMIUM.exists():
+        return CHROMIUM
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        raise RuntimeError("chromium is missing and cannot be installed here (needs root and apt-get): "
+                           "run `apt-get update && apt-get install -y chromium`")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update"], check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(["apt-get", "install", "-y", "chromium"], check=True, env=env, stdout=subprocess.DEVNULL)
+    if not CHROMIUM.exists():
+        raise RuntimeError("apt-get installed chromium but /usr/bin/chromium is still missing")
+    return CHROMIUM
+
+
+if __name__ == "__main__":
+    print(ensure_chromium())
+    sys.exit(0)
