@@ -41,3 +41,30 @@ def test_fresh_stale_cli_trains_saves_and_reuses(tmp_path: Path, capsys: pytest.
 def test_flag_errors_name_the_flag(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*WORLD, *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_inner_outer_trains_what_is_missing_once_and_reports_each_staleness(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """On artifacts fresh from `outerloop train`, the replay trains the ensemble and both rankers
+    once, caches them next to the artifacts, and reports every staleness setting with its lift,
+    ablation, cost and the ensemble agent's runs; a second run trains nothing."""
+    from outerloop.cli import main as cli
+
+    arts = tmp_path / "arts"
+    assert cli(["train", *WORLD, "--out", str(arts), *TINY, "--max-len", "30", "--quiet"]) == 0
+    capsys.readouterr()
+    argv = [*WORLD, "--replay", "inner-outer", "--artifacts", str(arts), "--users", "6", "--staleness", "0,2", "--json"]
+    assert main(argv) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["prepared"]["trained_now"] == ["ensemble", "ranker (outer-loop rows)", "inner-only ranker"]
+    assert (arts / "ensemble" / "ensemble.json").is_file() and (arts / "ranker-inner" / "ranker.json").is_file()
+    assert first["staleness"] == [0, 2] and [s["staleness"] for s in first["by_staleness"]] == [0, 2]
+    assert "ensemble" in first["agents"] and first["inner_arm"] in first["inner_arms"]
+    for s in first["by_staleness"]:
+        assert s["agents"]["ensemble"].get("ok", 0) + s["agents"]["ensemble"].get("killed", 0) == 6
+        assert "ensemble_picks" in s["ablation_each_row_removed"]
+        assert s["leakage"]["events_after_the_staleness_cut"] == 0 and s["budget"]["retries"] == 0
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["prepared"]["trained_now"] == []
+    assert main([*argv[:-3], "--staleness", "0,-1", "--json"]) == 2
+    assert "--staleness must be comma-separated integers >= 0" in capsys.readouterr().err

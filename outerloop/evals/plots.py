@@ -140,6 +140,46 @@ def lift_bars(inner: float, outer: float, path: Path, *, k: int = 10, ci: Sequen
     return _save(fig, path)
 
 
+def lift_by_staleness(by_k: Sequence[Mapping[str, Any]], path: Path, *, required: float | None = 0.02,
+                      title: str = "") -> Path:
+    """Left: relative NDCG lift of inner+outer over the inner loop against the rows' staleness
+    (interactions between the outer loop's cycle and the request), with the 95% interval as a
+    band. Right: the same lift against what it costs, outer-loop CPU ms per interaction."""
+    plt = _pyplot()
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10.0, 3.8))
+    ks = [r["staleness"] for r in by_k]
+    lift = [100.0 * (r.get("relative_lift") or 0.0) for r in by_k]
+    cis = [r.get("relative_lift_ci95") or [None, None] for r in by_k]
+    lo = [100.0 * c[0] if c[0] is not None else np.nan for c in cis]
+    hi = [100.0 * c[1] if c[1] is not None else np.nan for c in cis]
+    ax.fill_between(ks, lo, hi, color=COLORS["outer"], alpha=0.2, label="95% CI")
+    ax.plot(ks, lift, "o-", color=COLORS["outer"], label="inner + outer vs inner")
+    for x, y in zip(ks, lift):
+        ax.annotate(f"{y:+.1f}%", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    ax.axhline(0.0, color="#868e96", lw=0.8)
+    if required is not None:
+        ax.axhline(100.0 * required, color=COLORS["budget"], ls="--", lw=0.8, label=f"required {required:+.0%}")
+    ax.set_xlabel("staleness k: interactions since the outer loop compiled the rows")
+    ax.set_ylabel("relative NDCG@10 lift (%)")
+    ax.legend(fontsize=8)
+    ax.set_title(title or "lift against staleness", fontsize=9)
+    cost = [((r.get("cost") or {}).get("outer_loop_cpu_ms_per_interaction")) for r in by_k]
+    pts = [(c, y, k) for c, y, k in zip(cost, lift, ks) if c is not None]
+    if pts:
+        ax2.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=COLORS["outer"])
+        for c, y, k in pts:
+            ax2.annotate(f"k={k}", (c, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        req = [((r.get("cost") or {}).get("inner_loop_cpu_ms_per_request") or {}).get("mean") for r in by_k]
+        if req and req[0] is not None:
+            ax2.axvline(req[0], color=COLORS["inner"], ls=":", lw=1.0, label=f"inner loop: {req[0]:.1f} ms CPU/request")
+            ax2.legend(fontsize=8)
+    ax2.axhline(0.0, color="#868e96", lw=0.8)
+    ax2.set_xlabel("outer-loop CPU ms per interaction (one cycle every k+1)")
+    ax2.set_ylabel("relative NDCG@10 lift (%)")
+    ax2.set_title("lift against its cost", fontsize=9)
+    return _save(fig, path)
+
+
 def fresh_stale(results: Sequence[Mapping[str, Any]], path: Path, *, k: int = 10) -> Path:
     """Left: fresh vs stale NDCG@k per dataset. Right: both against the number of the user's
     events since the nightly batch (where real time should matter most)."""

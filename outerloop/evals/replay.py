@@ -676,7 +676,7 @@ async def inner_vs_outer(artifacts: Any, data: InteractionData, *, ranker: Any =
                     progress(done, total)
             run.tally.seconds["serve_and_cycles"] = round(time.perf_counter() - started, 1)
             budget = budget_compliance(run.loop.accounting.records,
-                                       late_writes_refused=run.loop.accounting.late_writes_refused, keep_samples=0)
+                                       late_writes_refused=run.loop.accounting.late_writes_refused, keep_samples=2000)
             per_k[k_stale] = (run.tally, budget, run.loop.stats())
             t0 = run.t0
             agents = run.loop.agents.names()

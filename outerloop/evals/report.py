@@ -313,6 +313,23 @@ def _lift(page: _Page, inputs: ReportInputs) -> None:
                  f'<p class="meta">target origin in the served top {k}: '
                  f'{html.escape(json.dumps(did.get("target_origin_in_outer_top_k", {})))}; facts written: '
                  f'{html.escape(json.dumps(did.get("facts_written_by_kind", {})))}</p>')
+        by_k = r.get("by_staleness") or []
+        if by_k:
+            path, tag = page.figure(f"lift_staleness_{i}", "lift against staleness and against its cost")
+            plots.lift_by_staleness(by_k, path, title=f"{r['dataset']}: {r.get('users')} users, inner arm: "
+                                    f"{r.get('inner_arm', 'funnel')}")
+            stale_rows = []
+            for s in by_k:
+                cost = s.get("cost") or {}
+                cpu = cost.get("outer_loop_cpu_ms_per_cycle") or {}
+                abl = "; ".join(f"{rid}: {v.get('relative_lift_without')}"
+                                for rid, v in (s.get("ablation_each_row_removed") or {}).items())
+                stale_rows.append([s["staleness"], s.get(f"outer_ndcg@{k}"), s.get("relative_lift"),
+                                   str(s.get("relative_lift_ci95")), cpu.get("mean"),
+                                   cost.get("outer_loop_cpu_ms_per_interaction"), abl])
+            page.add(tag, _table(stale_rows, ["staleness k", f"inner+outer NDCG@{k}", "lift", "95% CI",
+                                              "outer CPU ms/cycle", "outer CPU ms/interaction",
+                                              "lift with each row removed"]))
 
 
 def _budgets(page: _Page, inputs: ReportInputs) -> None:

@@ -201,20 +201,22 @@ def create_app(
     redis_target: RedisTarget | None = None,
     keys: type[Keys] = Keys,
     conversation: Any = None,
+    inline_model: Any = None,
 ) -> FastAPI:
     """The API around one set of loaded artifacts.
 
     ``settings`` is an :class:`outerloop.config.Settings` (Redis location, API key, history cap);
     ``options`` replaces the serving knobs wholesale (without it, the key and the history cap
     come from ``settings`` and everything else keeps its default).
-    ``keys`` names the Redis keys (tests pass a namespaced subclass).
+    ``keys`` names the Redis keys (tests pass a namespaced subclass). ``inline_model``: run the
+    outer loop's heavy model on every request (to measure its cost there; see ``Funnel``).
     """
     opts = options or ServeOptions(api_key=getattr(settings, "api_key", None),
                                    history_cap=getattr(settings, "history_cap", 200))
     if opts.require_api_key and not opts.api_key:
         raise UserInputError("an API key is required when serving off loopback (OUTERLOOP_API_KEY)")
     target = redis_target or RedisTarget.from_settings(settings)
-    funnel = Funnel(artifacts, ranker, opts.funnel)
+    funnel = Funnel(artifacts, ranker, opts.funnel, inline_model=inline_model)
     n_items = funnel.n_items
     gate = RedisGate(opts.redis_retry_s)
     rt = _Runtime()

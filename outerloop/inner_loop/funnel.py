@@ -46,6 +46,7 @@ class FunnelConfig:
     cache_size: int = 50_000  # user vectors kept in process
     ranker_probe_s: float = 1.0  # while the ranker is skipped, re-try it this often
     pool_size: int = 1000  # popular / explore lists kept ready
+    inline_row_len: int = 300  # items an inline model proposes (as the ensemble agent's row)
 
 
 @dataclass(slots=True)
@@ -88,9 +89,15 @@ def _ms(t0: float) -> float:
 class Funnel:
     """One per process: holds the artifacts, the ranker, the feature tables and the caches."""
 
-    def __init__(self, artifacts: ArtifactsLike, ranker: Ranker | None, config: FunnelConfig | None = None) -> None:
+    def __init__(self, artifacts: ArtifactsLike, ranker: Ranker | None, config: FunnelConfig | None = None, *,
+                 inline_model: Any = None) -> None:
+        """``inline_model``: an object with the ensemble's ``top(history, k, exclude=...)`` run on
+        every request in place of the outer loop's log-prob row. It exists to measure what the
+        request path would pay for the outer loop's heavy model (``outerloop serve
+        --inline-ensemble``); the outer loop is where that model belongs."""
         self.artifacts = artifacts
         self.ranker = ranker
+        self.inline_model = inline_model
         self.config = config or FunnelConfig()
         self.catalog = artifacts.catalog
         self.n_items = len(self.catalog)
@@ -215,7 +222,14 @@ class Funnel:
         ok = (ids >= 1) & (ids <= self.n_items)
         ann_ids, ann_scores = ids[ok], scores[ok]
         lp_row = log_prob_row(agent_rows, state.ts)
-        cand, retr, row_pos, from_ann = self._merge(vec, ann_ids, ann_scores, agent_rows)
+        inline: list[np.ndarray] = []
+        if self.inline_model is not None:
+            t1 = time.perf_counter()
+            top = self.inline_model.top(items, self.config.inline_row_len, actions=actions, ts=ts, exclude=state.seen)
+            lp_row = LogProbRow(np.asarray([i for i, _ in top], np.int64), np.asarray([s for _, s in top], np.float32))
+            inline.append(lp_row.item_ids)
+            rec.timings_ms["inline_model"] = _ms(t1)
+        cand, retr, row_pos, from_ann = self._merge(vec, ann_ids, ann_scores, agent_rows, inline)
         keep = ~np.isin(cand, state.seen) if state.seen.shape[0] else np.ones(cand.shape[0], dtype=bool)
         cand, retr, row_pos, from_ann = cand[keep], retr[keep], row_pos[keep], from_ann[keep]
         rec.timings_ms["retrieve"] = _ms(t0)
@@ -241,11 +255,11 @@ class Funnel:
                 rec.rows.append(self._agent_row(row, k, score_of, state.seen))
         return rec
 
-    def _merge(self, vec: np.ndarray, ann_ids: np.ndarray, ann_scores: np.ndarray,
-               agent_rows: list[AgentRow]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _merge(self, vec: np.ndarray, ann_ids: np.ndarray, ann_scores: np.ndarray, agent_rows: list[AgentRow],
+               inline: Sequence[np.ndarray] = ()) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         return merge_candidates(self.tables.vectors, vec, ann_ids, ann_scores,
                                 [r.item_ids for r in agent_rows if not r.log_prob],
-                                extra=[r.item_ids for r in agent_rows if r.log_prob])
+                                extra=[*[r.item_ids for r in agent_rows if r.log_prob], *inline])
 
     def _rank(self, rec: Recommendation, t_start: float, hist: np.ndarray, cand: np.ndarray,
               retr: np.ndarray, row_pos: np.ndarray, lp_row: LogProbRow | None = None) -> np.ndarray:

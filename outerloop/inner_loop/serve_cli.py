@@ -59,6 +59,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ranker-share", type=float, default=0.3, help="share of the budget the ranker may use")
     p.add_argument("--ranker-weights", type=_weights, default=None, help="e.g. relevance=1,engagement=0.5")
     p.add_argument("--no-ranker", action="store_true", help="serve in retrieval order")
+    p.add_argument("--inline-ensemble", action="store_true",
+                   help="run the outer loop's heavy ensemble (DIR/ensemble) on every request instead of reading the "
+                        "ensemble agent's row: measures what the request path would pay for it (not for production)")
     p.add_argument("--synthetic-items", type=int, default=0,
                    help="serve over a synthetic catalog of this many items (scale benchmarks)")
     p.add_argument("--synthetic-seed", type=int, default=0)
@@ -139,7 +142,14 @@ def run(args: argparse.Namespace) -> int:
         funnel=FunnelConfig(n_candidates=args.candidates, max_history=max_len,
                             request_budget_ms=args.budget_ms, ranker_share=args.ranker_share),
     )
-    app = create_app(settings, artifacts, ranker=ranker, options=options)
+    inline = None
+    if args.inline_ensemble:
+        from outerloop.inner_loop.ensemble import Ensemble
+
+        if not Ensemble.exists(artifacts.dir):
+            raise UserInputError(f"--inline-ensemble: {artifacts.dir} has no ensemble (`outerloop train-ensemble`)")
+        inline = Ensemble.load(artifacts)
+    app = create_app(settings, artifacts, ranker=ranker, options=options, inline_model=inline)
     gc.collect()
     gc.freeze()  # everything loaded so far lives as long as the process: keep it out of GC passes
     # "auto": uvloop and httptools when installed (uvicorn[standard]), asyncio and h11 otherwise
