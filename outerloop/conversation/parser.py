@@ -165,6 +165,11 @@ def _phrase_table(facts: CatalogFacts) -> dict[tuple[str, ...], tuple[tuple[str,
 
     for phrase, entries in COMPOUND_WORDS.items():
         table[tuple(_TOKEN.findall(phrase))] = entries
+    # a genre phrase that holds a kind word ("war movie", "crime shows") says the kind too
+    for key, entries in list(table.items()):
+        kinds = [KIND_WORDS[w] for w in key if w in KIND_WORDS]
+        if len(key) > 1 and kinds and all(cat == "genre" for cat, _ in entries):
+            table[key] = (*entries, ("kind", kinds[-1]))
     facts.__dict__["_phrase_table"] = table
     return table
 
@@ -314,9 +319,18 @@ def _apply_words(t: MaskedText, facts: CatalogFacts, out: ParsedMessage) -> set[
     covered = {k: _FAMILY[h.category] for h in hits for k in range(h.start, h.end)}
     positive_genres: list[tuple[_Hit, list[str]]] = []
     latest = facts.latest_year
-    for hit in hits:
+    negated_spans: set[tuple[int, int]] = set()
+    for hit in sorted(hits, key=lambda h: (h.start, h.category == "kind")):
         said = " ".join(tokens[hit.start:hit.end])
         neg = _negated(hit, tokens, covered, out.readings) or _post_negated(hit, hits, tokens)
+        if hit.category != "kind" and neg:
+            negated_spans.add((hit.start, hit.end))
+        if hit.category == "kind" and any(h is not hit and (h.start, h.end) == (hit.start, hit.end) for h in hits):
+            # the kind of a genre phrase ("war movies", "sitcom"): said with the genre, not negated
+            # with it ("no war movies" is no war, not "no films"; "no sitcoms" leaves the kind open)
+            if (hit.start, hit.end) in negated_spans:
+                continue
+            neg = False
         if hit.category == "genre":
             assert isinstance(hit.value, tuple)
             if _allowed(hit, tokens):
