@@ -126,3 +126,19 @@ async def test_follow_ups_give_the_model_the_replayed_state(rules) -> None:
     assert resp.parser == "llm" and resp.applied.exclude_genres == ["Horror"]
     system = seen[0][0][1]
     assert '"min_year":1990' in system and first.items[0].title in system
+
+
+async def test_the_models_answer_goes_through_the_same_validation(rules) -> None:
+    """What validation takes out of the model's answer is named, as the rule parser's leftovers
+    are: a genre the catalog lacks, a tone nothing acts on, an anchor that is not a title; and
+    what no constraint field can say (an actor) stays named whichever parser answered."""
+    answer = {"include_genres": ["Comedy", "Telenovela"], "tones": ["funny", "zany"],
+              "anchors": [{"title": "Moonlight Zebra Cavalcade 3"}]}
+    svc = service(rules, FakeListChatModel(responses=[json.dumps(answer)]))
+    resp = await svc.respond("u1", "a zany comedy telenovela with Tom Hanks")
+    assert resp.parser == "llm"
+    named = {u.phrase for u in resp.unapplied}
+    assert {"telenovela", "zany", "moonlight zebra cavalcade 3"} <= named
+    assert any("tom hanks" in p for p in named)
+    assert resp.constraints.include_genres == ["Comedy"] and resp.constraints.tones == ["funny"]
+    assert "telenovela" in resp.reply and all("Comedy" in p.genres for p in resp.items)
