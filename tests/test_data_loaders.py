@@ -84,6 +84,21 @@ def test_ml100k_counts_and_join(ml100k: InteractionData) -> None:
     assert toy.year == 1995 and toy.release_ts == 788_918_400_000  # 01-Jan-1995
 
 
+def test_low_ratings_become_skips_when_asked(ml100k: InteractionData, data_dir: Path) -> None:
+    """``dislike_below=3``: ratings of 1 and 2 are explicit negative feedback (action ``skip``);
+    the same interactions in the same order, only the actions differ."""
+    from outerloop.data.schema import ACTION_ID
+
+    disliked = load_dataset("ml-100k", data_dir, dislike_below=3)
+    raw = [line.split("\t") for line in (data_dir / "ml-100k" / "u.data").read_text().splitlines()]
+    low = sum(1 for r in raw if int(r[2]) < 3)
+    skips = sum(int((u.actions == ACTION_ID["skip"]).sum()) for u in disliked.users)
+    assert skips == low and 0 < low < len(raw)
+    assert all(np.array_equal(a.items, b.items) for a, b in zip(ml100k.users, disliked.users))
+    assert all((u.actions == ACTION_ID["rate"]).all() for u in ml100k.users)
+    assert dataset_hash(disliked) != dataset_hash(ml100k)
+
+
 def test_ml100k_latin1_and_year_rules(ml100k: InteractionData) -> None:
     assert ml100k.catalog.get(543).title == "Misérables, Les (1995)"
     assert ml100k.catalog.get(1633).title.startswith("Á köldum klaka")
@@ -152,8 +167,12 @@ def test_load_dataset_by_root_or_folder_or_env(data_dir: Path, ml100k: Interacti
 def test_load_dataset_errors(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(UserInputError, match="valid names: ml-1m, ml-1m-ratings, ml-100k, ml-latest-small, synthetic"):
         load_dataset("ml-20m", data_dir)
-    with pytest.raises(UserInputError, match="takes no options"):
+    with pytest.raises(UserInputError, match="no option.*seed; valid: dislike_below"):
         load_dataset("ml-100k", data_dir, seed=3)
+    with pytest.raises(UserInputError, match="takes none"):
+        load_dataset("ml-1m", data_dir, dislike_below=3)
+    with pytest.raises(UserInputError, match="dislike_below must be a rating"):
+        load_dataset("ml-100k", data_dir, dislike_below=9)
     with pytest.raises(UserInputError, match="n_items.*valid: n_users"):
         load_dataset("synthetic", n_items=10)
     monkeypatch.delenv("OUTERLOOP_DATA_DIR", raising=False)

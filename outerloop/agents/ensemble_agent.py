@@ -15,13 +15,11 @@ from __future__ import annotations
 
 from outerloop.agents.sdk import AgentContext, agent
 from outerloop.budgets.budget import Budget
-from outerloop.data.schema import ACTION_ID
 from outerloop.memory.facts import GenreBackoff
 
 ENSEMBLE_AGENT = "ensemble"
 ROW_ENSEMBLE = "ensemble_picks"
 ROW_TITLE = "More for you, from a bigger model"
-_SKIP = ACTION_ID["skip"]
 
 
 @agent(name=ENSEMBLE_AGENT, budget=Budget(latency_ms=250, max_tool_calls=2, max_llm_tokens=0),
@@ -29,9 +27,8 @@ _SKIP = ACTION_ID["skip"]
        triggers=("session_closed", "sweep", "manual"))
 async def ensemble_agent(ctx: AgentContext) -> dict[str, int]:
     """Scores the whole catalog with the heavy ensemble and stages the top items as a log-prob row."""
-    h = ctx.history
-    keep = h.actions != _SKIP if len(h.actions) == len(h.items) else slice(None)
-    items, actions, ts = h.items[keep], h.actions[keep], h.ts[keep]
+    h = ctx.history  # skips included: the ensemble reads them as negative feedback (see ensemble.py)
+    items, actions, ts = h.items, h.actions, h.ts
     if len(items) == 0:
         return {"items": 0}
     n = ctx.loop.config.ensemble_row_len

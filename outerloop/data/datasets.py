@@ -73,8 +73,9 @@ def _dataset_dir(spec: DatasetSpec, data_dir: str | Path | None) -> Path:
 def load_dataset(name: str, data_dir: str | Path | None = None, **options: Any) -> InteractionData:
     """Load a dataset by its registry name.
 
-    File datasets take no options; ``synthetic`` ignores ``data_dir`` and passes ``options``
-    to :func:`outerloop.data.synthetic.load_synthetic`. Unknown names and options are a
+    File datasets take the keyword options their loader declares (the rating sets:
+    ``dislike_below``); ``synthetic`` ignores ``data_dir`` and passes ``options`` to
+    :func:`outerloop.data.synthetic.load_synthetic`. Unknown names and options are a
     :class:`UserInputError` that lists what is valid, since they usually come from a flag.
     """
     spec = DATASETS.get(name)
@@ -86,9 +87,12 @@ def load_dataset(name: str, data_dir: str | Path | None = None, **options: Any) 
         if unknown:
             raise UserInputError(f"dataset {name!r} has no option(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
         return spec.load(**options)
-    if options:
-        raise UserInputError(f"dataset {name!r} takes no options, got {', '.join(sorted(options))}")
-    return spec.load(_dataset_dir(spec, data_dir))
+    valid = list(inspect.signature(spec.load).parameters)[1:]  # after the data directory
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise UserInputError(f"dataset {name!r} has no option(s) {', '.join(unknown)}"
+                             + (f"; valid: {', '.join(valid)}" if valid else " (it takes none)"))
+    return spec.load(_dataset_dir(spec, data_dir), **options)
 
 
 def dataset_hash(data: InteractionData) -> str:

@@ -150,6 +150,7 @@ class _Ratings:
     users: list[int] = field(default_factory=list)
     items: list[int] = field(default_factory=list)  # dense ids
     ts_s: list[int] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)  # the rating itself
 
 
 def _movie_genres(text: str) -> tuple[str, ...]:
@@ -191,26 +192,36 @@ def _read_ratings(path: Path, rows: Iterable[tuple[int, list[str]]], dense: dict
         out.users.append(user)
         out.items.append(item)
         out.ts_s.append(ts)
+        out.values.append(float(fields[2]))
     return out
 
 
-def _interaction_data(name: str, catalog: Catalog, ratings: _Ratings) -> InteractionData:
-    """Group ratings by user (numeric order), each user's sorted stably by time."""
+def _interaction_data(name: str, catalog: Catalog, ratings: _Ratings,
+                      dislike_below: float | None = None) -> InteractionData:
+    """Group ratings by user (numeric order), each user's sorted stably by time. With
+    ``dislike_below``, a rating under it is explicit negative feedback and becomes the action
+    ``skip`` (what the memory agent reads as "dropped"; serving counts it as seen); every other
+    rating stays ``rate``."""
+    if dislike_below is not None and not 0 < float(dislike_below) <= 5:
+        raise UserInputError(f"dislike_below must be a rating in (0, 5], got {dislike_below!r}")
     users = np.asarray(ratings.users, dtype=np.int64)
     items = np.asarray(ratings.items, dtype=np.int32)
     ts_ms = np.asarray(ratings.ts_s, dtype=np.int64) * 1000
+    values = np.asarray(ratings.values, dtype=np.float32)
     order = np.argsort(ts_ms, kind="stable")
     order = order[np.argsort(users[order], kind="stable")]  # by user, then time, then file order
-    users, items, ts_ms = users[order], items[order], ts_ms[order]
+    users, items, ts_ms, values = users[order], items[order], ts_ms[order], values[order]
+    acts = np.full(len(items), ACTION_ID["rate"], dtype=np.int8)
+    if dislike_below is not None:
+        acts[values < float(dislike_below)] = ACTION_ID["skip"]
     starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else np.array([], dtype=np.int64)
     bounds = np.r_[starts, len(users)]
-    rate = ACTION_ID["rate"]
     seqs = [
         UserSequence(
             user_id=str(int(users[a])),
             items=items[a:b].copy(),
             ts=ts_ms[a:b].copy(),
-            actions=np.full(b - a, rate, dtype=np.int8),
+            actions=acts[a:b].copy(),
         )
         for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist())
     ]
@@ -276,7 +287,7 @@ def load_sasrec_ml1m(data_dir: str | Path) -> InteractionData:
     return InteractionData(name="ml-1m", catalog=Catalog(items), users=users)
 
 
-def load_ml1m_ratings(data_dir: str | Path) -> InteractionData:
+def load_ml1m_ratings(data_dir: str | Path, dislike_below: float | None = None) -> InteractionData:
     """The original GroupLens ML-1M: ``ratings.dat`` (``UserID::MovieID::Rating::Timestamp``,
     seconds) with ``movies.dat`` (latin-1) as the catalog. All 3,883 catalog movies get ids,
     including the ~180 nobody rated, so ids differ from SASRec's 1..3416.
@@ -286,7 +297,7 @@ def load_ml1m_ratings(data_dir: str | Path) -> InteractionData:
     movies_path = _require(data_dir / "movies.dat")
     catalog, dense = _dense_catalog(_read_movies_dat(movies_path))
     ratings = _read_ratings(ratings_path, _split_lines(ratings_path, "::", "latin-1"), dense, movies_path.name)
-    return _interaction_data("ml-1m-ratings", catalog, ratings)
+    return _interaction_data("ml-1m-ratings", catalog, ratings, dislike_below)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,16 +342,17 @@ def _read_u_item(path: Path, genre_names: list[str]) -> dict[int, _Movie]:
     return movies
 
 
-def load_ml100k(data_dir: str | Path) -> InteractionData:
+def load_ml100k(data_dir: str | Path, dislike_below: float | None = None) -> InteractionData:
     """MovieLens 100K: ``u.data`` (tab-separated ``user item rating timestamp``), ``u.item``
-    (pipe-separated, latin-1) and ``u.genre`` (the names of u.item's genre flags)."""
+    (pipe-separated, latin-1) and ``u.genre`` (the names of u.item's genre flags).
+    ``dislike_below``: ratings under it become ``skip`` actions (see :func:`_interaction_data`)."""
     data_dir = _require_dir(data_dir)
     data_path = _require(data_dir / "u.data")
     item_path = _require(data_dir / "u.item")
     genre_path = _require(data_dir / "u.genre")
     catalog, dense = _dense_catalog(_read_u_item(item_path, _read_u_genre(genre_path)))
     ratings = _read_ratings(data_path, _split_lines(data_path, "\t", "latin-1"), dense, item_path.name)
-    return _interaction_data("ml-100k", catalog, ratings)
+    return _interaction_data("ml-100k", catalog, ratings, dislike_below)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,10 +391,11 @@ def _read_tags_csv(path: Path, movies: dict[int, _Movie]) -> dict[int, tuple[str
     }
 
 
-def load_ml_latest_small(data_dir: str | Path) -> InteractionData:
+def load_ml_latest_small(data_dir: str | Path, dislike_below: float | None = None) -> InteractionData:
     """MovieLens "latest-small" (2018): ``ratings.csv`` and ``movies.csv`` (UTF-8, quoted
     titles, CRLF), with ``tags.csv`` folded into :attr:`Item.tags`. ``tags.csv`` is optional:
-    without it items simply have no tags."""
+    without it items simply have no tags. ``dislike_below``: ratings under it become ``skip``
+    actions (see :func:`_interaction_data`)."""
     data_dir = _require_dir(data_dir)
     ratings_path = _require(data_dir / "ratings.csv")
     movies_path = _require(data_dir / "movies.csv")
@@ -394,4 +407,4 @@ def load_ml_latest_small(data_dir: str | Path) -> InteractionData:
     catalog, dense = _dense_catalog(movies)
     rows = _csv_rows(ratings_path, ["userId", "movieId", "rating", "timestamp"])
     ratings = _read_ratings(ratings_path, rows, dense, movies_path.name)
-    return _interaction_data("ml-latest-small", catalog, ratings)
+    return _interaction_data("ml-latest-small", catalog, ratings, dislike_below)

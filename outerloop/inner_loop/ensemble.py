@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from outerloop.data.schema import InteractionData
+from outerloop.data.schema import ACTION_ID, InteractionData
 from outerloop.errors import UserInputError
 from outerloop.evals.offline import EvalCases, leave_one_out, train_sequences
 
@@ -67,6 +67,29 @@ class EnsembleConfig:
     batch_size: int = 512
 
 
+_SKIP = ACTION_ID["skip"]
+
+
+def _transformer_scores(model: "Artifacts", histories: Sequence[Any], actions: Any, ts: Any, max_len: int) -> np.ndarray:
+    """A transformer's (B, N+1) scores of the last ``max_len`` events, as the funnel feeds it: a
+    model without action inputs does not see skips (it would read them as interest)."""
+    uses_actions = bool(getattr(model.config, "use_actions", False))
+    hs, acts, tss = [], [], []
+    for r, h in enumerate(histories):
+        h = np.asarray(h, dtype=np.int64)
+        a = None if actions is None or actions[r] is None else np.asarray(actions[r], dtype=np.int64)
+        t = None if ts is None or ts[r] is None else np.asarray(ts[r], dtype=np.int64)
+        if a is not None and not uses_actions and a.shape[0] == h.shape[0]:
+            keep = a != _SKIP
+            h, a, t = h[keep], a[keep], (t[keep] if t is not None and t.shape[0] == keep.shape[0] else t)
+        hs.append(h[-max_len:].tolist())
+        acts.append(None if a is None else a[-max_len:].tolist())
+        tss.append(None if t is None else t[-max_len:].tolist())
+    a_arg = None if actions is None or any(a is None for a in acts) else acts
+    t_arg = None if ts is None or any(t is None for t in tss) else tss
+    return model.scores(hs, a_arg, t_arg)
+
+
 def _zscore(s: np.ndarray) -> np.ndarray:
     """Per-row standardization over the catalog (column 0, padding, left out and set to -inf)."""
     body = s[:, 1:]
@@ -86,11 +109,15 @@ class EaseModel:
         self.half_life = float(half_life)
 
     @staticmethod
-    def gram(sequences: Sequence[np.ndarray], n_items: int) -> np.ndarray:
-        """``X^T X`` of the binary user-item matrix of ``sequences`` ((N+1, N+1), float64)."""
+    def gram(sequences: Sequence[np.ndarray], n_items: int, actions: Sequence[np.ndarray | None] | None = None,
+             ) -> np.ndarray:
+        """``X^T X`` of the binary user-item matrix of ``sequences`` ((N+1, N+1), float64);
+        skipped items (explicit negative feedback) are not positives."""
         x = np.zeros((len(sequences), n_items + 1), dtype=np.float32)
         for r, s in enumerate(sequences):
-            x[r, np.asarray(s, dtype=np.int64)] = 1.0
+            s = np.asarray(s, dtype=np.int64)
+            a = None if actions is None else actions[r]
+            x[r, s if a is None else s[np.asarray(a) != _SKIP]] = 1.0
         x[:, 0] = 0.0
         return (x.T @ x).astype(np.float64)
 
@@ -115,16 +142,26 @@ class EaseModel:
         age = np.arange(n - 1, -1, -1, dtype=np.float32)
         return (0.5 ** (age / self.half_life)).astype(np.float32)
 
-    def scores(self, histories: Sequence[np.ndarray]) -> np.ndarray:
-        """(B, N+1) EASE scores; a history is a bag of its items, recent ones weighted up."""
+    def scores(self, histories: Sequence[np.ndarray], actions: Sequence[Any] | None = None) -> np.ndarray:
+        """(B, N+1) EASE scores; a history is a bag of its items, recent ones weighted up and
+        skipped ones (``actions``) left out."""
         n = self.weights.shape[0]
         x = np.zeros((len(histories), n), dtype=np.float32)
         for r, h in enumerate(histories):
             h = np.asarray(h, dtype=np.int64)
-            h = h[(h >= 1) & (h < n)]
-            if h.shape[0]:
-                np.maximum.at(x[r], h, self.user_weights(h))
-        return x @ self.weights
+            w = self.user_weights(h)
+            keep = (h >= 1) & (h < n)
+            if actions is not None and actions[r] is not None and len(actions[r]) == len(h):
+                keep &= np.asarray(actions[r]) != _SKIP
+            if keep.any():
+                np.maximum.at(x[r], h[keep], w[keep])
+        if len(histories) > 8:  # batches (training, evaluation): one dense product
+            return x @ self.weights
+        out = np.zeros((len(histories), n), dtype=np.float32)
+        for r in range(len(histories)):  # one user (an agent run): only the history's rows of B
+            nz = np.flatnonzero(x[r])
+            out[r] = x[r, nz] @ self.weights[nz]
+        return out
 
 
 @dataclass
@@ -145,14 +182,11 @@ class Ensemble:
 
     def member_scores(self, histories: Sequence[np.ndarray], actions: Any = None, ts: Any = None) -> dict[str, np.ndarray]:
         """Each member's standardized (B, N+1) scores (the transformers read the last ``max_len``)."""
-        short = [np.asarray(h, dtype=np.int64)[-self.max_len:].tolist() for h in histories]
-        a = None if actions is None else [list(x)[-self.max_len:] for x in actions]
-        t = None if ts is None else [list(x)[-self.max_len:] for x in ts]
-        out = {"base": _zscore(self.base.scores(short, a, t))}
+        out = {"base": _zscore(_transformer_scores(self.base, histories, actions, ts, self.max_len))}
         for i, m in enumerate(self.members):
-            out[f"member-{i + 1}"] = _zscore(m.scores(short, a, t))
+            out[f"member-{i + 1}"] = _zscore(_transformer_scores(m, histories, actions, ts, self.max_len))
         if self.ease is not None:
-            out[EASE] = _zscore(self.ease.scores(histories))
+            out[EASE] = _zscore(self.ease.scores(histories, actions))
         return out
 
     def mix(self, z: dict[str, np.ndarray]) -> np.ndarray:
@@ -357,8 +391,7 @@ def train_ensemble(base: "Artifacts", data: InteractionData, cfg: EnsembleConfig
     n_items = len(data.catalog)
     probe = Ensemble(base, members, None, {}, 1.0, max_len=int(base.config.max_len))
     # standardized validation scores of each transformer member
-    z_val = {name: _batched(lambda h, a, t, m=m: _zscore(m.scores([x[-probe.max_len:].tolist() for x in h],
-                                                                   _cut(a, probe.max_len), _cut(t, probe.max_len))),
+    z_val = {name: _batched(lambda h, a, t, m=m: _zscore(_transformer_scores(m, h, a, t, probe.max_len)),
                             val, cfg.batch_size)
              for name, m in zip(probe.names, [base, *members])}
     report: dict[str, Any] = {"valid": {}, "test": {}, "trained_now": trained}
@@ -368,20 +401,21 @@ def train_ensemble(base: "Artifacts", data: InteractionData, cfg: EnsembleConfig
     ease: EaseModel | None = None
     t_ease = time.perf_counter()
     if n_items <= cfg.max_ease_items:
-        gram = EaseModel.gram([u.items for u in train_sequences(data)], n_items)
+        parts = train_sequences(data)
+        gram = EaseModel.gram([u.items for u in parts], n_items, [u.actions for u in parts])
         best = (-1.0, None)
         grid = {}
         for lam in cfg.ease_lambdas:
             model = EaseModel.fit(gram, lam)
             for hl in cfg.half_lives:
                 model.half_life = hl
-                nd = _ndcg10(_batched(lambda h, a, t: model.scores(h), val, cfg.batch_size), val)
+                nd = _ndcg10(_batched(lambda h, a, t: model.scores(h, a), val, cfg.batch_size), val)
                 grid[f"lambda={lam:g},half_life={hl:g}"] = round(nd, 5)
                 if nd > best[0]:
                     best = (nd, (lam, hl))
         lam, hl = best[1]  # type: ignore[misc]
         ease = EaseModel.fit(gram, lam, hl)
-        z_val[EASE] = _batched(lambda h, a, t: _zscore(ease.scores(h)), val, cfg.batch_size)  # type: ignore[union-attr]
+        z_val[EASE] = _batched(lambda h, a, t: _zscore(ease.scores(h, a)), val, cfg.batch_size)  # type: ignore[union-attr]
         report["valid"]["ease_grid_ndcg@10"] = grid
         report["ease"] = {"lambda": lam, "half_life": hl}
         report["valid"][f"{EASE}_ndcg@10"] = round(best[0], 5)
@@ -414,10 +448,6 @@ def train_ensemble(base: "Artifacts", data: InteractionData, cfg: EnsembleConfig
                          "total": round(time.perf_counter() - t0, 1)}
     ens.save()
     return ens
-
-
-def _cut(xs: Any, n: int) -> Any:
-    return None if xs is None else [list(x)[-n:] for x in xs]
 
 
 # ---- command line: `outerloop train-ensemble` ------------------------------------------------------
