@@ -386,6 +386,7 @@ class _Tally:
     outer: list[float] = dataclasses.field(default_factory=list)
     outer_hit: list[bool] = dataclasses.field(default_factory=list)
     without: dict[str, list[float]] = dataclasses.field(default_factory=dict)  # row id -> NDCG without it
+    row_users: dict[str, int] = dataclasses.field(default_factory=dict)  # row id -> users served with it
     cycle_ms: list[float] = dataclasses.field(default_factory=list)
     cycle_cpu_ms: list[float] = dataclasses.field(default_factory=list)
     request_cpu_ms: list[float] = dataclasses.field(default_factory=list)
@@ -543,10 +544,11 @@ class _OuterReplayRun:
             for row_id in sorted(state.rows):
                 less = dataclasses.replace(state, rows={r: v for r, v in state.rows.items() if r != row_id})
                 g = _ndcg_at(self.funnel.recommend(less, k, now_ms=self.t0).rows[0].item_ids, target, k)[0]
-                t.without.setdefault(row_id, []).append(g)
-        n_done = len(t.outer)
+                # a row first met now: for the users before, removing it changed nothing
+                t.without.setdefault(row_id, list(t.outer[:-1])).append(g)
+                t.bump(t.row_users, row_id)
         for row_id, vals in t.without.items():  # a user without that row: removing it changes nothing
-            if len(vals) < n_done:
+            if len(vals) < len(t.outer):
                 vals.append(g_out)
         t.ranker_used += outer.ranker == "model"
         t.cycle_ms.append(res.elapsed_ms)
@@ -748,6 +750,7 @@ def _staleness_report(cfg: OuterReplay, k_stale: int, tally: _Tally, budget: dic
     for row_id, vals in sorted(tally.without.items()):
         less = np.asarray(vals)
         ablation[row_id] = {
+            "users_with_row": tally.row_users.get(row_id, 0),
             f"ndcg@{k}_without": round(float(less.mean()), 5),
             **{f"{key}_without": v for key, v in _lift(inner, less, cfg.seed).items()},
             "lift_lost_without": round(float(outer.mean() - less.mean()) / float(inner.mean()), 4) if inner.mean() > 0 else None,
