@@ -378,7 +378,7 @@ def item_chain(view: dict[str, Any], item_id: int) -> dict[str, Any]:
                                     "produced_by": row["produced_by"], "run_id": row["run_id"],
                                     "reason": row["reason"]}
             if row["source"] == "agent" and row["run_id"]:
-                link["cycle"] = _cycle_of(view.get("cycles", []), row["run_id"], row["produced_by"])
+                link["cycle"] = _cycle_of(view.get("cycles", []), row["run_id"], row["produced_by"], row["row_id"])
             else:
                 link["funnel"] = (f"the inner loop: the transformer over the user's history (version "
                                   f"{view.get('history_version')}), FAISS retrieval, the ranker "
@@ -387,12 +387,13 @@ def item_chain(view: dict[str, Any], item_id: int) -> dict[str, Any]:
     return {"user_id": view["user_id"], "item_id": item_id, "links": links}
 
 
-def _cycle_of(cycles: Iterable[dict[str, Any]], run_id: str, agent: str) -> dict[str, Any] | None:
+def _cycle_of(cycles: Iterable[dict[str, Any]], run_id: str, agent: str, row_id: str) -> dict[str, Any] | None:
     for c in cycles:
         rec = next((r for r in c.get("records", []) if r.get("run_id") == run_id), None)
         if rec is None:
             continue
-        steps = [s for p in c.get("plans", []) for s in p.get("steps", []) if s.get("agent") == agent]
+        steps = [s for p in c.get("plans", []) for s in p.get("steps", [])
+                 if s.get("agent") == agent and (not s.get("rows") or row_id in s["rows"])]
         return {"started_ms": c.get("started_ms"), "daemon": c.get("daemon"), "record": rec,
                 "plan_steps": steps, "rationale": " | ".join(p.get("rationale", "") for p in c.get("plans", [])),
                 "triggers": c.get("triggers", []), "notes": c.get("notes", [])}

@@ -327,9 +327,8 @@ function skeletonUser() {
     h("div", { class: "kpis", id: "u-kpis" }),
     card("Rows served now (click an item for the chain that put it there)", h("div", { class: "rows", id: "u-served" })),
     h("div", { id: "u-chain" }),
-    h("div", { class: "grid" },
-      card("Memory facts", h("div", { id: "u-facts" })),
-      card("Stored agent rows", h("div", { id: "u-stored" }))),
+    card("Memory facts", h("div", { id: "u-facts" })),
+    card("Stored agent rows", h("div", { id: "u-stored" })),
     card("Last cycles: triggers, plan, every run", h("div", { id: "u-cycles" })),
     h("div", { class: "grid" },
       card("Recent history", h("div", { id: "u-history" })),
@@ -401,7 +400,8 @@ function renderChain(d, item) {
         (rec ? ` (${rec.outcome}, ${fmtMs(rec.elapsed_ms)} of a ${fmtMs(rec.budget_ms)} budget, ${rec.writes_committed} write(s)).` : " (older than the cycles kept).")));
       li.push(h("li", {}, `Row reason: ${r.reason}`));
       if (c) {
-        const steps2 = c.plans.flatMap((p) => p.steps.filter((s) => s.agent === r.produced_by).map((s) => `${s.reason} [${p.policy}]`));
+        const steps2 = c.plans.flatMap((p) => p.steps.filter((s) => s.agent === r.produced_by && (!s.rows.length || s.rows.includes(r.row_id)))
+          .map((s) => `${s.reason} [${p.policy}]`));
         li.push(h("li", {}, `The planner asked for it at ${fmtTime(c.started_ms)}: ${steps2.join("; ") || c.plans.map((p) => p.rationale).join(" | ")}`));
         li.push(h("li", {}, "Because of: ", c.triggers.map((t) => `${t.name} (${t.count}; events ${t.events.map((e) => `${e.type} of ${e.item_id ?? "-"} [${e.event_id}]`).join(", ") || "none"})`).join("; ")));
       }
