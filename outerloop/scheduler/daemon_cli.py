@@ -21,6 +21,9 @@ from outerloop.telemetry import add_cli_flag, setup_for_cli
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from outerloop.storage import EMBEDDED_LIFETIME
+
+    parser.epilog = EMBEDDED_LIFETIME
     g = parser.add_argument_group("redis")
     g.add_argument("--redis-url", default=None, help="redis:// or unix:// URL (default: OUTERLOOP_REDIS_URL, "
                                                      "else the embedded server)")

@@ -23,6 +23,9 @@ from outerloop.telemetry import add_cli_flag, setup_for_cli
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    from outerloop.storage import EMBEDDED_LIFETIME
+
+    p.epilog = EMBEDDED_LIFETIME
     p.add_argument("--artifacts", type=Path, default=None, help="trained artifacts (default: OUTERLOOP_ARTIFACTS_DIR)")
     p.add_argument("--transport", choices=["stdio", "http"], default="stdio",
                    help="stdio for local clients that start the server; http (streamable HTTP at /mcp) for remote ones")
@@ -105,6 +108,59 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+class StdinLines:
+    """stdin's lines, read on the event loop. The SDK's stdio transport reads stdin in a worker
+    thread that a cancellation cannot interrupt, so a server whose client keeps stdin open and
+    quiet never stopped on SIGTERM or Ctrl-C (and a supervisor's SIGKILL then orphaned the embedded
+    Redis); lines read here stop with the task that awaits them."""
+
+    def __init__(self, fd: int = 0, limit_bytes: int = 64 << 20) -> None:
+        self.fd, self.limit_bytes = fd, limit_bytes
+        self._reader: Any = None
+
+    @staticmethod
+    def usable(fd: int = 0) -> bool:
+        """A pipe, socket or terminal (what an event loop can watch; a regular file is not)."""
+        import os
+        import stat
+
+        try:
+            mode = os.fstat(fd).st_mode
+        except OSError:
+            return False
+        return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)
+
+    def __aiter__(self) -> "StdinLines":
+        return self
+
+    async def __anext__(self) -> str:
+        import asyncio
+        import os
+
+        if self._reader is None:
+            self._reader = asyncio.StreamReader(limit=self.limit_bytes)
+            protocol = asyncio.StreamReaderProtocol(self._reader)
+            pipe = os.fdopen(os.dup(self.fd), "rb", buffering=0)
+            await asyncio.get_running_loop().connect_read_pipe(lambda: protocol, pipe)
+        line = await self._reader.readline()
+        if not line:
+            raise StopAsyncIteration
+        return line.decode("utf-8", errors="replace")
+
+
+async def serve_stdio(server: Any) -> None:
+    """``server.run_stdio_async()`` with stdin read by :class:`StdinLines` (when stdin is a pipe,
+    socket or terminal), so that SIGTERM and Ctrl-C stop it."""
+    if not StdinLines.usable():
+        await server.run_stdio_async()
+        return
+    from mcp.server.stdio import stdio_server
+
+    lowlevel = server._lowlevel_server  # what run_stdio_async runs (mcp 2.3 has no public handle)
+    async with stdio_server(stdin=StdinLines()) as (read_stream, write_stream):  # type: ignore[arg-type]
+        await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
+
+
 async def _serve(args: argparse.Namespace, settings: Any, token: str | None, tools: list[Any],
                  agents: list[Any]) -> None:
     import torch
@@ -124,7 +180,7 @@ async def _serve(args: argparse.Namespace, settings: Any, token: str | None, too
         base_url = f"http://{host}:{args.port}"
         server = build_server(svc.registry, svc.deps, read_only=svc.read_only, token=token, base_url=base_url)
         if args.transport == "stdio":
-            await server.run_stdio_async()
+            await serve_stdio(server)
             return
         import uvicorn
 
