@@ -18,6 +18,9 @@ What it does, as a user would do it by hand:
 7. sums up (events, cycles, agent runs, kills, retries, refresh and request latency) and writes
    the HTML report (``outerloop report``).
 
+While the API runs it prints the console's URL (``http://127.0.0.1:PORT/console``) and an API key
+for its controls; ``--keep-running`` leaves the API, the daemon and the console up afterwards.
+
 Everything it writes lives under ``--workdir`` (default ``runs/demo``): artifacts, the embedded
 Redis, ``api.log``, ``daemon.log``, the report and its inputs.
 """

@@ -11,6 +11,7 @@ import argparse
 import gc
 import ipaddress
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,9 @@ def run(args: argparse.Namespace) -> int:
     gc.collect()
     gc.freeze()  # everything loaded so far lives as long as the process: keep it out of GC passes
     # "auto": uvloop and httptools when installed (uvicorn[standard]), asyncio and h11 otherwise
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"outerloop API on http://{shown}:{args.port} (console: http://{shown}:{args.port}/console)",
+          file=sys.stderr, flush=True)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
                             loop="auto", http="auto", lifespan="on", timeout_keep_alive=30)
     uvicorn.Server(config).run()
