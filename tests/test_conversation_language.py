@@ -146,7 +146,7 @@ def test_a_missing_genre_is_named(data_dir: Path) -> None:
 PARAPHRASES = [
     "something funny but not stupid, under 90 minutes, no romance",
     "make me laugh, nothing dumb, no longer than an hour and a half, and skip the romance",
-    "I can't stand romance; I want a comedy that isn't silly and runs under ninety minutes",
+    "I can't stand romance; I want something funny that isn't silly and runs under ninety minutes",
 ]
 
 
@@ -154,10 +154,10 @@ PARAPHRASES = [
 def test_three_paraphrases_give_the_same_constraints(catalog: str, data_dir: Path) -> None:
     """The README's example: three ways to say one request."""
     f = facts(catalog, str(data_dir))
-    got = [next_state(replay([], f), p, f)[0].constraints.hard_fields() for p in PARAPHRASES]
+    got = [next_state(replay([], f), p, f)[0].constraints for p in PARAPHRASES]
     assert got[0] == got[1] == got[2]
-    assert got[0]["include_genres"] == ["Comedy"] and got[0]["exclude_genres"] == ["Romance"]
-    assert got[0]["max_runtime_min"] == 90
+    assert got[0].include_genres == ["Comedy"] and got[0].exclude_genres == ["Romance"]
+    assert got[0].max_runtime_min == 90 and got[0].tones == ["funny", "not stupid"]
 
 
 @pytest.fixture(scope="module")

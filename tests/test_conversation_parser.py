@@ -95,7 +95,9 @@ def test_constraints_model_rejects_inconsistent_input() -> None:
 WORDS = ["funny", "not", "no", "stupid", "under", "90", "minutes", "an", "hour", "and", "a", "half", "romance",
          "horror", "or", "but", "like", "toy", "story", "from", "the", "80s", "before", "2000", "shorter", "newer",
          "more", "second", "one", "series", "without", "dark", "recent", "between", "1990", "1980", ",", ".",
-         "at", "least", "2", "hours", "is", "fine", "start", "over", "also", "kids", "sci-fi", "(1995)", "any"]
+         "at", "least", "2", "hours", "is", "fine", "start", "over", "also", "kids", "sci-fi", "(1995)", "any",
+         "ninety", "nineteen", "eighty", "hundred", "thousand", "twenty", "oh", "can't", "stand", "hate", "nothing",
+         "gore-free", "?", "thanks", "is out", "the 20s", "'85", "quarter", "tom", "hanks", "-", "anything like"]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

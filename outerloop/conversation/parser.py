@@ -427,6 +427,10 @@ def _leftovers(t: MaskedText, used: set[int]) -> list[str]:
     return phrases
 
 
+def _short(phrase: str, limit: int = 60) -> str:
+    return phrase if len(phrase) <= limit else phrase[:limit].rsplit(" ", 1)[0] + " ..."
+
+
 # --- entry point ----------------------------------------------------------------------------
 
 
@@ -462,8 +466,8 @@ def parse_message(text: str, facts: CatalogFacts, shown: Sequence[int] = ()) -> 
                    runtime[1] if runtime[1] is not None else out.runtime[1])
     out.years = (years[0] if years[0] is not None else out.years[0],
                  years[1] if years[1] is not None else out.years[1])
-    out.unapplied = [Unapplied(phrase=p, reason=r) for p, r in unapplied] + out.unapplied
-    for phrase in _leftovers(t, used):
+    out.unapplied = [Unapplied(phrase=_short(p), reason=r) for p, r in unapplied] + out.unapplied
+    for phrase in map(_short, _leftovers(t, used)):
         if not any(phrase in u.phrase or u.phrase in phrase for u in out.unapplied):
             out.unapplied.append(Unapplied(phrase=phrase, reason="not understood; no constraint was made from it"))
     for attr in ("include_genres", "any_genres", "exclude_genres", "allow_genres", "tones"):

@@ -151,6 +151,7 @@ def parse_runtime(t: MaskedText, notes: Readings | None = None) -> Bound:
     notes = notes if notes is not None else Readings()
     lo: int | None = None
     hi: int | None = None
+    said: list[str] = []
     for kind, pattern in _RUNTIME_PATTERNS:
         for m in t.finditer(pattern):
             if any(_minutes_out_of_range(m, p) for p in ("a", "b")):
@@ -188,10 +189,11 @@ def parse_runtime(t: MaskedText, notes: Readings | None = None) -> Bound:
                 if kind == "alone":
                     notes.readings.append(f"read '{m.group(0).strip()}' as about that long ({lo}-{hi} minutes); "
                                           "say 'under' or 'at least' for a bound")
+            said.append(m.group(0).strip())
             t.consume(m.start(), m.end())
     for x in (lo, hi):
         if x is not None and not 1 <= x <= MAX_RUNTIME_MIN:
-            notes.unapplied.append((f"{x} minutes", f"a runtime must be 1 to {MAX_RUNTIME_MIN} minutes"))
+            notes.unapplied.append((", ".join(said), f"a runtime must be 1 to {MAX_RUNTIME_MIN} minutes"))
             return None, None
     return lo, hi
 
@@ -199,7 +201,7 @@ def parse_runtime(t: MaskedText, notes: Readings | None = None) -> Bound:
 # --- years and decades --------------------------------------------------------------------------
 
 YEAR = r"(?:19|20)\d\d"
-_DECADE = (r"(?:the\s+)?(?P<part>early|late|mid)?[\s-]*(?:'?(?P<d2>\d)0'?s\b|(?P<d4>(?:19|20)\d0)'?s\b"
+_DECADE = (r"(?:the\s+)?(?P<part>early|late|mid)?[\s-]*(?:(?<!\d)'?(?P<d2>\d)0'?s\b|(?P<d4>(?:19|20)\d0)'?s\b"
            r"|(?P<dw>" + "|".join(DECADE_WORDS) + r")\b)")
 
 
