@@ -83,39 +83,32 @@ def _small(words: list[str]) -> int | None:
 def _replace_run(m: re.Match[str]) -> str:
     text = m.group(0)
     words = [w for w in re.split(r"[\s-]+", text) if w and w != "and"]
-    lead = ""
-    if words and words[0] in ("a", "an"):
+    if words and words[0] in ("a", "an"):  # "a hundred"
         words = words[1:]
-        lead = ""
     if words == ["one"] and not _COUNTED_ONE.match(m.string[m.end():]):
         return text  # "the second one"
-    if words == ["oh"] or "oh" in words[:1]:
-        return text
+    if words[:1] == ["oh"]:
+        return text  # "oh, something funny"
     value = _value(words)
-    if value is None:
-        return text
-    # "one hour and a half" keeps its "and a half" outside the run; "a hundred and twenty" is consumed
-    return lead + str(value)
+    return text if value is None else str(value)
 
 
 def _replace_decade(m: re.Match[str]) -> str:
+    """ "the nineteen-eighties" -> "the 1980s" (a decade word alone, "the eighties", is left to
+    the era patterns)."""
     head, tens = m.group("head"), m.group("tens")
-    if head is None:
-        if tens in ("thousands", "hundreds"):
-            return m.group(0)
-        return m.group(0)  # "the eighties": the decade words are read by the era patterns
+    if head is None or tens in ("thousands", "hundreds"):
+        return m.group(0)
     head = re.sub(r"\s+", " ", head)
-    if tens == "thousands":
-        return "2000s" if head == "two thousand" or head == "twenty" else m.group(0)
-    if tens == "hundreds":
-        return "1900s" if head == "nineteen" else m.group(0)
-    base = 1900 if head == "nineteen" else 2000
-    return f"{base + _PLURAL_TENS[tens]}s" if head != "two thousand" else m.group(0)
+    if head == "two thousand":
+        return m.group(0)
+    return f"{(1900 if head == 'nineteen' else 2000) + _PLURAL_TENS[tens]}s"
 
 
 def digits(text: str) -> str:
     """``text`` (lower case) with number words rewritten as digits."""
-    text = re.sub(r"\btwo[\s-]+thousands\b", "2000s", text)
+    text = re.sub(r"\b(?:two[\s-]+thousands|twenty[\s-]+hundreds)\b", "2000s", text)
+    text = re.sub(r"\bnineteen[\s-]+hundreds\b", "1900s", text)
     text = re.sub(r"\btwenty[\s-]+tens\b", "2010s", text)
     text = _PLURAL_DECADE.sub(_replace_decade, text)
     return _RUN.sub(_replace_run, text)

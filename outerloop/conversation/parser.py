@@ -38,6 +38,7 @@ from outerloop.conversation.constraints import TitleRef, Unapplied
 from outerloop.conversation.lexicon import (
     CLASSIC_AGE_YEARS,
     CLAUSE_BREAKS,
+    COMPOUND_WORDS,
     CONNECTORS,
     FILLERS,
     KIND_WORDS,
@@ -149,20 +150,23 @@ class _Hit:
 _FAMILY = {"genre": "content", "tone": "content", "kind": "kind", "runtime": "runtime", "era": "era"}
 
 
-def _phrase_table(facts: CatalogFacts) -> dict[tuple[str, ...], tuple[tuple[str, str | tuple[str, ...]], ...]]:
-    """Every phrase the word pass knows, for one catalog (its own genre names included)."""
-    cached = facts.__dict__.get("_phrase_table")
-    if cached is not None:
-        return cached  # type: ignore[no-any-return]
-    table: dict[tuple[str, ...], tuple[tuple[str, str | tuple[str, ...]], ...]] = {}
-    sources: list[tuple[dict[str, object], str]] = [(_ERA_WORDS, "era"), (_RUNTIME_WORDS, "runtime"),  # type: ignore[list-item]
-                                                    (KIND_WORDS, "kind"), (TONE_WORDS, "tone"),  # type: ignore[list-item]
-                                                    (facts.genre_words, "genre")]  # type: ignore[list-item]
-    for source, cat in sources:
-        for phrase, value in source.items():  # later sources win: "romantic" is a genre word
-            table[tuple(_TOKEN.findall(phrase))] = ((cat, value),)  # type: ignore[assignment]
-    from outerloop.conversation.lexicon import COMPOUND_WORDS
+_Entry = tuple[str, "str | tuple[str, ...]"]  # (category, value)
+_PhraseTable = dict[tuple[str, ...], tuple[_Entry, ...]]
 
+
+def _phrase_table(facts: CatalogFacts) -> _PhraseTable:
+    """Every phrase the word pass knows, for one catalog (its own genre names included); built
+    once per catalog and kept on its facts."""
+    cached: _PhraseTable | None = facts.__dict__.get("_phrase_table")
+    if cached is not None:
+        return cached
+    table: _PhraseTable = {}
+    sources: list[tuple[str, dict[str, str] | dict[str, tuple[str, ...]]]] = [
+        ("era", _ERA_WORDS), ("runtime", _RUNTIME_WORDS), ("kind", KIND_WORDS), ("tone", TONE_WORDS),
+        ("genre", facts.genre_words)]
+    for cat, source in sources:
+        for phrase, value in source.items():  # later sources win: "romantic" is a genre word
+            table[tuple(_TOKEN.findall(phrase))] = ((cat, value),)
     for phrase, entries in COMPOUND_WORDS.items():
         table[tuple(_TOKEN.findall(phrase))] = entries
     # a genre phrase that holds a kind word ("war movie", "crime shows") says the kind too
@@ -174,7 +178,7 @@ def _phrase_table(facts: CatalogFacts) -> dict[tuple[str, ...], tuple[tuple[str,
     return table
 
 
-def _scan(tokens: list[str], table: dict[tuple[str, ...], tuple[tuple[str, str | tuple[str, ...]], ...]]) -> list[_Hit]:
+def _scan(tokens: list[str], table: _PhraseTable) -> list[_Hit]:
     longest = max(len(k) for k in table)
     hits: list[_Hit] = []
     i = 0
