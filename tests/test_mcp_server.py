@@ -138,11 +138,13 @@ async def test_failures_are_tool_errors_and_the_server_keeps_serving(service: To
 
 
 async def check_failures(client: Client) -> None:
-    for name in ["recommend", "get_user_history", "get_user_memory", "refresh_user"]:
+    for name in ["get_user_history", "get_user_memory", "refresh_user"]:  # nothing to say about nobody
         kind, text = error_of(await client.call_tool(name, {"user_id": "nobody"}))
         assert kind == "invalid_input" and "unknown user_id 'nobody'" in text, (name, text)
-    kind, text = error_of(await client.call_tool("explain_recommendation", {"user_id": "nobody", "item_id": 1}))
-    assert kind == "invalid_input" and "nobody" in text
+    # recommend answers a new user as the API does (tests/test_one_answer.py), and explains it
+    new = await client.call_tool("recommend", {"user_id": "nobody"})
+    assert not new.is_error and new.structured_content["cold_start"]
+    assert not (await client.call_tool("explain_recommendation", {"user_id": "nobody", "item_id": 1})).is_error
 
     kind, text = error_of(await client.call_tool("get_item", {"item_id": 0}))
     assert kind == "invalid_arguments" and "item_id" in text and "errors.pydantic.dev" not in text

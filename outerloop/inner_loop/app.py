@@ -41,6 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from outerloop.data.events import MIN_LIVE_TS_MS, Event
 from outerloop.errors import UserInputError
+from outerloop.inner_loop.answer import ServedRecommendations, recommendation_doc
 from outerloop.inner_loop.funnel import Funnel, FunnelConfig, Recommendation
 from outerloop.inner_loop.profiles import ProfileIn, profile_out
 from outerloop.inner_loop.ranker import ArtifactsLike, Ranker
@@ -90,39 +91,6 @@ class ApiError(Exception):
 
 
 # --- OpenAPI documentation models (responses are written by hand for speed) -----------------
-class ItemOut(BaseModel):
-    item_id: int
-    title: str
-    score: float
-    origin: str
-
-
-class RowOut(BaseModel):
-    row_id: str
-    title: str
-    reason: str
-    produced_by: str
-    source: str
-    run_id: str | None = None
-    model_version: str | None = None
-    expires_at: int | None = None
-    items: list[ItemOut]
-
-
-class RecommendationsOut(BaseModel):
-    request_id: str
-    user_id: str
-    model_version: str
-    history_version: int
-    degraded: bool
-    cold_start: bool
-    ranker: str
-    fallbacks: list[str]
-    encoder_cache: str
-    timings_ms: dict[str, float]
-    rows: list[RowOut]
-
-
 class EventsAccepted(BaseModel):
     accepted: int
     applied: int
@@ -283,7 +251,7 @@ def create_app(
     @app.get(
         "/v1/users/{user_id}/recommendations",
         response_model=None,
-        responses={200: {"model": RecommendationsOut}, 422: {"model": ErrorOut}},
+        responses={200: {"model": ServedRecommendations}, 422: {"model": ErrorOut}},
         summary="Rows of recommendations for one user",
     )
     async def recommendations(
@@ -322,10 +290,8 @@ def create_app(
                 log.error("funnel failed for a request; serving popular items", exc_info=exc)
                 rec = funnel.degraded(k, "internal_error")
         rec.timings_ms["redis"] = round(t_redis, 3)
-        if row:
-            wanted = set(row)
-            rec.rows = [r for r in rec.rows if r.row_id in wanted]
-        body = _render(funnel, rec, request_id, user_id)
+        body = recommendation_doc(funnel, rec, user_id, rows=row)  # the MCP tool `recommend` answers the same
+        body["request_id"], body["encoder_cache"] = request_id, rec.encoder_cache
         rec.timings_ms["total"] = round((time.perf_counter() - started) * 1000.0, 3)
         body["timings_ms"] = rec.timings_ms
         if rt.writer is not None and not rec.degraded:
@@ -483,25 +449,6 @@ def create_app(
 
     app.openapi = _openapi  # type: ignore[method-assign]
     return app
-
-
-def _render(funnel: Funnel, rec: Recommendation, request_id: str, user_id: str) -> dict[str, Any]:
-    rows = []
-    for r in rec.rows:
-        ids = r.item_ids.tolist()
-        scores = np.round(r.scores.astype(np.float64), 5).tolist()
-        rows.append({
-            "row_id": r.row_id, "title": r.title, "reason": r.reason, "produced_by": r.produced_by,
-            "source": r.source, "run_id": r.run_id, "model_version": r.model_version, "expires_at": r.expires_at,
-            "items": [{"item_id": i, "title": funnel.title(i), "score": s, "origin": o}
-                      for i, s, o in zip(ids, scores, r.origins)],
-        })
-    return {
-        "request_id": request_id, "user_id": user_id, "model_version": rec.model_version,
-        "history_version": rec.history_version, "degraded": rec.degraded, "cold_start": rec.cold_start,
-        "ranker": rec.ranker, "fallbacks": rec.fallbacks, "encoder_cache": rec.encoder_cache,
-        "timings_ms": rec.timings_ms, "rows": rows,
-    }
 
 
 def _served_record(body: dict[str, Any]) -> bytes:

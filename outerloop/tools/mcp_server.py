@@ -231,9 +231,12 @@ async def open_service(
     ranker: Any = None,
     tools: Iterable[ToolSpec] = (),
     agents: Iterable[Any] = (),
+    funnel_config: Any = None,
 ) -> AsyncIterator[ToolService]:
     """Start an outer loop on ``artifacts`` and ``redis`` and expose its tools (built-ins and
-    ``tools``) plus the user tools. Must be entered on the event loop that will serve."""
+    ``tools``) plus the user tools. Must be entered on the event loop that will serve.
+    ``funnel_config`` (a ``FunnelConfig``) is ``recommend``'s funnel, as ``outerloop serve``'s is
+    the API's; the default is the API's default (the model's context as history)."""
     from outerloop.agents.loop import OuterLoop
     from outerloop.conversation import ConversationService, converse_tool
     from outerloop.inner_loop.funnel import Funnel, FunnelConfig
@@ -247,7 +250,7 @@ async def open_service(
     try:
         assert loop.deps is not None
         max_len = int(getattr(getattr(getattr(artifacts, "model", None), "cfg", None), "max_len", 200))
-        funnel = Funnel(artifacts, ranker, FunnelConfig(max_history=max_len))
+        funnel = Funnel(artifacts, ranker, funnel_config or FunnelConfig(max_history=max_len))
         _warm_up(funnel)
         registry = loop.tools.copy()
         for spec in user_tools(UserToolsContext(funnel=funnel, keys=keys, evidence=loop.tools, loop=loop)):

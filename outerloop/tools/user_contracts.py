@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, model_validator
 
 from outerloop.errors import UserInputError
+from outerloop.inner_loop.answer import Recommendations
 from outerloop.memory.facts import Fact
 from outerloop.tools.builtin import ItemMeta
 
@@ -20,7 +21,8 @@ FactKind = Literal["genre_affinity", "genre_backoff", "runtime_preference", "con
 
 
 class UnknownUser(UserInputError):
-    """The user id has no history, memory or rows in this deployment."""
+    """The user id has no history, memory or rows in this deployment (the tools that have
+    nothing to say about such a user raise it; ``recommend`` answers it as a new user)."""
 
 
 class UnknownItem(UserInputError):
@@ -40,7 +42,9 @@ class UserIn(BaseModel):
 
 
 class RecommendIn(UserIn):
-    k: int = Field(default=10, ge=1, le=100, description="items per row")
+    """The API's ``GET /v1/users/{user_id}/recommendations?k=&row=`` as tool arguments."""
+
+    k: int = Field(default=20, ge=1, le=100, description="items per row")
     rows: list[str] | None = Field(default=None, description="only these row ids (default: every row)")
 
 
@@ -62,13 +66,9 @@ class RowOut(BaseModel):
     items: list[RowItem]
 
 
-class RecommendOut(BaseModel):
-    user_id: str
-    model_version: str
-    history_version: int
-    cold_start: bool
-    fallbacks: list[str]
-    rows: list[RowOut]
+class RecommendOut(Recommendations):
+    """What the API answers for the same user and arguments, without what belongs to one HTTP
+    request (``request_id``, timings, the encoder cache outcome)."""
 
 
 class SimilarIn(BaseModel):

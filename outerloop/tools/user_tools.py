@@ -13,13 +13,20 @@ clients (Claude Desktop, an IDE, another agent framework) and for your own code:
 
 They are ordinary ``@tool`` specs built on the serving, memory and agents modules' public APIs,
 bound by :func:`user_tools` to one :class:`UserToolsContext` (the funnel, the key namespace, the
-outer loop), so they register in a ``ToolRegistry`` like any other tool. A user id that the
-deployment has never seen is an error (:class:`UnknownUser`), never an empty answer. Their
-inputs and outputs live in :mod:`outerloop.tools.user_contracts`.
+outer loop), so they register in a ``ToolRegistry`` like any other tool. Their inputs and outputs
+live in :mod:`outerloop.tools.user_contracts`.
+
+``recommend`` answers exactly what ``GET /v1/users/{id}/recommendations`` answers (one reader,
+one funnel, one writer: :mod:`outerloop.inner_loop.answer`): a user the deployment has never seen
+gets the cold-start rows flagged ``cold_start``, a Redis failure the popular items flagged
+``degraded``, and ``explain_recommendation`` explains those rows too. The tools that have nothing
+to say about a user without any state (history, memory, refresh) refuse the id with
+:class:`UnknownUser`, so a mistyped id is not taken for an empty one.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -28,6 +35,7 @@ import numpy as np
 
 from outerloop.data.schema import EVENT_TYPES, Item
 from outerloop.errors import OuterloopError, UserInputError
+from outerloop.inner_loop.answer import STORAGE_ERRORS, recommendation_doc
 from outerloop.storage import Keys
 from outerloop.tools.builtin import ItemMeta, catalog_index
 from outerloop.tools.contracts import ToolDeps, ToolSpec, tool
@@ -61,9 +69,11 @@ from outerloop.tools.user_contracts import (
 
 if TYPE_CHECKING:
     from outerloop.agents.contracts import CycleResult, Trigger
-    from outerloop.inner_loop.funnel import Funnel, Recommendation
+    from outerloop.inner_loop.funnel import Funnel
     from outerloop.inner_loop.user_state import UserState
     from outerloop.tools.registry import ToolRegistry
+
+log = logging.getLogger(__name__)
 
 
 class CycleRunner(Protocol):
@@ -114,22 +124,15 @@ async def require_user(deps: ToolDeps, keys: type[Keys], user_id: str) -> None:
         raise UnknownUser(f"unknown user_id {user_id!r}: no events, memory or rows for this user")
 
 
-async def _read_state(ctx: UserToolsContext, deps: ToolDeps, user_id: str, max_len: int) -> "UserState":
+async def _read_state(ctx: UserToolsContext, deps: ToolDeps, user_id: str, max_len: int, *,
+                      known: bool = True) -> "UserState":
+    """The user's state, read as the API reads it; ``known``: refuse a user without any state."""
     from outerloop.inner_loop.user_state import UserStore  # the inner loop's one reader
 
-    await require_user(deps, ctx.keys, user_id)
+    if known:
+        await require_user(deps, ctx.keys, user_id)
     store = UserStore(deps.redis, history_cap=max_len, keys=ctx.keys)
     return await store.read(user_id, max_len)
-
-
-def _rows_out(funnel: "Funnel", rec: "Recommendation") -> list[RowOut]:
-    out = []
-    for r in rec.rows:
-        items = [RowItem(item_id=int(i), title=funnel.title(int(i)), score=round(float(s), 5), origin=o)
-                 for i, s, o in zip(r.item_ids.tolist(), r.scores.tolist(), r.origins)]
-        out.append(RowOut(row_id=r.row_id, title=r.title, reason=r.reason, produced_by=r.produced_by,
-                          source=r.source, run_id=r.run_id, expires_at=r.expires_at, items=items))
-    return out
 
 
 def _title(deps: ToolDeps, item_id: int) -> str:
@@ -256,18 +259,23 @@ def user_tools(ctx: UserToolsContext) -> list[ToolSpec]:
 
     @tool(name="recommend", timeout_ms=500)
     async def recommend(args: RecommendIn, deps: ToolDeps) -> RecommendOut:
-        """A user's recommendation rows, exactly as the service would serve them now: the
+        """A user's recommendation rows, exactly as the service's API serves them now: the
         model's top picks (transformer + FAISS + ranker, seen items removed) merged with the rows
-        the outer-loop agents compiled (continue watching, wind down, ...). Use this to see or
-        show what a user is recommended; each row says who produced it and why."""
-        state = await _read_state(ctx, deps, args.user_id, max_history)
-        rec = funnel.recommend(state, args.k, now_ms=deps.clock_ms())
-        rows = _rows_out(funnel, rec)
-        if args.rows:
-            rows = [r for r in rows if r.row_id in set(args.rows)]
-        return RecommendOut(user_id=args.user_id, model_version=rec.model_version,
-                            history_version=rec.history_version, cold_start=rec.cold_start,
-                            fallbacks=list(rec.fallbacks), rows=rows)
+        the outer-loop agents compiled (continue watching, wind down, ...). A user with no
+        history yet gets popular and explore rows with cold_start true; when storage is down the
+        answer is popular items with degraded true. Use this to see or show what a user is
+        recommended; each row says who produced it and why."""
+        try:
+            state = await _read_state(ctx, deps, args.user_id, max_history, known=False)
+        except STORAGE_ERRORS:
+            rec = funnel.degraded(args.k, "redis_unavailable")  # as the API: rows, never an error
+        else:
+            try:
+                rec = funnel.recommend(state, args.k, now_ms=deps.clock_ms())
+            except Exception as exc:  # noqa: BLE001 - as the API: a bug answers popular, not an error
+                log.error("funnel failed for a recommend call; answering popular items", exc_info=exc)
+                rec = funnel.degraded(args.k, "internal_error")
+        return RecommendOut.model_validate(recommendation_doc(funnel, rec, args.user_id, rows=args.rows))
 
     @tool(name="search_similar_items", timeout_ms=200)
     async def search_similar_items(args: SimilarIn, deps: ToolDeps) -> SimilarOut:
@@ -329,11 +337,11 @@ def user_tools(ctx: UserToolsContext) -> list[ToolSpec]:
         the agents build rows from (vector search on the user's taste, co-watch, trending, next
         episodes), recomputed now. Use it to answer "why am I seeing this?"."""
         it = _item(deps, args.item_id)
-        state = await _read_state(ctx, deps, args.user_id, max_history)
+        state = await _read_state(ctx, deps, args.user_id, max_history, known=False)  # a new user: cold-start rows
         now = deps.clock_ms()
         rec = funnel.recommend(state, ctx.explain_depth, now_ms=now)
         placements = []
-        for r in _rows_out(funnel, rec):
+        for r in RecommendOut.model_validate(recommendation_doc(funnel, rec, args.user_id)).rows:
             for pos, ri in enumerate(r.items, start=1):
                 if ri.item_id == it.item_id:
                     placements.append(Placement(row_id=r.row_id, title=r.title, reason=r.reason,
