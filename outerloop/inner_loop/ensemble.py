@@ -62,8 +62,8 @@ class EnsembleConfig:
     ease_lambdas: tuple[float, ...] = (100.0, 300.0, 1000.0, 3000.0)
     half_lives: tuple[float, ...] = (0.0, 20.0, 80.0)  # interactions; 0 = no recency weighting
     max_ease_items: int = 20_000
-    weight_step: float = 0.1
-    temperatures: tuple[float, ...] = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
+    weight_step: float = 0.05
+    temperatures: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
     batch_size: int = 512
 
 
