@@ -67,8 +67,10 @@ class Trigger(BaseModel):
         return cls(kind="sweep", at_ms=at_ms if at_ms is not None else now_ms())
 
     @classmethod
-    def manual(cls, *agents: str, at_ms: int | None = None) -> "Trigger":
-        return cls(kind="manual", at_ms=at_ms if at_ms is not None else now_ms(), agents=list(agents))
+    def manual(cls, *agents: str, at_ms: int | None = None, **detail: float | int | str) -> "Trigger":
+        """A request naming agents; ``detail`` reaches them as the trigger's ``detail``."""
+        return cls(kind="manual", at_ms=at_ms if at_ms is not None else now_ms(), agents=list(agents),
+                   detail=detail)
 
 
 class StepBudget(BaseModel):

@@ -57,7 +57,8 @@ def daemon_command(artifacts: Path) -> list[str]:
     """The daemon with the demo's runner (the real agent graph plus the demo agent, and a run
     log), sessions swept every quarter second so that a closed session starts its cycle soon."""
     return [sys.executable, "-m", "outerloop.cli", "daemon", "--artifacts", str(artifacts),
-            "--runner", "outerloop.demo.runner:demo_runner", "--consumer", DAEMON_CONSUMER,
+            "--agents", "outerloop.demo.agents:deep_rerank", "--runner", "outerloop.demo.runner:demo_runner",
+            "--consumer", DAEMON_CONSUMER,
             "--session-sweep-interval-s", "0.25", "--metrics-interval-s", "5", "--shutdown-grace-s", "5",
             "--log-level", "INFO"]
 

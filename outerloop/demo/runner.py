@@ -1,17 +1,15 @@
 """The daemon's runner in the demo: the real outer loop (built-in planner and agents, plus the
-demo's :mod:`~outerloop.demo.agents`), with two additions the demo needs to tell its story.
+agents of ``--agents``, in the demo :mod:`~outerloop.demo.agents`) with a run log.
 
 - **A run log.** After every cycle one entry goes to the Redis stream :func:`run_log_key`: the
   user, the triggers, the plan, every agent's :class:`~outerloop.budgets.record.RunRecord`
   (killed runs included) and the rows committed. The demo reads it to show a kill and to sum
   up what the daemon did; a report can be built from it.
-- **Manual requests.** :func:`request_agents` queues a ``manual`` scheduler trigger naming
-  agents (with scalar details, e.g. ``work_ms``); the cycle hands it to the planner as the
-  agents' ``manual`` trigger, so exactly those agents run for that user.
+- **Manual requests.** :func:`request_agents` is :func:`outerloop.scheduler.refresh.request_refresh_sync`:
+  the named agents get their ``manual`` trigger with the request's detail (e.g. ``work_ms``).
 
-The daemon loads it by name: ``outerloop daemon --runner outerloop.demo.runner:demo_runner``,
-with the artifacts in ``OUTERLOOP_ARTIFACTS_DIR`` (a runner factory gets only the client and
-the keys).
+The daemon loads it by name: ``outerloop daemon --artifacts DIR --agents outerloop.demo.agents:deep_rerank
+--runner outerloop.demo.runner:demo_runner``.
 """
 
 from __future__ import annotations
@@ -19,37 +17,24 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from outerloop.agents.contracts import CycleResult, Trigger
 from outerloop.agents.loop import OuterLoop
-from outerloop.errors import UserInputError
-from outerloop.scheduler.dispatch import REDIS_DOWN, fire_args, fire_keys, now_ms
-from outerloop.scheduler.keys import SchedulerKeys, shard_of
-from outerloop.scheduler.runners import OuterLoopRunner
-from outerloop.scheduler.triggers import LUA_FIRE, TriggerRules
+from outerloop.scheduler.dispatch import REDIS_DOWN
+from outerloop.scheduler.keys import SchedulerKeys
+from outerloop.scheduler.refresh import request_refresh_sync
+from outerloop.scheduler.runners import OuterLoopRunner, RunnerSetup
 from outerloop.storage import Keys
 
 log = logging.getLogger(__name__)
 
-MANUAL = "manual"  # the scheduler trigger name of a request naming agents
 RUN_LOG_MAXLEN = 100_000
 
 
 def run_log_key(keys: type[Keys]) -> str:
     """The stream of per-cycle entries (field ``cycle``: JSON)."""
     return f"{keys.prefix}:demo:runs"
-
-
-def as_manual(trigger: Trigger) -> Trigger:
-    """A request from :func:`request_agents` reaches the loop as an ``event`` trigger without
-    events (the scheduler's generic mapping); turn it back into the agents' ``manual`` one."""
-    if trigger.kind != "event" or trigger.detail.get("trigger") != MANUAL:
-        return trigger
-    agents = [a for a in str(trigger.detail.get("agents", "")).split(",") if a]
-    return Trigger(kind="manual", at_ms=trigger.at_ms, agents=agents, tz_offset_min=trigger.tz_offset_min,
-                   detail=dict(trigger.detail))
 
 
 def cycle_entry(result: CycleResult, triggers: Sequence[Trigger], at_ms: int) -> dict[str, Any]:
@@ -67,11 +52,10 @@ def cycle_entry(result: CycleResult, triggers: Sequence[Trigger], at_ms: int) ->
 
 
 class DemoLoop(OuterLoop):
-    """``OuterLoop`` whose cycles take manual requests and leave an entry in the run log."""
+    """``OuterLoop`` whose cycles leave an entry in the run log."""
 
     async def run_cycle(self, user_id: str, triggers: Sequence[Trigger] = (), *,
                         now_ms: int | None = None) -> CycleResult:
-        triggers = [as_manual(t) for t in triggers]
         result = await super().run_cycle(user_id, triggers, now_ms=now_ms)
         entry = cycle_entry(result, triggers, self.clock_ms())
         try:  # the log is for people: a failed append never fails the cycle
@@ -83,30 +67,18 @@ class DemoLoop(OuterLoop):
         return result
 
 
-def demo_runner(client: Any, keys: SchedulerKeys) -> OuterLoopRunner:
-    """The ``--runner`` factory: :class:`DemoLoop` with the built-in agents and ``deep_rerank``
-    on the artifacts in ``OUTERLOOP_ARTIFACTS_DIR``, sharing the daemon's client and keys."""
-    from outerloop.config import get_settings
-    from outerloop.demo.agents import deep_rerank
-    from outerloop.inner_loop.artifacts import Artifacts
-
-    artifacts = Path(get_settings().artifacts_dir)
-    if not (artifacts / "manifest.json").is_file():
-        raise UserInputError(f"demo runner: no trained artifacts in {artifacts} (set OUTERLOOP_ARTIFACTS_DIR)")
-    loop = DemoLoop(Artifacts.load(artifacts), redis=client, keys=keys.base, agents=[deep_rerank])
-    return OuterLoopRunner(loop, client, keys)
+def demo_runner(setup: RunnerSetup) -> OuterLoopRunner:
+    """The ``--runner`` factory: :class:`DemoLoop` with the built-in agents and those of
+    ``--agents`` on ``--artifacts``, sharing the daemon's client and keys."""
+    return OuterLoopRunner(setup.outer_loop(DemoLoop), setup.client, setup.keys)
 
 
 # --- what the demo process calls (blocking client) ----------------------------------------------
 
 def request_agents(client: Any, keys: SchedulerKeys, user_id: str, agents: Sequence[str],
                    **detail: int | float | str) -> None:
-    """Ask the daemon to run ``agents`` for ``user_id`` now (one ``manual`` trigger, coalesced
-    with the user's other pending triggers, then the user queued as due)."""
-    now = now_ms()
-    args = fire_args(MANUAL, now, {"agents": ",".join(agents), **detail}, TriggerRules())
-    client.eval(LUA_FIRE, 4, *fire_keys(keys, user_id), *args)
-    client.zadd(keys.due(shard_of(user_id, keys.shards)), {user_id: now}, nx=True)
+    """Ask the daemon to run ``agents`` for ``user_id`` now (their ``manual`` trigger, with ``detail``)."""
+    request_refresh_sync(client, keys, user_id, agents, detail)
 
 
 def read_run_log(client: Any, keys: type[Keys], after: str = "-") -> list[tuple[str, dict[str, Any]]]:

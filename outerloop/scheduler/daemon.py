@@ -53,7 +53,8 @@ class Daemon:
         self.sweeper = Sweeper(client=client, keys=self.keys, settings=self.settings, sessionizer=self.sessionizer,
                                metrics=self.metrics, on_due=self.dispatcher.notify)
         self.heartbeat = Heartbeat(client=client, keys=self.keys, consumer=self.settings.consumer,
-                                   ttl_s=self.settings.heartbeat_ttl_s)
+                                   ttl_s=self.settings.heartbeat_ttl_s,
+                                   agents=getattr(runner, "agent_names", None))
         self.ready = asyncio.Event()  # set once the groups exist and the loops run
 
     @property

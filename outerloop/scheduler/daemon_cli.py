@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import importlib
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
+from outerloop.agents.plugins import add_plugin_flags
 from outerloop.budgets.priority import PRIORITIES, set_supervisor_priority
 from outerloop.errors import UserInputError
 from outerloop.telemetry import add_cli_flag, setup_for_cli
@@ -39,9 +39,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("cycles")
     g.add_argument("--artifacts", type=Path, default=None,
                    help="trained artifacts for the outer loop and the catalog (default: OUTERLOOP_ARTIFACTS_DIR)")
+    add_plugin_flags(g, agents_help="your @agent specs, run beside the built-in agents (MODULE:NAME, a spec or a "
+                                    "list of them; comma-separated, repeatable; the current directory is importable)",
+                     tools_help="your @tool specs, for your agents to call (MODULE:NAME; comma-separated, repeatable)")
     g.add_argument("--runner", default="auto",
                    help="auto (outerloop when the artifacts exist, else rows) | outerloop | rows | "
-                        "MODULE:FACTORY (factory(client, scheduler_keys) -> runner)")
+                        "MODULE:FACTORY (factory(setup: outerloop.scheduler.runners.RunnerSetup) -> runner)")
     g.add_argument("--rows-work-ms", type=float, default=0.0, help="rows runner: simulated agent time")
     g.add_argument("--refresh-log", default=None, help="rows runner: stream recording each commit (benchmarks)")
     g.add_argument("--activity-triggers", action="store_true", help="trigger a cycle on every interaction")
@@ -90,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserInputError(f"--stream-shards must be >= 1, got {args.stream_shards}")
     if args.check:
         return asyncio.run(_check(args))
+    from outerloop.agents.plugins import load_plugins
+
+    args.plugins = load_plugins(args.agents, args.tools)  # bad references fail here, before Redis or models
     set_supervisor_priority(args.priority)  # before the worker pool starts: its helper threads inherit it
     setup_for_cli("outerloop-daemon", args.telemetry)  # the SDK's providers flush at exit
     asyncio.run(_serve(args))
@@ -172,30 +178,42 @@ def _items(args: argparse.Namespace) -> Any:
 
 
 def _runner(args: argparse.Namespace, client: Any, keys: Any) -> Any:
-    from outerloop.scheduler.runners import RowRefreshRunner, outer_loop_runner
+    from outerloop.agents.plugins import Plugins
+    from outerloop.errors import UsageError
+    from outerloop.scheduler.runners import RowRefreshRunner, RunnerSetup, outer_loop_runner
 
     name = args.runner
     art = _artifacts_dir(args)
+    plugins: Plugins = getattr(args, "plugins", None) or Plugins()
     if name == "rows" or (name == "auto" and art is None):
+        if plugins.agents or plugins.tools:
+            where = f"no trained artifacts at {args.artifacts}" if art is None else "--runner rows"
+            raise UserInputError(f"--agents/--tools need the outer loop, which needs trained artifacts "
+                                 f"(--artifacts DIR); {where}")
         if name == "auto":
             logging.getLogger(__name__).warning("no trained artifacts: cycles run the row-refresh runner")
         return RowRefreshRunner(client, keys=keys.base, work_ms=args.rows_work_ms, refresh_log=args.refresh_log)
+    setup = RunnerSetup(client=client, keys=keys, artifacts_dir=art, agents=plugins.agents, tools=plugins.tools)
     if name in ("auto", "outerloop"):
         if art is None:
             raise UserInputError(f"--runner outerloop needs trained artifacts (--artifacts; none at {args.artifacts})")
-        return outer_loop_runner(client, art, keys)
-    module, sep, attr = name.partition(":")
-    if not sep:
-        raise UserInputError(f"--runner must be auto, outerloop, rows or MODULE:FACTORY, got {name!r}")
+        factory: Any = outer_loop_runner
+    else:
+        module, sep, attr = name.partition(":")
+        if not sep:
+            raise UserInputError(f"--runner must be auto, outerloop, rows or MODULE:FACTORY, got {name!r}")
+        try:
+            factory = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise UserInputError(f"--runner {name}: {exc}") from exc
     try:
-        factory = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as exc:
-        raise UserInputError(f"--runner {name}: {exc}") from exc
-    return factory(client, keys)
+        return factory(setup)
+    except UsageError as exc:  # e.g. an agent declaring a tool nobody registered
+        raise UserInputError(f"--agents/--tools: {exc}") from None
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    from outerloop.scheduler.daemon import Daemon, run_until_signalled
+    from outerloop.scheduler.run import serve_daemon
     from outerloop.scheduler.sessionizer import SessionSettings, Sessionizer
     from outerloop.scheduler.settings import DaemonSettings, default_consumer_name
     from outerloop.scheduler.triggers import TriggerRules
@@ -218,14 +236,9 @@ async def _serve(args: argparse.Namespace) -> None:
         rules=TriggerRules(on_activity=args.activity_triggers),
         items=_items(args),
     )
-    runner = _runner(args, client, keys)
-    daemon = Daemon(client=client, runner=runner, keys=keys, settings=settings, sessionizer=sessionizer,
-                    sink=getattr(runner, "ingest", None))
-    gc.collect()
-    gc.freeze()  # the catalog and models live as long as the process: keep them out of GC passes
     try:
-        await run_until_signalled(daemon)
-    finally:
-        if hasattr(runner, "aclose"):
-            await runner.aclose()
+        runner = _runner(args, client, keys)
+    except BaseException:
         await client.aclose()
+        raise
+    await serve_daemon(runner, client=client, keys=keys, settings=settings, sessionizer=sessionizer)

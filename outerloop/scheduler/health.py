@@ -18,8 +18,10 @@ from outerloop.scheduler.keys import SchedulerKeys
 
 
 class Heartbeat:
-    def __init__(self, *, client: Any, keys: SchedulerKeys, consumer: str, ttl_s: float) -> None:
+    def __init__(self, *, client: Any, keys: SchedulerKeys, consumer: str, ttl_s: float,
+                 agents: list[str] | None = None) -> None:
         self.client = client
+        self.agents = agents  # the agents this daemon runs (the API checks refresh requests against them)
         self.keys = keys
         self.consumer = consumer
         self.ttl_ms = int(ttl_s * 1000)
@@ -28,7 +30,8 @@ class Heartbeat:
     async def beat(self, stats: dict[str, Any]) -> None:
         now = now_ms()
         value = json.dumps({"consumer": self.consumer, "pid": os.getpid(), "host": socket.gethostname(),
-                            "started_ms": self.started_ms, "beat_ms": now, "stats": stats})
+                            "started_ms": self.started_ms, "beat_ms": now, "stats": stats,
+                            **({"agents": self.agents} if self.agents is not None else {})})
         await self.client.set(self.keys.heartbeat(self.consumer), value, px=self.ttl_ms)
         await self.client.zadd(self.keys.heartbeats(), {self.consumer: now})
         # forget daemons whose heartbeat stopped long ago

@@ -13,6 +13,7 @@ import json
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from outerloop.scheduler.control import ControlledPlanner, ControlState, control
 from outerloop.scheduler.dispatch import CycleOutcome
 from outerloop.scheduler.journal import CycleJournal
 from outerloop.scheduler.keys import SchedulerKeys
+from outerloop.scheduler.refresh import manual_agent
 from outerloop.scheduler.triggers import (
     DRIFT, LATE_NIGHT_SESSION, SESSION_CLOSED, STALE_ROWS, Trigger,
 )
@@ -101,7 +103,9 @@ def to_agent_triggers(triggers: Sequence[Trigger], tz_offset_min: int = 0) -> li
 
     Event triggers (title finished, episode released, activity) become ``event`` triggers with
     their source events; a closed session (late-night or not) one ``session_closed`` with the
-    session's last events; drift keeps its row id; the stale-row sweep becomes ``sweep``.
+    session's last events; drift keeps its row id; the stale-row sweep becomes ``sweep``; a
+    manual request (:mod:`outerloop.scheduler.refresh`) the agents' ``manual`` trigger naming its
+    agent, with the request's detail as it was sent.
     """
     from outerloop.agents.contracts import Trigger as AgentTrigger  # the agents are optional here
 
@@ -110,6 +114,11 @@ def to_agent_triggers(triggers: Sequence[Trigger], tz_offset_min: int = 0) -> li
     session = by_name.get(SESSION_CLOSED) or by_name.get(LATE_NIGHT_SESSION)
     for trig in triggers:
         detail = {k: v for k, v in trig.detail.items() if isinstance(v, int | float | str) and not isinstance(v, bool)}
+        agent = manual_agent(trig.name)
+        if agent is not None:
+            out.append(AgentTrigger(kind="manual", at_ms=trig.last_ms, agents=[agent], tz_offset_min=tz_offset_min,
+                                    detail=detail))
+            continue
         detail["trigger"] = trig.name
         detail["count"] = trig.count
         if trig.name in (SESSION_CLOSED, LATE_NIGHT_SESSION):
@@ -151,6 +160,11 @@ class OuterLoopRunner:
         if getattr(loop, "deps", None) is not None:  # (a loop started before it was handed over)
             loop.deps.planner = loop.planner
 
+    @property
+    def agent_names(self) -> list[str]:
+        """The agents this runner's loop can run (published in the daemon's heartbeat)."""
+        return list(self.loop.agents.names())
+
     async def ingest(self, applied: Sequence[Event], redelivered: Sequence[Event]) -> None:
         """Newly applied events go to ``OuterLoop.ingest``; redeliveries only to the co-watch
         graph, which is idempotent per event (the trending counts are not, so a redelivered
@@ -186,10 +200,37 @@ class OuterLoopRunner:
         )
 
 
-def outer_loop_runner(client: Any, artifacts_dir: Path, keys: SchedulerKeys) -> OuterLoopRunner:
-    """The real outer loop (built-in agents) on trained artifacts, sharing the daemon's client
-    and key namespace."""
-    from outerloop.agents.loop import OuterLoop
-    from outerloop.inner_loop.artifacts import Artifacts
+@dataclass(frozen=True, slots=True)
+class RunnerSetup:
+    """What a ``--runner MODULE:FACTORY`` factory is given: ``factory(setup) -> runner``.
 
-    return OuterLoopRunner(OuterLoop(Artifacts.load(artifacts_dir), redis=client, keys=keys.base), client, keys)
+    The daemon's client and keys, the artifacts directory (``--artifacts``) and the agents and
+    tools of ``--agents`` / ``--tools``. :meth:`outer_loop` builds the loop they describe.
+    """
+
+    client: Any
+    keys: SchedulerKeys
+    artifacts_dir: Path | None = None
+    agents: Sequence[Any] = ()
+    tools: Sequence[Any] = ()
+
+    def artifacts(self) -> Any:
+        from outerloop.errors import UserInputError
+        from outerloop.inner_loop.artifacts import Artifacts
+
+        if self.artifacts_dir is None:
+            raise UserInputError("this runner needs trained artifacts (--artifacts DIR)")
+        return Artifacts.load(self.artifacts_dir)
+
+    def outer_loop(self, cls: Any = None, **kwargs: Any) -> Any:
+        """``OuterLoop`` (or the subclass ``cls``) on the artifacts with the built-in agents plus
+        ``agents`` and ``tools``, sharing the daemon's client and key namespace."""
+        from outerloop.agents.loop import OuterLoop
+
+        return (cls or OuterLoop)(self.artifacts(), redis=self.client, keys=self.keys.base,
+                                  agents=list(self.agents), tools=list(self.tools), **kwargs)
+
+
+def outer_loop_runner(setup: RunnerSetup) -> OuterLoopRunner:
+    """The real outer loop (built-in agents and the setup's own) on trained artifacts."""
+    return OuterLoopRunner(setup.outer_loop(), setup.client, setup.keys)

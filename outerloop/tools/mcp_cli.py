@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
+from outerloop.agents.plugins import add_plugin_flags, load_plugins, load_specs  # noqa: F401  (load_specs: re-exported)
 from outerloop.errors import UserInputError
 from outerloop.telemetry import add_cli_flag, setup_for_cli
 
@@ -33,10 +33,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8765, help="HTTP port")
     p.add_argument("--token-file", type=Path, default=None,
                    help="file holding the HTTP bearer token (default: OUTERLOOP_MCP_TOKEN)")
-    p.add_argument("--tools", action="append", default=[], metavar="MODULE:NAME",
-                   help="extra @tool specs to serve (a ToolSpec or a list of them); repeatable")
-    p.add_argument("--agents", action="append", default=[], metavar="MODULE:NAME",
-                   help="extra @agent specs for refresh_user's outer loop; repeatable")
+    add_plugin_flags(p, tools_help="your @tool specs to serve besides the built-ins (MODULE:NAME, a spec or a list "
+                                   "of them; comma-separated, repeatable)",
+                     agents_help="your @agent specs for refresh_user's outer loop (MODULE:NAME; comma-separated, "
+                                 "repeatable)")
     p.add_argument("--key-prefix", default=None, help="namespace for every Redis key (isolated deployments, tests)")
     p.add_argument("--no-ranker", action="store_true", help="recommend in retrieval order")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
@@ -59,30 +59,6 @@ def read_token(token_file: Path | None, from_env: str | None) -> str:
                          "or pass --token-file (stdio needs none)")
 
 
-def load_specs(refs: list[str], what: str, kind: type) -> list[Any]:
-    """``module:name`` references -> the ``kind`` specs they name (a spec, or a list of them)."""
-    out: list[Any] = []
-    for ref in refs:
-        module, _, name = ref.partition(":")
-        if not module or not name:
-            raise UserInputError(f"--{what} {ref!r}: expected MODULE:NAME")
-        try:
-            obj: Any = importlib.import_module(module)
-        except ImportError as exc:
-            raise UserInputError(f"--{what} {ref!r}: cannot import {module!r}: {exc}") from None
-        for part in name.split("."):
-            if not hasattr(obj, part):
-                raise UserInputError(f"--{what} {ref!r}: {module!r} has no attribute {name!r}")
-            obj = getattr(obj, part)
-        specs = list(obj) if isinstance(obj, list | tuple) else [obj]
-        wrong = [s for s in specs if not isinstance(s, kind)]
-        if wrong:
-            raise UserInputError(f"--{what} {ref!r}: expected {kind.__name__} objects (decorate with "
-                                 f"@{what.rstrip('s')}), got {type(wrong[0]).__name__}")
-        out.extend(specs)
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
     import anyio
 
@@ -96,11 +72,8 @@ def run(args: argparse.Namespace) -> int:
         from outerloop.tools.mcp_server import StaticTokenVerifier
 
         StaticTokenVerifier(token)  # rejects a short token now, before loading anything
-    from outerloop.agents.sdk import AgentSpec
-    from outerloop.tools.contracts import ToolSpec
-
-    tools = load_specs(args.tools, "tools", ToolSpec)
-    agents = load_specs(args.agents, "agents", AgentSpec)
+    plugins = load_plugins(args.agents, args.tools)
+    tools, agents = plugins.tools, plugins.agents
     # stdio speaks MCP on stdout: the console exporter (bound to sys.stdout at set-up) writes to stderr
     with contextlib.redirect_stdout(sys.stderr) if args.transport == "stdio" else contextlib.nullcontext():
         setup_for_cli("outerloop-mcp", args.telemetry)  # the SDK's providers flush at exit
