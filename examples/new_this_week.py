@@ -24,8 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import BaseModel, Field
 
-from outerloop import AgentContext, Budget, OuterLoop, ToolDeps, Trigger, agent, tool
-from outerloop.memory.facts import GenreBackoff
+from outerloop import AgentContext, Artifacts, Budget, Event, GenreBackoff, OuterLoop, ToolDeps, Trigger, agent, tool
 
 DAY_MS = 86_400_000
 
@@ -92,14 +91,9 @@ def build_loop(artifacts: object, **kwargs: object) -> OuterLoop:
     return OuterLoop(artifacts, agents=[new_this_week], tools=[new_releases], **kwargs)  # type: ignore[arg-type]
 
 
-async def demo(artifacts: object, *, redis: object, user_id: str, keys: type | None = None,
+async def demo(artifacts: object, *, redis: object = None, user_id: str, keys: type | None = None,
                now_ms: int | None = None) -> dict[str, object]:
     """Give ``user_id`` a history, run one cycle after their session closes, report it."""
-    from outerloop.data.events import Event
-    from outerloop.inner_loop.user_state import UserStore
-    from outerloop.storage import Keys
-
-    keys = keys or Keys
     catalog = artifacts.catalog  # type: ignore[attr-defined]
     released = [it.release_ts for it in catalog.items if it.release_ts is not None]
     now = now_ms if now_ms is not None else (max(released) if released else 0) + DAY_MS  # something is new
@@ -107,10 +101,9 @@ async def demo(artifacts: object, *, redis: object, user_id: str, keys: type | N
     history = rng.choice(np.arange(1, len(catalog) + 1), size=12, replace=False).tolist()
     events = [Event(event_id=uuid.uuid4().hex, user_id=user_id, item_id=int(i), type="finish",
                     ts=now - DAY_MS + 60_000 * n) for n, i in enumerate(history)]
-    async with build_loop(artifacts, redis=redis, keys=keys, clock_ms=lambda: now) as loop:
-        assert loop.deps is not None
-        await UserStore(loop.deps.redis, history_cap=200, keys=keys).apply(events)
-        await loop.ingest(events)
+    options: dict[str, object] = {"keys": keys} if keys is not None else {}
+    async with build_loop(artifacts, redis=redis, clock_ms=lambda: now, **options) as loop:
+        await loop.apply_events(events)  # what POST /v1/events does, without the API
         result = await loop.run_cycle(user_id, [Trigger.session_closed(events)], now_ms=now)
     return {
         "now_ms": now,
@@ -128,11 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--redis-url", help="Redis URL (default: the embedded server)")
     p.add_argument("--user", default="demo-new-this-week")
     args = p.parse_args(argv)
-    from outerloop.inner_loop.artifacts import Artifacts
-    from outerloop.storage import RedisTarget
-
-    target = RedisTarget(url=args.redis_url) if args.redis_url else RedisTarget()
-    report = asyncio.run(demo(Artifacts.load(args.artifacts), redis=target, user_id=args.user))
+    report = asyncio.run(demo(Artifacts.load(args.artifacts), redis=args.redis_url, user_id=args.user))
     print(json.dumps(report, indent=2))
     return 0
 

@@ -73,8 +73,8 @@ class OuterLoop:
 
     ``agents`` / ``tools``: your ``@agent`` / ``@tool`` specs, added to the built-ins
     (``builtins=False`` leaves the built-in agents out; built-in tools are always there).
-    ``redis``: a ``RedisTarget`` or a client (default: the settings' target, read now: the
-    ``OUTERLOOP_REDIS_URL`` server or the embedded one). ``budgets``: per-agent budget
+    ``redis``: a URL, a ``RedisTarget`` or a client (default: the settings' target, read now:
+    the ``OUTERLOOP_REDIS_URL`` server or the embedded one). ``budgets``: per-agent budget
     overrides by name. ``llm``: a langchain-core chat model for the planner (rules decide when
     it is slow or wrong). ``clusters``: how users are grouped for shared tool results (default:
     k-means fitted on the first 1,000 user vectors seen, no sharing before that; pass
@@ -89,7 +89,7 @@ class OuterLoop:
         self,
         artifacts: ModelArtifacts,
         *,
-        redis: RedisTarget | "aioredis.Redis" | None = None,
+        redis: RedisTarget | str | "aioredis.Redis" | None = None,
         keys: type[Keys] = Keys,
         agents: Iterable[AgentSpec] = (),
         tools: Iterable[ToolSpec] = (),
@@ -110,6 +110,8 @@ class OuterLoop:
         self.config = config or LoopConfig()
         self.clock_ms = clock_ms
         self.torch_threads = torch_threads
+        if isinstance(redis, str):
+            redis = RedisTarget(url=redis)
         self._redis_arg = redis if redis is not None else RedisTarget.from_settings(get_settings())
         self.ensemble = _load_ensemble(artifacts) if ensemble is True else (ensemble or None)
         specs = [*(BUILTIN_AGENTS if builtins else ()), *((ensemble_agent,) if builtins and self.ensemble else ()),
@@ -230,6 +232,16 @@ class OuterLoop:
         )
 
     # -- data the tools read --------------------------------------------------------------------
+    async def apply_events(self, events: Iterable[Event]) -> int:
+        """Apply events as ``POST /v1/events`` does (the users' history and seen items; idempotent
+        by ``event_id``) and feed them to the tools' structures (:meth:`ingest`): for scripts,
+        notebooks and tests without the API. Returns how many events were new."""
+        await self.start()
+        events = list(events)
+        result = await self._users.apply(events)
+        await self.ingest(events)
+        return int(result.applied)
+
     async def ingest(self, events: Iterable[Event]) -> int:
         """Feed events to the structures the tools read (co-watch graph, trending counts).
         Idempotent per event for the co-watch graph. Returns how many events were new."""

@@ -59,6 +59,8 @@ def load_specs(refs: Iterable[str], what: str, kind: type) -> list[Any]:
             obj = getattr(obj, part)
         specs = list(obj) if isinstance(obj, list | tuple) else [obj]
         wrong = [s for s in specs if not isinstance(s, kind)]
+        if not specs:
+            raise UserInputError(f"--{what} {ref!r}: an empty list; expected {kind.__name__} objects")
         if wrong:
             raise UserInputError(f"--{what} {ref!r}: expected {kind.__name__} objects (decorate with "
                                  f"@{what.rstrip('s')}), got {type(wrong[0]).__name__}")
