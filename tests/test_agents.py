@@ -15,6 +15,7 @@ from outerloop.agents.memory_agent import Interaction, derive, facts_of
 from outerloop.agents.sdk import IsolatedContext
 from outerloop.errors import UsageError
 from outerloop.memory.facts import ContinueWatching, GenreAffinity, GenreBackoff
+from outerloop.budgets.fencing import Fence
 from outerloop.memory.store import MemoryChanges, MemoryStore
 from outerloop.tools.builtin import CatalogIndex
 from tests.redis_fixtures import (  # noqa: F401  (fixtures and the parametrising hook)
@@ -240,17 +241,18 @@ async def test_continue_watching_leaves_out_a_series_of_a_backed_off_genre(redis
     assert "continue_watching" not in res.rows_committed  # Night Shift is a crime drama
 
 
-class RacingStore(MemoryStore):
-    """Another writer commits between the agent's read and its first commit (a lost race)."""
+class RacingFence(Fence):
+    """Another writer commits to the user's memory just before the run's first commit (a lost race)."""
 
     raced = False
 
-    async def commit(self, user_id, expected_version, facts, *, fencing_token=None):  # noqa: ANN001, ANN201
+    async def commit(self, user_id, token, writes, **kwargs):  # noqa: ANN001, ANN003, ANN201
         if not self.raced:
             self.raced = True
+            store = MemoryStore(self.redis, keys=self.keys)
             other = GenreAffinity(genre="Documentary", score=0.9, evidence="other agent", confidence=0.5, source="other")
-            await super().commit(user_id, await self.version(user_id), MemoryChanges(upsert=(other,)))
-        return await super().commit(user_id, expected_version, facts, fencing_token=fencing_token)
+            await store.commit(user_id, await store.version(user_id), MemoryChanges(upsert=(other,)))
+        return await super().commit(user_id, token, writes, **kwargs)
 
 
 async def test_memory_agent_loses_the_race_rereads_and_redecides(redis_target, redis_keys, redis_client):
@@ -259,10 +261,11 @@ async def test_memory_agent_loses_the_race_rereads_and_redecides(redis_target, r
               for e in (ev(user, "play", i, BASE_TS + 100 * n), ev(user, "skip", i, BASE_TS + 100 * n + 50))]
     await apply_events(redis_client, redis_keys, events)
     async with OuterLoop(TinyArtifacts(), redis=redis_target, keys=redis_keys) as loop:
-        loop.deps.memory = RacingStore(loop.deps.redis, keys=redis_keys)
+        loop.deps.enforcer.fence = RacingFence(loop.deps.redis, keys=redis_keys)
         res = await loop.run_cycle(user, [Trigger.event(e) for e in events], now_ms=BASE_TS + 1000)
         mem = await MemoryStore(redis_client, keys=redis_keys).load(user)
     report = res.record("memory").value.value
+    assert res.record("memory").outcome == "ok"
     assert report.attempts == 2 and report.changed
     assert mem.get("genre_affinity:documentary").source == "other"  # the winner's write survives
     assert mem.get("genre_backoff:crime") is not None  # and the loser's decision, made again, too

@@ -31,7 +31,7 @@ async def ensemble_agent(ctx: AgentContext) -> dict[str, int]:
     items, actions, ts = h.items, h.actions, h.ts
     if len(items) == 0:
         return {"items": 0}
-    n = ctx.loop.config.ensemble_row_len
+    n = ctx.config.ensemble_row_len
     out = await ctx.call_tool("ensemble_rank", {
         "items": items.tolist(), "actions": actions.tolist() or None, "ts": ts.tolist() or None,
         "exclude": sorted(ctx.seen), "k": n})

@@ -45,6 +45,8 @@ from outerloop.storage import Keys
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from outerloop.agents.sdk import RunStore
+
 ENGAGED = frozenset({"click", "play", "add_to_list", "rate", "finish"})
 STARTED = frozenset({"play", "finish"})
 
@@ -170,7 +172,8 @@ def baseline_key(keys: type[Keys], row_id: str) -> str:
     return f"{keys.prefix}:eval:base:{row_id}"
 
 
-async def load_served(redis: "Redis", user_id: str, request_ids: Sequence[str], keys: type[Keys]) -> dict[str, dict[str, Any]]:
+async def load_served(redis: "Redis | RunStore", user_id: str, request_ids: Sequence[str],
+                      keys: type[Keys]) -> dict[str, dict[str, Any]]:
     if not request_ids:
         return {}
     raws = await redis.mget([served_key(user_id, r, keys) for r in request_ids])
@@ -184,12 +187,9 @@ async def load_served(redis: "Redis", user_id: str, request_ids: Sequence[str], 
     return out
 
 
-async def read_baselines(redis: "Redis", keys: type[Keys], row_ids: Sequence[str]) -> dict[str, RowStats]:
-    pipe = redis.pipeline(transaction=False)
-    for r in row_ids:
-        pipe.hgetall(baseline_key(keys, r))
+async def read_baselines(store: "RunStore", keys: type[Keys], row_ids: Sequence[str]) -> dict[str, RowStats]:
     out = {}
-    for r, raw in zip(row_ids, await pipe.execute()):
+    for r, raw in zip(row_ids, await store.hgetall_many([baseline_key(keys, r) for r in row_ids])):
         out[r] = RowStats(**{k.decode(): float(v) for k, v in raw.items() if k.decode() in RowStats.__dataclass_fields__})
     return out
 
@@ -214,8 +214,8 @@ async def evaluator(ctx: AgentContext) -> EvaluationReport:
     """Joins feedback to what was served (by request_id), computes per-row CTR, skip and
     completion rates, nudges genre affinity, and flags rows whose CTR drifted below baseline."""
     feedback = [e for t in ctx.triggers for e in t.events if e.request_id is not None]
-    keys, redis = ctx.loop.keys, ctx.loop.redis
-    served = await load_served(redis, ctx.user_id, list(dict.fromkeys(e.request_id for e in feedback)), keys)  # type: ignore[misc]
+    keys, store = ctx.keys, ctx.store
+    served = await load_served(store, ctx.user_id, list(dict.fromkeys(e.request_id for e in feedback)), keys)  # type: ignore[misc]
     joined = join_feedback(served, feedback)
     stats = row_stats(served, joined)
     attributed = {(s.request_id, s.item_id) for s in joined}
@@ -224,9 +224,8 @@ async def evaluator(ctx: AgentContext) -> EvaluationReport:
     if not stats:
         return report
     row_ids = sorted(stats)
-    windows_raw = await redis.hmget(window_key(ctx.user_id, keys), row_ids)
-    baselines = await read_baselines(redis, keys, row_ids)
-    pipe = redis.pipeline(transaction=False)
+    windows_raw = await store.hmget(window_key(ctx.user_id, keys), row_ids)
+    baselines = await read_baselines(store, keys, row_ids)
     for row_id in row_ids:
         s = stats[row_id]
         report.rows[row_id] = s.summary()
@@ -234,7 +233,7 @@ async def evaluator(ctx: AgentContext) -> EvaluationReport:
         window.add(s)
         test = drift_test(window, baselines[row_id])
         report.drift[row_id] = test
-        if test.flagged and ctx.loop.agents.owner_of(row_id) is not None:
+        if test.flagged and ctx.row_owner(row_id) is not None:
             ctx.raise_trigger(Trigger.drift(row_id, at_ms=ctx.now_ms, z=round(test.z, 2),
                                             ctr=round(test.ctr, 4), baseline=round(test.baseline, 4)))
             window = RowStats()  # one bad stretch flags once
@@ -242,14 +241,12 @@ async def evaluator(ctx: AgentContext) -> EvaluationReport:
             window = RowStats()
             window.add(RowStats.from_json(windows_raw[row_ids.index(row_id)]), 0.5)
             window.add(s)
-        ctx.run.stage(window_key(ctx.user_id, keys), window.to_json(), field=row_id)
+        store.hset(window_key(ctx.user_id, keys), row_id, window.to_json())
         base = baseline_key(keys, row_id)
         for name in RowStats.__dataclass_fields__:
             v = getattr(s, name)
-            if v:
-                pipe.hincrbyfloat(base, name, v)
-    ctx.run.check()  # past the deadline: do not touch the baselines either
-    await pipe.execute()
+            if v:  # counters over every user, committed with the run's other writes or not at all
+                store.hincrbyfloat(base, name, v, shared=True)
 
     signal = genre_signal(joined, ctx.catalog)
     if signal:
@@ -262,5 +259,5 @@ async def evaluator(ctx: AgentContext) -> EvaluationReport:
                                         evidence=f"served-row feedback: net {v:+.0f}"))
             return MemoryChanges(upsert=tuple(up))
 
-        await ctx.commit_memory(nudge)
+        ctx.update_memory(nudge)
     return report

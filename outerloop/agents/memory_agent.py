@@ -11,8 +11,8 @@ Facts derived (each with its evidence and a confidence):
 - ``ContinueWatching``: the next released, unwatched episode after the last one finished.
 
 Derivation is a pure function of (interactions, catalog, memory), so the commit can re-decide:
-when another agent committed first (``VersionConflict``), the store re-reads the memory and
-calls :func:`decide` again on the fresh facts. The agent itself is never re-run.
+when another writer committed first, the run's commit finds the version moved and calls
+:func:`decide` again on the memory it found. The agent itself is never re-run.
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ from typing import Any
 from outerloop.agents.contracts import Trigger
 from outerloop.agents.planner import MEMORY_AGENT
 from outerloop.agents.runtime import History
-from outerloop.agents.sdk import AgentContext, agent
+from outerloop.agents.sdk import AgentContext, MemoryCommit, agent
 from outerloop.budgets.budget import Budget
 from outerloop.data.schema import EVENT_TYPES
 from outerloop.memory.facts import ContinueWatching, GenreAffinity, GenreBackoff, RuntimePreference
-from outerloop.memory.store import MemoryChanges, UserMemory, VersionConflict
-from outerloop.tools.builtin import CatalogIndex, catalog_index
+from outerloop.memory.store import MemoryChanges, UserMemory
+from outerloop.tools.builtin import CatalogIndex
 
 BACKOFF_STREAK = 3
 BACKOFF_DAYS = 14
@@ -187,8 +187,11 @@ def decide(mem: UserMemory, derived: Derived, now_ms: int) -> MemoryChanges:
     return MemoryChanges(upsert=tuple(upsert), delete=tuple(sorted(delete)))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class MemoryReport:
+    """What the memory agent decided; ``version``, ``attempts`` and ``changed`` are filled in
+    when the run's commit wrote the decision (they stay at the snapshot's values otherwise)."""
+
     attempts: int
     version: int
     changed: bool
@@ -202,33 +205,23 @@ async def memory_agent(ctx: AgentContext) -> MemoryReport:
     """Maintains typed facts about the user (genre affinity and back-off, runtime by daypart,
     continue-watching) from the recent interactions."""
     tz = next((t.tz_offset_min for t in ctx.triggers if t.tz_offset_min), 0)
-    derived = derive(timeline(ctx.history, ctx.triggers), catalog_index(ctx.loop.tool_deps), ctx.now_ms, tz)
-    # First against the memory the cycle already read (no extra read); if another writer moved
-    # the version since, the store re-reads and this decides again on the fresh facts.
+    derived = derive(timeline(ctx.history, ctx.triggers), ctx.catalog_index(), ctx.now_ms, tz)
+    # Decided first on the memory the cycle already read (no extra read); staged, and written
+    # with the run's commit compare-and-set on its version: if another writer moved it, the
+    # commit decides again on the memory it found.
     before = ctx.scope.memory
     ch = decide(before, derived, ctx.now_ms)
+    report = MemoryReport(1, before.version, False, tuple(f.key for f in ch.upsert), ch.delete)
     if not ch:
-        return MemoryReport(1, before.version, False, (), ())
-    try:
-        version = await ctx.loop.memory.commit(ctx.user_id, before.version, ch,
-                                               fencing_token=ctx.run.fencing_token)
-        ctx.set_memory_after(UserMemory(ctx.user_id, version, _applied(before, ch, version)))
-        _raise_new_backoffs(ctx, before, ch)
-        return MemoryReport(1, version, True, tuple(f.key for f in ch.upsert), ch.delete)
-    except VersionConflict:
-        pass
-    last: list[MemoryChanges] = []
+        return report
 
-    def decide_now(mem: UserMemory) -> MemoryChanges:
-        last[:] = [decide(mem, derived, ctx.now_ms)]
-        return last[0]
+    def committed(done: MemoryCommit) -> None:
+        report.attempts, report.version, report.changed = done.attempts, done.after.version, True
+        report.upserts, report.deletes = tuple(f.key for f in done.changes.upsert), done.changes.delete
+        _raise_new_backoffs(ctx, done.before, done.changes)
 
-    res = await ctx.commit_memory(decide_now)
-    assert res is not None  # a decide function always commits (or decides "no change")
-    ch = last[0] if last else MemoryChanges()
-    if res.changed:
-        _raise_new_backoffs(ctx, before, ch)
-    return MemoryReport(res.attempts + 1, res.version, res.changed, tuple(f.key for f in ch.upsert), ch.delete)
+    ctx.update_memory(lambda mem: decide(mem, derived, ctx.now_ms), on_commit=committed)
+    return report
 
 
 def _raise_new_backoffs(ctx: AgentContext, before: UserMemory, ch: MemoryChanges) -> None:
@@ -237,14 +230,6 @@ def _raise_new_backoffs(ctx: AgentContext, before: UserMemory, ch: MemoryChanges
     new = sorted(f.genre for f in ch.upsert if isinstance(f, GenreBackoff) and before.get(f.key) is None)
     if new:
         ctx.raise_trigger(Trigger(kind="backoff", at_ms=ctx.now_ms, detail={"genres": ",".join(new)}))
-
-
-def _applied(mem: UserMemory, ch: MemoryChanges, version: int) -> dict[str, Any]:
-    """The facts after committing ``ch`` on ``mem`` (as the store stamped them)."""
-    facts = {k: v for k, v in mem.facts.items() if k not in ch.delete}
-    for f in ch.upsert:
-        facts[f.key] = f.model_copy(update={"version": version})
-    return facts
 
 
 def facts_of(events: Iterable[Interaction], idx: CatalogIndex, now_ms: int, tz_offset_min: int = 0) -> dict[str, Any]:

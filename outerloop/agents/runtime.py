@@ -105,8 +105,9 @@ class LoopConfig:
 
 @dataclass(slots=True)
 class LoopDeps:
-    """The one dependencies object of a cycle (LangGraph's ``context``; agents reach it as
-    ``ctx.loop``). Built by ``OuterLoop``; plain fields so tests can assemble one by hand."""
+    """The one dependencies object of a cycle (LangGraph's ``context``). Built by ``OuterLoop``;
+    plain fields so tests can assemble one by hand. Agents never see it: their context takes the
+    narrow parts it needs (tools, artifacts, a staging store; no Redis client)."""
 
     redis: "aioredis.Redis"
     keys: type[Keys]

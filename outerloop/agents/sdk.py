@@ -7,9 +7,12 @@ An agent is ``async def f(ctx: AgentContext) -> Any``. Through ``ctx`` it
   plan step that asked for it: ``ctx.step.rows``, ``ctx.step.params``);
 - calls the tools it declared (``await ctx.call_tool("vector_search", {...})``), each call
   counted against its ``max_tool_calls`` and bounded by the tool's timeout;
-- stages rows (``ctx.emit_row(...)``) and memory facts (``ctx.remember(fact)``); nothing is
-  written unless the run ends within its budget (rows: one fenced commit; facts: a fenced
-  compare-and-set, re-applied on a version conflict).
+- stages rows (``ctx.emit_row(...)``), memory facts (``ctx.remember(fact)``,
+  ``ctx.update_memory(decide)``) and other writes (``ctx.store.hset(...)``); nothing is written
+  unless the run ends within its budget, and then all of it in one fenced script (facts
+  compare-and-set on the memory's version, decided again on a conflict).
+
+The context is sealed: no Redis client, no handle on the loop; reads go through ``ctx.store``.
 
 Nothing registers itself: hand specs to ``OuterLoop(agents=[...])`` or an :class:`AgentRegistry`.
 
@@ -34,26 +37,26 @@ from outerloop.agents.contracts import PlanStep, Row, ScoreKind, Trigger, Trigge
 from outerloop.budgets.budget import Budget
 from outerloop.budgets.context import RunContext
 from outerloop.errors import UsageError
-from outerloop.memory.facts import FACT_TYPES
-from outerloop.memory.store import MemoryChanges, UpdateResult, UserMemory
+from outerloop.memory.facts import Fact, fact_class, fact_kinds
+from outerloop.memory.store import MemoryChanges, UserMemory, staged_memory
 
 if TYPE_CHECKING:
     from outerloop.agents.runtime import CycleScope, LoopDeps
 
 F = TypeVar("F")
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
-FACT_KINDS: dict[str, type] = {t.model_fields["kind"].default: t for t in FACT_TYPES}
 DEFAULT_ROW_TTL_MS = 6 * 3600 * 1000
 
 
 def _kind_of(scope: str | type) -> str:
+    """A memory scope (a fact class, its kind, or ``"*"``) as a kind."""
     if isinstance(scope, type):
-        kind = getattr(scope, "model_fields", {}).get("kind")
-        if kind is None:
-            raise UsageError(f"memory scope {scope!r} is not a memory fact class")
-        return str(kind.default)
-    if scope != "*" and scope not in FACT_KINDS:
-        raise UsageError(f"unknown memory scope {scope!r}; known: {sorted(FACT_KINDS)} or '*'")
+        if not issubclass(scope, Fact) or not isinstance(scope.model_fields["kind"].default, str):
+            raise UsageError(f"memory scope {scope!r} is not a memory fact class (subclass outerloop.Fact)")
+        return str(scope.model_fields["kind"].default)
+    if scope != "*" and fact_class(scope) is None:
+        raise UsageError(f"unknown memory scope {scope!r}; known: {fact_kinds()} or '*' "
+                         "(pass your own fact class itself to declare it)")
     return scope
 
 
@@ -233,8 +236,73 @@ class _RowStager:
         return row
 
 
+class RunStore:
+    """An agent's narrow way to Redis: reads within the loop's key namespace, and writes that are
+    *staged* on the run (committed in its one fenced script only if it ends in budget).
+
+    Writes go to the run's user's keys (``set``, ``hset``, ``hdel``), or, with ``shared=True``,
+    add to a counter over every user (``hincrbyfloat``). There is no client to reach past it.
+    """
+
+    __slots__ = ("_redis", "_run", "_prefix")
+
+    def __init__(self, redis: Any, run: RunContext, prefix: str) -> None:
+        self._redis = redis
+        self._run = run
+        self._prefix = f"{prefix}:"
+
+    def _key(self, key: str) -> str:
+        if not key.startswith(self._prefix):
+            raise UsageError(f"key {key!r} is outside this loop's namespace ({self._prefix}*)")
+        self._run.check()
+        return key
+
+    # reads (live, not fenced: they change nothing)
+    async def get(self, key: str) -> bytes | None:
+        return await self._redis.get(self._key(key))
+
+    async def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        return list(await self._redis.mget([self._key(k) for k in keys])) if keys else []
+
+    async def hget(self, key: str, field: str) -> bytes | None:
+        return await self._redis.hget(self._key(key), field)
+
+    async def hmget(self, key: str, fields: Sequence[str]) -> list[bytes | None]:
+        return list(await self._redis.hmget(self._key(key), list(fields))) if fields else []
+
+    async def hgetall(self, key: str) -> dict[bytes, bytes]:
+        return await self._redis.hgetall(self._key(key))
+
+    async def hgetall_many(self, keys: Sequence[str]) -> list[dict[bytes, bytes]]:
+        """Several hashes in one round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        for k in keys:
+            pipe.hgetall(self._key(k))
+        return list(await pipe.execute()) if keys else []
+
+    # writes (staged)
+    def set(self, key: str, value: bytes | str) -> None:
+        self._run.stage(self._key(key), value)
+
+    def hset(self, key: str, field: str, value: bytes | str) -> None:
+        self._run.stage(self._key(key), value, field=field)
+
+    def hdel(self, key: str, field: str) -> None:
+        self._run.stage(self._key(key), "", field=field, op="hdel")
+
+    def hincrbyfloat(self, key: str, field: str, amount: float, *, shared: bool = False) -> None:
+        self._run.stage(self._key(key), repr(float(amount)), field=field, op="hincrbyfloat", shared=shared)
+
+
 class AgentContext(_RowStager):
-    """What an in-process agent receives. One per run; never shared between runs."""
+    """What an in-process agent receives. One per run; never shared between runs.
+
+    Sealed: it holds no Redis client and no handle on the loop. The agent reads the cycle's
+    snapshot of the user (history, rows, memory), calls its declared tools, reads Redis through
+    :attr:`store`, and *stages* everything it writes (rows, facts, counters): the enforcer
+    commits all of it in one fenced script if the run ends within its budget, and none of it
+    otherwise.
+    """
 
     def __init__(self, run: RunContext, spec: AgentSpec, step: PlanStep, scope: "CycleScope",
                  loop: "LoopDeps") -> None:
@@ -242,12 +310,21 @@ class AgentContext(_RowStager):
         self.spec = spec
         self.step = step
         self.scope = scope
-        self.loop = loop
+        self.store = RunStore(loop.redis, run, loop.keys.prefix)
+        self._tools = loop.tools
+        self._tool_deps = loop.tool_deps
+        self._artifacts = loop.artifacts
+        self._keys = loop.keys
+        self._config = loop.config
+        self._agents = loop.agents
+        self._clusters = loop.clusters
+        self._memory_cache = loop.memory_cache
         self._rows: dict[str, Row] = {}
         self._triggers: list[Trigger] = []
         self._changes: dict[str, Any] = {}
         self._deletes: set[str] = set()
-        self._memory_after: UserMemory | None = None
+        self._decides: list[Callable[[UserMemory], Any]] = []
+        self._on_memory: list[Callable[[MemoryCommit], None]] = []
 
     # -- what the agent knows ---------------------------------------------------------------
     @property
@@ -277,11 +354,32 @@ class AgentContext(_RowStager):
 
     @property
     def artifacts(self) -> Any:
-        return self.loop.artifacts
+        return self._artifacts
 
     @property
     def catalog(self) -> Any:
-        return self.loop.artifacts.catalog
+        return self._artifacts.catalog
+
+    @property
+    def config(self) -> Any:
+        """The loop's :class:`~outerloop.agents.runtime.LoopConfig` (row lengths, pools)."""
+        return self._config
+
+    @property
+    def keys(self) -> Any:
+        """The loop's key namespace (:class:`~outerloop.storage.Keys`): names only."""
+        return self._keys
+
+    def catalog_index(self) -> Any:
+        """The catalog's lookups (genres, series, next episodes), built once per loop."""
+        from outerloop.tools.builtin import catalog_index
+
+        return catalog_index(self._tool_deps)
+
+    def row_owner(self, row_id: str) -> str | None:
+        """The agent that produces ``row_id`` in this loop, or None."""
+        owner = self._agents.owner_of(row_id)
+        return owner.name if owner is not None else None
 
     def remaining_ms(self) -> float:
         return self.run.remaining_ms()
@@ -307,7 +405,7 @@ class AgentContext(_RowStager):
         if not self.spec.may_call(name):
             raise UsageError(f"agent {self.spec.name!r} did not declare tool {name!r} "
                              f"(declared: {list(self.spec.tools)})")
-        return await self.loop.tools.call(name, args, self.loop.tool_deps, budget=self.run, share_key=share_key)
+        return await self._tools.call(name, args, self._tool_deps, budget=self.run, share_key=share_key)
 
     async def user_vector(self) -> np.ndarray | None:
         """The model's embedding of the user's history (one ``embed_history`` call per cycle,
@@ -316,10 +414,10 @@ class AgentContext(_RowStager):
             h = self.scope.history
             if len(h.items) == 0:
                 return None
-            out = await self.loop.tools.call(
+            out = await self._tools.call(
                 "embed_history",
                 {"items": h.items.tolist(), "actions": h.actions.tolist() or None, "ts": h.ts.tolist() or None},
-                self.loop.tool_deps, budget=self.run,
+                self._tool_deps, budget=self.run,
             )
             self.scope.user_vector = np.asarray(out.vector, dtype=np.float32)
         return self.scope.user_vector
@@ -327,7 +425,7 @@ class AgentContext(_RowStager):
     def cluster(self, vec: np.ndarray) -> tuple[str, np.ndarray] | None:
         """The user's coarse cluster (key, representative vector) for shared tool caching, or
         None when results cannot be shared (clusters not fitted yet)."""
-        return self.loop.clusters.assign(vec)
+        return self._clusters.assign(vec)
 
     def emit_row(self, row_id: str, *, title: str, reason: str, items: Sequence[tuple[int, float]],
                  ttl_ms: int | None = None, ordered: bool = False, score_kind: ScoreKind = "relative") -> Row:
@@ -336,7 +434,7 @@ class AgentContext(_RowStager):
         ``score_kind="log_prob"``: the scores are log-probabilities of being the next item, which
         the inner loop's ranker reads as a feature. The row records the newest event it saw."""
         ts = self.scope.history.ts
-        return self._stage_row(self.loop.keys.rows(self.user_id), self.loop.artifacts.model_version,
+        return self._stage_row(self._keys.rows(self.user_id), self._artifacts.model_version,
                                self.now_ms, row_id, title, reason, items, ttl_ms, ordered, score_kind,
                                int(ts[-1]) if len(ts) else None)
 
@@ -348,42 +446,66 @@ class AgentContext(_RowStager):
         """Stage a fact (kind must be in the agent's memory scopes)."""
         if not self.spec.may_read(fact.kind):
             raise UsageError(f"agent {self.spec.name!r} has no memory scope {fact.kind!r}")
+        self.run.check()
         self._deletes.discard(fact.key)
         self._changes[fact.key] = fact
 
     def forget(self, key: str) -> None:
+        """Stage the removal of a fact by key."""
         kind = key.split(":", 1)[0]
         if not self.spec.may_read(kind):
             raise UsageError(f"agent {self.spec.name!r} has no memory scope {kind!r}")
+        self.run.check()
         self._changes.pop(key, None)
         self._deletes.add(key)
 
-    async def commit_memory(self, decide: Callable[[UserMemory], Any] | None = None) -> UpdateResult | None:
-        """Write staged facts now (fenced by this run's token; compare-and-set, re-applied on a
-        conflict). With ``decide``, re-decide from fresh memory on every attempt instead.
-        Returns None when there was nothing to write."""
-        if decide is None:
-            if not self._changes and not self._deletes:
-                return None
-            upsert, delete = tuple(self._changes.values()), tuple(sorted(self._deletes))
-
-            def decide(mem: UserMemory) -> MemoryChanges:
-                return MemoryChanges(upsert=upsert, delete=tuple(k for k in delete if k in mem.facts))
-
-        res = await self.loop.memory.update_with_retry(self.user_id, decide, fencing_token=self.run.fencing_token)
-        self._changes.clear()
-        self._deletes.clear()
-        if res.changed:
-            self._memory_after = await self.loop.memory.load(self.user_id)
-        return res
-
-    def set_memory_after(self, memory: UserMemory) -> None:
-        """Tell the cycle what the memory is after this run's own commit (later agents see it)."""
-        self._memory_after = memory
+    def update_memory(self, decide: Callable[[UserMemory], Any],
+                      on_commit: "Callable[[MemoryCommit], None] | None" = None) -> None:
+        """Stage a memory decision: ``decide(memory) -> MemoryChanges | None``, a pure function
+        of the memory it is given. It is decided on the cycle's snapshot and written with the
+        run's commit, compare-and-set on the memory's version; if another writer moved the
+        version, it is decided again on the memory the commit found (never written stale).
+        ``on_commit`` is told what was written, once it was."""
+        self.run.check()
+        self._decides.append(decide)
+        if on_commit is not None:
+            self._on_memory.append(on_commit)
 
     def output(self, value: Any) -> AgentOutput:
-        return AgentOutput(rows=dict(self._rows), triggers=list(self._triggers), memory=self._memory_after,
-                           value=value)
+        # the trigger list is shared: memory commit callbacks may still raise triggers
+        return AgentOutput(rows=dict(self._rows), triggers=self._triggers, value=value)
+
+    async def _stage_memory(self, out: AgentOutput) -> None:
+        """The run's facts as one guarded, staged write (see :meth:`update_memory`)."""
+        decides = list(self._decides)
+        if self._changes or self._deletes:
+            upsert, delete = tuple(self._changes.values()), tuple(sorted(self._deletes))
+            decides.insert(0, lambda mem: MemoryChanges(upsert=upsert, delete=tuple(k for k in delete if k in mem.facts)))
+        if not decides:
+            return
+        callbacks = list(self._on_memory)
+
+        def committed(before: UserMemory, changes: MemoryChanges, after: UserMemory, attempts: int) -> None:
+            out.memory = after
+            self._memory_cache.put(after)
+            info = MemoryCommit(before=before, changes=changes, after=after, attempts=attempts)
+            for cb in callbacks:
+                cb(info)
+
+        cond = await staged_memory(self._keys, self.user_id, self.scope.memory, decides, committed)
+        if cond is not None:
+            self.run.stage_conditional(cond)
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryCommit:
+    """What a run's memory commit wrote: the memory it decided on, the delta, the memory after,
+    and how many decisions it took (1 = no other writer got in between)."""
+
+    before: UserMemory
+    changes: MemoryChanges
+    after: UserMemory
+    attempts: int
 
 
 @dataclass(slots=True)
@@ -435,14 +557,16 @@ class IsolatedContext(_RowStager):
 
 async def run_agent(run: RunContext, spec: AgentSpec, step: PlanStep, scope: "CycleScope",
                     loop: "LoopDeps") -> AgentOutput:
-    """The in-process entry the enforcer runs: build the context, run the agent, commit its
-    staged facts (still inside the budget), hand back what it produced."""
+    """The in-process entry the enforcer runs: build the context, run the agent, stage its facts
+    (decided on the cycle's snapshot, still inside the budget), hand back what it produced. The
+    enforcer commits rows, facts and counters together, or nothing."""
     ctx = AgentContext(run, spec, step, scope, loop)
     value = spec.fn(ctx)
     if inspect.isawaitable(value):
         value = await value
-    await ctx.commit_memory()
-    return ctx.output(value)
+    out = ctx.output(value)
+    await ctx._stage_memory(out)
+    return out
 
 
 def run_isolated_agent(run: RunContext, spec: AgentSpec, payload: IsolatedPayload) -> AgentOutput:

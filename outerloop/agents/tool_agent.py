@@ -61,7 +61,7 @@ async def taste_pool(ctx: AgentContext, k: int) -> list[tuple[int, float]]:
         out = await ctx.call_tool("vector_search", {"vector": vec.tolist(), "k": k})
     else:
         key, rep = cluster
-        pool_k = max(k, ctx.loop.config.retrieval_pool)
+        pool_k = max(k, ctx.config.retrieval_pool)
         out = await ctx.call_tool("vector_search", {"vector": rep.tolist(), "k": pool_k}, share_key=key)
     seen = ctx.seen
     ids = np.array([it.item_id for it in out.items if it.item_id not in seen], dtype=np.int64)  # (P,)
@@ -119,7 +119,7 @@ async def continue_watching(ctx: AgentContext) -> list[tuple[int, float]]:
 async def wind_down(ctx: AgentContext) -> list[tuple[int, float]]:
     """The user's taste without thrillers, horror or backed-off genres, no longer than their
     night-time runtime preference (100 min without one), calm genres and short titles first."""
-    n = ctx.loop.config.row_len
+    n = ctx.config.row_len
     pool = await taste_pool(ctx, 4 * n)
     meta = await _genres(ctx, [i for i, _ in pool])
     prefs = [f.minutes for f in ctx.memory(RuntimePreference) if f.daypart.endswith("_night")]
@@ -141,7 +141,7 @@ async def top_picks(ctx: AgentContext) -> list[tuple[int, float]]:
     """Taste (shared pool re-scored) + co-watch of the last five titles + trending, unseen and
     without backed-off genres; ``explore`` (after drift) leans on co-watch and trending and
     caps any one genre at an eighth of the row."""
-    n = ctx.loop.config.row_len
+    n = ctx.config.row_len
     explore = bool(ctx.params.get("explore"))
     cands = Candidates()
     pool = await taste_pool(ctx, 2 * n)

@@ -33,7 +33,7 @@ from typing import Any
 
 from outerloop.budgets.budget import Budget
 from outerloop.budgets.context import RunContext
-from outerloop.budgets.fencing import Fence, FenceRejected, Lease
+from outerloop.budgets.fencing import Fence, FenceRejected, GuardFailed, Lease
 from outerloop.budgets.pool import WorkerPool
 from outerloop.budgets.record import ErrorInfo, Outcome, RunRecord
 from outerloop.errors import UsageError
@@ -74,8 +74,10 @@ class Enforcer:
         pool: WorkerPool | None = None,
         cancel_grace_ms: float = 100.0,
         loop_lag_ms: float = 20.0,
+        max_redecides: int = 20,
     ) -> None:
         self.fence = fence
+        self.max_redecides = max_redecides
         self.pool = pool
         self.cancel_grace_ms = cancel_grace_ms
         self.loop_lag_ms = loop_lag_ms
@@ -208,14 +210,19 @@ class Enforcer:
         if end.revoke is not None:
             await asyncio.shield(end.revoke)
         elif lease is not None:
-            if outcome == "ok" and end.ctx.staged:
+            if outcome == "ok" and (end.ctx.staged or end.ctx.conditional):
                 try:
                     with span("agent.commit", user_id=lease.user_id, staged=len(end.ctx.staged)):
-                        writes = await asyncio.shield(
-                            self.fence.commit(lease.user_id, lease.token, end.ctx.staged))  # type: ignore[union-attr]
+                        writes = await asyncio.shield(self._commit(lease, end.ctx))
                 except FenceRejected as exc:
                     outcome, error = "killed", str(exc)
                     note = "finished in time but the commit reached Redis after the deadline"
+                except GuardFailed as exc:
+                    outcome, error = "error", f"{exc} (still, after {self.max_redecides} decisions)"
+                    await asyncio.shield(self._revoke(lease))
+                except Exception as exc:  # a re-decision failed: nothing was written
+                    outcome, error = "error", f"commit failed: {type(exc).__name__}: {exc}"
+                    await asyncio.shield(self._revoke(lease))
                 stopped_at = time.monotonic()
             else:  # nothing to commit (or not allowed to): end the lease either way
                 await asyncio.shield(self._revoke(lease))
@@ -239,6 +246,35 @@ class Enforcer:
             note=note,
             value=end.value if outcome == "ok" else None,
         )
+
+    async def _commit(self, lease: Lease, ctx: RunContext) -> int:
+        """Everything the run staged, in one fenced script; a conditional write whose guard no
+        longer holds is decided again on what the guard found (never written stale), up to
+        ``max_redecides`` times, under the same lease (its deadline still applies)."""
+        assert self.fence is not None
+        conds = list(ctx.conditional)
+        for attempt in range(1, self.max_redecides + 1):
+            live = [c for c in conds if c is not None]
+            writes = [*ctx.staged, *(w for c in live for w in c.writes)]
+            try:
+                n = await self.fence.commit(lease.user_id, lease.token, writes, guards=[c.guard for c in live])
+            except GuardFailed as exc:
+                if attempt == self.max_redecides:
+                    raise
+                broken = live[exc.index]
+                if broken.redecide is None:
+                    raise
+                fresh = await broken.redecide(exc.current)
+                if fresh is not None:
+                    fresh.attempts = broken.attempts + 1
+                    fresh.on_commit = fresh.on_commit or broken.on_commit
+                conds[conds.index(broken)] = fresh
+                continue
+            for c in live:
+                if c.on_commit is not None:
+                    c.on_commit(c.attempts)
+            return n
+        raise AssertionError("unreachable")
 
     def _revoke_soon(self, lease: Lease | None) -> asyncio.Task[Any] | None:
         if lease is None:

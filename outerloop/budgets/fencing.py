@@ -18,11 +18,22 @@ from typing import Any, Literal
 
 import redis.asyncio as aioredis
 
-from outerloop.budgets.context import StagedWrite
+from outerloop.budgets.context import Guard, StagedWrite
 from outerloop.errors import OuterloopError, UsageError
 from outerloop.storage import Keys
 
 RejectReason = Literal["not_live", "deadline"]
+
+
+class GuardFailed(OuterloopError):
+    """A commit's guard did not hold (another writer moved the guarded value): nothing of the
+    commit was applied. ``current`` is the guarded hash as the commit found it."""
+
+    def __init__(self, index: int, key: str, current: dict[bytes, bytes]) -> None:
+        self.index = index
+        self.key = key
+        self.current = current
+        super().__init__(f"guard {index} on {key!r} failed: the value changed since it was read")
 
 
 class FenceRejected(OuterloopError):
@@ -72,22 +83,39 @@ redis.call('ZADD', KEYS[2], deadline, token)
 return {token, deadline}
 """
 
-# KEYS[1] leases, KEYS[2..] written keys; ARGV[1] token, ARGV[2] '1' = release the lease,
-# then per written key: kind ('s' SET | 'h' HSET), field, value.
+# KEYS[1] leases, then the guards' keys, then the written keys. ARGV[1] token, ARGV[2] '1' =
+# release the lease, ARGV[3] number of guards, then per guard: field, '1' if a value is expected
+# ('0': the field must be absent), the value; then per written key: kind ('s' SET | 'h' HSET |
+# 'd' HDEL | 'f' HINCRBYFLOAT), field, value. A broken guard returns its index and its hash.
 _COMMIT_LUA = LEASE_CHECK_LUA + """
 local why = fence_check(KEYS[1], ARGV[1])
 if why then return {0, why} end
-for i = 2, #KEYS do
-  local a = 3 + (i - 2) * 3
-  if ARGV[a] == 's' then
+local ng = tonumber(ARGV[3])
+local a = 4
+for g = 1, ng do
+  local cur = redis.call('HGET', KEYS[1 + g], ARGV[a])
+  local ok
+  if ARGV[a + 1] == '1' then ok = (cur == ARGV[a + 2]) else ok = (cur == false) end
+  if not ok then return {2, g, redis.call('HGETALL', KEYS[1 + g])} end
+  a = a + 3
+end
+for i = 2 + ng, #KEYS do
+  local kind = ARGV[a]
+  if kind == 's' then
     redis.call('SET', KEYS[i], ARGV[a + 2])
-  else
+  elseif kind == 'h' then
     redis.call('HSET', KEYS[i], ARGV[a + 1], ARGV[a + 2])
+  elseif kind == 'd' then
+    redis.call('HDEL', KEYS[i], ARGV[a + 1])
+  else
+    redis.call('HINCRBYFLOAT', KEYS[i], ARGV[a + 1], ARGV[a + 2])
   end
+  a = a + 3
 end
 if ARGV[2] == '1' then redis.call('ZREM', KEYS[1], ARGV[1]) end
-return {1, #KEYS - 1}
+return {1, #KEYS - 1 - ng}
 """
+_KIND = {"set": "s", "hset": "h", "hdel": "d", "hincrbyfloat": "f"}
 
 _REVOKE_LUA = "return redis.call('ZREM', KEYS[1], ARGV[1])"
 
@@ -117,6 +145,9 @@ class Fence:
         self._acquire = redis.register_script(_ACQUIRE_LUA)
         self._commit = redis.register_script(_COMMIT_LUA)
         self._revoke = redis.register_script(_REVOKE_LUA)
+        from redis.asyncio.cluster import RedisCluster
+
+        self._cluster = isinstance(redis, RedisCluster)
 
     def leases_key(self, user_id: str) -> str:
         return leases_key(user_id, self.keys)
@@ -130,25 +161,47 @@ class Fence:
         return Lease(user_id=user_id, token=int(token), deadline_us=int(deadline))
 
     async def commit(self, user_id: str, token: int, writes: Sequence[StagedWrite], *,
-                     release: bool = True) -> int:
-        """Apply ``writes`` atomically iff ``token``'s lease is live; returns the number written.
+                     guards: Sequence[Guard] = (), release: bool = True) -> int:
+        """Apply ``writes`` atomically iff ``token``'s lease is live and every guard holds;
+        returns the number written.
 
         ``release=True`` ends the lease in the same script (the run is over). Raises
-        :class:`FenceRejected` when the lease is gone or past its deadline.
+        :class:`FenceRejected` when the lease is gone or past its deadline, and
+        :class:`GuardFailed` (lease kept) when a guard does not hold. ``shared`` writes (counters
+        over every user) are part of the script on a standalone server; on a Cluster, where a
+        script reaches one slot only, they follow it in one pipeline once it succeeded.
         """
         tag = user_tag(user_id)
         keys = [self.leases_key(user_id)]
-        args: list[Any] = [str(token), "1" if release else "0"]
+        args: list[Any] = [str(token), "1" if release else "0", len(guards)]
+        for g in guards:
+            if tag not in g.key:
+                raise UsageError(f"key {g.key!r} is not a key of user {user_id!r}")
+            keys.append(g.key)
+            args += [g.field, "0" if g.expected is None else "1", g.expected or ""]
+        after: list[StagedWrite] = []
         for w in writes:
-            if tag not in w.key:
+            if w.shared and self._cluster:
+                after.append(w)
+                continue
+            if not w.shared and tag not in w.key:
                 raise UsageError(f"key {w.key!r} is not a key of user {user_id!r}")
             keys.append(w.key)
-            args += ["s", "", w.value] if w.field is None else ["h", w.field, w.value]
-        ok, detail = await self._commit(keys=keys, args=args)
+            args += [_KIND[w.kind], w.field or "", w.value]
+        ok, detail, *rest = await self._commit(keys=keys, args=args)
+        if int(ok) == 2:
+            flat = rest[0] if rest else []
+            index = int(detail) - 1
+            raise GuardFailed(index, guards[index].key, dict(zip(flat[::2], flat[1::2])))
         if int(ok) != 1:
             reason = detail.decode() if isinstance(detail, bytes) else str(detail)
             raise FenceRejected(user_id, token, reason)  # type: ignore[arg-type]
-        return int(detail)
+        if after:
+            pipe = self.redis.pipeline(transaction=False)
+            for w in after:
+                pipe.hincrbyfloat(w.key, w.field, float(w.value))
+            await pipe.execute()
+        return int(detail) + len(after)
 
     async def revoke(self, user_id: str, token: int) -> bool:
         """End the lease now (a killed run); True if it was still live."""

@@ -11,6 +11,9 @@ from outerloop.memory.facts import (
     GenreBackoff,
     InvalidFact,
     RuntimePreference,
+    UnknownFact,
+    fact_class,
+    fact_kinds,
     parse_fact,
 )
 from outerloop.memory.scratch import MemoryScratch
@@ -35,8 +38,11 @@ __all__ = [
     "MemoryScratch",
     "MemoryStore",
     "RuntimePreference",
+    "UnknownFact",
     "UpdateResult",
     "UserMemory",
     "VersionConflict",
+    "fact_class",
+    "fact_kinds",
     "parse_fact",
 ]

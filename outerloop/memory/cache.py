@@ -55,6 +55,10 @@ class MemoryCache:
         self._put(result.memory)
         return result
 
+    def put(self, memory: UserMemory) -> None:
+        """Cache a memory this process knows to be current (it just committed it)."""
+        self._put(memory)
+
     def _put(self, memory: UserMemory) -> None:
         self._entries[memory.user_id] = memory
         self._entries.move_to_end(memory.user_id)

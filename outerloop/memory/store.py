@@ -270,7 +270,90 @@ def _decode(user_id: str, items: Iterable[tuple[bytes, bytes]]) -> UserMemory:
             version = int(v)
             continue
         try:
-            facts[name] = parse_fact(v)
+            facts[name] = parse_fact(v, unknown_ok=True, key=name)
         except InvalidFact as exc:
             raise InvalidFact(f"memory of user {user_id!r}, field {name!r}: {exc}") from exc
     return UserMemory(user_id, version, facts)
+
+
+# -- memory writes staged on a budgeted run --------------------------------------------------------
+
+MemoryCommitted = Callable[[UserMemory, MemoryChanges, UserMemory, int], None]
+
+
+def _merge(a: MemoryChanges, b: MemoryChanges) -> MemoryChanges:
+    """``a`` then ``b`` as one delta (``b`` wins on a key both touch)."""
+    up = {f.key: f for f in a.upsert if f.key not in b.delete}
+    for f in b.upsert:
+        up[f.key] = f
+    delete = [k for k in dict.fromkeys([*a.delete, *b.delete]) if k not in up]
+    return MemoryChanges(upsert=tuple(up.values()), delete=tuple(delete))
+
+
+def _as_changes(decision: Any) -> MemoryChanges:
+    if decision is None:
+        return MemoryChanges()
+    if isinstance(decision, MemoryChanges):
+        return decision
+    raise UsageError("a memory decision in a run returns MemoryChanges (or None); replacing the whole "
+                     "memory is not something an agent run can do")
+
+
+async def decide_changes(memory: UserMemory, decides: Sequence[Decide]) -> MemoryChanges:
+    """Run ``decides`` in order, each on the memory as the ones before left it; one delta."""
+    total, current = MemoryChanges(), memory
+    for decide in decides:
+        decision = decide(current)
+        if inspect.isawaitable(decision):
+            decision = await decision
+        changes = _as_changes(decision)
+        for fact in changes.upsert:
+            check_fact(fact)
+        if changes:
+            total = _merge(total, changes)
+            current = current.applied(changes, current.version)
+    return MemoryChanges(upsert=total.upsert, delete=tuple(k for k in total.delete if k in memory.facts))
+
+
+def memory_writes(keys: type[Keys], user_id: str, version: int, changes: MemoryChanges) -> list[Any]:
+    """The staged writes of committing ``changes`` on the memory at ``version`` (facts stamped
+    with the new version, the version bumped)."""
+    from outerloop.budgets.context import StagedWrite
+
+    key, new = keys.memory(user_id), version + 1
+    writes = [StagedWrite(key, dump_fact(check_fact(f).model_copy(update={"version": new})), field=f.key)
+              for f in changes.upsert]
+    for k in changes.delete:
+        if k == VERSION_FIELD:
+            raise UsageError(f"{VERSION_FIELD!r} is not a fact key")
+        writes.append(StagedWrite(key, "", field=k, op="hdel"))
+    writes.append(StagedWrite(key, str(new), field=VERSION_FIELD))
+    return writes
+
+
+async def staged_memory(keys: type[Keys], user_id: str, memory: UserMemory, decides: Sequence[Decide],
+                        on_commit: MemoryCommitted | None = None) -> Any:
+    """A run's memory decision as a guarded write (:class:`~outerloop.budgets.context.Conditional`):
+    decided now on ``memory`` (the snapshot the run read), compare-and-set on its version at the
+    run's commit, and decided again on the memory the commit found if another writer moved it.
+    None when there is nothing to write."""
+    from outerloop.budgets.context import Conditional, Guard
+
+    async def build(mem: UserMemory) -> Conditional | None:
+        changes = await decide_changes(mem, decides)
+        if not changes:
+            return None
+        after = mem.applied(changes, mem.version + 1)
+
+        def committed(attempts: int) -> None:
+            if on_commit is not None:
+                on_commit(mem, changes, after, attempts)
+
+        async def redecide(raw: dict[bytes, bytes]) -> Conditional | None:
+            return await build(_decode(user_id, raw.items()))
+
+        guard = Guard(keys.memory(user_id), VERSION_FIELD, str(mem.version) if mem.version else None)
+        return Conditional(guard=guard, writes=memory_writes(keys, user_id, mem.version, changes),
+                           redecide=redecide, on_commit=committed)
+
+    return await build(memory)

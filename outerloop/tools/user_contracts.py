@@ -7,17 +7,45 @@ agents modules; the models here are what a reader of the API needs.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from outerloop.errors import UserInputError
 from outerloop.inner_loop.answer import Recommendations
-from outerloop.memory.facts import Fact
+from outerloop.memory.facts import BuiltinFact, Fact
 from outerloop.tools.builtin import ItemMeta
 
 USER_ID_PATTERN = r"^[A-Za-z0-9_.:\-]+$"  # the Event contract's user_id
-FactKind = Literal["genre_affinity", "genre_backoff", "runtime_preference", "continue_watching"]
+FactKind = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,47}$", examples=["genre_backoff"])]
+
+
+class OtherFact(BaseModel):
+    """A fact of a kind the deployment's own agents define (subclasses of ``outerloop.Fact``):
+    the common fields plus the kind's own."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: str
+    evidence: list[str] | str
+    confidence: float
+    source: str
+    version: int = 0
+
+    @classmethod
+    def of(cls, fact: Fact) -> "OtherFact":
+        return cls.model_validate(fact.model_dump(mode="json"))
+
+
+AnyFact = BuiltinFact | OtherFact
+
+
+def fact_out(fact: Fact) -> Any:
+    """A stored fact as the tools' output carries it (built-in kinds as themselves)."""
+    return fact if fact.kind in BUILTIN_KINDS else OtherFact.of(fact)
+
+
+BUILTIN_KINDS = frozenset({"genre_affinity", "genre_backoff", "runtime_preference", "continue_watching"})
 
 
 class UnknownUser(UserInputError):
@@ -132,7 +160,7 @@ class MemoryIn(UserIn):
 class MemoryOut(BaseModel):
     user_id: str
     version: int = Field(description="memory version (0 = nothing written yet)")
-    facts: list[Fact]
+    facts: list[AnyFact]
 
 
 class ExplainIn(UserIn):
@@ -166,7 +194,7 @@ class ExplainOut(BaseModel):
     item: ItemMeta
     summary: str
     placements: list[Placement] = Field(description="the rows the item is in, and where")
-    facts: list[Fact] = Field(description="memory facts about the item's genres, series or runtime")
+    facts: list[AnyFact] = Field(description="memory facts about the item's genres, series or runtime")
     tool_evidence: list[ToolEvidence] = Field(
         description="tool outputs recomputed now, through the same registry the agents use")
 

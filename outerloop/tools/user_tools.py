@@ -49,6 +49,7 @@ from outerloop.tools.user_contracts import (
     ItemIn,
     MemoryIn,
     MemoryOut,
+    fact_out,
     Placement,
     PlanStepOut,
     RecommendIn,
@@ -326,7 +327,7 @@ def user_tools(ctx: UserToolsContext) -> list[ToolSpec]:
 
         await require_user(deps, ctx.keys, args.user_id)
         mem = await MemoryStore(deps.redis, keys=ctx.keys).load(args.user_id)
-        facts = [f for f in mem if args.kinds is None or f.kind in args.kinds]
+        facts = [fact_out(f) for f in mem if args.kinds is None or f.kind in args.kinds]
         return MemoryOut(user_id=args.user_id, version=mem.version, facts=facts)
 
     @tool(name="explain_recommendation", timeout_ms=1000)
