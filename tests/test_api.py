@@ -165,8 +165,8 @@ def test_a_batch_with_one_bad_event_applies_none(client: TestClient) -> None:
 
 
 def test_limits(client: TestClient) -> None:
-    r = post(client, [event("u", 1)] * 501)
-    assert r.status_code == 413 and "limit of 500" in r.json()["detail"]
+    r = post(client, [event("u", 1)] * 501)  # a schema violation (maxItems 500), a 422 like the others
+    assert r.status_code == 422 and "limit of 500" in r.json()["detail"]
     r = client.post("/v1/events", content=b"x" * (2 << 20), headers={"X-API-Key": KEY, "Content-Type": "application/json"})
     assert r.status_code == 413
     r = client.post("/v1/events", content=b"user_id=u", headers={"X-API-Key": KEY, "Content-Type": "text/plain"})

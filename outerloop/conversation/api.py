@@ -22,6 +22,8 @@ from outerloop.conversation.service import MAX_K, ConversationService
 from outerloop.errors import UserInputError
 
 USER_ID_PATTERN = r"^[A-Za-z0-9_.:\-]+$"  # the Event contract's user_id
+# a character that is not whitespace as Python's str.strip() sees it (the OpenAPI schema says so)
+NOT_BLANK = r"[^\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 
 HistoryReader = Callable[[str], Awaitable[UserHistory | None]]
 STORAGE_ERRORS: tuple[type[BaseException], ...] = (OSError, asyncio.TimeoutError, ConnectionError)
@@ -33,7 +35,8 @@ class ConversationRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     message: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS,
-                         examples=["something funny but not stupid, under 90 minutes, no romance"])
+                         examples=["something funny but not stupid, under 90 minutes, no romance"],
+                         json_schema_extra={"pattern": NOT_BLANK})  # the service refuses a blank one
     turns: list[Turn] = Field(default_factory=list, max_length=MAX_TURNS)
     k: int = Field(10, ge=1, le=MAX_K, description="how many titles to return")
 

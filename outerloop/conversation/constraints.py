@@ -12,7 +12,7 @@ bounds, ``kind`` and ``exclude_tags``. Soft preferences (they reorder, never fil
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -104,15 +104,7 @@ class Turn(BaseModel):
 
     role: Literal["user", "assistant"]
     text: str = Field("", max_length=MAX_MESSAGE_CHARS)
-    item_ids: list[int] = Field(default_factory=list, max_length=100)
-
-    @field_validator("item_ids")
-    @classmethod
-    def _positive(cls, ids: list[int]) -> list[int]:
-        bad = [i for i in ids if i < 1]
-        if bad:
-            raise ValueError(f"item ids must be >= 1, got {bad[0]}")
-        return ids
+    item_ids: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list, max_length=100)  # in the schema
 
 
 class Unapplied(BaseModel):

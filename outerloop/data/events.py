@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from outerloop.data.schema import EventType
 
@@ -18,6 +19,17 @@ MAX_FUTURE_SKEW_MS = 5 * 60 * 1000
 # 2000-01-01T00:00:00Z: earlier event times are treated as bad input (ML-100K starts in 1997,
 # so replays of MovieLens opt out with ``allow_historic``; the API never does).
 MIN_LIVE_TS_MS = 946_684_800_000
+
+
+def _whole_number(value: Any) -> Any:
+    return int(value) if type(value) is float and value.is_integer() else value
+
+
+# Makes an ``int`` field a JSON Schema ``integer``: 5 and 5.0 (a number with no fraction is an
+# integer in JSON Schema), but under strict validation (as the API validates) neither "5" nor true
+# nor 5.5. Put it after the field's bounds (``Annotated[int, Field(ge=1), WHOLE_NUMBER]``), or the
+# bounds leave the JSON schema.
+WHOLE_NUMBER = BeforeValidator(_whole_number)
 
 
 def now_ms() -> int:
@@ -31,13 +43,13 @@ class Event(BaseModel):
     ``request_id`` joins feedback to the recommendation response that showed the item.
     """
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid")
 
     event_id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=128)
     user_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")
-    item_id: int | None = Field(default=None, ge=1)
+    item_id: Annotated[int, Field(ge=1), WHOLE_NUMBER] | None = None
     type: EventType
-    ts: int = Field(description="event time, ms since the Unix epoch", ge=0)
+    ts: Annotated[int, Field(ge=0), WHOLE_NUMBER] = Field(description="event time, ms since the Unix epoch")
     device: str | None = Field(default=None, max_length=64)
     position_s: float | None = Field(default=None, ge=0, le=7 * 24 * 3600)
     request_id: str | None = Field(default=None, max_length=128)

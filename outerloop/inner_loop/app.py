@@ -43,6 +43,8 @@ from outerloop.data.events import MIN_LIVE_TS_MS, Event
 from outerloop.errors import UserInputError
 from outerloop.inner_loop.answer import ServedRecommendations, recommendation_doc
 from outerloop.inner_loop.funnel import Funnel, FunnelConfig, Recommendation
+from outerloop.inner_loop.openapi import ErrorOut, events_request_body
+from outerloop.inner_loop.openapi import finish as finish_openapi
 from outerloop.inner_loop.profiles import ProfileIn, profile_out
 from outerloop.inner_loop.ranker import ArtifactsLike, Ranker
 from outerloop.inner_loop.user_state import (
@@ -96,11 +98,6 @@ class EventsAccepted(BaseModel):
     applied: int
     duplicates: int
     history_versions: dict[str, int]
-
-
-class ErrorOut(BaseModel):
-    detail: str
-    errors: list[dict[str, str]] = []
 
 
 def _loc(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -232,8 +229,11 @@ def create_app(
         return _error_response(422, detail, errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:  # every method of the path, not only those of the first route matched
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(app, request))}
+        return _error_response(exc.status_code, str(exc.detail), headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -255,14 +255,16 @@ def create_app(
         summary="Rows of recommendations for one user",
     )
     async def recommendations(
+        request: Request,
         user_id: str = Path(min_length=1, max_length=128, pattern=USER_ID_PATTERN),
         k: int = Query(20, ge=1, le=MAX_K, description="items per row"),
-        row: list[str] | None = Query(None, description="only these row ids (repeatable)"),
+        row: list[str] = Query([], description="only these row ids (repeatable)"),
         source: Literal["funnel", "precomputed"] = Query(
             "funnel", description="`precomputed`: a batch-precomputed list (the benchmark's baseline)"
         ),
     ) -> Response:
         started = time.perf_counter()
+        _one_value_each(request, "k", "source")
         request_id = uuid.uuid4().hex
         rec: Recommendation | None = None
         t_redis = 0.0
@@ -307,21 +309,7 @@ def create_app(
         responses={400: {"model": ErrorOut}, 401: {"model": ErrorOut}, 413: {"model": ErrorOut},
                    415: {"model": ErrorOut}, 422: {"model": ErrorOut}, 503: {"model": ErrorOut}},
         summary="Record one event or a batch, and apply it to the user's real-time history",
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": {
-                    "oneOf": [
-                        {"$ref": "#/components/schemas/Event"},
-                        {"type": "array", "items": {"$ref": "#/components/schemas/Event"},
-                         "maxItems": opts.max_batch},
-                        {"type": "object", "required": ["events"], "properties": {"events": {
-                            "type": "array", "items": {"$ref": "#/components/schemas/Event"},
-                            "maxItems": opts.max_batch}}},
-                    ]
-                }}},
-            }
-        },
+        openapi_extra={"requestBody": events_request_body(opts.max_batch)},
     )
     async def post_events(request: Request) -> JSONResponse:
         _require_key(request)
@@ -373,7 +361,7 @@ def create_app(
         return profile_out(user_id, raw)
 
     @app.get("/v1/items/{item_id}", responses={404: {"model": ErrorOut}}, summary="One catalog item")
-    async def get_item(item_id: int = Path(description="dense item id, 1..N")) -> dict[str, Any]:
+    async def get_item(item_id: int = Path(ge=1, description="dense item id, 1..N")) -> dict[str, Any]:
         if not 1 <= item_id <= n_items:
             raise ApiError(404, f"item_id {item_id} is not in the catalog (1..{n_items})")
         it = funnel.catalog.items[item_id - 1]
@@ -436,6 +424,11 @@ def create_app(
     mount_console(app, runtime=rt, keys=keys, funnel=funnel, api_key=opts.api_key,
                   reads_need_key=opts.require_api_key, max_history=opts.funnel.max_history)
 
+    from outerloop.scheduler.refresh_api import refresh_router  # run named agents now: queued for the daemons
+
+    app.include_router(refresh_router(client=lambda: rt.client, keys=keys, api_key=opts.api_key,
+                                      user_id_pattern=USER_ID_PATTERN))
+
     # the Event schema for the request body above
     def _openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -443,12 +436,33 @@ def create_app(
 
             schema = get_openapi(title=app.title, version=app.version, description=app.description,
                                  routes=app.routes)
-            schema.setdefault("components", {}).setdefault("schemas", {})["Event"] = Event.model_json_schema()
+            finish_openapi(schema, n_items=n_items, api_key=api_key is not None,
+                           write_paths={("/v1/events", "post"), ("/v1/users/{user_id}/profile", "put")})
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = _openapi  # type: ignore[method-assign]
     return app
+
+
+def _one_value_each(request: Request, *names: str) -> None:
+    """A 422 when a single-valued query parameter is repeated (``?k=5&k=9``), instead of
+    silently using one of the values."""
+    errors = [{"loc": f"query.{n}", "msg": "given more than once; expected one value"}
+              for n in names if len(request.query_params.getlist(n)) > 1]
+    if errors:
+        raise ApiError(422, "; ".join(f"{e['loc']}: {e['msg']}" for e in errors), errors)
+
+
+def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """The methods of every route whose path matches the request's."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in app.router.routes:
+        if getattr(route, "methods", None) and route.matches(request.scope)[0] != Match.NONE:
+            methods |= set(route.methods)
+    return sorted(methods)
 
 
 def _served_record(body: dict[str, Any]) -> bytes:
@@ -502,8 +516,8 @@ def _parse_events(raw: bytes, max_batch: int, n_items: int) -> list[Event]:
         raise ApiError(422, "body: expected an event object, a list of events or {\"events\": [...]}")
     if not docs:
         raise ApiError(422, "events: empty batch")
-    if len(docs) > max_batch:
-        raise ApiError(413, f"events: batch of {len(docs)} events is over the limit of {max_batch}")
+    if len(docs) > max_batch:  # a 422 like every schema violation (the schema says maxItems)
+        raise ApiError(422, f"events: batch of {len(docs)} events is over the limit of {max_batch}")
     events: list[Event] = []
     errors: list[dict[str, str]] = []
     for i, d in enumerate(docs):
@@ -512,7 +526,7 @@ def _parse_events(raw: bytes, max_batch: int, n_items: int) -> list[Event]:
             errors.append({"loc": where or "body", "msg": "expected an event object"})
             continue
         try:
-            ev = Event.model_validate(d)
+            ev = Event.model_validate(d, strict=True)  # JSON types as the schema says: no "5" for 5
         except ValidationError as exc:
             for e in exc.errors()[:5]:
                 loc = _loc(e.get("loc", ()))

@@ -11,32 +11,48 @@ time changes (or sends offsets itself).
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from functools import lru_cache
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo, available_timezones
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from outerloop.data.events import WHOLE_NUMBER
+
 MIN_OFFSET_MIN, MAX_OFFSET_MIN = -12 * 60, 14 * 60  # UTC-12:00 .. UTC+14:00, every zone in use
+
+
+@lru_cache(maxsize=1)
+def known_zones() -> tuple[str, ...]:
+    """The IANA zone names this machine's time-zone database has (what ``timezone`` accepts)."""
+    return tuple(sorted(available_timezones()))
+
+
+def _exactly_one_schema(schema: dict[str, Any]) -> None:
+    """The JSON schema says what the validators enforce: exactly one of the two is given (and
+    not null), and a zone is one of :func:`known_zones`."""
+    offset, zone = schema["properties"]["utc_offset_min"]["anyOf"][0], schema["properties"]["timezone"]["anyOf"][0]
+    zone["enum"] = list(known_zones())
+    schema["anyOf"] = [  # (the branches repeat the fields' bounds: some generators read only the branch)
+        {"required": ["utc_offset_min"], "properties": {"utc_offset_min": dict(offset), "timezone": {"type": "null"}}},
+        {"required": ["timezone"], "properties": {"timezone": dict(zone), "utc_offset_min": {"type": "null"}}},
+    ]
 
 
 class ProfileIn(BaseModel):
     """Exactly one of ``utc_offset_min`` and ``timezone``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_exactly_one_schema)
 
-    utc_offset_min: int | None = Field(None, ge=MIN_OFFSET_MIN, le=MAX_OFFSET_MIN,
-                                       description="minutes east of UTC, e.g. 540 for Tokyo")
+    utc_offset_min: Annotated[int, Field(ge=MIN_OFFSET_MIN, le=MAX_OFFSET_MIN), WHOLE_NUMBER] | None = Field(
+        None, description="minutes east of UTC, e.g. 540 for Tokyo")
     timezone: str | None = Field(None, min_length=1, max_length=64, description="IANA name, e.g. Europe/Paris")
 
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, name: str | None) -> str | None:
-        if name is None:
-            return None
-        try:
-            ZoneInfo(name)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown IANA time zone {name!r} (e.g. Europe/Paris, America/New_York)") from None
+        if name is not None and name not in set(known_zones()):
+            raise ValueError(f"unknown IANA time zone {name!r} (e.g. Europe/Paris, America/New_York)")
         return name
 
     @model_validator(mode="after")

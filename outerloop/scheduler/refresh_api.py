@@ -11,7 +11,7 @@ whenever the API has a key.
 # no ``from __future__ import annotations``: FastAPI reads these annotations at run time
 import hmac
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi import Path as PathParam
@@ -24,14 +24,16 @@ from outerloop.scheduler.keys import SchedulerKeys
 from outerloop.scheduler.refresh import request_refresh
 
 MAX_AGENTS = 32
+AGENT_NAME_PATTERN = r"^[^|\x1f]+$"  # what refresh._check accepts, in the OpenAPI schema too
 
 
 class RefreshIn(BaseModel):
     """Which agents to run for the user now, and what to tell them."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # JSON types as the schema says (no false for 0)
 
-    agents: list[str] = Field(min_length=1, max_length=MAX_AGENTS, description="the agents to run, by name")
+    agents: list[Annotated[str, Field(pattern=AGENT_NAME_PATTERN)]] = Field(
+        min_length=1, max_length=MAX_AGENTS, description="the agents to run, by name")
     detail: dict[str, int | float | str] = Field(
         default_factory=dict, max_length=32, description="handed to the agents as their manual trigger's detail")
 
