@@ -136,17 +136,53 @@ def test_warm_start_keeps_weights_and_grows_the_catalog(trained: tuple[Interacti
     assert res.epochs_run == 1
 
 
-def test_freeze_backbone_trains_only_the_heads(trained: tuple[InteractionData, TrainResult], tmp_path: Path) -> None:
+def test_a_frozen_backbone_learns_the_new_items_and_changes_what_is_served(
+        trained: tuple[InteractionData, TrainResult], tmp_path: Path) -> None:
+    """``freeze_backbone`` on a grown catalog keeps the parent's encoder and known items exactly,
+    trains the new items' embeddings and the adapter, and it shows where it is served: quality on
+    the new interactions rises (it did not move when only the genre head, which serving never
+    reads, was trained), and after item 50 the next pick is the new item 51, not the old wrap to 1."""
+    from outerloop.evals.offline import evaluate, leave_one_out
+    from outerloop.inner_loop.train import model_scorer
+    from outerloop.inner_loop.warm_start import new_item_ids
+
     data, result = trained
-    parent = artifacts_from(result, data, tmp_path)
-    counts = item_counts(train_sequences(data), len(data.catalog))
-    model = warm_start_model(parent, data, counts)
+    parent = artifacts_from(result, data, tmp_path / "parent")
+    new = grown_data()  # items 51..55 join the cycle: 50 -> 51 -> ... -> 55 -> 1
+    new_items = new_item_ids(parent, new)
+    assert new_items.tolist() == [51, 52, 53, 54, 55]
+    model = warm_start_model(parent, new, item_counts(train_sequences(new), len(new.catalog)), adapter_dim=8)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg = TrainConfig(epochs=1, batch_size=16, bf16=False, num_threads=1, freeze_backbone=True, lr=1e-2)
-    train(data, model.cfg, cfg, model=model, progress=False)
-    after = model.state_dict()
+    valid, test = leave_one_out(new, "valid"), leave_one_out(new, "test")
+    on_new = test.subset(np.isin(test.targets, new_items))  # cases whose next item is a new one
+    assert len(on_new) >= 5
+    scores_before = {name: evaluate(model_scorer(model), cases, 55, "full")["ndcg@10"]
+                     for name, cases in (("valid", valid), ("test", test), ("new", on_new))}
+
+    cfg = TrainConfig(epochs=8, batch_size=16, lr=1e-2, patience=8, bf16=False, num_threads=1, seed=3,
+                      freeze_backbone=True)
+    res = train(new, model.cfg, cfg, model=model, progress=False, new_items=new_items)
+    after = res.model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed and all(k.startswith("heads.") for k in changed)
+    assert {k for k in changed if k.startswith("adapter.")} and "item.id_emb.weight" in changed
+    assert changed <= {"item.id_emb.weight", "heads.genre.weight", "heads.genre.bias"} | {
+        k for k in after if k.startswith("adapter.")}, changed  # the encoder is as the parent left it
+    assert torch.equal(after["item.id_emb.weight"][:51], before["item.id_emb.weight"][:51])  # known items too
+    assert not torch.equal(after["item.id_emb.weight"][51:], before["item.id_emb.weight"][51:])
+    assert all(p.requires_grad for p in res.model.parameters()) and not res.model.item.id_emb.weight._backward_hooks
+
+    scores_after = {"valid": res.valid["ndcg@10"], "test": evaluate(model_scorer(res.model), test, 55, "full")["ndcg@10"],
+                    "new": evaluate(model_scorer(res.model), on_new, 55, "full")["ndcg@10"]}
+    assert scores_after["valid"] > scores_before["valid"] + 0.02, (scores_before, scores_after)
+    assert scores_after["test"] > scores_before["test"] + 0.02, (scores_before, scores_after)
+    assert scores_after["new"] > scores_before["new"] + 0.1, (scores_before, scores_after)
+
+    child = Artifacts.from_model(res.model, new.catalog, res.popularity, {"dataset": new.name}, dir=tmp_path / "child")
+    served_parent, _ = parent.index.search(parent.encode([[48, 49, 50]]), 1)
+    served_child, _ = child.index.search(child.encode([[48, 49, 50]]), 1)
+    assert served_parent[0, 0] == 1 and served_child[0, 0] == 51
+    child.save(tmp_path / "child")
+    np.testing.assert_allclose(Artifacts.load(tmp_path / "child").encode([[50, 51]]), child.encode([[50, 51]]), atol=1e-6)
 
 
 def test_synthetic_world_trains_with_action_and_time_features(tmp_path: Path) -> None:

@@ -76,6 +76,7 @@ def test_warm_start_on_a_grown_catalog_with_a_frozen_backbone(trained_dir: tuple
     assert manifest["parent_version"] == parent_manifest["model_version"]
     assert manifest["alignment"]["n_shared"] == 40 and manifest["alignment"]["file"] == "align.npy"
     assert manifest["config"]["train"]["freeze_backbone"] is True
+    assert manifest["config"]["model"]["adapter_dim"] == 16 and manifest["new_items"] == 6  # what it trained
 
 
 @pytest.mark.parametrize(
@@ -85,6 +86,7 @@ def test_warm_start_on_a_grown_catalog_with_a_frozen_backbone(trained_dir: tuple
         (["train", "--data-dir", "{data}", "--out", "{tmp}/x", "--epochs", "0"], "--epochs"),
         (["train", "--data-dir", "{data}", "--out", "{tmp}/x", "--dropout", "1.5"], "--dropout"),
         (["train", "--data-dir", "{data}", "--out", "{tmp}/x", "--freeze-backbone"], "--freeze-backbone"),
+        (["train", "--data-dir", "{data}", "--out", "{tmp}/x", "--adapter-dim", "8"], "--adapter-dim"),
         (["train", "--data-dir", "{data}", "--out", "{tmp}/x", "--init-from", "/nonexistent/art"], "--init-from"),
         (["train", "--dataset", "nope", "--data-dir", "{data}", "--out", "{tmp}/x"], "nope"),
         (["train", "--data-dir", "{data}", "--out", "{file}"], "--out"),

@@ -1,8 +1,10 @@
 """The sequential recommender: a causal transformer over a user's interaction tokens.
 
 Reads top-down: the config, the item embedding (ID blended with metadata by exposure), the
-attention (full causal, or blocked local-window for long histories), a pre-LN block, and the
-model with its two heads (next item, tied to the item embeddings; next genre, auxiliary).
+attention (full causal, or blocked local-window for long histories), a pre-LN block, the
+adapter (an optional residual on the user vector, what a warm start on a frozen backbone
+trains), and the model with its two heads (next item, tied to the item embeddings; next genre,
+auxiliary).
 
 A token is ``item + position (+ action + time gap + hour of day)``. Positions count from the
 first item of the window, so the output at step ``t`` during training is exactly what serving
@@ -51,6 +53,7 @@ class ModelConfig:
     use_actions: bool = False
     use_time: bool = False
     genre_head: bool = True
+    adapter_dim: int = 0  # > 0: a residual adapter of this width on the hidden states (see Adapter)
 
     @property
     def n_genres(self) -> int:
@@ -259,6 +262,26 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
+class Adapter(nn.Module):
+    """``h + up(gelu(down(h)))`` on the encoder's output: a small residual that a warm start on
+    a frozen backbone trains (with the new items' embeddings) to move users towards what the
+    new interactions say. ``up`` starts at zero, so a fresh adapter changes nothing."""
+
+    def __init__(self, d: int, width: int) -> None:
+        super().__init__()
+        self.down = nn.Linear(d, width)
+        self.up = nn.Linear(width, d)
+
+    def zero_(self) -> "Adapter":
+        with torch.no_grad():
+            self.up.weight.zero_()
+            self.up.bias.zero_()
+        return self
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.up(F.gelu(self.down(h)))  # (..., d)
+
+
 @dataclass
 class Batch:
     """Model inputs, RIGHT-padded to a common length T (0 = padding everywhere).
@@ -337,11 +360,14 @@ class SeqRecModel(nn.Module):
         self.hour_emb = nn.Embedding(N_HOURS, d, padding_idx=0) if cfg.use_time else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(d)
+        self.adapter = Adapter(d, cfg.adapter_dim) if cfg.adapter_dim > 0 else None
         # heads: the next-item head is the (tied) item table; the genre head is auxiliary
         self.heads = nn.ModuleDict()
         if cfg.genre_head and cfg.n_genres:
             self.heads["genre"] = nn.Linear(d, cfg.n_genres)
         self.apply(self._init_weights)
+        if self.adapter is not None:
+            self.adapter.zero_()
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -364,7 +390,12 @@ class SeqRecModel(nn.Module):
         x = self._embed(batch, table)
         for block in self.blocks:
             x = block(x)
-        return self.ln_f(x)  # (B, T, d)
+        return self._out(x)  # (B, T, d)
+
+    def _out(self, x: torch.Tensor) -> torch.Tensor:
+        """The final norm, then the adapter when there is one."""
+        x = self.ln_f(x)
+        return x if self.adapter is None else self.adapter(x)
 
     def user_vectors(self, batch: Batch, table: torch.Tensor | None = None) -> torch.Tensor:
         """(B, d) hidden state at each row's last real event (rows must be non-empty).
@@ -377,7 +408,7 @@ class SeqRecModel(nn.Module):
             x = block(x)
         last = (batch.lengths - 1).clamp(min=0)  # (B,)
         x = self.blocks[-1](x, query_at=last)  # (B, 1, d)
-        return self.ln_f(x[:, 0])  # (B, d)
+        return self._out(x[:, 0])  # (B, d)
 
     def _embed(self, batch: Batch, table: torch.Tensor | None) -> torch.Tensor:
         """(B, T, d) input tokens: item + position (+ action, gap, hour), dropout."""

@@ -50,7 +50,7 @@ class TrainConfig:
     id_dropout: float = 0.0  # share of items shown as metadata only per step (cold-start training)
     num_threads: int = 0  # 0 = auto: all cores when idle, 1 when other processes compete (see pick_threads)
     max_minutes: float | None = None  # wall-clock budget for the epochs (None = no limit)
-    freeze_backbone: bool = False  # train only the heads
+    freeze_backbone: bool = False  # a warm start that trains only new items, the adapter and the heads
 
 
 @dataclass
@@ -181,14 +181,43 @@ def model_scorer(model: SeqRecModel, batch_size: int = 256) -> ScoreFn:
     return score
 
 
-def freeze_backbone(model: SeqRecModel) -> list[torch.nn.Parameter]:
-    """Freeze everything but ``model.heads``; returns the parameters left trainable."""
+@dataclass
+class Frozen:
+    """What :func:`freeze_backbone` left trainable, as optimizer parameter groups."""
+
+    groups: list[dict[str, Any]]
+    hooks: list[Any]  # gradient masks, removed by :meth:`release`
+
+    def release(self) -> None:
+        for h in self.hooks:
+            h.remove()
+        self.hooks.clear()
+
+
+def freeze_backbone(model: SeqRecModel, new_items: np.ndarray | None = None) -> Frozen:
+    """Freeze the encoder (transformer blocks, position/action/time embeddings, the metadata
+    tables, every known item's ID embedding) and leave trainable what serves new interactions
+    through it: the ID embeddings of ``new_items`` (the other rows' gradients are masked), the
+    adapter on the user vector (``model.cfg.adapter_dim``), and the heads. The served item vectors
+    and user vectors both change; what the parent learned stays as it was."""
     for p in model.parameters():
         p.requires_grad_(False)
-    trainable = list(model.heads.parameters())
-    for p in trainable:
-        p.requires_grad_(True)
-    return trainable
+    groups: list[dict[str, Any]] = []
+    hooks: list[Any] = []
+    dense = list(model.heads.parameters()) + (list(model.adapter.parameters()) if model.adapter is not None else [])
+    if dense:
+        groups.append({"params": dense})
+    if new_items is not None and len(new_items):
+        weight = model.item.id_emb.weight  # (N+1, d)
+        mask = torch.zeros(weight.shape[0], 1)
+        mask[torch.as_tensor(np.asarray(new_items, dtype=np.int64))] = 1.0
+        weight.requires_grad_(True)
+        hooks.append(weight.register_hook(lambda g: g * mask))
+        groups.append({"params": [weight], "weight_decay": 0.0})  # decay would move the masked rows
+    for g in groups:
+        for p in g["params"]:
+            p.requires_grad_(True)
+    return Frozen(groups=groups, hooks=hooks)
 
 
 def train_epoch(model: SeqRecModel, opt: torch.optim.Optimizer, tensors: SequenceTensors, tcfg: TrainConfig,
@@ -214,12 +243,15 @@ def train(
     checkpoint_dir: str | Path | None = None,
     progress: bool = True,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    new_items: np.ndarray | None = None,
 ) -> TrainResult:
     """Train on each user's training part, validate on the validation item.
 
     ``model`` continues training an existing model (a warm start); otherwise a fresh one is
     built from ``cfg``. The best state by validation NDCG@10 is restored before returning
     and, when ``checkpoint_dir`` is given, written there as ``best.pt`` each time it improves.
+    With ``tcfg.freeze_backbone``, ``new_items`` are the item ids whose embeddings train (the
+    items the parent never had: :func:`outerloop.inner_loop.warm_start.new_item_ids`).
     """
     t_start = time.perf_counter()
     torch.set_num_threads(pick_threads(tcfg.num_threads))
@@ -235,10 +267,12 @@ def train(
     tensors = SequenceTensors.build(seqs, cfg)
     valid = leave_one_out(data, "valid")
 
-    params = freeze_backbone(model) if tcfg.freeze_backbone else [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("nothing to train: the model has no trainable parameters (no heads to train on a frozen backbone?)")
-    opt = torch.optim.Adam(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    frozen = freeze_backbone(model, new_items) if tcfg.freeze_backbone else None
+    groups = frozen.groups if frozen is not None else [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    if not any(g["params"] for g in groups):
+        raise ValueError("nothing to train: the model has no trainable parameters (a frozen backbone with no new "
+                         "items, no adapter and no heads?)")
+    opt = torch.optim.Adam(groups, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
 
     best: dict[str, Any] = {"ndcg": -1.0, "epoch": 0, "state": None, "valid": {}}
@@ -281,6 +315,10 @@ def train(
             log.info("stopping: the %.1f-minute budget is spent", tcfg.max_minutes)
             break
     bar.close()
+    if frozen is not None:
+        frozen.release()
+        for p in model.parameters():
+            p.requires_grad_(True)
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     model.eval()

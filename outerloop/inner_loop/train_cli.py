@@ -15,6 +15,8 @@ from typing import Any
 
 from outerloop.errors import UserInputError
 
+DEFAULT_ADAPTER_DIM = 16
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     d = parser.add_argument_group("data")
@@ -26,7 +28,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     w = parser.add_argument_group("warm start and versions")
     w.add_argument("--init-from", metavar="DIR", help="continue from these artifacts (the catalog may have grown)")
-    w.add_argument("--freeze-backbone", action="store_true", help="train only the heads (needs --init-from)")
+    w.add_argument("--freeze-backbone", action="store_true",
+                   help="keep the parent's encoder and known items as they are; train the new items' embeddings, "
+                        "a residual adapter on the user vector and the heads (needs --init-from)")
+    w.add_argument("--adapter-dim", type=int, default=None,
+                   help=f"width of that adapter (default {DEFAULT_ADAPTER_DIM}, or the parent's when it has one)")
     w.add_argument("--align-to", metavar="DIR",
                    help="rotate the new vector space onto these artifacts' (default: the --init-from parent)")
 
@@ -86,6 +92,9 @@ def validate(args: argparse.Namespace) -> None:
         raise UserInputError(f"--out {out}: exists and is not a directory")
     if args.freeze_backbone and not args.init_from:
         raise UserInputError("--freeze-backbone needs --init-from DIR (there is no backbone to freeze)")
+    if args.adapter_dim is not None and not args.freeze_backbone:
+        raise UserInputError("--adapter-dim goes with --freeze-backbone (the adapter is what it trains)")
+    _positive(args, "adapter_dim", "--adapter-dim")
     for flag, value in (("--init-from", args.init_from), ("--align-to", args.align_to)):
         if value is not None and not Path(value).is_dir():
             raise UserInputError(f"{flag} {value}: artifacts directory not found")
@@ -102,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     from outerloop.inner_loop.align import align_to_parent
     from outerloop.inner_loop.artifacts import Artifacts
     from outerloop.inner_loop.train import TrainConfig, model_config_for, train
-    from outerloop.inner_loop.warm_start import warm_start_model
+    from outerloop.inner_loop.warm_start import new_item_ids, warm_start_model
 
     data = load_dataset(args.dataset, args.data_dir, **parse_dataset_options(args.dataset_opt))
     model_overrides = dict(
@@ -117,9 +126,13 @@ def run(args: argparse.Namespace) -> int:
 
     parent = Artifacts.load(args.init_from) if args.init_from else None
     align_parent = Artifacts.load(args.align_to) if args.align_to else parent
+    new_items = None
     if parent is not None:
         torch.manual_seed(tcfg.seed)
         counts = item_counts(train_sequences(data), len(data.catalog))
+        if args.freeze_backbone:
+            model_overrides["adapter_dim"] = args.adapter_dim or parent.model.cfg.adapter_dim or DEFAULT_ADAPTER_DIM
+            new_items = new_item_ids(parent, data)
         model = warm_start_model(parent, data, counts, **model_overrides)
         cfg = model.cfg
     else:
@@ -127,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = model_config_for(data, **model_overrides)
 
     out = Path(args.out)
-    result = train(data, cfg, tcfg, model=model, checkpoint_dir=out / "checkpoints", progress=not args.quiet)
+    result = train(data, cfg, tcfg, model=model, checkpoint_dir=out / "checkpoints", progress=not args.quiet,
+                   new_items=new_items)
     manifest = {
         "dataset": data.name,
         "dataset_options": parse_dataset_options(args.dataset_opt),
@@ -138,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
         "epochs_run": result.epochs_run,
         "best_epoch": result.best_epoch,
         "init_from": parent.model_version if parent is not None else None,
+        "new_items": int(len(new_items)) if new_items is not None else None,
         "history": result.history,
     }
     arts = Artifacts.from_model(result.model, data.catalog, result.popularity, manifest, dir=out, index_kind=args.index)

@@ -47,6 +47,15 @@ def warm_config(parent: ModelConfig, data: InteractionData, **overrides: Any) ->
     )
 
 
+def new_item_ids(parent: Artifacts, data: InteractionData) -> np.ndarray:
+    """Ids in ``data``'s catalog of the items ``parent`` never had (matched by source id)."""
+    _, shared = shared_items(parent.catalog, data.catalog)
+    known = np.zeros(len(data.catalog) + 1, dtype=bool)
+    known[0] = True
+    known[np.asarray(shared, dtype=np.int64)] = True
+    return np.flatnonzero(~known)
+
+
 def warm_start_model(parent: Artifacts, data: InteractionData, counts: np.ndarray, **overrides: Any) -> SeqRecModel:
     """A model for ``data``'s catalog initialised from ``parent``'s weights."""
     cfg = warm_config(parent.model.cfg, data, **overrides)
