@@ -272,15 +272,28 @@ class Ensemble:
 
 
 # ---- training ------------------------------------------------------------------------------------
-def _ranks(scores: np.ndarray, cases: EvalCases) -> np.ndarray:
-    """0-based rank of each case's target, the case's history excluded (ties count half)."""
-    s = np.array(scores, dtype=np.float32)
+def _seen_index(cases: EvalCases) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of every case's history item, for masking a (cases, N+1) score matrix at once."""
+    rows = np.repeat(np.arange(len(cases)), [h.shape[0] for h in cases.histories])
+    cols = np.concatenate(cases.histories) if len(cases) else np.zeros(0, np.int64)
+    return rows, cols.astype(np.int64)
+
+
+def _masked(scores: np.ndarray, cases: EvalCases, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A copy of ``scores`` with column 0 and each case's history at -inf (a repeated target
+    keeps its score), and the targets' scores."""
+    s = np.array(scores, dtype=dtype)
     s[:, 0] = -np.inf
     rows = np.arange(s.shape[0])
     keep = s[rows, cases.targets].copy()
-    for r, h in enumerate(cases.histories):
-        s[r, h] = -np.inf
+    s[_seen_index(cases)] = -np.inf
     s[rows, cases.targets] = keep
+    return s, keep
+
+
+def _ranks(scores: np.ndarray, cases: EvalCases) -> np.ndarray:
+    """0-based rank of each case's target, the case's history excluded (ties count half)."""
+    s, keep = _masked(scores, cases, np.float32)
     t = keep[:, None]
     return (s > t).sum(1) + 0.5 * ((s == t).sum(1) - 1)
 
@@ -291,13 +304,7 @@ def _ndcg10(scores: np.ndarray, cases: EvalCases) -> float:
 
 
 def _nll(logits: np.ndarray, cases: EvalCases) -> float:
-    s = np.array(logits, dtype=np.float64)
-    s[:, 0] = -np.inf
-    rows = np.arange(s.shape[0])
-    keep = s[rows, cases.targets].copy()
-    for r, h in enumerate(cases.histories):
-        s[r, h] = -np.inf
-    s[rows, cases.targets] = keep
+    s, keep = _masked(logits, cases, np.float64)
     m = s.max(1, keepdims=True)
     lse = m[:, 0] + np.log(np.exp(s - m).sum(1))
     return float((lse - keep).mean())
