@@ -109,7 +109,10 @@ def make_agent_node(spec: AgentSpec) -> Callable[..., Any]:
         step, rest = queue[0], queue[1:]
         scope = state["scope"]
         budget = step.budget.to_budget() if step.budget is not None else spec.budget
-        if spec.isolated:
+        demoted = deps.enforcer.demoted(spec.name)  # it blocked the event loop in an earlier run
+        if demoted == "isolate" and not spec.can_isolate:
+            rec = _cannot_isolate(spec, budget)
+        elif spec.isolated or demoted == "isolate":
             rec = await deps.enforcer.run(run_isolated_agent, budget, spec, _payload(spec, step, scope, deps),
                                           agent=spec.name, user_id=scope.user_id, isolated=True)
         else:
@@ -132,16 +135,29 @@ def make_agent_node(spec: AgentSpec) -> Callable[..., Any]:
     return node
 
 
+def _cannot_isolate(spec: AgentSpec, budget: Any) -> RunRecord:
+    return RunRecord(run_id="-", agent=spec.name, budget_ms=budget.latency_ms, elapsed_ms=0.0, outcome="error",
+                     error="disabled: it blocked the event loop and cannot run in a worker process (define it at "
+                           "module level with @agent to have it isolated instead)")
+
+
 def make_error_handler(spec: AgentSpec, max_replans: int) -> Callable[..., Any]:
     """Records a node that failed outside the enforcer (LangGraph's backstop timeout, a bug in
     bookkeeping) as a run that committed nothing, then routes on. Misuse propagates."""
 
-    async def handler(state: CycleState, error: NodeError) -> Command[Any]:
+    async def handler(state: CycleState, error: NodeError, runtime: Runtime[LoopDeps]) -> Command[Any]:
         if isinstance(error.error, UsageError):
             raise error.error
         queue = state.get("queue", [])
         rest = queue[1:] if queue else []
         timed_out = isinstance(error.error, NodeTimeoutError)
+        blocked = runtime.context.enforcer.take_blocked_run(spec.name) if runtime.context is not None else None
+        if blocked is not None:  # it held the event loop past the backstop: the enforcer's account of it
+            record_agent_run(blocked)
+            goto = _next(rest, state.get("pending", []), state.get("plan_rounds", 0), max_replans)
+            return Command(update={"queue": rest, "records": [blocked],
+                                   "notes": [f"{spec.name}: {blocked.outcome}, nothing committed ({blocked.error})"]},
+                           goto=goto)
         rec = RunRecord(
             run_id="-", agent=spec.name, budget_ms=spec.budget.latency_ms,
             elapsed_ms=float(getattr(error.error, "elapsed", 0.0)) * 1000.0,

@@ -167,7 +167,9 @@ class OuterLoop:
             redis=redis, keys=self.keys, artifacts=self.artifacts, tools=self.tool_caller,
             tool_deps=ToolDeps(redis=redis, artifacts=self.artifacts, clock_ms=self.clock_ms,
                                extra={ENCODE_IN_THREAD: self.config.encode_in_thread, ENSEMBLE: self.ensemble}),
-            agents=self.agents, enforcer=Enforcer(fence=Fence(redis, keys=self.keys), pool=self._pool),
+            agents=self.agents, enforcer=Enforcer(fence=Fence(redis, keys=self.keys), pool=self._pool,
+                                                  watchdog=self.config.watchdog, on_blocking=self.config.on_blocking,
+                                                  pool_factory=self._pool_for_offenders),
             memory=store, memory_cache=MemoryCache(store), planner=self.planner, clusters=self.clusters,
             config=self.config, clock_ms=self.clock_ms,
         )
@@ -179,9 +181,16 @@ class OuterLoop:
             await asyncio.to_thread(self.artifacts.encode, [[1]])
         return self
 
+    def _pool_for_offenders(self) -> WorkerPool:
+        """Workers for in-process agents moved out after blocking the event loop (started on the
+        first such offence; the agents' own modules preloaded)."""
+        modules = sorted({s.module for s in self.agents if s.module and not s.module.startswith("outerloop.")})
+        return WorkerPool(size=2, preload=modules)
+
     async def aclose(self) -> None:
         if self.deps is None:
             return
+        await self.deps.enforcer.aclose()
         if self._own_pool and self._pool is not None:
             await self._pool.close()
         if self._own_redis:

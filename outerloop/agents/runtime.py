@@ -101,6 +101,8 @@ class LoopConfig:
     encode_in_thread: bool = False  # embed_history off the event loop (for models slower than ~5 ms)
     late_night_start_h: int = 23  # "late night" in the user's local time: [start, end)
     late_night_end_h: int = 5
+    watchdog: bool = True  # notice in-process agents that hold the event loop past their deadline
+    on_blocking: str = "isolate"  # such an agent from then on: "isolate" (a worker process) | "disable"
 
 
 @dataclass(slots=True)

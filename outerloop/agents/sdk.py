@@ -83,6 +83,11 @@ class AgentSpec:
     module: str | None = None  # where the spec is reachable by name (isolated agents pickle by it)
     qualname: str | None = None
 
+    @property
+    def can_isolate(self) -> bool:
+        """Whether a worker process can find this spec by name (a module-level ``@agent``)."""
+        return bool(self.module and self.qualname and "<locals>" not in self.qualname)
+
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
             raise UsageError(f"agent name {self.name!r} must match {_NAME.pattern}")
@@ -527,7 +532,13 @@ class IsolatedPayload:
 
 
 class IsolatedContext(_RowStager):
-    """The context of an ``isolated=True`` agent: data in, rows out, no tools, no Redis."""
+    """The context of an ``isolated=True`` agent: data in, rows out, no tools, no Redis.
+
+    It reads like an :class:`AgentContext` where it can (``history``, ``seen``, ``memory(kind)``,
+    ``triggers``, ``params``, ``emit_row``), so an ``async def`` agent moved to a worker process
+    after blocking the event loop keeps working if it only computes rows from the user's data;
+    what needs the loop (tools, the catalog) raises :class:`UsageError` here.
+    """
 
     def __init__(self, run: RunContext, spec: AgentSpec, payload: IsolatedPayload) -> None:
         self.run = run
@@ -542,11 +553,33 @@ class IsolatedContext(_RowStager):
     triggers = property(lambda self: self.payload.triggers)
     user_vector = property(lambda self: self.payload.user_vector)
 
-    def memory(self) -> list[Any]:
-        return list(self.payload.facts)
+    @property
+    def history(self) -> Any:
+        from outerloop.agents.runtime import History
+
+        p = self.payload
+        return History(p.items, p.actions, p.ts)
+
+    @property
+    def seen(self) -> frozenset[int]:
+        return self.payload.seen
+
+    def memory(self, kind: type[F] | None = None) -> list[Any]:
+        facts = list(self.payload.facts)
+        return facts if kind is None else [f for f in facts if f.kind == _kind_of(kind)]
 
     def remaining_ms(self) -> float:
         return self.run.remaining_ms()
+
+    async def call_tool(self, name: str, args: Any, **_: Any) -> Any:
+        raise UsageError(f"agent {self.spec.name!r} runs isolated (in a worker process), where tools cannot be "
+                         f"called (asked for {name!r})")
+
+    @property
+    def catalog(self) -> Any:
+        raise UsageError(f"agent {self.spec.name!r} runs isolated (in a worker process), without the catalog")
+
+    artifacts = catalog
 
     def emit_row(self, row_id: str, *, title: str, reason: str, items: Sequence[tuple[int, float]],
                  ttl_ms: int | None = None, ordered: bool = False, score_kind: ScoreKind = "relative") -> Row:

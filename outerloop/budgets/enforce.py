@@ -7,8 +7,10 @@ policy. Two modes:
 * in-process (``async def`` agents): cancelled at the deadline. An agent that swallows
   ``CancelledError`` is cancelled again every millisecond for ``cancel_grace_ms``; if it still
   runs it is reported (``stopped=False``) and left fenced: its context raises on every call and
-  its token is revoked. An agent that blocks the event loop cannot be interrupted in-process;
-  the record says so and recommends ``isolated=True``.
+  its token is revoked. An agent that blocks the event loop cannot be interrupted in-process:
+  the watchdog (:mod:`outerloop.budgets.watchdog`) notices it, the run is recorded as killed
+  (``blocked_event_loop``) with its real overrun, nothing it staged is committed, and from then
+  on the agent runs isolated (or not at all: ``on_blocking="disable"``).
 * isolated (``isolated=True``, CPU-bound code): run in a :class:`WorkerPool` process that is
   SIGKILLed at the deadline and replaced by a warm spare.
 
@@ -36,6 +38,8 @@ from outerloop.budgets.context import RunContext
 from outerloop.budgets.fencing import Fence, FenceRejected, GuardFailed, Lease
 from outerloop.budgets.pool import WorkerPool
 from outerloop.budgets.record import ErrorInfo, Outcome, RunRecord
+from outerloop.budgets.watchdog import BLOCKED, LoopWatchdog, Slice, TimedRun
+from outerloop.budgets.watchdog import FIX as BLOCKING_FIX
 from outerloop.errors import UsageError
 from outerloop.telemetry import agent_run_span, span
 
@@ -57,6 +61,18 @@ class _End:
     worker_pid: int | None = None
     note: str | None = None
     revoke: asyncio.Task[Any] | None = None
+    blocked_ms: float = 0.0  # how far past the deadline it held the event loop (watchdog)
+
+
+@dataclass(frozen=True, slots=True)
+class Offence:
+    """An in-process agent's first run that blocked the event loop past its deadline, and what
+    the enforcer does with the agent since (``"isolate"`` or ``"disable"``)."""
+
+    agent: str
+    run_id: str
+    overrun_ms: float
+    then: str
 
 
 class Enforcer:
@@ -64,7 +80,11 @@ class Enforcer:
     in-process agents that ignored cancellation (kept referenced until they end).
 
     ``cancel_grace_ms``: how long to keep re-cancelling an agent that swallows cancellation.
-    ``loop_lag_ms``: a deadline timer firing later than this means the event loop was blocked.
+    ``loop_lag_ms``: a deadline timer firing later than this means the event loop was blocked;
+    an in-process agent whose own code ran this long past its deadline without awaiting
+    blocked it (``watchdog=True``): its later runs are isolated in a worker process
+    (``on_blocking="isolate"``, from ``pool`` or one ``pool_factory()`` makes) or not run
+    (``"disable"``); :attr:`offences` says which agents and why.
     """
 
     def __init__(
@@ -75,13 +95,53 @@ class Enforcer:
         cancel_grace_ms: float = 100.0,
         loop_lag_ms: float = 20.0,
         max_redecides: int = 20,
+        watchdog: bool = True,
+        on_blocking: str = "isolate",
+        pool_factory: Callable[[], WorkerPool] | None = None,
     ) -> None:
+        if on_blocking not in ("isolate", "disable"):
+            raise UsageError(f"on_blocking must be 'isolate' or 'disable', got {on_blocking!r}")
         self.fence = fence
         self.max_redecides = max_redecides
         self.pool = pool
+        self.pool_factory = pool_factory
         self.cancel_grace_ms = cancel_grace_ms
         self.loop_lag_ms = loop_lag_ms
+        self.on_blocking = on_blocking
+        self.watchdog = LoopWatchdog(grace_ms=loop_lag_ms, then="isolated" if on_blocking == "isolate"
+                                     else "no more") if watchdog else None
+        self.offences: dict[str, Offence] = {}
+        self.blocked_runs: dict[str, RunRecord] = {}
         self.unstopped: set[asyncio.Task[Any]] = set()
+        self._own_pool = False
+        self._pool_start: asyncio.Task[Any] | None = None
+
+    def demoted(self, agent: str) -> str | None:
+        """``"isolate"`` or ``"disable"`` for an agent that blocked the event loop, else None."""
+        off = self.offences.get(agent)
+        return off.then if off is not None else None
+
+    async def pool_ready(self) -> None:
+        """Wait until a worker pool started for offenders is warm (tests, benches)."""
+        if self._pool_start is not None:
+            await asyncio.shield(self._pool_start)
+
+    async def aclose(self) -> None:
+        """Stop the watchdog and a worker pool this enforcer started itself."""
+        if self.watchdog is not None:
+            self.watchdog.close()
+        if self._pool_start is not None:
+            await asyncio.gather(self._pool_start, return_exceptions=True)
+        if self._own_pool and self.pool is not None:
+            await self.pool.close()
+            self.pool, self._own_pool = None, False
+
+    def _ensure_pool(self) -> None:
+        """A worker pool for isolated runs: ``pool_factory``'s, started in the background."""
+        if self.pool is not None or self.pool_factory is None:
+            return
+        self.pool, self._own_pool = self.pool_factory(), True
+        self._pool_start = asyncio.get_running_loop().create_task(self.pool.start())
 
     async def run(
         self,
@@ -100,6 +160,13 @@ class Enforcer:
         pool, unpicklable isolated job).
         """
         name = agent or getattr(fn, "__name__", "agent")
+        then = self.demoted(name)
+        if then == "disable" and not isolated:
+            return self._disabled(name, budget)
+        if then == "isolate":
+            isolated = True  # (the graph passes an agent's isolated form itself)
+        if isolated:
+            self._ensure_pool()
         if isolated and self.pool is None:
             raise UsageError(f"agent {name!r} is isolated but the Enforcer has no WorkerPool")
         if not isolated and not inspect.iscoroutinefunction(fn):
@@ -123,18 +190,36 @@ class Enforcer:
                 if lease is not None:
                     await asyncio.shield(self._revoke(lease))
                 raise
-            record = await self._finish(ctx, end, lease, isolated)
+            try:
+                record = await self._finish(ctx, end, lease, isolated)
+            except asyncio.CancelledError:  # e.g. the graph's backstop, late because the loop was blocked
+                if end.blocked_ms > 0:
+                    self.blocked_runs[ctx.agent] = self._blocked_record(ctx, end.blocked_ms, end.stopped_at)
+                raise
             obs.finish(record)
             return record
 
     # -- in-process ------------------------------------------------------------------------------
     async def _run_inline(self, fn: Callable[..., Any], ctx: RunContext, args: tuple[Any, ...],
                           lease: Lease | None) -> _End:
+        wd = self.watchdog
+        if wd is None:
+            return await self._run_inline_watched(fn, ctx, args, lease, None)
+        wd.run_started()
+        try:
+            return await self._run_inline_watched(fn, ctx, args, lease, wd)
+        finally:
+            wd.run_ended()
+
+    async def _run_inline_watched(self, fn: Callable[..., Any], ctx: RunContext, args: tuple[Any, ...],
+                                  lease: Lease | None, wd: LoopWatchdog | None) -> _End:
         ended: list[float] = []
+        coro = fn(ctx, *args)
+        timed = TimedRun(coro, Slice(ctx.agent, ctx.run_id, ctx.deadline), wd) if wd is not None else None
 
         async def body() -> Any:
             try:
-                return await fn(ctx, *args)
+                return await (timed if timed is not None else coro)
             finally:
                 ended.append(time.monotonic())
 
@@ -143,7 +228,21 @@ class Enforcer:
             await asyncio.wait({task}, timeout=max(0.0, ctx.deadline - time.monotonic()))
         except BaseException:
             task.cancel()
+            if timed is not None and timed.blocked_ms > 0:  # e.g. the graph's backstop fired first
+                ctx._stop()
+                stopped = time.monotonic()
+                self._offence(ctx, timed.blocked_ms, stopped)
+                self.blocked_runs[ctx.agent] = self._blocked_record(ctx, timed.blocked_ms, stopped)
             raise
+        end = await self._after_deadline(task, ctx, ended, lease)
+        if timed is not None and timed.blocked_ms > 0:
+            ctx._stop()
+            end.blocked_ms = timed.blocked_ms
+            self._offence(ctx, timed.blocked_ms, end.stopped_at)
+        return end
+
+    async def _after_deadline(self, task: asyncio.Task[Any], ctx: RunContext, ended: list[float],
+                              lease: Lease | None) -> _End:
         woke = time.monotonic()
         lag_ms = (woke - ctx.deadline) * 1000.0
         if task.done():
@@ -199,6 +298,43 @@ class Enforcer:
         assert reply is not None
         return _End(reply.ctx, reply.finished_at, value=reply.value, error=reply.error,
                     worker_pid=out.pid)
+
+    def take_blocked_run(self, agent: str) -> RunRecord | None:
+        """The record of ``agent``'s run that blocked the event loop and was then cancelled from
+        outside (the graph's backstop timeout) before the enforcer could return it."""
+        return self.blocked_runs.pop(agent, None)
+
+    def _blocked_record(self, ctx: RunContext, blocked_ms: float, stopped_at: float) -> RunRecord:
+        outcome, error = _classify(_End(ctx, stopped_at, blocked_ms=blocked_ms), ctx.deadline)
+        return RunRecord(run_id=ctx.run_id, agent=ctx.agent, budget_ms=ctx.budget.latency_ms,
+                         elapsed_ms=(stopped_at - ctx.started_at) * 1000.0, outcome=outcome,
+                         overrun_ms=max(0.0, (stopped_at - ctx.deadline) * 1000.0), tool_calls=ctx.tool_calls,
+                         llm_tokens=ctx.llm_tokens, error=error, fencing_token=ctx.fencing_token,
+                         note=BLOCKING_FIX)
+
+    def _offence(self, ctx: RunContext, blocked_ms: float, stopped_at: float) -> None:
+        """The first run of an agent that blocked the event loop: from now on it is isolated (or
+        disabled); the warning names the agent and the fix."""
+        if ctx.agent in self.offences:
+            return
+        overrun = max(0.0, (stopped_at - ctx.deadline) * 1000.0)
+        then = self.on_blocking
+        if then == "isolate" and self.pool is None and self.pool_factory is None:
+            then = "disable"  # nowhere to isolate it
+        self.offences[ctx.agent] = Offence(ctx.agent, ctx.run_id, overrun, then)
+        if then == "isolate":
+            self._ensure_pool()  # warm before its next run
+        log.warning("agent %r blocked the event loop for %.0f ms past its %g ms deadline (run %s); it was "
+                    "killed, nothing it staged is committed, and it %s. Fix: %s", ctx.agent, blocked_ms,
+                    ctx.budget.latency_ms, ctx.run_id,
+                    "runs isolated in a worker process from now on" if then == "isolate" else "is disabled",
+                    BLOCKING_FIX)
+
+    def _disabled(self, name: str, budget: Budget) -> RunRecord:
+        off = self.offences[name]
+        return RunRecord(run_id="-", agent=name, budget_ms=budget.latency_ms, elapsed_ms=0.0, outcome="error",
+                         error=f"disabled: it blocked the event loop (run {off.run_id}, {off.overrun_ms:.0f} ms "
+                               "past its deadline)", note=BLOCKING_FIX)
 
     # -- bookkeeping -----------------------------------------------------------------------------
     async def _finish(self, ctx: RunContext, end: _End, lease: Lease | None,
@@ -327,6 +463,9 @@ def _classify(end: _End, deadline: float) -> tuple[Outcome, str | None]:
     if exceeded is not None:  # over a counter, even if the agent caught the exception
         kind = ErrorInfo.from_exception(exceeded)
         return ("over_tool_budget" if kind.kind == "tool_calls" else "over_token_budget"), kind.message
+    if end.blocked_ms > 0:
+        return "killed", (f"{BLOCKED}: held the event loop {end.blocked_ms:.0f} ms past its {budget_ms:g} ms "
+                          "deadline without awaiting")
     if end.killed:
         return "killed", f"DeadlineExceeded: killed at its {budget_ms:g} ms deadline"
     if end.error is not None:

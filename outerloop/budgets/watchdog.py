@@ -1,0 +1,151 @@
+"""Event-loop protection: notice an in-process agent that holds the loop past its deadline.
+
+An ``async def`` agent that does CPU work without awaiting cannot be cancelled: cancellation is
+delivered at the next ``await``, and until then nothing else on the event loop runs (no other
+user's cycle, no deadline timer). Two parts find it:
+
+- :class:`TimedRun` wraps the agent's coroutine and times every *slice* it runs on the loop (from
+  resuming it to its next suspension), so the time is attributed to the agent that held the
+  loop, not to whoever waited;
+- :class:`LoopWatchdog`, a thread, looks at the slice running now every ``poll_ms`` and warns,
+  while it happens, when it has gone ``grace_ms`` past its run's deadline: it names the agent and
+  the fix.
+
+The enforcer then records the run as killed (``blocked_event_loop``), commits nothing it staged,
+and from then on runs that agent isolated (a worker process, SIGKILLed at the deadline) or not at
+all, as configured (:attr:`~outerloop.budgets.enforce.Enforcer.on_blocking`). The first offence
+cannot be cut short in-process; its overrun is reported as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Coroutine, Generator
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+BLOCKED = "blocked_event_loop"
+FIX = ("declare it @agent(isolated=True) for CPU-bound work, or await the blocking part "
+       "(await asyncio.to_thread(...), an async client)")
+
+
+@dataclass(slots=True)
+class Slice:
+    """The agent run whose code holds the event loop now."""
+
+    agent: str
+    run_id: str
+    deadline: float  # monotonic
+    started: float = 0.0
+    warned: bool = False
+
+
+class LoopWatchdog:
+    """A daemon thread watching the slice in progress (``current``, set by :class:`TimedRun` on
+    the loop's thread). It sleeps while no in-process run is in flight."""
+
+    def __init__(self, *, grace_ms: float = 20.0, poll_ms: float = 5.0, then: str = "isolated") -> None:
+        self.grace_s = grace_ms / 1000.0
+        self.poll_s = poll_ms / 1000.0
+        self.then = then  # what happens to an offender (for the warning's text)
+        self.current: Slice | None = None
+        self.noticed: list[tuple[str, str, float]] = []  # (agent, run_id, ms past the deadline when noticed)
+        self._runs = 0
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+
+    def run_started(self) -> None:
+        with self._lock:
+            self._runs += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._main, name="outerloop-loop-watchdog", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def run_ended(self) -> None:
+        with self._lock:
+            self._runs -= 1
+
+    def close(self) -> None:
+        self._stop = True
+        self._wake.set()
+
+    def _main(self) -> None:
+        while not self._stop:
+            if self._runs <= 0:
+                self._wake.wait()
+                self._wake.clear()
+                continue
+            time.sleep(self.poll_s)
+            cur = self.current
+            if cur is None or cur.warned:
+                continue
+            past = time.monotonic() - cur.deadline
+            if past > self.grace_s:
+                cur.warned = True
+                self.noticed.append((cur.agent, cur.run_id, past * 1000.0))
+                log.warning("agent %r is holding the event loop %.0f ms past its deadline (run %s): code in an "
+                            "async def agent that does not await blocks every other cycle of this process; it "
+                            "is killed when it yields and runs %s from now on. Fix: %s",
+                            cur.agent, past * 1000.0, cur.run_id, self.then, FIX)
+
+
+class TimedRun:
+    """Awaitable wrapper of an agent's coroutine that times each slice it holds the loop.
+
+    ``blocked_ms``: how far past the deadline the longest slice that crossed ``deadline +
+    grace`` ran (0 when none did)."""
+
+    __slots__ = ("_coro", "_slice", "_watchdog", "blocked_ms")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], slice_: Slice, watchdog: LoopWatchdog) -> None:
+        self._coro = coro
+        self._slice = slice_
+        self._watchdog = watchdog
+        self.blocked_ms = 0.0
+
+    def _ended(self, t0: float) -> None:
+        self._watchdog.current = None
+        now = time.monotonic()
+        limit = self._slice.deadline + self._watchdog.grace_s
+        if t0 < limit < now:
+            self.blocked_ms = max(self.blocked_ms, (now - self._slice.deadline) * 1000.0)
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, wd, sl = self._coro, self._watchdog, self._slice
+        value: Any = None
+        error: BaseException | None = None
+        try:
+            while True:
+                t0 = time.monotonic()
+                sl.started = t0
+                wd.current = sl
+                try:
+                    if error is not None:
+                        step = coro.throw(error)
+                    else:
+                        step = coro.send(value)
+                except StopIteration as stop:
+                    self._ended(t0)
+                    return stop.value
+                except BaseException:
+                    self._ended(t0)
+                    raise
+                self._ended(t0)
+                error = None
+                try:
+                    value = yield step
+                except GeneratorExit:
+                    raise
+                except BaseException as exc:  # cancellation (and anything thrown in) goes to the agent
+                    value, error = None, exc
+        finally:
+            if wd.current is sl:
+                wd.current = None
+            coro.close()
