@@ -53,6 +53,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                          "rows and the inner-only ranker are trained once and cached in --artifacts)")
     io.add_argument("--no-ensemble", action="store_true", help="leave the ensemble agent out (its ablation by hand)")
     io.add_argument("--no-ablation", action="store_true", help="skip serving each user without each row in turn")
+    io.add_argument("--ablate-at", default=None, metavar="K,K,...",
+                    help="ablate only at these staleness settings (default: every one; each ablation serves every "
+                         "user once more per row)")
     io.add_argument("--ingest-events", type=int, default=10,
                     help="of every user's prefix, the last N events fed to the co-watch graph and trending")
     io.add_argument("--redis-url", help="a real Redis (default: an embedded one in a temp dir); keys are namespaced")
@@ -141,7 +144,8 @@ def _inner_outer(args: argparse.Namespace, data: Any) -> dict[str, Any]:
         keys = namespaced_keys(f"olreplay-{uuid.uuid4().hex[:8]}")
 
     cfg = OuterReplay(n_users=args.users or None, seed=args.seed, k=args.k, ingest_events_per_user=args.ingest_events,
-                      staleness=staleness, ablate=not args.no_ablation)
+                      staleness=staleness, ablate=not args.no_ablation,
+                      ablate_at=None if args.ablate_at is None else parse_staleness(args.ablate_at, "--ablate-at"))
     try:
         with progress_bar("replay", unit="user", enabled=show) as bar:
             report = asyncio.run(inner_vs_outer(
