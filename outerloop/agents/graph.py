@@ -16,6 +16,7 @@ swallowed: it propagates out of the cycle.
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 import time
 from collections.abc import Callable
@@ -79,16 +80,32 @@ async def planner_node(state: CycleState, runtime: Runtime[LoopDeps]) -> dict[st
     scope = state["scope"]
     view = PlanningView.build(scope, state.get("pending", []), deps.agents, catalog_index(deps.tool_deps),
                               deps.config)
+    ran_before = _count_run(scope, ("plan", state.get("plan_rounds", 0)))
     out = await deps.planner.plan(view, deps.agents, deps.enforcer)
     return {
         "plans": [*state.get("plans", []), out.plan],
         "queue": [*state.get("queue", []), *out.plan.steps],
         "pending": [],
-        "records": out.records,
+        "records": [dataclasses.replace(r, retries=ran_before) for r in out.records],
         "plan_rounds": state.get("plan_rounds", 0) + 1,
         "cache_hits": state.get("cache_hits", 0) + int(out.cache_hit),
         "notes": out.notes,
     }
+
+
+def _step_index(state: CycleState) -> int:
+    """The position of the queue's head among every step planned in this cycle."""
+    planned = sum(len(p.steps) for p in state.get("plans", []))
+    return planned - len(state.get("queue", []))
+
+
+def _count_run(scope: CycleScope, key: tuple[str, int]) -> int:
+    """Count one execution of a plan step (or of a planning round) in this cycle; returns how
+    many times it had run before. Runs are never retried on purpose, so anything but 0 means
+    something re-ran it (a retry policy, a replayed node), and the record says so."""
+    before = scope.step_runs.get(key, 0)
+    scope.step_runs[key] = before + 1
+    return before
 
 
 def _payload(spec: AgentSpec, step: PlanStep, scope: CycleScope, deps: LoopDeps) -> IsolatedPayload:
@@ -109,6 +126,7 @@ def make_agent_node(spec: AgentSpec) -> Callable[..., Any]:
         step, rest = queue[0], queue[1:]
         scope = state["scope"]
         budget = step.budget.to_budget() if step.budget is not None else spec.budget
+        ran_before = _count_run(scope, ("step", _step_index(state)))
         demoted = deps.enforcer.demoted(spec.name)  # it blocked the event loop in an earlier run
         if demoted == "isolate" and not spec.can_isolate:
             rec = _cannot_isolate(spec, budget)
@@ -118,6 +136,8 @@ def make_agent_node(spec: AgentSpec) -> Callable[..., Any]:
         else:
             rec = await deps.enforcer.run(run_agent, budget, spec, step, scope, deps,
                                           agent=spec.name, user_id=scope.user_id)
+        if ran_before:
+            rec = dataclasses.replace(rec, retries=ran_before)
         update: dict[str, Any] = {"queue": rest, "records": [rec]}
         out = rec.value
         if rec.outcome == "ok" and isinstance(out, AgentOutput):
@@ -152,6 +172,9 @@ def make_error_handler(spec: AgentSpec, max_replans: int) -> Callable[..., Any]:
         rest = queue[1:] if queue else []
         timed_out = isinstance(error.error, NodeTimeoutError)
         blocked = runtime.context.enforcer.take_blocked_run(spec.name) if runtime.context is not None else None
+        ran = state["scope"].step_runs.get(("step", _step_index(state)), 1) if "scope" in state else 1
+        if blocked is not None and ran > 1:
+            blocked = dataclasses.replace(blocked, retries=ran - 1)
         if blocked is not None:  # it held the event loop past the backstop: the enforcer's account of it
             record_agent_run(blocked)
             goto = _next(rest, state.get("pending", []), state.get("plan_rounds", 0), max_replans)
@@ -163,6 +186,7 @@ def make_error_handler(spec: AgentSpec, max_replans: int) -> Callable[..., Any]:
             elapsed_ms=float(getattr(error.error, "elapsed", 0.0)) * 1000.0,
             outcome="killed" if timed_out else "error", error=f"{type(error.error).__name__}: {error.error}",
             note="stopped by the graph's backstop timeout" if timed_out else "failed outside the enforcer",
+            retries=max(0, ran - 1),
         )
         record_agent_run(rec)  # the enforcer's span ended as cancelled; the metrics learn how
         goto = _next(rest, state.get("pending", []), state.get("plan_rounds", 0), max_replans)

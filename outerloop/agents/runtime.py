@@ -72,6 +72,7 @@ class CycleScope:
     tz_offset_min: int = 0
     user_vector: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
+    step_runs: dict[tuple[str, int], int] = field(default_factory=dict)  # executions per plan step (retries)
 
 
 def parse_rows(raw: dict[str, bytes] | dict[bytes, bytes]) -> dict[str, Row]:

@@ -20,6 +20,15 @@ Runs (default 1,200, mixed and concurrent):
 Ground truth is read back from Redis at the end: every late write and every staged write of a
 run that did not end ``ok`` must be absent, every ``ok`` write present. Exit code 1 when a
 requirement fails (``overrun_p99_ms`` <= 10, ``retries`` == 0, ``late_writes_committed`` == 0).
+
+Then the naive blocking agent (``blocking`` in the JSON): an ``async def`` agent that does
+``--blocker-ms`` of CPU work without awaiting under a 100 ms budget, run ``--blocking-runs``
+times while well-behaved agents run their cycles beside it (each cycle: three short in-process
+runs, one started every 20 ms, its time taken from when it was due, so waiting on a blocked loop
+counts), once with the enforcer's watchdog and once without. Reported: the first offence's
+overrun, the later runs' overruns (p50/p99; with the watchdog they run isolated, in a worker
+SIGKILLed at the deadline, once the worker pool started on the first offence is warm), and the
+well-behaved cycles' P50/P99. Requirement: later overrun p99 <= 10 ms with the watchdog.
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ from outerloop.budgets import (
     Fence,
     FenceRejected,
     RunContext,
+    RunRecord,
     StagedWrite,
     WorkerPool,
     percentile,
@@ -123,6 +133,28 @@ async def ok(ctx: RunContext) -> str:
     return "done"
 
 
+async def naive_blocker(ctx: RunContext) -> None:
+    """The most common mistake: CPU work in an async def agent, never awaiting."""
+    ctx.stage(ctx.deps.staged_key, "staged")
+    end = time.perf_counter() + ctx.deps.burn_ms / 1000.0
+    x = 0
+    while time.perf_counter() < end:
+        x = (x * 31 + 7) % 1_000_003
+
+
+async def well_behaved(ctx: RunContext) -> str:
+    """Awaits its I/O and stages a write: what a good in-process agent looks like."""
+    await asyncio.sleep(0.002)
+    ctx.stage(ctx.deps.staged_key, "committed")
+    return "done"
+
+
+@dataclass(frozen=True, slots=True)
+class BlockDeps:
+    staged_key: str
+    burn_ms: float
+
+
 def spinner(ctx: RunContext) -> None:
     ctx.stage(ctx.deps.staged_key, "staged")
     x = 0
@@ -162,6 +194,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
     rng.shuffle(kinds)
 
     acct = Accounting()
+    executions: dict[int, int] = {}  # enforcer runs per planned run: a retry would make one 2
     late_tasks: list[asyncio.Task[Any]] = []
     plans: list[tuple[int, str, Deps]] = []
     outcomes: dict[int, str] = {}
@@ -186,6 +219,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
                 extra = (fence, late_tasks)
             gate = isolated_gate if kind in ISOLATED else async_gate
             async with gate:
+                executions[i] = executions.get(i, 0) + 1
                 record = await enforcer.run(fn, budget, *extra, agent=kind, user_id=user,
                                             isolated=kind in ISOLATED, deps=deps)
             acct.add(record)
@@ -218,6 +252,10 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
         if kind in ("late_writer", "isolated_late_writer"):
             late_present += await client.exists(deps.late_key)
     ok_records = sum(1 for r in acct.records if r.outcome == "ok")
+    blocking = {}
+    if args.blocking_runs > 0:
+        for watched in (True, False):
+            blocking["watchdog" if watched else "no_watchdog"] = await _blocking(args, fence, keys, watched)
     await _cleanup(client, prefix)
     await client.aclose()
     if not args.redis_url:
@@ -233,7 +271,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
         "overrun_p50_ms": summary["overrun_p50_ms"],
         "overrun_p99_ms": summary["overrun_p99_ms"],
         "overrun_max_ms": summary["overrun_max_ms"],
-        "retries": summary["retries"],
+        "retries": sum(n - 1 for n in executions.values()) + summary["retries"],
         "late_writes_committed": max(late_present, summary["late_writes_committed"]),
         "late_writes_refused": summary["late_writes_refused"],
         "not_ok_staged_writes_committed": killed_staged_present,
@@ -273,13 +311,94 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
             "loadavg_after": [round(x, 2) for x in load_after],
         },
         "elapsed_s": round(runs_s, 2),
+        "blocking": blocking,
     }
+    watched = blocking.get("watchdog")
     out["pass"] = (
         out["overrun_p99_ms"] is not None and out["overrun_p99_ms"] <= P99_LIMIT_MS
         and out["retries"] == 0 and out["late_writes_committed"] == 0
         and out["not_ok_staged_writes_committed"] == 0 and out["ok_writes_missing"] == 0
+        and (watched is None or (watched["later_overrun_p99_ms"] is not None
+                                 and watched["later_overrun_p99_ms"] <= P99_LIMIT_MS
+                                 and watched["staged_writes_committed"] == 0))
     )
     return out
+
+
+async def _blocking(args: argparse.Namespace, fence: Fence, keys: Any, watchdog: bool) -> dict[str, Any]:
+    """The naive blocking agent beside well-behaved cycles, with or without the watchdog."""
+    module = naive_blocker.__module__
+    enforcer = Enforcer(fence=fence, watchdog=watchdog,
+                        pool_factory=lambda: WorkerPool(size=2, preload=[module], worker_nice=args.worker_nice))
+    tag = "wd" if watchdog else "nowd"
+    blocker_budget = Budget(latency_ms=100.0)
+    polite_budget = Budget(latency_ms=50.0)
+    records: list[RunRecord] = []
+    staged_keys: list[str] = []
+    cycles_ms: list[tuple[float, float]] = []  # (due, ms)
+    done = asyncio.Event()
+    pool_wait_s = 0.0
+    first_done = float("inf")
+
+    async def blocker_runs() -> None:
+        nonlocal pool_wait_s, first_done
+        for i in range(args.blocking_runs):
+            key = keys.user(f"blocker-{tag}", f"staged:{i}")
+            staged_keys.append(key)
+            if i == 1 and enforcer.demoted("naive_blocker") == "isolate":
+                t0 = time.monotonic()
+                await enforcer.pool_ready()  # started on the first offence
+                pool_wait_s = time.monotonic() - t0
+            records.append(await enforcer.run(naive_blocker, blocker_budget, agent="naive_blocker",
+                                              user_id=f"blocker-{tag}", deps=BlockDeps(key, args.blocker_ms)))
+            first_done = min(first_done, time.monotonic())
+            await asyncio.sleep(args.blocking_spacing_ms / 1000.0)
+        done.set()
+
+    async def cycle(n: int, due: float) -> None:
+        user = f"polite-{tag}-{n % 20}"
+        for j in range(3):
+            await enforcer.run(well_behaved, polite_budget, agent="well_behaved", user_id=user,
+                               deps=BlockDeps(keys.user(user, f"ok:{n}:{j}"), 0.0))
+        cycles_ms.append((due, (time.monotonic() - due) * 1000.0))
+
+    async def cycles() -> None:
+        tasks, n, t0 = [], 0, time.monotonic()
+        while not done.is_set():
+            due = t0 + n * 0.020
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(cycle(n, due)))
+            n += 1
+        await asyncio.gather(*tasks)
+
+    started = time.monotonic()
+    await asyncio.gather(blocker_runs(), cycles())
+    elapsed = time.monotonic() - started
+    await enforcer.aclose()
+    committed = sum([await fence.redis.exists(k) for k in staged_keys])
+    first, later = records[0], records[1:]
+    over = [r.overrun_ms for r in later if r.outcome == "killed"]
+    every = [ms for _, ms in cycles_ms]
+    after = [ms for due, ms in cycles_ms if due >= first_done]
+    return {
+        "blocker_runs": len(records), "blocker_ms": args.blocker_ms, "budget_ms": blocker_budget.latency_ms,
+        "first_offence": {"outcome": first.outcome, "error": first.error, "overrun_ms": _r(first.overrun_ms)},
+        "first_offence_overrun_ms": _r(first.overrun_ms),
+        "later_killed": len(over), "later_isolated": sum(r.isolated for r in later),
+        "later_overrun_p50_ms": _r(percentile(over, 50)), "later_overrun_p99_ms": _r(percentile(over, 99)),
+        "later_overrun_max_ms": _r(max(over) if over else None),
+        "staged_writes_committed": committed,
+        "well_behaved_cycles": len(every),
+        "well_behaved_cycle_p50_ms": _r(percentile(every, 50)),
+        "well_behaved_cycle_p99_ms": _r(percentile(every, 99)),
+        "well_behaved_cycle_max_ms": _r(max(every) if every else None),
+        "after_first_offence": {"cycles": len(after), "p50_ms": _r(percentile(after, 50)),
+                                "p99_ms": _r(percentile(after, 99)), "max_ms": _r(max(after) if after else None)},
+        "isolation_pool_wait_s": round(pool_wait_s, 2),
+        "elapsed_s": round(elapsed, 2),
+    }
 
 
 async def _watch_loop_lag(lags: list[float], every_s: float = 0.002) -> None:
@@ -317,6 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--priority", choices=PRIORITIES, default="normal",
                    help="the supervising process: nice = nice -10, rt = SCHED_RR; both reset "
                         "to normal in child processes and threads (needs CAP_SYS_NICE)")
+    p.add_argument("--blocking-runs", type=int, default=12,
+                   help="runs of the naive blocking agent, with and without the watchdog (0: skip that part)")
+    p.add_argument("--blocker-ms", type=float, default=1000.0, help="CPU the naive blocking agent burns per run")
+    p.add_argument("--blocking-spacing-ms", type=float, default=300.0, help="pause between its runs")
     p.add_argument("--min-budget-ms", type=float, default=10.0)
     p.add_argument("--max-budget-ms", type=float, default=40.0)
     return p
@@ -337,6 +460,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{key:32} {result[key]}")
         print(f"{'by kind':32} " + ", ".join(
             f"{k}: {v['runs']} runs p99 {v['overrun_p99_ms']} ms" for k, v in result["by_kind"].items()))
+        for mode, b in result["blocking"].items():
+            print(f"{'blocking agent, ' + mode:32} first offence overrun {b['first_offence_overrun_ms']} ms; later "
+                  f"overrun p50/p99 {b['later_overrun_p50_ms']}/{b['later_overrun_p99_ms']} ms; well-behaved "
+                  f"cycles p50/p99 {b['well_behaved_cycle_p50_ms']}/{b['well_behaved_cycle_p99_ms']} ms (after the "
+                  f"first offence {b['after_first_offence']['p50_ms']}/{b['after_first_offence']['p99_ms']} ms)")
     return 0 if result["pass"] else 1
 
 

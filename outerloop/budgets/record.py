@@ -37,8 +37,10 @@ class RunRecord:
 
     ``overrun_ms`` is the time from the deadline to the moment the run was actually stopped
     (task finished after cancellation, or worker process dead after SIGKILL); 0 unless killed.
-    ``retries`` is always 0: runs are never retried, and the field is there so that every report
-    can show it. ``stopped`` is False only for an in-process agent that kept ignoring
+    ``retries``: how many times the same plan step of the same cycle had already run before this
+    run (counted by the graph from what actually executed; the enforcer itself runs once). Runs
+    are never retried on purpose, so it is 0 unless something re-ran the step, and then it
+    shows. ``stopped`` is False only for an in-process agent that kept ignoring
     cancellation: it may still be running, but its context raises and its token is revoked.
     ``value`` is the agent's return value (``None`` unless ``outcome == "ok"``).
     """

@@ -29,7 +29,8 @@ def _round(v: float | None) -> float | None:
 
 def budget_compliance(records: Iterable[RunRecord | Mapping[str, Any]], *, late_writes_refused: int = 0,
                       keep_samples: int = 5000) -> dict[str, Any]:
-    """Runs, kills, overrun p50/p99 (killed runs), retries (always 0 by design), and per agent
+    """Runs, kills, overrun p50/p99 (killed runs), retries (counted per cycle and plan step from
+    what ran: 0 unless something re-ran a step), and per agent
     the elapsed-to-budget ratio. ``overrun_samples_ms`` / ``elapsed_samples_ms`` (the first
     ``keep_samples``) feed the report's histograms."""
     recs = [_as_record(r) for r in records]
