@@ -17,6 +17,7 @@ from outerloop.scheduler.keys import SchedulerKeys
 from outerloop.scheduler.refresh import request_refresh
 from outerloop.scheduler.runners import to_agent_triggers
 from outerloop.scheduler.triggers import read_triggers
+from tests.test_mcp_support import artifacts, ranker, seed_user, tiny_dir, trained_artifacts  # noqa: F401
 from tests.test_outer_loop_support import TinyArtifacts
 
 SEEN: list[dict] = []
@@ -72,3 +73,20 @@ async def test_a_manual_refresh_reaches_the_named_agent_with_its_detail(redis_ta
     assert [s.agent for s in res.plan.steps] == ["asked"]
     assert SEEN == [{"kinds": ["manual"], "manual": [(["asked"], detail)]}]
     assert res.rows_committed["asked"].produced_by == "asked"
+
+
+async def test_mcp_refresh_user_reaches_the_named_agent_with_its_detail(artifacts, ranker, redis_target,  # noqa: F811
+                                                                       redis_keys, redis_client):
+    from mcp import Client
+
+    from outerloop.tools.mcp_server import build_server, open_service
+
+    await seed_user(redis_client, redis_keys, "u-mcp", [3, 4, 5])
+    SEEN.clear()
+    async with open_service(artifacts, redis=redis_target, keys=redis_keys, ranker=ranker, agents=PAIR) as svc:
+        async with Client(build_server(svc.registry, svc.deps, read_only=svc.read_only)) as client:
+            out = await client.call_tool("refresh_user", {"user_id": "u-mcp", "agents": ["asked"],
+                                                          "detail": {"why": "support", "n": 2}})
+    assert not out.is_error, out.content
+    assert [r["agent"] for r in out.structured_content["runs"] if r["agent"] in ("asked", "bystander")] == ["asked"]
+    assert SEEN == [{"kinds": ["sweep", "manual"], "manual": [(["asked"], {"why": "support", "n": 2})]}]

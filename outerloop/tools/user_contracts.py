@@ -202,6 +202,9 @@ class ExplainOut(BaseModel):
 class RefreshIn(UserIn):
     agents: list[str] | None = Field(
         default=None, description="agents to run (default: every agent that produces rows)")
+    detail: dict[str, int | float | str] = Field(
+        default_factory=dict, max_length=32,
+        description="handed to the named agents as their manual trigger's detail, as sent")
 
 
 class RunOut(BaseModel):

@@ -376,7 +376,8 @@ def user_tools(ctx: UserToolsContext) -> list[ToolSpec]:
             raise UnknownAgent(f"unknown agent(s) {unknown}; this outer loop has {sorted(known)}")
         await require_user(deps, ctx.keys, args.user_id)
         result = await ctx.loop.run_cycle(args.user_id, [Trigger.sweep(at_ms=deps.clock_ms()),
-                                                          Trigger.manual(*wanted, at_ms=deps.clock_ms())])
+                                                          Trigger.manual(*wanted, at_ms=deps.clock_ms(),
+                                                                         **args.detail)])
         return refresh_out(deps, result)
 
     return [recommend, search_similar_items, get_item, get_user_history, get_user_memory,
