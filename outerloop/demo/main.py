@@ -122,7 +122,8 @@ def _step_world() -> tuple[Any, list[dict[str, Any]]]:
 def _step_train(out: Path, minutes: float, *, reuse: bool) -> None:
     from outerloop.cli import main as cli
 
-    if reuse and (out / "manifest.json").is_file() and (out / "ranker.json").is_file():
+    if reuse and (out / "manifest.json").is_file() and (out / "ranker.json").is_file() \
+            and (out / "ensemble" / "ensemble.json").is_file():
         _say(f"2/{STEPS}  Reusing the trained model in {out}")
         return
     _say(f"2/{STEPS}  Training a small transformer on the world (budget {minutes:g} min) and the ranker")
@@ -143,15 +144,23 @@ def _step_train(out: Path, minutes: float, *, reuse: bool) -> None:
 
 
 def _train_ranker(out: Path) -> None:
+    """The outer loop's parts next to the model: the heavy ensemble (here the model and EASE, no
+    extra transformer: the demo is short) and the ranker, trained on the rows the real outer
+    loop compiles, the ensemble agent's log-prob row among them."""
     import torch
 
     from outerloop.data.datasets import load_dataset
+    from outerloop.evals.prepare import prepare_outer_loop
     from outerloop.inner_loop.artifacts import Artifacts
-    from outerloop.inner_loop.ranker_train import train_ranker
+    from outerloop.inner_loop.ensemble import EnsembleConfig
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     data = load_dataset("synthetic", None, **DEMO_WORLD)
-    train_ranker(Artifacts.load(out), data, epochs=6, patience=2, max_history=100)
+    parts = prepare_outer_loop(Artifacts.load(out), data, ensemble_config=EnsembleConfig(extra_transformers=0),
+                               inner_ranker=False, row_users=600, ranker_epochs=6, progress=False)
+    rep = parts.ensemble.report if parts.ensemble is not None else {}
+    _say(f"     ensemble agent's model: transformer + EASE, validation NDCG@10 "
+         f"{rep.get('valid', {}).get('base_ndcg@10', 0):.3f} -> {rep.get('valid', {}).get('ensemble_ndcg@10', 0):.3f}")
 
 
 # --- 4-6: the story ------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from outerloop.progress import progress_bar
 if TYPE_CHECKING:
     from outerloop.data.schema import InteractionData
     from outerloop.inner_loop.artifacts import Artifacts
-    from outerloop.inner_loop.ensemble import Ensemble
+    from outerloop.inner_loop.ensemble import Ensemble, EnsembleConfig
     from outerloop.inner_loop.ranker import Ranker
     from outerloop.inner_loop.rows import CompiledRows
 
@@ -44,20 +44,21 @@ INNER_ONLY = "inner-only ranker (trained without rows)"
 class OuterLoopParts:
     ensemble: "Ensemble | None"
     ranker: "Ranker"
-    inner_ranker: "Ranker"
+    inner_ranker: "Ranker | None"  # None when not asked for (the demo serves the one ranker)
     inner_choice: str  # SERVED or INNER_ONLY: the better inner arm on validation
     trained_now: list[str]
 
     def inner_rankers(self) -> dict[str, "Ranker"]:
-        return {SERVED: self.ranker, INNER_ONLY: self.inner_ranker}
+        return {SERVED: self.ranker, **({INNER_ONLY: self.inner_ranker} if self.inner_ranker is not None else {})}
 
 
 def outer_loop_rows(artifacts: "Artifacts", data: "InteractionData", *, staleness: Sequence[int] = STALENESS_MIX,
-                    progress: bool | None = None) -> dict[str, "CompiledRows"]:
-    """Every user's outer-loop rows at the validation cut, staleness spread over ``staleness``."""
+                    progress: bool | None = None, n_users: int | None = None) -> dict[str, "CompiledRows"]:
+    """Every user's (or a seeded sample of ``n_users``) outer-loop rows at the validation cut,
+    staleness spread over ``staleness``."""
     from outerloop.evals.replay import OuterReplay, compile_outer_rows
 
-    cfg = OuterReplay(n_users=None, staleness=tuple(staleness))
+    cfg = OuterReplay(n_users=n_users, staleness=tuple(staleness))
     with progress_bar("outer-loop rows", unit="user", enabled=progress) as bar:
         return asyncio.run(compile_outer_rows(artifacts, data, "valid", config=cfg, progress=bar.update_to))
 
@@ -93,8 +94,12 @@ def _ranker_matches(directory: Path, provenance: dict[str, Any]) -> bool:
 
 def prepare_outer_loop(artifacts: "Artifacts", data: "InteractionData", *, ensemble: bool = True,
                        staleness: Sequence[int] = STALENESS_MIX, allow_training: bool = True,
-                       progress: bool | None = None) -> OuterLoopParts:
-    """Load, or train when missing, the ensemble and both rankers (see the module docstring)."""
+                       progress: bool | None = None, ensemble_config: "EnsembleConfig | None" = None,
+                       inner_ranker: bool = True, row_users: int | None = None,
+                       ranker_epochs: int = 30) -> OuterLoopParts:
+    """Load, or train when missing, the ensemble and both rankers (see the module docstring).
+    ``ensemble_config``: what a missing ensemble is trained with; ``inner_ranker=False`` skips
+    the inner-only ranker; ``row_users`` samples the users whose rows the ranker trains on."""
     from outerloop.errors import UserInputError
     from outerloop.inner_loop.ensemble import Ensemble, train_ensemble
     from outerloop.inner_loop.ranker import Ranker
@@ -114,7 +119,7 @@ def prepare_outer_loop(artifacts: "Artifacts", data: "InteractionData", *, ensem
             ens = Ensemble.load(artifacts)
         else:
             need("ensemble")
-            ens = train_ensemble(artifacts, data, progress=True if progress is None else progress)
+            ens = train_ensemble(artifacts, data, ensemble_config, progress=True if progress is None else progress)
     max_history = int(artifacts.config.max_len)
     served_dir = Path(artifacts.dir)
     prov = rows_provenance(artifacts, staleness)
@@ -122,20 +127,22 @@ def prepare_outer_loop(artifacts: "Artifacts", data: "InteractionData", *, ensem
         ranker = Ranker.load(served_dir)
     else:
         need("ranker (outer-loop rows)")
-        rows = outer_loop_rows(artifacts, data, staleness=staleness, progress=progress)
+        rows = outer_loop_rows(artifacts, data, staleness=staleness, progress=progress, n_users=row_users)
         ranker = train_ranker(artifacts, data, out_dir=served_dir, max_history=max_history, agent_rows=rows,
-                              provenance=prov)
-    inner_dir = served_dir / INNER_RANKER_DIR
-    inner_prov = rows_provenance(artifacts, None)
-    if _ranker_matches(inner_dir, inner_prov):
-        inner = Ranker.load(inner_dir)
-    else:
-        need("inner-only ranker")
-        inner = train_ranker(artifacts, data, out_dir=inner_dir, max_history=max_history, agent_rows={},
-                             provenance=inner_prov)
+                              provenance=prov, epochs=ranker_epochs)
+    inner: Ranker | None = None
+    if inner_ranker:
+        inner_dir = served_dir / INNER_RANKER_DIR
+        inner_prov = rows_provenance(artifacts, None)
+        if _ranker_matches(inner_dir, inner_prov):
+            inner = Ranker.load(inner_dir)
+        else:
+            need("inner-only ranker")
+            inner = train_ranker(artifacts, data, out_dir=inner_dir, max_history=max_history, agent_rows={},
+                                 provenance=inner_prov, epochs=ranker_epochs)
 
     def val(r: "Ranker") -> float:
         return float(((r.config.report.get("val_no_rows") or {}).get("ndcg@10")) or 0.0)
 
-    choice = INNER_ONLY if val(inner) >= val(ranker) else SERVED
+    choice = INNER_ONLY if inner is not None and val(inner) >= val(ranker) else SERVED
     return OuterLoopParts(ens, ranker, inner, choice, trained)
