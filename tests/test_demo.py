@@ -23,12 +23,23 @@ WORLD = {k: int(v) for k, v in (kv.split("=") for kv in SYNTHETIC)}
 
 
 def test_the_demo_story_happens(tiny_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    import shutil
+
+    from outerloop.data.datasets import load_dataset
+    from outerloop.inner_loop.artifacts import Artifacts
+    from outerloop.inner_loop.ensemble import EnsembleConfig, train_ensemble
+
+    # as the demo does: the artifacts carry a trained ensemble, so the daemon runs the ensemble agent
+    arts = tmp_path / "artifacts"
+    shutil.copytree(tiny_dir, arts)
+    train_ensemble(Artifacts.load(arts), load_dataset("synthetic", None, **WORLD),
+                   EnsembleConfig(extra_transformers=0, ease_lambdas=(50.0,), half_lives=(0.0,)), progress=False)
     world = SyntheticWorld.generate(n_users=WORLD["n_users"], n_films=WORLD["n_films"],
                                     n_series=WORLD["n_series"], seed=WORLD["seed"])
     events = world.simulate(days=WORLD["days"])
     roles = pick_roles(world, events)
     lines: list[str] = []  # what the demo would print (shown when an assertion fails)
-    with services(tiny_dir, tmp_path, redis_dir=tmp_path / "redis") as svc, \
+    with services(arts, tmp_path, redis_dir=tmp_path / "redis") as svc, \
             httpx.Client(base_url=svc.base_url, timeout=10.0) as http, \
             contextlib.closing(redis.Redis.from_url(svc.redis_url)) as client:
         story = Story(http=http, redis=client, catalog=world.catalog, say=lines.append, timeout_s=30.0)
@@ -64,5 +75,11 @@ def test_the_demo_story_happens(tiny_dir: Path, tmp_path: Path) -> None:  # noqa
         runs = [r for c in cycles for r in c["records"]]
         assert sum(r["retries"] for r in runs) == 0
         assert [r["agent"] for r in runs if r["outcome"] == "killed"] == [DEMO_AGENT]
+        # the heavy agent ran in the daemon, within its budget, and its row is served by the API
+        heavy = [r for r in runs if r["agent"] == "ensemble"]
+        assert heavy and all(r["outcome"] == "ok" for r in heavy), heavy[:3]
+        served = http.get(f"/v1/users/{roles.follower}/recommendations").json()
+        row = next((r for r in served["rows"] if r["row_id"] == "ensemble_picks"), None)
+        assert row is not None and row["produced_by"] == "ensemble" and row["items"], served["rows"]
     assert "Traceback" not in (tmp_path / "daemon.log").read_text()
 
