@@ -205,7 +205,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
     pool = WorkerPool(size=args.isolated_concurrency + args.spares, preload=[module],
                       worker_nice=args.worker_nice, hasten_exit=not args.no_hasten_exit)
     async with pool:
-        enforcer = Enforcer(fence=fence, pool=pool)
+        enforcer = Enforcer(fence=fence, pool=pool, watchdog=not args.no_watchdog)
         pool_ready_s = time.monotonic() - t0
 
         async def one(i: int, kind: str) -> None:
@@ -304,6 +304,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
             "redis": "server" if args.redis_url else "embedded",
             "start_method": "forkserver", "priority": args.priority,
             "worker_nice": args.worker_nice, "hasten_exit": not args.no_hasten_exit,
+            "watchdog": not args.no_watchdog,
         },
         "machine": {
             "python": platform.python_version(), "platform": platform.platform(),
@@ -436,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--priority", choices=PRIORITIES, default="normal",
                    help="the supervising process: nice = nice -10, rt = SCHED_RR; both reset "
                         "to normal in child processes and threads (needs CAP_SYS_NICE)")
+    p.add_argument("--no-watchdog", action="store_true",
+                   help="the adversarial runs without the event-loop watchdog (to measure what it costs)")
     p.add_argument("--blocking-runs", type=int, default=12,
                    help="runs of the naive blocking agent, with and without the watchdog (0: skip that part)")
     p.add_argument("--blocker-ms", type=float, default=1000.0, help="CPU the naive blocking agent burns per run")
