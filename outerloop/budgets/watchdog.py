@@ -6,7 +6,10 @@ user's cycle, no deadline timer). Two parts find it:
 
 - :class:`TimedRun` wraps the agent's coroutine and times every *slice* it runs on the loop (from
   resuming it to its next suspension), so the time is attributed to the agent that held the
-  loop, not to whoever waited;
+  loop, not to whoever waited. A slice blocked the loop when it ran past ``deadline + grace``
+  and either used the CPU for at least ``grace`` (CPU work) or lasted ``10 x grace`` (a blocking
+  call): a short slice stretched only because a busy machine preempted the process is not an
+  offence;
 - :class:`LoopWatchdog`, a thread, looks at the slice running now every ``poll_ms`` and warns,
   while it happens, when it has gone ``grace_ms`` past its run's deadline: it names the agent and
   the fix.
@@ -33,6 +36,9 @@ FIX = ("declare it @agent(isolated=True) for CPU-bound work, or await the blocki
        "(await asyncio.to_thread(...), an async client)")
 
 
+BLOCKING_CALL_FACTOR = 10.0  # a slice this many graces long blocked the loop, CPU or not
+
+
 @dataclass(slots=True)
 class Slice:
     """The agent run whose code holds the event loop now."""
@@ -41,7 +47,23 @@ class Slice:
     run_id: str
     deadline: float  # monotonic
     started: float = 0.0
+    cpu_started: float = 0.0  # the loop thread's CPU clock when the slice began
+    cpu_clock: int | None = None  # that thread's CPU clock id (read from the watchdog thread)
     warned: bool = False
+
+
+def _thread_cpu_clock() -> int | None:
+    try:
+        return time.pthread_getcpuclockid(threading.get_ident())
+    except (AttributeError, OSError):
+        return None
+
+
+def blocked(slice_wall_s: float, slice_cpu_s: float | None, grace_s: float) -> bool:
+    """Whether a slice that ran past its deadline + grace held the loop itself."""
+    if slice_cpu_s is None:  # no per-thread CPU clock here: wall time alone
+        return True
+    return slice_cpu_s >= grace_s or slice_wall_s >= BLOCKING_CALL_FACTOR * grace_s
 
 
 class LoopWatchdog:
@@ -86,8 +108,17 @@ class LoopWatchdog:
             cur = self.current
             if cur is None or cur.warned:
                 continue
-            past = time.monotonic() - cur.deadline
-            if past > self.grace_s:
+            now = time.monotonic()
+            past = now - cur.deadline
+            if past > self.grace_s and cur.started < cur.deadline + self.grace_s:
+                cpu = None
+                if cur.cpu_clock is not None:
+                    try:
+                        cpu = time.clock_gettime(cur.cpu_clock) - cur.cpu_started
+                    except OSError:
+                        cpu = None
+                if not blocked(now - cur.started, cpu, self.grace_s):
+                    continue
                 cur.warned = True
                 self.noticed.append((cur.agent, cur.run_id, past * 1000.0))
                 log.warning("agent %r is holding the event loop %.0f ms past its deadline (run %s): code in an "
@@ -110,21 +141,22 @@ class TimedRun:
         self._watchdog = watchdog
         self.blocked_ms = 0.0
 
-    def _ended(self, t0: float) -> None:
+    def _ended(self, t0: float, cpu0: float) -> None:
         self._watchdog.current = None
         now = time.monotonic()
-        limit = self._slice.deadline + self._watchdog.grace_s
-        if t0 < limit < now:
+        grace = self._watchdog.grace_s
+        if t0 < self._slice.deadline + grace < now and blocked(now - t0, time.thread_time() - cpu0, grace):
             self.blocked_ms = max(self.blocked_ms, (now - self._slice.deadline) * 1000.0)
 
     def __await__(self) -> Generator[Any, Any, Any]:
         coro, wd, sl = self._coro, self._watchdog, self._slice
+        sl.cpu_clock = _thread_cpu_clock()
         value: Any = None
         error: BaseException | None = None
         try:
             while True:
-                t0 = time.monotonic()
-                sl.started = t0
+                t0, cpu0 = time.monotonic(), time.thread_time()
+                sl.started, sl.cpu_started = t0, cpu0
                 wd.current = sl
                 try:
                     if error is not None:
@@ -132,12 +164,12 @@ class TimedRun:
                     else:
                         step = coro.send(value)
                 except StopIteration as stop:
-                    self._ended(t0)
+                    self._ended(t0, cpu0)
                     return stop.value
                 except BaseException:
-                    self._ended(t0)
+                    self._ended(t0, cpu0)
                     raise
-                self._ended(t0)
+                self._ended(t0, cpu0)
                 error = None
                 try:
                     value = yield step
