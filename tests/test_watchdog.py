@@ -78,3 +78,13 @@ async def test_a_blocking_agent_can_be_disabled_instead(redis_target, redis_keys
 async def _after(delay_s: float, aw):  # noqa: ANN001, ANN202
     await asyncio.sleep(delay_s)
     return await aw
+
+
+def test_a_slice_stretched_by_preemption_is_not_an_offence():
+    from outerloop.budgets.watchdog import blocked
+
+    grace = 0.020
+    assert not blocked(0.060, 0.002, grace)  # 60 ms of wall, 2 ms of CPU: the process was preempted
+    assert blocked(0.060, 0.045, grace)  # CPU work past the deadline
+    assert blocked(0.300, 0.001, grace)  # a blocking call (time.sleep, sync I/O) of ten graces
+    assert blocked(0.060, None, grace)  # no per-thread CPU clock: wall time decides
