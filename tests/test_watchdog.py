@@ -88,3 +88,6 @@ def test_a_slice_stretched_by_preemption_is_not_an_offence():
     assert blocked(0.060, 0.045, grace)  # CPU work past the deadline
     assert blocked(0.300, 0.001, grace)  # a blocking call (time.sleep, sync I/O) of ten graces
     assert blocked(0.060, None, grace)  # no per-thread CPU clock: wall time decides
+    # an ordinary 25 ms step that began 10 ms before the deadline did at most 15 ms of CPU past it
+    assert not blocked(0.030, 0.025, grace, before_deadline_s=0.010)
+    assert blocked(1.0, 0.98, grace, before_deadline_s=0.100)  # a 1 s busy loop under a 100 ms budget

@@ -7,9 +7,10 @@ user's cycle, no deadline timer). Two parts find it:
 - :class:`TimedRun` wraps the agent's coroutine and times every *slice* it runs on the loop (from
   resuming it to its next suspension), so the time is attributed to the agent that held the
   loop, not to whoever waited. A slice blocked the loop when it ran past ``deadline + grace``
-  and either used the CPU for at least ``grace`` (CPU work) or lasted ``10 x grace`` (a blocking
-  call): a short slice stretched only because a busy machine preempted the process is not an
-  offence;
+  and either did at least ``grace`` of CPU work after the deadline (its CPU time minus the wall
+  time it had before the deadline) or lasted ``10 x grace`` past it (a blocking call): a short
+  slice stretched only because a busy machine preempted the process, or an ordinary step that
+  merely straddles the deadline, is not an offence;
 - :class:`LoopWatchdog`, a thread, looks at the slice running now every ``poll_ms`` and warns,
   while it happens, when it has gone ``grace_ms`` past its run's deadline: it names the agent and
   the fix.
@@ -59,11 +60,16 @@ def _thread_cpu_clock() -> int | None:
         return None
 
 
-def blocked(slice_wall_s: float, slice_cpu_s: float | None, grace_s: float) -> bool:
-    """Whether a slice that ran past its deadline + grace held the loop itself."""
+def blocked(slice_wall_s: float, slice_cpu_s: float | None, grace_s: float, before_deadline_s: float = 0.0) -> bool:
+    """Whether a slice that ran past its deadline + grace held the loop itself: CPU work of at
+    least ``grace`` that must have been done after the deadline (the slice's CPU time minus the
+    ``before_deadline_s`` of wall time it had before it), or a blocking call of ten graces past
+    the deadline. A well-behaved agent whose ordinary 20-30 ms step merely straddles its deadline
+    on a loaded machine is not an offender."""
     if slice_cpu_s is None:  # no per-thread CPU clock here: wall time alone
         return True
-    return slice_cpu_s >= grace_s or slice_wall_s >= BLOCKING_CALL_FACTOR * grace_s
+    before = max(0.0, before_deadline_s)
+    return slice_cpu_s - before >= grace_s or slice_wall_s - before >= BLOCKING_CALL_FACTOR * grace_s
 
 
 class LoopWatchdog:
@@ -117,7 +123,7 @@ class LoopWatchdog:
                         cpu = time.clock_gettime(cur.cpu_clock) - cur.cpu_started
                     except OSError:
                         cpu = None
-                if not blocked(now - cur.started, cpu, self.grace_s):
+                if not blocked(now - cur.started, cpu, self.grace_s, cur.deadline - cur.started):
                     continue
                 cur.warned = True
                 self.noticed.append((cur.agent, cur.run_id, past * 1000.0))
@@ -145,7 +151,8 @@ class TimedRun:
         self._watchdog.current = None
         now = time.monotonic()
         grace = self._watchdog.grace_s
-        if t0 < self._slice.deadline + grace < now and blocked(now - t0, time.thread_time() - cpu0, grace):
+        if t0 < self._slice.deadline + grace < now and blocked(now - t0, time.thread_time() - cpu0, grace,
+                                                               self._slice.deadline - t0):
             self.blocked_ms = max(self.blocked_ms, (now - self._slice.deadline) * 1000.0)
 
     def __await__(self) -> Generator[Any, Any, Any]:
