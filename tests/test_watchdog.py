@@ -91,3 +91,20 @@ def test_a_slice_stretched_by_preemption_is_not_an_offence():
     # an ordinary 25 ms step that began 10 ms before the deadline did at most 15 ms of CPU past it
     assert not blocked(0.030, 0.025, grace, before_deadline_s=0.010)
     assert blocked(1.0, 0.98, grace, before_deadline_s=0.100)  # a 1 s busy loop under a 100 ms budget
+
+
+def test_a_garbage_collection_in_a_slice_is_not_the_agents_cpu():
+    """A full collection lands in whatever code allocated when it began; the watchdog counts a
+    slice's CPU without it (``GC_CLOCK`` records the collector's time per thread)."""
+    import gc
+    import threading
+
+    from outerloop.budgets.watchdog import GC_CLOCK, LoopWatchdog
+
+    LoopWatchdog()  # installs the clock
+    tid = threading.get_ident()
+    junk = [[i] for i in range(300_000)]  # many tracked objects: a full collection has work to do
+    before = GC_CLOCK.spent(tid)
+    gc.collect()
+    assert GC_CLOCK.spent(tid) > before
+    del junk

@@ -23,6 +23,7 @@ cannot be cut short in-process; its overrun is reported as it was.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -50,7 +51,46 @@ class Slice:
     started: float = 0.0
     cpu_started: float = 0.0  # the loop thread's CPU clock when the slice began
     cpu_clock: int | None = None  # that thread's CPU clock id (read from the watchdog thread)
+    thread_id: int = 0
+    gc_started: float = 0.0  # the collector's CPU time on that thread when the slice began
     warned: bool = False
+
+
+class GcClock:
+    """CPU time the cyclic garbage collector spent, per thread. A full collection of a big heap
+    takes 100 ms or more and lands in whatever code allocated when it began: it is not that
+    agent's doing, so a slice's CPU time is counted without it. Installed once per process
+    (``gc.callbacks``) by the first watchdog."""
+
+    def __init__(self) -> None:
+        self._spent: dict[int, float] = {}
+        self._began: dict[int, float] = {}
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        tid = threading.get_ident()
+        if phase == "start":
+            self._began[tid] = time.thread_time()
+        else:
+            began = self._began.pop(tid, None)
+            if began is not None:
+                self._spent[tid] = self._spent.get(tid, 0.0) + time.thread_time() - began
+
+    def spent(self, tid: int, cpu_now: float | None = None) -> float:
+        """Collector CPU seconds on thread ``tid`` so far (with ``cpu_now``, that thread's CPU
+        clock read now, a collection still running counts too)."""
+        out = self._spent.get(tid, 0.0)
+        began = self._began.get(tid)
+        if began is not None and cpu_now is not None:
+            out += max(0.0, cpu_now - began)
+        return out
+
+
+GC_CLOCK = GcClock()
+
+
+def _install_gc_clock() -> None:
+    if GC_CLOCK not in gc.callbacks:
+        gc.callbacks.append(GC_CLOCK)
 
 
 def _thread_cpu_clock() -> int | None:
@@ -85,6 +125,7 @@ class LoopWatchdog:
         self._runs = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        _install_gc_clock()
         self._stop = False
         self._thread: threading.Thread | None = None
 
@@ -120,7 +161,8 @@ class LoopWatchdog:
                 cpu = None
                 if cur.cpu_clock is not None:
                     try:
-                        cpu = time.clock_gettime(cur.cpu_clock) - cur.cpu_started
+                        now_cpu = time.clock_gettime(cur.cpu_clock)
+                        cpu = now_cpu - cur.cpu_started - (GC_CLOCK.spent(cur.thread_id, now_cpu) - cur.gc_started)
                     except OSError:
                         cpu = None
                 if not blocked(now - cur.started, cpu, self.grace_s, cur.deadline - cur.started):
@@ -151,19 +193,20 @@ class TimedRun:
         self._watchdog.current = None
         now = time.monotonic()
         grace = self._watchdog.grace_s
-        if t0 < self._slice.deadline + grace < now and blocked(now - t0, time.thread_time() - cpu0, grace,
-                                                               self._slice.deadline - t0):
+        cpu = time.thread_time() - cpu0 - (GC_CLOCK.spent(self._slice.thread_id) - self._slice.gc_started)
+        if t0 < self._slice.deadline + grace < now and blocked(now - t0, cpu, grace, self._slice.deadline - t0):
             self.blocked_ms = max(self.blocked_ms, (now - self._slice.deadline) * 1000.0)
 
     def __await__(self) -> Generator[Any, Any, Any]:
         coro, wd, sl = self._coro, self._watchdog, self._slice
         sl.cpu_clock = _thread_cpu_clock()
+        sl.thread_id = threading.get_ident()
         value: Any = None
         error: BaseException | None = None
         try:
             while True:
                 t0, cpu0 = time.monotonic(), time.thread_time()
-                sl.started, sl.cpu_started = t0, cpu0
+                sl.started, sl.cpu_started, sl.gc_started = t0, cpu0, GC_CLOCK.spent(sl.thread_id)
                 wd.current = sl
                 try:
                     if error is not None:

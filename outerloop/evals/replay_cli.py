@@ -133,6 +133,10 @@ def _inner_outer(args: argparse.Namespace, data: Any) -> dict[str, Any]:
     show = None  # progress bars on stderr when it is a terminal (stdout keeps the JSON)
     parts = prepare_outer_loop(arts, data, ensemble=not args.no_ensemble, staleness=STALENESS_MIX,
                                allow_training=not args.no_train, progress=show)
+    import gc
+
+    gc.collect()
+    gc.freeze()  # the data, models and training rows live as long as the replay: keep them out of GC passes
     target = None
     keys = None
     if args.redis_url:
