@@ -32,7 +32,7 @@ class PrefersSubtitles(Fact):
 class Mood(Fact):
     """One per user: the key defaults to the kind."""
 
-    kind: Literal["mood"] = "mood"
+    kind: Literal["household_mood"] = "household_mood"
     mood: str
 
 
@@ -65,7 +65,7 @@ async def test_a_user_fact_is_stored_versioned_and_cached(redis_target, redis_ke
         mem = await MemoryStore(redis_client, keys=redis_keys).load("u-sub")
         fr = mem.get("prefers_subtitles:fr")
         assert isinstance(fr, PrefersSubtitles) and fr.version == mem.version == 1 and fr.source == "subtitles"
-        assert isinstance(mem.get("mood"), Mood)
+        assert isinstance(mem.get("household_mood"), Mood)
         raw = json.loads(await redis_client.hget(redis_keys.memory("u-sub"), "prefers_subtitles:fr"))
         assert raw["kind"] == "prefers_subtitles" and raw["language"] == "fr"
 
@@ -99,7 +99,7 @@ async def test_user_facts_are_compare_and_set(redis_target, redis_keys, redis_cl
     res = await store.update_with_retry("u-cas", decide, start_from=stale)
     assert calls == [0, 1] and res.attempts == 2  # the stale decision lost and was made again
     mem = await store.load("u-cas")
-    assert mem.get("mood").mood == "1 languages" and mem.version == 2
+    assert mem.get("household_mood").mood == "1 languages" and mem.version == 2
 
 
 def test_fact_classes_are_checked_when_defined():
