@@ -99,6 +99,7 @@ async def test_ensemble_agent_commits_a_log_prob_row_the_funnel_reads(
         ensemble_dir: Path, tiny_data: Any, redis_target: Any, redis_keys: Any) -> None:  # noqa: F811
     from outerloop.agents.contracts import Trigger
     from outerloop.agents.loop import OuterLoop
+    from outerloop.budgets.budget import Budget
     from outerloop.data.events import Event
     from outerloop.inner_loop.artifacts import Artifacts
     from outerloop.inner_loop.funnel import Funnel, log_prob_row
@@ -113,7 +114,10 @@ async def test_ensemble_agent_commits_a_log_prob_row_the_funnel_reads(
     client = redis_target.async_client()
     try:
         seed_history(sync, "u1", items.tolist()[:-2], history_cap=200, ts_ms=ts[:-2], keys=redis_keys)
-        async with OuterLoop(arts, redis=client, keys=redis_keys, clock_ms=lambda: ts[-1] + 1) as loop:
+        # a generous budget: this test is about the row, not the deadline (a loaded machine is slow)
+        budget = Budget(latency_ms=5000, max_tool_calls=2, max_llm_tokens=0)
+        async with OuterLoop(arts, redis=client, keys=redis_keys, clock_ms=lambda: ts[-1] + 1,
+                             budgets={"ensemble": budget}) as loop:
             assert "ensemble" in loop.agents and loop.ensemble is not None
             events = [Event(event_id=f"e{i}", user_id="u1", item_id=int(items[i]), type="rate", ts=ts[i])
                       for i in range(items.shape[0] - 2)]

@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from outerloop.agents.caches import AdaptiveClusters, PlanCache
 from outerloop.agents.contracts import CycleResult, Row, Trigger
 from outerloop.agents.ensemble_agent import ensemble_agent
@@ -179,6 +181,8 @@ class OuterLoop:
             torch.set_num_threads(self.torch_threads)
         if len(self.artifacts.catalog):  # the first forward pass pays for lazy init: not in a budget
             await asyncio.to_thread(self.artifacts.encode, [[1]])
+            if self.ensemble is not None:  # nor the ensemble's members'
+                await asyncio.to_thread(self.ensemble.top, np.asarray([1]), 1)
         return self
 
     def _pool_for_offenders(self) -> WorkerPool:

@@ -40,6 +40,7 @@ import numpy as np
 from outerloop.data.schema import ACTION_ID, InteractionData
 from outerloop.errors import UserInputError
 from outerloop.evals.offline import EvalCases, leave_one_out, train_sequences
+from outerloop.progress import progress_bar
 
 if TYPE_CHECKING:
     from outerloop.inner_loop.artifacts import Artifacts
@@ -412,14 +413,16 @@ def train_ensemble(base: "Artifacts", data: InteractionData, cfg: EnsembleConfig
         gram = EaseModel.gram([u.items for u in parts], n_items, [u.actions for u in parts])
         best = (-1.0, None)
         grid = {}
-        for lam in cfg.ease_lambdas:
-            model = EaseModel.fit(gram, lam)
-            for hl in cfg.half_lives:
-                model.half_life = hl
-                nd = _ndcg10(_batched(lambda h, a, t: model.scores(h, a), val, cfg.batch_size), val)
-                grid[f"lambda={lam:g},half_life={hl:g}"] = round(nd, 5)
-                if nd > best[0]:
-                    best = (nd, (lam, hl))
+        with progress_bar("EASE on validation", unit="setting", enabled=None if progress else False) as bar:
+            for lam in cfg.ease_lambdas:
+                model = EaseModel.fit(gram, lam)
+                for hl in cfg.half_lives:
+                    model.half_life = hl
+                    nd = _ndcg10(_batched(lambda h, a, t: model.scores(h, a), val, cfg.batch_size), val)
+                    grid[f"lambda={lam:g},half_life={hl:g}"] = round(nd, 5)
+                    if nd > best[0]:
+                        best = (nd, (lam, hl))
+                    bar.update_to(len(grid), len(cfg.ease_lambdas) * len(cfg.half_lives))
         lam, hl = best[1]  # type: ignore[misc]
         ease = EaseModel.fit(gram, lam, hl)
         z_val[EASE] = _batched(lambda h, a, t: _zscore(ease.scores(h, a)), val, cfg.batch_size)  # type: ignore[union-attr]
@@ -430,11 +433,14 @@ def train_ensemble(base: "Artifacts", data: InteractionData, cfg: EnsembleConfig
 
     names = list(z_val)
     best_w: tuple[float, dict[str, float]] = (-1.0, {})
-    for w in _simplex(len(names), cfg.weight_step):
-        mixed = sum(wi * z_val[n] for wi, n in zip(w, names) if wi)
-        nd = _ndcg10(mixed, val)
-        if nd > best_w[0] + 1e-9:
-            best_w = (nd, {n: wi for n, wi in zip(names, w)})
+    grid_w = _simplex(len(names), cfg.weight_step)
+    with progress_bar("ensemble weights", unit="mix", enabled=None if progress else False) as bar:
+        for done, w in enumerate(grid_w, 1):
+            mixed = sum(wi * z_val[n] for wi, n in zip(w, names) if wi)
+            nd = _ndcg10(mixed, val)
+            if nd > best_w[0] + 1e-9:
+                best_w = (nd, {n: wi for n, wi in zip(names, w)})
+            bar.update_to(done, len(grid_w))
     weights = best_w[1]
     mixed = sum(w * z_val[n] for n, w in weights.items() if w)
     temps = {t: _nll(mixed / t, val) for t in cfg.temperatures}
