@@ -80,10 +80,10 @@ class OuterLoop:
     overrides by name. ``llm``: a langchain-core chat model for the planner (rules decide when
     it is slow or wrong). ``clusters``: how users are grouped for shared tool results (default:
     k-means fitted on the first 1,000 user vectors seen, no sharing before that; pass
-    ``KMeansClusters.fit(user_vectors)`` to share from the start). ``torch_threads``: set once
-    at start when the artifacts run on torch (one history at a time gains nothing from
-    intra-op threads, and on a busy machine they cost tens of milliseconds); None leaves torch
-    alone. ``tool_caller``: where the agents' tool calls go (default: this loop's registry, in
+    ``KMeansClusters.fit(user_vectors)`` to share from the start). ``torch_threads``: torch's
+    intra-op and FAISS's OpenMP threads, set once at start (one history or query at a time gains
+    nothing from them, and on a busy machine they cost tens to hundreds of milliseconds); None
+    leaves both alone. ``tool_caller``: where the agents' tool calls go (default: this loop's registry, in
     process); pass an ``McpToolClient`` to call the same tools over MCP.
     """
 
@@ -179,6 +179,12 @@ class OuterLoop:
         torch = sys.modules.get("torch")  # only if the artifacts brought it in
         if torch is not None and self.torch_threads is not None:
             torch.set_num_threads(self.torch_threads)
+        faiss = sys.modules.get("faiss")
+        if faiss is not None and self.torch_threads is not None:
+            # one query at a time gains nothing from OpenMP, and on a busy machine the calling
+            # thread spins at its barrier waiting for starved workers: seen as an agent holding
+            # the event loop 230 ms past its deadline on one vector search
+            faiss.omp_set_num_threads(self.torch_threads)
         if len(self.artifacts.catalog):  # the first forward pass pays for lazy init: not in a budget
             await asyncio.to_thread(self.artifacts.encode, [[1]])
             if self.ensemble is not None:  # nor the ensemble's members'

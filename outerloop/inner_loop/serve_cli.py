@@ -130,6 +130,9 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(1)
+    import faiss
+
+    faiss.omp_set_num_threads(1)  # one query per request: OpenMP only adds barrier spins under load
     artifacts_dir = args.artifacts or settings.artifacts_dir
     artifacts, ranker = load_serving(artifacts_dir, synthetic_items=args.synthetic_items,
                                      synthetic_seed=args.synthetic_seed, index_cache=args.index_cache,
