@@ -25,7 +25,7 @@ import redis
 from outerloop.ports import free_ports
 from outerloop.scheduler.health import live_daemons
 from outerloop.scheduler.keys import SchedulerKeys
-from outerloop.storage import embedded_socket
+from outerloop.storage import embedded_socket, release_embedded
 from tests.test_api_fixtures import tiny_dir  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,6 +108,14 @@ def test_readme_first_agent_runs_in_the_daemon_as_written(tiny_dir: Path, tmp_pa
     env |= {"OUTERLOOP_EMBEDDED_REDIS_DIR": str(redis_dir), "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
     logs = [tmp_path / "api.log", tmp_path / "daemon.log"]
     user = "readme-user"
+    try:
+        _run(serve, daemon, work, env, logs, port, user, redis_dir, bash)
+    finally:
+        release_embedded(redis_dir, save=False)  # this test joined the embedded server too
+
+
+def _run(serve: list[str], daemon: list[str], work: Path, env: dict[str, str], logs: list[Path], port: int,
+         user: str, redis_dir: Path, bash: str) -> None:
     with process(serve, work, env, logs[0]) as api, process(daemon, work, env, logs[1]) as dmn, \
             httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10.0) as http:
         procs = [api, dmn]
