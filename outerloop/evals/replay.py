@@ -594,6 +594,7 @@ async def _outer_replay(artifacts: Any, ranker: Any, cfg: OuterReplay, *, redis_
     from pathlib import Path
 
     from outerloop.agents.loop import OuterLoop
+    from outerloop.agents.runtime import LoopConfig
     from outerloop.inner_loop.funnel import Funnel, FunnelConfig
     from outerloop.inner_loop.user_state import UserStore
     from outerloop.storage import Keys, RedisTarget, release_embedded
@@ -608,7 +609,11 @@ async def _outer_replay(artifacts: Any, ranker: Any, cfg: OuterReplay, *, redis_
     funnel = Funnel(artifacts, ranker, fcfg)
     inner = {name: (funnel if r is ranker else Funnel(artifacts, r, fcfg)) for name, r in (inner_rankers or {}).items()}
     try:
+        # one cycle at a time: no other user's cycle can wait on a blocked event loop, so the
+        # watchdog's demotion would only turn machine-load noise into another agent setup
+        # mid-replay; a run past its deadline is still cancelled, recorded killed, nothing committed
         async with OuterLoop(artifacts, redis=client, keys=keys, agents=extra_agents, clock_ms=lambda: t0,
+                             config=LoopConfig(watchdog=False),
                              ensemble=ensemble) as loop:
             yield _OuterReplayRun(cfg, t0, loop, funnel, inner,
                                   UserStore(client, history_cap=cfg.history_cap, keys=keys), sync, keys)
