@@ -173,3 +173,25 @@ def test_serving_over_a_scaled_synthetic_catalog(tiny_artifacts, tiny_ranker, hi
     assert len(picks) == 100 and max(picks) <= 5000 and any(p > n0 for p in picks)
     again = scale_catalog(tiny_artifacts, 5000, seed=1, cache_dir=tmp_path)
     assert again.index.n_items == 5000
+
+
+def test_users_the_outer_loop_has_not_reached_are_ranked_by_the_ranker_for_them(
+        tiny_artifacts, tiny_ranker, history: list[int]) -> None:  # noqa: F811
+    """With ``ranker_without_rows``, a user with no log-prob row is served by it; once the outer
+    loop has written one, by the ranker trained for users with rows."""
+    from outerloop.inner_loop.ranker import Ranker
+
+    reversed_ranker = Ranker(tiny_ranker.model, tiny_ranker.config,
+                             weights={o: -w for o, w in tiny_ranker.weights.items()}, covisit=tiny_ranker.covisit)
+    plain = Funnel(tiny_artifacts, tiny_ranker, FunnelConfig(max_history=50))
+    both = Funnel(tiny_artifacts, tiny_ranker, FunnelConfig(max_history=50), ranker_without_rows=reversed_ranker)
+    alone = Funnel(tiny_artifacts, reversed_ranker, FunnelConfig(max_history=50))
+    state = state_of("u1", history)
+    assert top(both.recommend(state, 10, now_ms=NOW)) == top(alone.recommend(state, 10, now_ms=NOW))
+    assert top(both.recommend(state, 10, now_ms=NOW)) != top(plain.recommend(state, 10, now_ms=NOW))
+    unseen = [i for i in range(1, plain.n_items + 1) if i not in history][:5]
+    lp = json.dumps({"row_id": "ensemble_picks", "title": "t", "reason": "r", "produced_by": "ensemble",
+                     "run_id": "r1", "model_version": "m", "created_at": NOW - 1000, "expires_at": NOW + 60_000,
+                     "score_kind": "log_prob", "items": [[i, -1.0 - j] for j, i in enumerate(unseen)]}).encode()
+    with_row = state_of("u1", history, rows={"ensemble_picks": lp})
+    assert top(both.recommend(with_row, 10, now_ms=NOW)) == top(plain.recommend(with_row, 10, now_ms=NOW))

@@ -90,13 +90,16 @@ class Funnel:
     """One per process: holds the artifacts, the ranker, the feature tables and the caches."""
 
     def __init__(self, artifacts: ArtifactsLike, ranker: Ranker | None, config: FunnelConfig | None = None, *,
-                 inline_model: Any = None) -> None:
+                 inline_model: Any = None, ranker_without_rows: Ranker | None = None) -> None:
         """``inline_model``: an object with the ensemble's ``top(history, k, exclude=...)`` run on
         every request in place of the outer loop's log-prob row. It exists to measure what the
         request path would pay for the outer loop's heavy model (``outerloop serve
         --inline-ensemble``); the outer loop is where that model belongs."""
         self.artifacts = artifacts
         self.ranker = ranker
+        # a ranker trained for users the outer loop has not reached yet (no log-prob row), beside
+        # ``ranker``, trained for users it has: each serves the situation it learned
+        self.ranker_without_rows = ranker_without_rows
         self.inline_model = inline_model
         self.config = config or FunnelConfig()
         self.catalog = artifacts.catalog
@@ -284,7 +287,8 @@ class Funnel:
         t0 = time.perf_counter()
         self._ranker_last_try = now
         feats = candidate_features(self.tables, hist, cand, retr, row_pos, lp_row)
-        final = self.ranker.score(feats)
+        ranker = self.ranker if lp_row is not None or self.ranker_without_rows is None else self.ranker_without_rows
+        final = ranker.score(feats)
         took = (time.perf_counter() - t0) * 1000.0
         self._ranker_ewma_ms = took if self._ranker_ewma_ms == 0 else 0.9 * self._ranker_ewma_ms + 0.1 * took
         if took > budget_ms:  # already paid for: use it, but skip the ranker until the probe

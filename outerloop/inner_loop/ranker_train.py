@@ -219,7 +219,7 @@ def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: st
                  n_candidates: int = 500, epochs: int = 30, patience: int = 5, hidden: int = 64,
                  lr: float = 1e-3, batch_size: int = 128, seed: int = 0, max_history: int = 200,
                  agent_rows: Mapping[str, CompiledRows] | None = None,
-                 provenance: dict[str, Any] | None = None) -> Ranker:
+                 provenance: dict[str, Any] | None = None, rows_share: float = 0.5) -> Ranker:
     """Train, select on held-out users, report the test-cut lift over retrieval order, and save
     ``ranker.pt`` + ``ranker.json`` into ``out_dir`` (default: the artifacts' own directory).
 
@@ -228,7 +228,8 @@ def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: st
     keep theirs and half get none, so the ranker learns lists both with agent rows and
     without them (what the inner loop alone serves) and neither case is new to it when
     serving (the split is salted apart from the validation users', so both halves are
-    validated). The report gives the held-out users' validation NDCG without any rows
+    validated); ``rows_share`` sets that share (1.0: every user keeps its rows, for a ranker
+    that serves only users with rows, beside one trained without any). The report gives the held-out users' validation NDCG without any rows
     (``val_no_rows``: how this ranker serves the inner loop alone, the figure a replay uses to
     pick the inner arm's ranker) and the test cut without rows. ``agent_rows={}`` trains for the
     inner loop alone; without ``agent_rows``, every user gets a simulated "because you watched"
@@ -240,7 +241,7 @@ def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: st
     covisit = CoVisitation.build([u.items for u in train_sequences(data)], len(artifacts.catalog))
     tables = FeatureTables.build(artifacts.catalog, artifacts.item_vectors, artifacts.popularity, covisit=covisit)
     if agent_rows is not None:
-        agent_rows = {u: r for u, r in agent_rows.items() if not _holdout([u + "#rows"], share=0.5)[0]}
+        agent_rows = {u: r for u, r in agent_rows.items() if not _holdout([u + "#rows"], share=1.0 - rows_share)[0]}
     train_all = build_examples(artifacts, tables, data, "valid", n_candidates=n_candidates, max_history=max_history,
                                agent_rows=agent_rows)
     test = build_examples(artifacts, tables, data, "test", n_candidates=n_candidates, max_history=max_history,
@@ -311,6 +312,9 @@ def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: st
     else:
         val_plain = val
     val_no_rows = ranking_metrics(_combined(_logits(model, val_plain, mean, inv_std), weights), val_plain)
+    with_rows = np.flatnonzero([u in (agent_rows or {}) for u in val.user_ids])
+    val_with_rows = (ranking_metrics(_combined(_logits(model, val.take(with_rows), mean, inv_std), weights),
+                                     val.take(with_rows)) if with_rows.size else None)
     test_logits = _logits(model, test, mean, inv_std)
     test_report = {
         "retrieval_order": ranking_metrics(test.retrieval, test),
@@ -328,6 +332,8 @@ def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: st
         "n_candidates": n_candidates, "epochs_run": len(history), "best_epoch": best["epoch"],
         "val_ndcg@10_by_engagement_weight": {str(k): v for k, v in val_by_w.items()},
         "val_no_rows": val_no_rows if agent_rows is not None else None,
+        "val_with_rows": val_with_rows,
+        "rows_share": rows_share if agent_rows is not None else None,
         "test": test_report, "test_lift_over_retrieval": lift,
         "seconds": {"examples": round(t_examples, 1), "total": round(time.perf_counter() - t_start, 1)},
         "history": history,
