@@ -587,7 +587,7 @@ def _upto(prefix: np.ndarray, k: int) -> int:
 @asynccontextmanager
 async def _outer_replay(artifacts: Any, ranker: Any, cfg: OuterReplay, *, redis_target: Any = None, keys: Any = None,
                         extra_agents: Sequence[Any] = (), inner_rankers: dict[str, Any] | None = None,
-                        ensemble: Any = True) -> AsyncIterator[_OuterReplayRun]:
+                        ensemble: Any = True, ranker_without_rows: Any = None) -> AsyncIterator[_OuterReplayRun]:
     """A live ``OuterLoop`` and funnels on a Redis of their own (a temporary embedded server unless
     ``redis_target`` is given), at the replay clock."""
     import tempfile
@@ -606,8 +606,9 @@ async def _outer_replay(artifacts: Any, ranker: Any, cfg: OuterReplay, *, redis_
     sync = target.sync_client()
     client = target.async_client()
     fcfg = FunnelConfig(request_budget_ms=60_000.0)  # a replay measures quality; `bench serve` measures latency
-    funnel = Funnel(artifacts, ranker, fcfg)
-    inner = {name: (funnel if r is ranker else Funnel(artifacts, r, fcfg)) for name, r in (inner_rankers or {}).items()}
+    funnel = Funnel(artifacts, ranker, fcfg, ranker_without_rows=ranker_without_rows)
+    plain = Funnel(artifacts, ranker, fcfg)
+    inner = {name: (plain if r is ranker else Funnel(artifacts, r, fcfg)) for name, r in (inner_rankers or {}).items()}
     try:
         # one cycle at a time: no other user's cycle can wait on a blocked event loop, so the
         # watchdog's demotion would only turn machine-load noise into another agent setup
@@ -642,7 +643,7 @@ def _check_staleness(staleness: Sequence[int]) -> tuple[int, ...]:
 async def inner_vs_outer(artifacts: Any, data: InteractionData, *, ranker: Any = None,
                          inner_rankers: dict[str, Any] | None = None, inner_choice: str | None = None,
                          config: OuterReplay | None = None, redis_target: Any = None, keys: Any = None,
-                         extra_agents: Sequence[Any] = (), ensemble: Any = True,
+                         extra_agents: Sequence[Any] = (), ensemble: Any = True, ranker_without_rows: Any = None,
                          progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Serve each evaluated user's test item through the real funnel with no agent rows (the
     inner loop alone), and, for every staleness k, with the rows one real ``OuterLoop`` cycle
@@ -652,7 +653,8 @@ async def inner_vs_outer(artifacts: Any, data: InteractionData, *, ranker: Any =
     ``ranker`` serves inner+outer; ``inner_rankers`` (name -> ranker, default just ``ranker``)
     are the candidates for the inner arm, each served with no rows, and ``inner_choice`` names
     the one the report's headline compares against (chosen by the caller on validation data;
-    default the first). The outer loop is shown only the prefix (and at k > 0 only its first
+    default the first); ``ranker_without_rows`` ranks, in the inner+outer arm, the users whose
+    cycle left no log-prob row (as ``outerloop serve`` does). The outer loop is shown only the prefix (and at k > 0 only its first
     len - k items, for every user's co-watch and trending too). ``extra_agents`` run in the same
     cycles (tests use one to record what agents see). Each k runs on a fresh Redis.
     """
@@ -672,7 +674,8 @@ async def inner_vs_outer(artifacts: Any, data: InteractionData, *, ranker: Any =
     done = 0
     for k_stale in ks:
         async with _outer_replay(artifacts, ranker, cfg, redis_target=redis_target, keys=keys,
-                                 extra_agents=extra_agents, inner_rankers=inner_rankers, ensemble=ensemble) as run:
+                                 extra_agents=extra_agents, inner_rankers=inner_rankers, ensemble=ensemble,
+                                 ranker_without_rows=ranker_without_rows) as run:
             started = time.perf_counter()
             await run.ingest(cases, k_stale)
             run.tally.seconds["ingest"] = round(time.perf_counter() - started, 1)

@@ -155,6 +155,7 @@ def _inner_outer(args: argparse.Namespace, data: Any) -> dict[str, Any]:
             report = asyncio.run(inner_vs_outer(
                 arts, data, ranker=parts.ranker, inner_rankers=parts.inner_rankers(), inner_choice=parts.inner_choice,
                 config=cfg, redis_target=target, keys=keys, ensemble=parts.ensemble or False,
+                ranker_without_rows=parts.inner_ranker,
                 progress=bar.update_to))
     finally:
         if target is not None and keys is not None:

@@ -167,6 +167,7 @@ def create_app(
     keys: type[Keys] = Keys,
     conversation: Any = None,
     inline_model: Any = None,
+    ranker_without_rows: Ranker | None = None,
 ) -> FastAPI:
     """The API around one set of loaded artifacts.
 
@@ -175,13 +176,14 @@ def create_app(
     come from ``settings`` and everything else keeps its default).
     ``keys`` names the Redis keys (tests pass a namespaced subclass). ``inline_model``: run the
     outer loop's heavy model on every request (to measure its cost there; see ``Funnel``).
+    ``ranker_without_rows``: the ranker for users the outer loop has not reached yet.
     """
     opts = options or ServeOptions(api_key=getattr(settings, "api_key", None),
                                    history_cap=getattr(settings, "history_cap", 200))
     if opts.require_api_key and not opts.api_key:
         raise UserInputError("an API key is required when serving off loopback (OUTERLOOP_API_KEY)")
     target = redis_target or RedisTarget.from_settings(settings)
-    funnel = Funnel(artifacts, ranker, opts.funnel, inline_model=inline_model)
+    funnel = Funnel(artifacts, ranker, opts.funnel, inline_model=inline_model, ranker_without_rows=ranker_without_rows)
     n_items = funnel.n_items
     gate = RedisGate(opts.redis_retry_s)
     rt = _Runtime()

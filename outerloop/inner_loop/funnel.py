@@ -286,9 +286,10 @@ class Funnel:
             return retr
         t0 = time.perf_counter()
         self._ranker_last_try = now
-        feats = candidate_features(self.tables, hist, cand, retr, row_pos, lp_row)
-        ranker = self.ranker if lp_row is not None or self.ranker_without_rows is None else self.ranker_without_rows
-        final = ranker.score(feats)
+        plain = lp_row is None and self.ranker_without_rows is not None
+        # the ranker for users without rows never saw row features: it gets none (rows' items stay candidates)
+        feats = candidate_features(self.tables, hist, cand, retr, np.full_like(row_pos, -1) if plain else row_pos, lp_row)
+        final = (self.ranker_without_rows if plain else self.ranker).score(feats)  # type: ignore[union-attr]
         took = (time.perf_counter() - t0) * 1000.0
         self._ranker_ewma_ms = took if self._ranker_ewma_ms == 0 else 0.9 * self._ranker_ewma_ms + 0.1 * took
         if took > budget_ms:  # already paid for: use it, but skip the ranker until the probe

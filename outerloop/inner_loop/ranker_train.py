@@ -333,7 +333,7 @@ def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: st
         "val_ndcg@10_by_engagement_weight": {str(k): v for k, v in val_by_w.items()},
         "val_no_rows": val_no_rows if agent_rows is not None else None,
         "val_with_rows": val_with_rows,
-        "rows_share": rows_share if agent_rows is not None else None,
+        "rows_share": rows_share if agent_rows else None,
         "test": test_report, "test_lift_over_retrieval": lift,
         "seconds": {"examples": round(t_examples, 1), "total": round(time.perf_counter() - t_start, 1)},
         "history": history,

@@ -156,7 +156,12 @@ def run(args: argparse.Namespace) -> int:
         if not Ensemble.exists(artifacts.dir):
             raise UserInputError(f"--inline-ensemble: {artifacts.dir} has no ensemble (`outerloop train-ensemble`)")
         inline = Ensemble.load(artifacts)
-    app = create_app(settings, artifacts, ranker=ranker, options=options, inline_model=inline)
+    from outerloop.inner_loop.ranker import Ranker
+
+    inner_dir = Path(artifacts_dir) / "ranker-inner"  # trained without rows (outerloop.evals.prepare)
+    without_rows = Ranker.load(inner_dir) if ranker is not None and Ranker.exists(inner_dir) else None
+    app = create_app(settings, artifacts, ranker=ranker, options=options, inline_model=inline,
+                     ranker_without_rows=without_rows)
     gc.collect()
     gc.freeze()  # everything loaded so far lives as long as the process: keep it out of GC passes
     # "auto": uvloop and httptools when installed (uvicorn[standard]), asyncio and h11 otherwise
