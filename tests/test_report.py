@@ -40,7 +40,14 @@ def inner_outer_result() -> dict[str, Any]:
                                                                "served_row_ndcg@10": 0.08}},
                                         "target_origin_in_outer_top_k": {"ann+agent": 7},
                                         "facts_written_by_kind": {"genre_affinity": 120}},
-            "budget": budget_compliance(recs)}
+            "budget": budget_compliance(recs),
+            "by_staleness": [{"staleness": k, "outer_ndcg@10": 0.123 - 0.001 * k, "relative_lift": 0.025 - 0.002 * k,
+                              "relative_lift_ci95": [-0.01 - 0.002 * k, 0.06 - 0.002 * k],
+                              "ablation_each_row_removed": {"top_picks": {"relative_lift_without": 0.01}},
+                              "cost": {"outer_loop_cpu_ms_per_cycle": {"mean": 25.0},
+                                       "outer_loop_cpu_ms_per_interaction": 25.0 / (k + 1),
+                                       "inner_loop_cpu_ms_per_request": {"mean": 4.0}}}
+                             for k in (0, 1, 2, 5, 10)]}
 
 
 def training_manifest(path: Path) -> Path:
@@ -78,13 +85,14 @@ def test_full_report_has_every_figure_and_no_missing_section(tmp_path: Path) -> 
     text = index.read_text()
     figures = sorted(p.name for p in (tmp_path / "r" / "plots").glob("*.png"))
     assert figures == ["budget_bench_0.png", "budget_replay_0.png", "fresh_stale.png", "latency.png",
-                       "lift_0.png", "training.png"]
+                       "lift_0.png", "lift_staleness_0.png", "training.png"]
     for name in figures:
         assert f'src="plots/{name}"' in text
         assert (tmp_path / "r" / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert 'class="missing"' not in text
     assert "<script" not in text and "http" not in text.replace("http.", "")
     assert "ml-1m-test" in text and "0.0250" in text  # model version, lift
+    assert "staleness k" in text and "top_picks: 0.01" in text  # the per-k table with its ablation
 
 
 def test_empty_report_says_what_is_missing(tmp_path: Path) -> None:
