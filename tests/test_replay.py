@@ -135,16 +135,20 @@ def test_budget_compliance_from_records_and_dicts() -> None:
     assert out["by_agent"]["memory"]["budget_ms"] == [80.0]
 
 
-async def test_outer_loop_sees_only_the_prefix_of_each_served_request(redis_target: Any, redis_keys: Any) -> None:
+def untrained_world(n_users: int, seed: int) -> tuple[InteractionData, Any]:
+    """A small synthetic world and real artifacts of an untrained tiny transformer over it."""
     from outerloop.data.datasets import load_dataset
     from outerloop.evals.offline import item_counts, train_sequences
     from outerloop.inner_loop.artifacts import Artifacts
     from outerloop.inner_loop.train import build_model, model_config_for
 
-    data = load_dataset("synthetic", None, n_users=40, n_films=60, n_series=3, days=4, seed=5)
+    data = load_dataset("synthetic", None, n_users=n_users, n_films=60, n_series=3, days=4, seed=seed)
     counts = item_counts(train_sequences(data), len(data.catalog))
     model = build_model(model_config_for(data, d_model=8, n_layers=1, max_len=20), data.catalog, counts)
-    arts = Artifacts.from_model(model, data.catalog, counts, {"dataset": "synthetic"})
+    return data, Artifacts.from_model(model, data.catalog, counts, {"dataset": "synthetic"})
+
+async def test_outer_loop_sees_only_the_prefix_of_each_served_request(redis_target: Any, redis_keys: Any) -> None:
+    data, arts = untrained_world(40, 5)
     seen: dict[str, dict[str, Any]] = {}
 
     @agent(name="spy", budget=Budget(latency_ms=1000), triggers=("session_closed",), rows=("spy",))
@@ -181,15 +185,7 @@ async def test_compiled_rows_come_from_the_validation_prefix_and_match_what_the_
         redis_target: Any, redis_keys: Any) -> None:
     """The ranker's training rows: one real cycle per user on the validation prefix (all but the
     last two items), returned as the funnel would read them."""
-    from outerloop.data.datasets import load_dataset
-    from outerloop.evals.offline import item_counts, train_sequences
-    from outerloop.inner_loop.artifacts import Artifacts
-    from outerloop.inner_loop.train import build_model, model_config_for
-
-    data = load_dataset("synthetic", None, n_users=30, n_films=60, n_series=3, days=4, seed=6)
-    counts = item_counts(train_sequences(data), len(data.catalog))
-    model = build_model(model_config_for(data, d_model=8, n_layers=1, max_len=20), data.catalog, counts)
-    arts = Artifacts.from_model(model, data.catalog, counts, {"dataset": "synthetic"})
+    data, arts = untrained_world(30, 6)
     histories: dict[str, list[int]] = {}
 
     @agent(name="spy", budget=Budget(latency_ms=1000), triggers=("session_closed",), rows=("spy",))
@@ -218,17 +214,7 @@ async def test_stale_rows_are_compiled_from_the_history_k_interactions_back(redi
     """At staleness k the outer loop (its cycle and the co-watch/trending it reads) sees each
     prefix without its last k items, and the funnel serves from the whole prefix, reading the
     row's staleness from the events since the row's ``history_ts``."""
-    from outerloop.data.datasets import load_dataset
-    from outerloop.evals.offline import item_counts, train_sequences
-    from outerloop.inner_loop.artifacts import Artifacts
-    from outerloop.inner_loop.funnel import log_prob_row
-    from outerloop.inner_loop.rows import live_rows
-    from outerloop.inner_loop.train import build_model, model_config_for
-
-    data = load_dataset("synthetic", None, n_users=30, n_films=60, n_series=3, days=4, seed=7)
-    counts = item_counts(train_sequences(data), len(data.catalog))
-    model = build_model(model_config_for(data, d_model=8, n_layers=1, max_len=20), data.catalog, counts)
-    arts = Artifacts.from_model(model, data.catalog, counts, {"dataset": "synthetic"})
+    data, arts = untrained_world(30, 7)
     seen: dict[str, list[int]] = {}
 
     @agent(name="spy", budget=Budget(latency_ms=1000), triggers=("session_closed",), rows=("spy",))
