@@ -59,22 +59,25 @@ class OuterLoopParts:
 
 
 def outer_loop_rows(artifacts: "Artifacts", data: "InteractionData", *, staleness: Sequence[int] = STALENESS_MIX,
-                    progress: bool | None = None, n_users: int | None = None) -> dict[str, "CompiledRows"]:
+                    progress: bool | None = None, n_users: int | None = None,
+                    ensemble: Any = True) -> dict[str, "CompiledRows"]:
     """Every user's (or a seeded sample of ``n_users``) outer-loop rows at the validation cut,
     staleness spread over ``staleness``."""
     from outerloop.evals.replay import OuterReplay, compile_outer_rows
 
     cfg = OuterReplay(n_users=n_users, staleness=tuple(staleness))
     with progress_bar("outer-loop rows", unit="user", enabled=progress) as bar:
-        return asyncio.run(compile_outer_rows(artifacts, data, "valid", config=cfg, progress=bar.update_to))
+        return asyncio.run(compile_outer_rows(artifacts, data, "valid", config=cfg, ensemble=ensemble,
+                                              progress=bar.update_to))
 
 
-def rows_provenance(artifacts: "Artifacts", staleness: Sequence[int] | None) -> dict[str, Any]:
+def rows_provenance(artifacts: "Artifacts", staleness: Sequence[int] | None, *,
+                    with_ensemble: bool = True) -> dict[str, Any]:
     """What a ranker's training rows came from (stored in its report, checked before reuse)."""
     from outerloop.inner_loop.ensemble import Ensemble
 
     ens = None
-    if staleness is not None and Ensemble.exists(artifacts.dir):
+    if staleness is not None and with_ensemble and Ensemble.exists(artifacts.dir):
         ens = json_of(Ensemble.directory(artifacts.dir) / "ensemble.json").get("member_versions")
     return {"model_version": artifacts.model_version, "ensemble_members": ens,
             "staleness": None if staleness is None else list(staleness)}
@@ -128,12 +131,13 @@ def prepare_outer_loop(artifacts: "Artifacts", data: "InteractionData", *, ensem
             ens = train_ensemble(artifacts, data, ensemble_config, progress=True if progress is None else progress)
     max_history = int(artifacts.config.max_len)
     served_dir = Path(artifacts.dir)
-    prov = rows_provenance(artifacts, staleness)
+    prov = rows_provenance(artifacts, staleness, with_ensemble=ensemble)
     if _ranker_matches(served_dir, prov, ROWS_SHARE):
         ranker = Ranker.load(served_dir)
     else:
         need("ranker (outer-loop rows)")
-        rows = outer_loop_rows(artifacts, data, staleness=staleness, progress=progress, n_users=row_users)
+        rows = outer_loop_rows(artifacts, data, staleness=staleness, progress=progress, n_users=row_users,
+                               ensemble=ens or False)
         ranker = train_ranker(artifacts, data, out_dir=served_dir, max_history=max_history, agent_rows=rows,
                               provenance=prov, epochs=ranker_epochs, rows_share=ROWS_SHARE, patience=8)
     inner: Ranker | None = None
