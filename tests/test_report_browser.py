@@ -51,7 +51,8 @@ def test_report_renders_offline_with_every_figure(browser: Path, tmp_path: Path)
     m = re.search(r'<pre id="imgcheck">(.*?)</pre>', dom, re.S)
     assert m, dom[-500:]
     images = json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&"))
-    assert len(images) == 6
+    figures = sorted((index.parent / "plots").glob("*.png"))
+    assert len(images) == len(figures) == 7  # every figure the report wrote, loaded by the browser
     for img in images:
         assert img["complete"] and img["w"] > 0 and img["h"] > 0, img
     assert "http://" not in index.read_text() and "https://" not in index.read_text()  # nothing fetched
