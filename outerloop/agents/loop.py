@@ -182,8 +182,8 @@ class OuterLoop:
         faiss = sys.modules.get("faiss")
         if faiss is not None and self.torch_threads is not None:
             # one query at a time gains nothing from OpenMP, and on a busy machine the calling
-            # thread spins at its barrier waiting for starved workers: seen as an agent holding
-            # the event loop 230 ms past its deadline on one vector search
+            # thread can spin at its barrier waiting for starved workers (the likely cause of the
+            # tools agent holding the event loop ~230 ms past its deadline in a loaded replay)
             faiss.omp_set_num_threads(self.torch_threads)
         if len(self.artifacts.catalog):  # the first forward pass pays for lazy init: not in a budget
             await asyncio.to_thread(self.artifacts.encode, [[1]])

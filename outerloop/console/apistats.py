@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from outerloop.budgets.accounting import percentile
 from outerloop.scheduler.journal import instance_name
 from outerloop.storage import Keys
 
@@ -38,10 +39,9 @@ def api_stats_key(keys: type[Keys]) -> str:
 
 
 def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+    """The project's one percentile (``budgets.accounting.percentile``), ``q`` in 0..1, rounded."""
+    v = percentile(values, 100.0 * q)
+    return None if v is None else round(v, 3)
 
 
 class _Second:

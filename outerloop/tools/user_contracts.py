@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from outerloop.errors import UserInputError
-from outerloop.inner_loop.answer import Recommendations
+from outerloop.inner_loop.answer import RecommendedItem, RecommendedRow, Recommendations
 from outerloop.memory.facts import BuiltinFact, Fact
 from outerloop.tools.builtin import ItemMeta
 
@@ -76,22 +76,9 @@ class RecommendIn(UserIn):
     rows: list[str] | None = Field(default=None, description="only these row ids (default: every row)")
 
 
-class RowItem(BaseModel):
-    item_id: int
-    title: str
-    score: float
-    origin: str = Field(description="where the item came from: ann, agent, ann+agent, popular, explore, ...")
-
-
-class RowOut(BaseModel):
-    row_id: str
-    title: str
-    reason: str
-    produced_by: str = Field(description="the agent (or inner_loop.funnel) that produced the row")
-    source: str = Field(description="funnel | agent | cold_start | degraded")
-    run_id: str | None = None
-    expires_at: int | None = Field(default=None, description="ms since the epoch")
-    items: list[RowItem]
+# A row as the tools hand it out is the API's row: one contract (``outerloop.inner_loop.answer``).
+RowItem = RecommendedItem
+RowOut = RecommendedRow
 
 
 class RecommendOut(Recommendations):
