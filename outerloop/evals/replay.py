@@ -368,8 +368,9 @@ class OuterReplay:
     ingest_batch: int = 5_000
     history_cap: int = 200
     staleness: tuple[int, ...] = (0,)
-    ablate: bool = True  # also serve each user once without each of their rows in turn
-    ablate_at: tuple[int, ...] | None = None  # the staleness settings ablated (None: every one)
+    # the staleness settings at which each user is also served once without each of their rows in
+    # turn (None: every one; (): none)
+    ablate_at: tuple[int, ...] | None = None
 
 
 def replay_clock_ms(now_ms: int | None = None) -> int:
@@ -541,7 +542,7 @@ class _OuterReplayRun:
         g_out, pos = _ndcg_at(top_out.item_ids, target, k)
         t.outer.append(g_out)
         t.outer_hit.append(g_out > 0)
-        if self.cfg.ablate and (self.cfg.ablate_at is None or k_stale in self.cfg.ablate_at):
+        if self.cfg.ablate_at is None or k_stale in self.cfg.ablate_at:
             for row_id in sorted(state.rows):
                 less = dataclasses.replace(state, rows={r: v for r, v in state.rows.items() if r != row_id})
                 g = _ndcg_at(self.funnel.recommend(less, k, now_ms=self.t0).rows[0].item_ids, target, k)[0]

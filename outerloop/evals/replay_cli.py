@@ -148,8 +148,9 @@ def _inner_outer(args: argparse.Namespace, data: Any) -> dict[str, Any]:
         keys = namespaced_keys(f"olreplay-{uuid.uuid4().hex[:8]}")
 
     cfg = OuterReplay(n_users=args.users or None, seed=args.seed, k=args.k, ingest_events_per_user=args.ingest_events,
-                      staleness=staleness, ablate=not args.no_ablation,
-                      ablate_at=None if args.ablate_at is None else parse_staleness(args.ablate_at, "--ablate-at"))
+                      staleness=staleness,
+                      ablate_at=(() if args.no_ablation else None if args.ablate_at is None
+                                 else parse_staleness(args.ablate_at, "--ablate-at")))
     try:
         with progress_bar("replay", unit="user", enabled=show) as bar:
             report = asyncio.run(inner_vs_outer(
