@@ -22,6 +22,7 @@ from outerloop.ports import free_port
 from outerloop.storage import Keys, RedisTarget
 from outerloop.tools.mcp_server import build_server, open_service
 from tests.redis_fixtures import pytest_generate_tests, redis_keys, redis_target  # noqa: F401
+from outerloop.budgets.budget import Budget
 from tests.test_api_fixtures import now_ms
 from tests.test_mcp_support import artifacts, ranker, tiny_dir, trained_artifacts  # noqa: F401
 
@@ -41,8 +42,11 @@ async def both(artifacts: Any, ranker: Any, target: RedisTarget, keys: Any) -> A
     app = create_app(Settings(), artifacts, ranker=ranker, options=opts, redis_target=target, keys=keys)
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as api:
+            # generous agent budgets for the same reason: a refresh's rows are compared, not its deadline
             async with open_service(artifacts, redis=target, keys=keys, ranker=ranker,
-                                    funnel_config=funnel_config(artifacts)) as svc:
+                                    funnel_config=funnel_config(artifacts),
+                                    budgets={a: Budget(latency_ms=10_000, max_tool_calls=50, max_llm_tokens=0)
+                                             for a in ("memory", "tools", "evaluator")}) as svc:
                 async with Client(build_server(svc.registry, svc.deps, read_only=svc.read_only)) as mcp:
                     yield api, mcp
 

@@ -232,11 +232,13 @@ async def open_service(
     tools: Iterable[ToolSpec] = (),
     agents: Iterable[Any] = (),
     funnel_config: Any = None,
+    budgets: dict[str, Any] | None = None,
 ) -> AsyncIterator[ToolService]:
     """Start an outer loop on ``artifacts`` and ``redis`` and expose its tools (built-ins and
     ``tools``) plus the user tools. Must be entered on the event loop that will serve.
     ``funnel_config`` (a ``FunnelConfig``) is ``recommend``'s funnel, as ``outerloop serve``'s is
-    the API's; the default is the API's default (the model's context as history)."""
+    the API's; the default is the API's default (the model's context as history). ``budgets``:
+    per-agent budget overrides, as ``OuterLoop(budgets=...)``."""
     from outerloop.agents.loop import OuterLoop
     from outerloop.conversation import ConversationService, converse_tool
     from outerloop.inner_loop.funnel import Funnel, FunnelConfig
@@ -245,7 +247,7 @@ async def open_service(
     from outerloop.tools.user_tools import READ_ONLY_TOOLS, UserToolsContext, user_tools
 
     keys = keys or DefaultKeys
-    loop = OuterLoop(artifacts, redis=redis, keys=keys, agents=agents, tools=tools)
+    loop = OuterLoop(artifacts, redis=redis, keys=keys, agents=agents, tools=tools, budgets=budgets)
     await loop.start()  # the embedded redis-server (if any) starts here, once
     try:
         assert loop.deps is not None
