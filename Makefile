@@ -49,7 +49,8 @@ bench: install
 	$(BIN)/outerloop bench loop --artifacts $(ML1M) --json | tee runs/bench/loop.json
 	$(BIN)/outerloop bench budgets --json | tee runs/bench/budgets.json
 	test -f $(SYN)/manifest.json || $(BIN)/outerloop train --dataset synthetic --out $(SYN) --max-minutes 2
-	$(BIN)/outerloop bench freshness --artifacts $(SYN) --rate 500 --duration 60 --json | tee runs/bench/freshness.json
+	$(BIN)/outerloop bench freshness --artifacts $(SYN) --runner outerloop --rate 500 --duration 20 --crash --json | tee runs/bench/freshness.json
+	$(BIN)/outerloop bench freshness --artifacts $(SYN) --runner rows --rate 500 --duration 60 --json | tee runs/bench/freshness_rows.json
 	$(BIN)/outerloop report --out runs/bench/report --artifacts $(ML1M) --inputs runs/bench/*.json
 
 clean:

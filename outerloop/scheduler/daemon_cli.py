@@ -46,7 +46,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                    help="auto (outerloop when the artifacts exist, else rows) | outerloop | rows | "
                         "MODULE:FACTORY (factory(setup: outerloop.scheduler.runners.RunnerSetup) -> runner)")
     g.add_argument("--rows-work-ms", type=float, default=0.0, help="rows runner: simulated agent time")
-    g.add_argument("--refresh-log", default=None, help="rows runner: stream recording each commit (benchmarks)")
+    g.add_argument("--refresh-log", default=None,
+                   help="rows and outerloop runners: a stream recording each cycle (its source events, the rows it "
+                        "planned and committed, each agent run's outcome) for benchmarks and tests")
     g.add_argument("--activity-triggers", action="store_true", help="trigger a cycle on every interaction")
     g.add_argument("--max-cycles", type=int, default=16, help="concurrent cycles in this daemon")
     g.add_argument("--cycle-timeout-s", type=float, default=60.0, help="backstop over the agents' budgets")
@@ -193,7 +195,8 @@ def _runner(args: argparse.Namespace, client: Any, keys: Any) -> Any:
         if name == "auto":
             logging.getLogger(__name__).warning("no trained artifacts: cycles run the row-refresh runner")
         return RowRefreshRunner(client, keys=keys.base, work_ms=args.rows_work_ms, refresh_log=args.refresh_log)
-    setup = RunnerSetup(client=client, keys=keys, artifacts_dir=art, agents=plugins.agents, tools=plugins.tools)
+    setup = RunnerSetup(client=client, keys=keys, artifacts_dir=art, agents=plugins.agents, tools=plugins.tools,
+                        refresh_log=args.refresh_log)
     if name in ("auto", "outerloop"):
         if art is None:
             raise UserInputError(f"--runner outerloop needs trained artifacts (--artifacts; none at {args.artifacts})")

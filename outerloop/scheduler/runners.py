@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import Sequence
@@ -29,9 +30,36 @@ from outerloop.scheduler.triggers import (
 )
 from outerloop.storage import Keys
 
+log = logging.getLogger(__name__)
+
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def queue_refresh_log(pipe: Any, refresh_log: str, *, user_id: str, run_id: str, started_ms: int,
+                      triggers: Sequence[Trigger], committed: Sequence[str], planned: Sequence[str],
+                      runs: Sequence[tuple[str, str]] = ()) -> None:
+    """Queue one entry of a cycle's refresh log (benchmarks and tests) on ``pipe``.
+
+    The entry id is the server's clock when the entry was written, after the rows were committed:
+    an upper bound on when they became visible. Fields: ``user``, ``run_id``, ``started_ms`` (the
+    cycle started, before it read the user's state), ``first_fired_ms`` (its earliest trigger),
+    ``event_ids`` (every source event of its triggers), ``triggers`` (names), ``rows`` (row ids
+    committed), ``planned`` (row ids the cycle set out to produce), ``runs`` (``agent:outcome``
+    per agent run) and ``session_end_ts`` (event time of the newest closed session among its
+    triggers, or empty)."""
+    session_end = [int(t.detail["end_ts"]) for t in triggers
+                   if t.name in (SESSION_CLOSED, LATE_NIGHT_SESSION) and t.detail.get("end_ts") is not None]
+    pipe.xadd(refresh_log, {
+        "user": user_id, "run_id": run_id, "started_ms": str(started_ms),
+        "first_fired_ms": str(min((t.first_ms for t in triggers), default=0)),
+        "event_ids": ",".join(sorted({i for t in triggers for i in t.event_ids})),
+        "triggers": ",".join(t.name for t in triggers),
+        "rows": ",".join(committed), "planned": ",".join(dict.fromkeys(planned)),
+        "runs": ",".join(f"{agent}:{outcome}" for agent, outcome in runs),
+        "session_end_ts": str(max(session_end)) if session_end else "",
+    })
 
 
 class RowRefreshRunner:
@@ -88,12 +116,10 @@ class RowRefreshRunner:
                 # the log entry rides in the same round trip, behind the row: on one server the
                 # commands run in order, so the entry's id (the server's clock, ms) is a time at
                 # which the row was already visible
-                ids = sorted({i for t in triggers for i in t.event_ids})
-                fired = min((t.first_ms for t in triggers), default=0)
                 pipe = self.client.pipeline(transaction=False)
                 pipe.hset(self.keys.rows(user_id), self.ROW_ID, json.dumps(row))
-                pipe.xadd(self.refresh_log, {"user": user_id, "run_id": run_id, "started_ms": str(now),
-                                             "first_fired_ms": str(fired), "event_ids": ",".join(ids)})
+                queue_refresh_log(pipe, self.refresh_log, user_id=user_id, run_id=run_id, started_ms=now,
+                                  triggers=triggers, committed=[self.ROW_ID], planned=[self.ROW_ID])
                 await pipe.execute()
         return CycleOutcome(status="ok", rows_committed=1, run_id=run_id, refresh_at_ms=row["expires_at"])
 
@@ -147,12 +173,18 @@ class OuterLoopRunner:
 
     Each cycle reads the operators' control (:mod:`outerloop.scheduler.control`: paused agents,
     budget overrides) in the same round trip as the user's profile and plans with it, then
-    leaves its entry in the journal the console reads (:mod:`outerloop.scheduler.journal`)."""
+    leaves its entry in the journal the console reads (:mod:`outerloop.scheduler.journal`).
 
-    def __init__(self, loop: Any, client: Any, keys: SchedulerKeys) -> None:
+    ``refresh_log``: a stream key; after each cycle, one entry (:func:`queue_refresh_log`) records
+    its source events, the rows it planned and committed and each agent run's outcome, so a
+    benchmark or a test can measure event-to-row freshness and session coverage of the real loop.
+    A failed log write is logged and never fails the cycle (its rows are committed by then)."""
+
+    def __init__(self, loop: Any, client: Any, keys: SchedulerKeys, *, refresh_log: str | None = None) -> None:
         self.loop = loop
         self.client = client
         self.keys = keys
+        self.refresh_log = refresh_log
         self.control = ControlState()
         self.journal = CycleJournal(client, keys)
         loop.planner = ControlledPlanner(loop.planner, lambda: self.control.current,
@@ -187,6 +219,8 @@ class OuterLoopRunner:
         self.control.update(control)
         tz = int(raw) if raw is not None else 0
         result = await self.loop.run_cycle(user_id, to_agent_triggers(triggers, tz))
+        if self.refresh_log:
+            await self._log(user_id, triggers, result, started)
         await self.journal.record(user_id, triggers, result, started_ms=started, loop=self.loop)
         killed = tuple(r.agent for r in result.records if r.outcome == "killed")
         expiries = [row.expires_at for row in result.rows_committed.values()]
@@ -199,13 +233,26 @@ class OuterLoopRunner:
             refresh_at_ms=min(expiries) if expiries else None,
         )
 
+    async def _log(self, user_id: str, triggers: Sequence[Trigger], result: Any, started_ms: int) -> None:
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            queue_refresh_log(pipe, str(self.refresh_log), user_id=user_id,
+                              run_id=next((r.run_id for r in result.records), ""), started_ms=started_ms,
+                              triggers=triggers, committed=list(result.rows_committed),
+                              planned=[r for p in result.plans for s in p.steps for r in s.rows],
+                              runs=[(r.agent, r.outcome) for r in result.records])
+            await pipe.execute()
+        except Exception as exc:  # noqa: BLE001 - a measurement aid: it never fails a committed cycle
+            log.warning("refresh log: could not record the cycle of %s: %s", user_id, exc)
+
 
 @dataclass(frozen=True, slots=True)
 class RunnerSetup:
     """What a ``--runner MODULE:FACTORY`` factory is given: ``factory(setup) -> runner``.
 
-    The daemon's client and keys, the artifacts directory (``--artifacts``) and the agents and
-    tools of ``--agents`` / ``--tools``. :meth:`outer_loop` builds the loop they describe.
+    The daemon's client and keys, the artifacts directory (``--artifacts``), the agents and
+    tools of ``--agents`` / ``--tools`` and the ``--refresh-log`` stream (None: no log).
+    :meth:`outer_loop` builds the loop they describe.
     """
 
     client: Any
@@ -213,6 +260,7 @@ class RunnerSetup:
     artifacts_dir: Path | None = None
     agents: Sequence[Any] = ()
     tools: Sequence[Any] = ()
+    refresh_log: str | None = None
 
     def artifacts(self) -> Any:
         from outerloop.errors import UserInputError
@@ -233,4 +281,4 @@ class RunnerSetup:
 
 def outer_loop_runner(setup: RunnerSetup) -> OuterLoopRunner:
     """The real outer loop (built-in agents and the setup's own) on trained artifacts."""
-    return OuterLoopRunner(setup.outer_loop(), setup.client, setup.keys)
+    return OuterLoopRunner(setup.outer_loop(), setup.client, setup.keys, refresh_log=setup.refresh_log)
