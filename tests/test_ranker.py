@@ -57,6 +57,67 @@ def test_trained_ranker_beats_retrieval_order_on_test(tiny_ranker) -> None:  # n
     assert rep["users_val"] > 0 and rep["best_epoch"] >= 1
 
 
+def test_each_head_reports_its_own_validation_metric(tiny_ranker) -> None:  # noqa: F811
+    """The synthetic world skips some of what it starts, so the ``liked`` head is trained on those
+    observations and scored by ROC AUC at the held-out targets; relevance by NDCG@10."""
+    heads = tiny_ranker.config.report["heads"]
+    assert tiny_ranker.config.objectives == OBJECTIVES
+    assert heads["relevance"]["metric"] == "ndcg@10" and 0 < heads["relevance"]["val"] <= 1
+    liked = heads["liked"]
+    assert liked["val_targets"] > 0 and 0 < liked["val_targets_liked_share"] < 1
+    assert liked["test"] is not None and 0.0 <= liked["test"] <= 1.0
+
+
+def test_without_negative_engagement_there_is_no_liked_head(tiny_artifacts, tiny_data, tmp_path) -> None:  # noqa: F811
+    """Data in which every target is a plain rating (SASRec's ML-1M) gives the liked head nothing
+    to learn: the ranker has the relevance head alone and says why, and asking for a liked
+    weight is an error naming the objectives it has."""
+    import dataclasses
+
+    from outerloop.data.schema import ACTION_ID
+    from outerloop.inner_loop.ranker_train import train_ranker
+
+    rated = dataclasses.replace(tiny_data, users=[
+        dataclasses.replace(u, actions=np.full(len(u), ACTION_ID["rate"], np.int8)) for u in tiny_data.users])
+    r = train_ranker(tiny_artifacts, rated, epochs=2, patience=1, max_history=50, bags=2, out_dir=tmp_path)
+    assert r.config.objectives == ("relevance",) and r.weights == {"relevance": 1.0}
+    assert r.config.report["heads"]["liked"]["trained"] is False
+    assert Ranker.load(tmp_path).logits(np.zeros((3, len(FEATURE_NAMES)), np.float32)).shape == (3, 1)
+    with pytest.raises(ValueError, match="unknown ranker objectives.*relevance"):
+        r.set_weights({"relevance": 1.0, "liked": 0.5})
+
+
+def test_bagged_towers_average_and_old_files_load(tiny_ranker, tables: FeatureTables, tmp_path) -> None:  # noqa: F811
+    """A bagged ranker's logits are its towers' mean (the held-out users chose how many), and a
+    ranker file saved before towers existed (keys ``trunk.*``/``heads.*``) still loads."""
+    import torch
+
+    from outerloop.inner_loop.ranker import MultiTaskRanker
+
+    m = tiny_ranker.model
+    assert m.bags == tiny_ranker.config.bags == tiny_ranker.config.report["bags"]
+    assert set(tiny_ranker.config.report["val_ndcg@10_by_bags"]) == {str(n) for n in range(1, 6)}
+    x = torch.randn(7, len(FEATURE_NAMES))
+    with torch.inference_mode():
+        each = torch.stack([t(x) for t in m.towers])
+        assert torch.allclose(m(x), each.mean(0), atol=1e-6)
+    one = MultiTaskRanker(len(FEATURE_NAMES), tiny_ranker.config.hidden, OBJECTIVES)
+    one.towers[0].load_state_dict(m.towers[0].state_dict())
+    old_format = {k.removeprefix("towers.0."): v for k, v in one.state_dict().items()}
+    again = MultiTaskRanker(len(FEATURE_NAMES), tiny_ranker.config.hidden, OBJECTIVES)
+    again.load_state_dict(old_format)
+    with torch.inference_mode():
+        assert torch.allclose(again(x), m.towers[0](x))
+
+
+def test_roc_auc_counts_ties_half() -> None:
+    from outerloop.inner_loop.ranker_train import roc_auc
+
+    assert roc_auc(np.asarray([0.1, 0.4, 0.35, 0.8]), np.asarray([0, 0, 1, 1])) == pytest.approx(0.75)
+    assert roc_auc(np.asarray([1.0, 1.0]), np.asarray([0, 1])) == pytest.approx(0.5)
+    assert roc_auc(np.asarray([0.3, 0.2]), np.asarray([1, 1])) is None
+
+
 def test_seen_items_follow_serving() -> None:
     hist = np.asarray([1, 2, 3, 4])
     assert seen_items(hist, None).tolist() == [1, 2, 3, 4]  # MovieLens: every interaction is a rating
@@ -67,7 +128,7 @@ def test_ranking_metrics_count_misses() -> None:
     from outerloop.inner_loop.ranker_train import Examples
 
     ex = Examples(feats=np.zeros((2, 3, len(FEATURE_NAMES)), np.float32), mask=np.ones((2, 3), bool),
-                  relevance=np.asarray([[0, 1, 0], [0, 0, 0]], np.float32), engagement=np.zeros((2, 3), np.float32),
+                  relevance=np.asarray([[0, 1, 0], [0, 0, 0]], np.float32), liked=np.full(2, np.nan, np.float32),
                   retrieval=np.zeros((2, 3), np.float32), user_ids=["a", "b"], items=np.ones((2, 3), np.int64))
     m = ranking_metrics(np.asarray([[3.0, 2.0, 1.0], [1.0, 2.0, 3.0]]), ex, ks=(1, 2))
     assert m["hr@1"] == 0.0 and m["hr@2"] == 0.5 and m["recall@candidates"] == 0.5

@@ -5,8 +5,8 @@ Data (SASRec's leave-one-out split, the same one the transformer uses):
 - training examples: each user's *validation* cut (history = all but the last two items,
   target = the second to last). The transformer never trained on these targets, so the
   retrieval scores the ranker learns from look like the ones it will see when serving.
-  10% of users (by a hash of the id) are held out to choose the epoch and the engagement
-  weight.
+  10% of users (by a hash of the id) are held out to choose each tower's epoch, how many
+  towers to average and the ``liked`` head's serving weight.
 - the lift is reported on the *test* cut (history = all but the last item, target = the last),
   which nothing here trains or selects on.
 
@@ -15,7 +15,11 @@ index returns ``n_candidates`` items, an agent-style row (the 20 nearest items t
 history item, a "because you watched" row) is merged in, seen items (``SEEN_TYPES``) are
 removed, and the
 features of :func:`candidate_features` are computed. Loss: listwise softmax cross-entropy for
-``relevance`` (examples whose target survived retrieval) + BCE on the soft ``engagement`` label.
+``relevance`` (examples whose target survived retrieval) + BCE of the ``liked`` head at the
+target against what the data observed of it (:data:`LIKED_BY_ACTION`), when the data observed
+any negative engagement at all (see :mod:`outerloop.inner_loop.ranker`). Each head is reported
+with its own validation metric: NDCG@10 for ``relevance``, ROC AUC over the held-out targets for
+``liked``.
 """
 
 from __future__ import annotations
@@ -54,12 +58,17 @@ from outerloop.inner_loop.user_state import SEEN_TYPES
 
 log = logging.getLogger(__name__)
 
-ENGAGEMENT_BY_ACTION: dict[int, float] = {
+# what the data observed of an item the user took: the ``liked`` head's label
+LIKED_BY_ACTION: dict[int, float] = {
     ACTION_ID["finish"]: 1.0, ACTION_ID["rate"]: 1.0,
     ACTION_ID["play"]: 0.6, ACTION_ID["add_to_list"]: 0.6, ACTION_ID["click"]: 0.6,
     ACTION_ID["skip"]: 0.0,
 }
 ROW_K = 20  # size of the simulated agent row
+# towers trained per ranker, of which the held-out users choose how many to average. On ML-1M's
+# held-out users (inner-only ranker) validation NDCG@10 rose with each tower up to five: see
+# the ranker report's ``val_ndcg@10_by_bags``
+RANKER_BAGS = 5
 SIMULATE_ROWS_MAX_ITEMS = 100_000  # above this, no simulated rows (the similarity matrix gets big)
 
 
@@ -70,7 +79,7 @@ class Examples:
     feats: np.ndarray  # (E, C, F) float32
     mask: np.ndarray  # (E, C) bool, False at padding
     relevance: np.ndarray  # (E, C) float32, 1 at the target
-    engagement: np.ndarray  # (E, C) float32 soft label
+    liked: np.ndarray  # (E,) float32: what the data observed of the target (NaN: nothing)
     retrieval: np.ndarray  # (E, C) float32 (-inf at padding)
     user_ids: list[str]
     items: np.ndarray  # (E, C) int64 candidate ids (0 at padding)
@@ -79,7 +88,7 @@ class Examples:
         return int(self.feats.shape[0])
 
     def take(self, idx: np.ndarray) -> "Examples":
-        return Examples(self.feats[idx], self.mask[idx], self.relevance[idx], self.engagement[idx],
+        return Examples(self.feats[idx], self.mask[idx], self.relevance[idx], self.liked[idx],
                         self.retrieval[idx], [self.user_ids[i] for i in idx], self.items[idx])
 
 
@@ -157,28 +166,25 @@ def build_examples(artifacts: ArtifactsLike, tables: FeatureTables, data: Intera
             feats = candidate_features(tables, hists[j], cand, retr, row_pos, lp_row)
             target = int(cases.targets[i])
             rel = (cand == target).astype(np.float32)
-            inter = tables.genres[cand] @ tables.genres[target]
-            union = tables.genre_count[cand] + tables.genres[target].sum() - inter
-            eng = np.where(tables.genres[target].sum() > 0, inter / np.maximum(union, 1.0), rel)
             a = target_actions[i]
-            eng = (eng * (1.0 if a is None else ENGAGEMENT_BY_ACTION.get(a, 0.6))).astype(np.float32)
-            lists.append((feats, rel, eng, retr, cand))
+            liked = np.nan if a is None else LIKED_BY_ACTION.get(a, np.nan)
+            lists.append((feats, rel, liked, retr, cand))
     c_max = max((x[0].shape[0] for x in lists), default=1)
     e = len(lists)
     out = Examples(
         feats=np.zeros((e, c_max, len(FEATURE_NAMES)), np.float32),
         mask=np.zeros((e, c_max), bool),
         relevance=np.zeros((e, c_max), np.float32),
-        engagement=np.zeros((e, c_max), np.float32),
+        liked=np.asarray([x[2] for x in lists], np.float32).reshape(e),
         retrieval=np.full((e, c_max), -np.inf, np.float32),
         user_ids=list(cases.user_ids),
         items=np.zeros((e, c_max), np.int64),
     )
-    for n, (feats, rel, eng, retr, cand) in enumerate(lists):
+    for n, (feats, rel, _, retr, cand) in enumerate(lists):
         c = feats.shape[0]
         out.items[n, :c] = cand
         out.feats[n, :c], out.mask[n, :c], out.relevance[n, :c] = feats, True, rel
-        out.engagement[n, :c], out.retrieval[n, :c] = eng, retr
+        out.retrieval[n, :c] = retr
     return out
 
 
@@ -204,9 +210,30 @@ def _holdout(user_ids: list[str], share: float = 0.1) -> np.ndarray:
     return np.asarray([int(hashlib.sha1(u.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < share for u in user_ids])
 
 
-def _combined(logits: np.ndarray, weights: dict[str, float]) -> np.ndarray:
-    w = np.asarray([weights.get(o, 0.0) for o in OBJECTIVES], dtype=np.float32)
+def _combined(logits: np.ndarray, weights: dict[str, float], objectives: Sequence[str]) -> np.ndarray:
+    w = np.asarray([weights.get(o, 0.0) for o in objectives], dtype=np.float32)
     return logits @ w
+
+
+def _target_logits(logits: np.ndarray, ex: Examples) -> tuple[np.ndarray, np.ndarray]:
+    """(E,) ``liked`` logit at each example's target and its observed label, for the examples
+    whose target survived retrieval and whose label the data observed."""
+    has = (ex.relevance.max(1) > 0) & np.isfinite(ex.liked)
+    rows = np.flatnonzero(has)
+    return logits[rows, ex.relevance[rows].argmax(1), 1], ex.liked[rows]
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """ROC AUC of ``scores`` for ``labels >= 0.5`` (Mann-Whitney; tied scores share their mean
+    rank); None without both classes."""
+    pos = np.asarray(labels) >= 0.5
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if not n_pos or not n_neg:
+        return None
+    uniq, inverse, counts = np.unique(np.asarray(scores, dtype=np.float64), return_inverse=True, return_counts=True)
+    first_rank = np.cumsum(counts) - counts + 1.0  # 1-based rank of each distinct score's first copy
+    ranks = (first_rank + (counts - 1) / 2.0)[inverse]
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def _logits(model: MultiTaskRanker, ex: Examples, mean: np.ndarray, inv_std: np.ndarray) -> np.ndarray:
@@ -215,13 +242,68 @@ def _logits(model: MultiTaskRanker, ex: Examples, mean: np.ndarray, inv_std: np.
         return model(x).numpy()  # (E, C, O)
 
 
+def _train_tower(train: Examples, val: Examples, mean: np.ndarray, inv_std: np.ndarray, objectives: Sequence[str],
+                 *, hidden: int, lr: float, epochs: int, patience: int, batch_size: int,
+                 seed: int) -> tuple[MultiTaskRanker, list[dict[str, Any]]]:
+    """One tower, trained on ``train`` and stopped at its best held-out relevance NDCG@10."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = MultiTaskRanker(len(FEATURE_NAMES), hidden, objectives)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-5)
+    feats_t = torch.from_numpy((train.feats - mean) * inv_std)
+    mask_t = torch.from_numpy(train.mask)
+    rel_t = torch.from_numpy(train.relevance)
+    has_t = rel_t.amax(1) > 0
+    tcol_t = rel_t.argmax(1)
+    liked_t = torch.from_numpy(train.liked)
+    liked_ok = has_t & torch.isfinite(liked_t)
+    best: dict[str, Any] = {"ndcg": -1.0, "epoch": 0, "state": None}
+    stale = 0
+    history: list[dict[str, Any]] = []
+    for epoch in range(1, epochs + 1):
+        model.train()
+        order = rng.permutation(len(train))
+        total = 0.0
+        for s in range(0, len(order), batch_size):
+            b = torch.from_numpy(order[s : s + batch_size])
+            z = model(feats_t[b])  # (b, C, O)
+            zr = z[..., 0].masked_fill(~mask_t[b], -1e9)
+            h = has_t[b]
+            loss = -(F.log_softmax(zr, 1) * rel_t[b]).sum(1)[h].mean() if bool(h.any()) else zr.sum() * 0
+            ok = liked_ok[b]
+            if len(objectives) > 1 and bool(ok.any()):
+                at_target = z[torch.arange(len(b)), tcol_t[b], 1]
+                loss = loss + F.binary_cross_entropy_with_logits(at_target[ok], liked_t[b][ok])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(b)
+        model.eval()
+        # the epoch is chosen on the primary objective; the liked head's weight is chosen after
+        val_m = ranking_metrics(_logits(model, val, mean, inv_std)[..., 0], val)
+        history.append({"epoch": epoch, "loss": total / max(len(train), 1), "val_ndcg@10": val_m["ndcg@10"]})
+        if val_m["ndcg@10"] > best["ndcg"]:
+            best = {"ndcg": val_m["ndcg@10"], "epoch": epoch, "state": {k: v.clone() for k, v in model.state_dict().items()}}
+            stale = 0
+        else:
+            stale += 1
+            if stale >= patience:
+                break
+    model.load_state_dict(best["state"])
+    return model.eval(), history
+
+
 def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: str | Path | None = None,
                  n_candidates: int = 500, epochs: int = 30, patience: int = 5, hidden: int = 64,
                  lr: float = 1e-3, batch_size: int = 128, seed: int = 0, max_history: int = 200,
                  agent_rows: Mapping[str, CompiledRows] | None = None,
-                 provenance: dict[str, Any] | None = None, rows_share: float = 0.5) -> Ranker:
+                 provenance: dict[str, Any] | None = None, rows_share: float = 0.5,
+                 bags: int = RANKER_BAGS) -> Ranker:
     """Train, select on held-out users, report the test-cut lift over retrieval order, and save
     ``ranker.pt`` + ``ranker.json`` into ``out_dir`` (default: the artifacts' own directory).
+
+    ``bags``: towers trained with seeds ``seed .. seed + bags - 1``; the first n of them are
+    averaged, n chosen on the held-out users.
 
     ``agent_rows``: the rows the outer loop compiled at the validation cut
     (:func:`outerloop.evals.replay.compile_outer_rows`). Half the users (by a hash of the id)
@@ -257,89 +339,80 @@ def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: st
     mean = rows.mean(0).astype(np.float32)
     std = np.maximum(rows.std(0), 1e-3).astype(np.float32)
     inv_std = (1.0 / std).astype(np.float32)
-    model = MultiTaskRanker(len(FEATURE_NAMES), hidden, OBJECTIVES)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-5)
-    feats_t = torch.from_numpy((train.feats - mean) * inv_std)
-    mask_t = torch.from_numpy(train.mask)
-    rel_t = torch.from_numpy(train.relevance)
-    eng_t = torch.from_numpy(train.engagement)
-    has_t = rel_t.amax(1) > 0
-    best: dict[str, Any] = {"ndcg": -1.0, "epoch": 0, "state": None}
-    stale = 0
-    history = []
-    for epoch in range(1, epochs + 1):
-        model.train()
-        order = rng.permutation(len(train))
-        total = 0.0
-        for s in range(0, len(order), batch_size):
-            b = torch.from_numpy(order[s : s + batch_size])
-            z = model(feats_t[b])  # (b, C, O)
-            m = mask_t[b]
-            zr = z[..., 0].masked_fill(~m, -1e9)
-            h = has_t[b]
-            loss_rel = -(F.log_softmax(zr, 1) * rel_t[b]).sum(1)[h].mean() if bool(h.any()) else zr.sum() * 0
-            loss_eng = F.binary_cross_entropy_with_logits(z[..., 1][m], eng_t[b][m])
-            loss = loss_rel + loss_eng
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(b)
-        model.eval()
-        # the epoch is chosen on the primary objective; the engagement weight is chosen after
-        val_m = ranking_metrics(_logits(model, val, mean, inv_std)[..., 0], val)
-        history.append({"epoch": epoch, "loss": total / max(len(train), 1), "val_ndcg@10": val_m["ndcg@10"]})
-        if val_m["ndcg@10"] > best["ndcg"]:
-            best = {"ndcg": val_m["ndcg@10"], "epoch": epoch, "state": {k: v.clone() for k, v in model.state_dict().items()}}
-            stale = 0
-        else:
-            stale += 1
-            if stale >= patience:
-                break
-    model.load_state_dict(best["state"])
-    model.eval()
+    # the liked head only where the data observed engagement that was not all positive
+    observed = train.liked[np.isfinite(train.liked)]
+    objectives = OBJECTIVES if np.unique(observed).size > 1 else OBJECTIVES[:1]
+    towers, histories = [], []
+    for b in range(bags):
+        tower, hist = _train_tower(train, val, mean, inv_std, objectives, hidden=hidden, lr=lr, epochs=epochs,
+                                   patience=patience, batch_size=batch_size, seed=seed + b)
+        towers.append(tower)
+        histories.append(hist)
+    # how many towers to average: chosen on the held-out users (the first n, n = 1..bags)
+    val_by_bags = {n: ranking_metrics(_logits(MultiTaskRanker.of(towers[:n]), val, mean, inv_std)[..., 0], val)["ndcg@10"]
+                   for n in range(1, bags + 1)}
+    n_bags = max(val_by_bags, key=lambda n: (val_by_bags[n], n))
+    model = MultiTaskRanker.of(towers[:n_bags]).eval()
 
-    # the engagement weight: chosen on the held-out users' validation cut, never on test
+    # the liked head's serving weight: chosen on the held-out users' validation cut, never on test
     val_logits = _logits(model, val, mean, inv_std)
-    grid = [0.0, 0.25, 0.5, 1.0, 2.0]
-    val_by_w = {w: ranking_metrics(_combined(val_logits, {"relevance": 1.0, "engagement": w}), val)["ndcg@10"]
+    grid = [0.0, 0.25, 0.5, 1.0, 2.0] if "liked" in objectives else [0.0]
+    val_by_w = {w: ranking_metrics(_combined(val_logits, {"relevance": 1.0, "liked": w}, objectives), val)
                 for w in grid}
-    w_eng = max(grid, key=lambda w: (val_by_w[w], -abs(w - 0.5)))
-    weights = {"relevance": 1.0, "engagement": w_eng}
+    w_liked = max(grid, key=lambda w: (val_by_w[w]["ndcg@10"], -w))
+    weights = {"relevance": 1.0, **({"liked": w_liked} if "liked" in objectives else {})}
+
+    def score(logits: np.ndarray) -> np.ndarray:
+        return _combined(logits, weights, objectives)
 
     if agent_rows:  # the held-out users again, without any row: the inner loop alone
         val_plain = build_examples(artifacts, tables, data, "valid", n_candidates=n_candidates,
                                    max_history=max_history, agent_rows={}).take(np.flatnonzero(hold))
     else:
         val_plain = val
-    val_no_rows = ranking_metrics(_combined(_logits(model, val_plain, mean, inv_std), weights), val_plain)
+    val_no_rows = ranking_metrics(score(_logits(model, val_plain, mean, inv_std)), val_plain)
     with_rows = np.flatnonzero([u in (agent_rows or {}) for u in val.user_ids])
-    val_with_rows = (ranking_metrics(_combined(_logits(model, val.take(with_rows), mean, inv_std), weights),
-                                     val.take(with_rows)) if with_rows.size else None)
+    val_with_rows = (ranking_metrics(score(_logits(model, val.take(with_rows), mean, inv_std)), val.take(with_rows))
+                     if with_rows.size else None)
     test_logits = _logits(model, test, mean, inv_std)
     test_report = {
         "retrieval_order": ranking_metrics(test.retrieval, test),
-        "ranker": ranking_metrics(_combined(test_logits, weights), test),
+        "ranker": ranking_metrics(score(test_logits), test),
         "ranker_relevance_only": ranking_metrics(test_logits[..., 0], test),
         "popularity_order": ranking_metrics(test.feats[..., FEATURE_NAMES.index("popularity")], test),
     }
     base, ours = test_report["retrieval_order"], test_report["ranker"]
     lift = {k: (ours[k] / base[k] - 1.0 if base[k] > 0 else 0.0) for k in ("hr@10", "ndcg@10", "mrr")}
+    heads: dict[str, Any] = {"relevance": {"metric": "ndcg@10", "val": val_by_w[w_liked]["ndcg@10"],
+                                           "test": test_report["ranker_relevance_only"]["ndcg@10"]}}
+    if "liked" in objectives:
+        heads["liked"] = {"metric": "roc_auc of the target's observed engagement",
+                          "val": roc_auc(*_target_logits(val_logits, val)),
+                          "test": roc_auc(*_target_logits(test_logits, test)),
+                          "val_targets": int(np.isfinite(val.liked).sum()),
+                          "val_targets_liked_share": float(np.nanmean(val.liked >= 0.5)) if len(val) else None}
+    else:
+        heads["liked"] = {"trained": False, "reason": "the data observed no negative engagement (every target "
+                          "has the same action), so there is nothing to learn liking from"}
     report = {
         "data": data.name, "users_train": len(train), "users_val": len(val), "cases_test": len(test),
         "rows_provenance": provenance,
         "agent_rows": ("simulated 'because you watched' row" if agent_rows is None else
                        f"outer-loop rows at the validation cut for {len(agent_rows)} users, none for the rest"),
-        "n_candidates": n_candidates, "epochs_run": len(history), "best_epoch": best["epoch"],
-        "val_ndcg@10_by_engagement_weight": {str(k): v for k, v in val_by_w.items()},
+        "n_candidates": n_candidates, "objectives": list(objectives), "heads": heads,
+        "bags": n_bags, "val_ndcg@10_by_bags": {str(k): v for k, v in val_by_bags.items()},
+        "epochs_run": sum(len(h) for h in histories), "best_epoch": [max(h, key=lambda r: r["val_ndcg@10"])["epoch"]
+                                                                     for h in histories][0],
+        "val_ndcg@10_by_liked_weight": {str(k): v["ndcg@10"] for k, v in val_by_w.items()},
         "val_no_rows": val_no_rows if agent_rows is not None else None,
         "val_with_rows": val_with_rows,
         "rows_share": rows_share if agent_rows else None,
         "test": test_report, "test_lift_over_retrieval": lift,
         "seconds": {"examples": round(t_examples, 1), "total": round(time.perf_counter() - t_start, 1)},
-        "history": history,
+        "history": histories[0],
     }
-    config = RankerConfig(hidden=hidden, weights=weights, mean=mean.tolist(), std=std.tolist(),
-                          model_version=str(artifacts.model_version), report=report)
+    config = RankerConfig(objectives=objectives, hidden=hidden, bags=n_bags, weights=weights, mean=mean.tolist(),
+                          std=std.tolist(), model_version=str(artifacts.model_version), report=report)
     ranker = Ranker(model, config, covisit=covisit)
     target = Path(out_dir) if out_dir is not None else Path(getattr(artifacts, "dir"))
     target.mkdir(parents=True, exist_ok=True)
@@ -355,6 +428,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--candidates", type=int, default=500)
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bags", type=int, default=RANKER_BAGS,
+                   help="towers trained with successive seeds; held-out users choose how many to average "
+                        "(default %(default)s)")
     p.add_argument("--agent-rows", choices=["simulated", "outer", "none"], default="simulated",
                    help="agent rows in the training lists: a simulated 'because you watched' row (fast), the "
                         "rows the real outer loop compiles at each user's validation cut (one cycle per user; the "
@@ -366,8 +442,11 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from outerloop.errors import UserInputError
     from outerloop.inner_loop.artifacts import Artifacts, training_data
 
+    if args.bags < 1:
+        raise UserInputError(f"--bags must be >= 1, got {args.bags}")
     artifacts = Artifacts.load(args.artifacts)
     data = training_data(artifacts, args.dataset, args.data_dir)
     rows: Mapping[str, CompiledRows] | None = None
@@ -384,7 +463,7 @@ def run(args: argparse.Namespace) -> int:
         rows, provenance = {}, rows_provenance(artifacts, None)
     ranker = train_ranker(artifacts, data, n_candidates=args.candidates, epochs=args.epochs, seed=args.seed,
                           max_history=int(getattr(getattr(artifacts.model, "cfg", None), "max_len", 200)),
-                          agent_rows=rows, provenance=provenance, out_dir=args.out)
+                          agent_rows=rows, provenance=provenance, out_dir=args.out, bags=args.bags)
     rep = ranker.config.report
     print(json.dumps({"test": rep["test"], "test_lift_over_retrieval": rep["test_lift_over_retrieval"],
                       "weights": ranker.config.weights, "seconds": rep["seconds"]}, indent=2))

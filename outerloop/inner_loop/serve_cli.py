@@ -61,7 +61,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="history tokens fed to the encoder (default: the model's context, max_len)")
     p.add_argument("--budget-ms", type=float, default=50.0, help="request budget the fallbacks work against")
     p.add_argument("--ranker-share", type=float, default=0.3, help="share of the budget the ranker may use")
-    p.add_argument("--ranker-weights", type=_weights, default=None, help="e.g. relevance=1,engagement=0.5")
+    p.add_argument("--ranker-weights", type=_weights, default=None, help="objective weights of the ranker score, e.g. relevance=1,liked=0.5 (the objectives are "
+                        "the ranker's own: see its ranker.json)")
     p.add_argument("--no-ranker", action="store_true", help="serve in retrieval order")
     p.add_argument("--inline-ensemble", action="store_true",
                    help="run the outer loop's heavy ensemble (DIR/ensemble) on every request instead of reading the "
