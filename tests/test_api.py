@@ -5,6 +5,7 @@ seen filtering, agent rows, the served record, bad input, the API key rule, fall
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -122,7 +123,7 @@ def test_items_health_ready_and_docs(client: TestClient, tiny_artifacts) -> None
     assert item["item_id"] == 1 and item["title"] == tiny_artifacts.catalog.items[0].title
     missing = client.get(f"/v1/items/{len(tiny_artifacts.catalog) + 1}")
     assert missing.status_code == 404 and "not in the catalog" in missing.json()["detail"]
-    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/healthz").json() == {"status": "ok", "pid": os.getpid()}  # the worker that answered
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["ready"] and ready.json()["ranker"]
     spec = client.get("/openapi.json").json()

@@ -24,6 +24,7 @@ import asyncio
 import hmac
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -55,6 +56,7 @@ from outerloop.inner_loop.user_state import (
     served_key,
 )
 from outerloop.storage import Keys, RedisTarget
+from outerloop.topology import Topology
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +166,8 @@ def create_app(
     ranker: Ranker | None = None,
     options: ServeOptions | None = None,
     redis_target: RedisTarget | None = None,
-    keys: type[Keys] = Keys,
+    keys: type[Keys] | None = None,
+    topology: Topology | None = None,
     conversation: Any = None,
     inline_model: Any = None,
     ranker_without_rows: Ranker | None = None,
@@ -174,7 +177,9 @@ def create_app(
     ``settings`` is an :class:`outerloop.config.Settings` (Redis location, API key, history cap);
     ``options`` replaces the serving knobs wholesale (without it, the key and the history cap
     come from ``settings`` and everything else keeps its default).
-    ``keys`` names the Redis keys (tests pass a namespaced subclass). ``inline_model``: run the
+    ``topology`` says where Redis is, whether it is a cluster, the stream shards and the key
+    namespace (default: from ``settings``, i.e. the environment, as the daemon reads it);
+    ``redis_target`` and ``keys`` override its server and namespace (tests). ``inline_model``: run the
     outer loop's heavy model on every request (to measure its cost there; see ``Funnel``).
     ``ranker_without_rows``: the ranker for users the outer loop has not reached yet.
     """
@@ -182,7 +187,9 @@ def create_app(
                                    history_cap=getattr(settings, "history_cap", 200))
     if opts.require_api_key and not opts.api_key:
         raise UserInputError("an API key is required when serving off loopback (OUTERLOOP_API_KEY)")
-    target = redis_target or RedisTarget.from_settings(settings)
+    topology = topology or Topology.from_settings(settings)
+    target = redis_target or topology.target()
+    keys = keys or topology.keys()
     funnel = Funnel(artifacts, ranker, opts.funnel, inline_model=inline_model, ranker_without_rows=ranker_without_rows)
     n_items = funnel.n_items
     gate = RedisGate(opts.redis_retry_s)
@@ -199,7 +206,7 @@ def create_app(
                 target.async_client, socket_timeout=2.0, socket_connect_timeout=1.0, health_check_interval=0
             )
             rt.store = UserStore(rt.client, history_cap=opts.history_cap, stream_maxlen=opts.stream_maxlen,
-                                 keys=keys)
+                                 keys=keys, stream_shards=topology.stream_shards)
             rt.writer = WriteBehind(rt.client)
         except (RedisError, OSError) as exc:  # the API still serves (degraded) without Redis
             gate.failed(exc)
@@ -374,9 +381,9 @@ def create_app(
             "popularity": float(np.asarray(artifacts.popularity)[item_id]),
         }
 
-    @app.get("/healthz", summary="The process is up")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    @app.get("/healthz", summary="The process is up (and which one: the worker's pid)")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "pid": os.getpid()}
 
     @app.get("/readyz", summary="Artifacts loaded and Redis reachable", responses={503: {"model": ErrorOut}})
     async def readyz() -> JSONResponse:

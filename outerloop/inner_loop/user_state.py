@@ -26,13 +26,29 @@ plus ``click`` and ``rate``, so serving tokenizes a history the way training did
 A history token is ``b"<item_id>:<action_id>:<ts_ms>"`` (``action_id`` = ``ACTION_ID[type]``),
 newest last, capped at ``history_cap``; each event is its own token, as in training.
 
-Writes: events are grouped by user, sorted by event time, and applied by one Lua script per
-user (idempotent by ``event_id`` through ``Keys.applied_events``); all the scripts and the
-``XADD``s to ``Keys.events_stream`` go in one ``MULTI``/``EXEC``, so a batch is applied whole
-or not at all. The stream is at-least-once: a re-posted event is appended again (consumers
-dedupe by ``event_id``); its state change is applied once. Each stream entry has one field,
-``event``, holding the Event JSON, and, when telemetry is on, ``traceparent`` (the posting
-request's span), so the daemon's spans can link back to the request.
+Writes: events are grouped by user, sorted by event time, and applied to the history by one Lua
+script per user (idempotent by ``event_id`` through ``Keys.applied_events``); each event is also
+``XADD``ed to its user's stream shard (``SchedulerKeys.stream_for_user``: ``Keys.events_stream``
+when the stream has one shard) through the one stream codec
+(:func:`outerloop.scheduler.stream_format.encode_event`). The stream is at-least-once: a
+re-posted event is appended again (the daemon dedupes by ``event_id``); its state change is
+applied once. Each entry holds ``event`` (the Event JSON) and, when telemetry is on,
+``traceparent`` (the posting request's span), so the daemon's spans can link back to the request.
+
+How a batch is written depends on the server (:meth:`UserStore.apply`):
+
+- one server: the scripts and the ``XADD``s go in one ``MULTI``/``EXEC``, so a batch is
+  applied whole or not at all;
+- a Redis Cluster, which refuses a transaction over keys in different slots (a user's keys are
+  in the user's slot, each stream shard in its own): two steps, the stream first, then the
+  history. Why this order: once step 1 answered, the event is durable in the stream (as durable
+  as the shard's master: see the README on failover), and step 2 is idempotent by ``event_id``.
+  The API answers 2xx only after both; a crash or an error between them answers no 2xx, and
+  the client's retry (what a 503 asks for) appends the event again, which the daemon dedupes,
+  and applies the history once. So a crash between the steps loses nothing and doubles
+  nothing. The other order could acknowledge nothing yet lose the event from the stream for
+  good when the client gives up after step 1. Until step 2 lands (microseconds, or the retry),
+  a daemon may see the event before the history does.
 
 Reads: one Lua script returns the history, the history version, the seen set, the agent rows and
 the cached user vector as a handful of flat strings. (redis-py without hiredis parses a
@@ -54,6 +70,8 @@ from redis.exceptions import RedisError
 from outerloop import telemetry
 from outerloop.data.events import Event
 from outerloop.data.schema import ACTION_ID
+from outerloop.scheduler.keys import SchedulerKeys
+from outerloop.scheduler.stream_format import encode_event
 from outerloop.storage import Keys
 
 log = logging.getLogger(__name__)
@@ -198,19 +216,9 @@ class ApplyResult:
         return self.accepted - self.applied
 
 
-def queue_apply(
-    pipe: Any,
-    events: Sequence[Event],
-    *,
-    history_cap: int,
-    stream_maxlen: int | None = DEFAULT_STREAM_MAXLEN,
-    keys: type[Keys] = Keys,
-) -> list[str]:
-    """Add the commands that apply ``events`` to ``pipe`` (a sync or asyncio redis-py pipeline,
-    ideally ``transaction=True``); returns the user ids in the order their results come back.
-
-    Validation is the caller's job: everything queued here is applied.
-    """
+def queue_history(pipe: Any, events: Sequence[Event], *, history_cap: int, keys: type[Keys] = Keys) -> list[str]:
+    """Add the per-user scripts that apply ``events`` to the users' histories (idempotent by
+    ``event_id``); returns the user ids in the order their results come back."""
     by_user: dict[str, list[Event]] = {}
     for ev in events:
         by_user.setdefault(ev.user_id, []).append(ev)
@@ -223,10 +231,36 @@ def queue_apply(
             args += [ev.event_id, mode, token, ev.item_id or 0]
         names = [keys.history(user), keys.history_version(user), keys.seen(user), keys.applied_events(user)]
         pipe.eval(_APPLY_LUA, len(names), *names, *args)
+    return users
+
+
+def queue_stream(pipe: Any, events: Sequence[Event], *, stream_maxlen: int | None = DEFAULT_STREAM_MAXLEN,
+                 keys: type[Keys] = Keys, stream_shards: int = 1) -> None:
+    """Add one ``XADD`` per event, to its user's stream shard, in the stream codec's format."""
+    streams = SchedulerKeys(base=keys, shards=stream_shards)
     trace = telemetry.inject_trace({}) if telemetry.enabled() else {}  # the request's span, once per batch
     for ev in events:
-        pipe.xadd(keys.events_stream, {b"event": ev.model_dump_json().encode(), **trace}, maxlen=stream_maxlen,
+        pipe.xadd(streams.stream_for_user(ev.user_id), {**encode_event(ev), **trace}, maxlen=stream_maxlen,
                   approximate=True)
+
+
+def queue_apply(
+    pipe: Any,
+    events: Sequence[Event],
+    *,
+    history_cap: int,
+    stream_maxlen: int | None = DEFAULT_STREAM_MAXLEN,
+    keys: type[Keys] = Keys,
+    stream_shards: int = 1,
+) -> list[str]:
+    """Add the commands that apply ``events`` to ``pipe`` (a sync or asyncio redis-py pipeline on
+    one server, ideally ``transaction=True``): the history scripts, then the stream ``XADD``s;
+    returns the user ids in the order their results come back.
+
+    Validation is the caller's job: everything queued here is applied.
+    """
+    users = queue_history(pipe, events, history_cap=history_cap, keys=keys)
+    queue_stream(pipe, events, stream_maxlen=stream_maxlen, keys=keys, stream_shards=stream_shards)
     return users
 
 
@@ -241,14 +275,20 @@ def collect_apply(users: list[str], results: Sequence[Any], n_events: int) -> Ap
 
 
 class UserStore:
-    """Async access to user state on one Redis (one client per event loop)."""
+    """Async access to user state on one Redis or a Redis Cluster (one client per event loop).
+
+    ``stream_shards`` must be the daemons' (:class:`outerloop.topology.Topology` gives both)."""
 
     def __init__(self, client: Any, *, history_cap: int, stream_maxlen: int | None = DEFAULT_STREAM_MAXLEN,
-                 keys: type[Keys] = Keys) -> None:
+                 keys: type[Keys] = Keys, stream_shards: int = 1) -> None:
+        from outerloop.scheduler.scripts import is_cluster
+
         self.client = client
         self.keys = keys
         self.history_cap = history_cap
         self.stream_maxlen = stream_maxlen
+        self.stream_shards = stream_shards
+        self.cluster = is_cluster(client)
         self._read = client.register_script(_READ_LUA)
         self._read_pre = client.register_script(_READ_PRECOMPUTED_LUA)
 
@@ -277,10 +317,23 @@ class UserStore:
         return _ints(pre), _ints(seen)
 
     async def apply(self, events: Sequence[Event]) -> ApplyResult:
-        """Apply a validated batch atomically (see the module docstring)."""
-        async with self.client.pipeline(transaction=True) as pipe:
-            users = queue_apply(pipe, events, history_cap=self.history_cap, stream_maxlen=self.stream_maxlen,
-                                keys=self.keys)
+        """Apply a validated batch (see the module docstring): one ``MULTI``/``EXEC`` on one
+        server; on a cluster the stream first, then the history (idempotent by ``event_id``).
+        Returns only once every event is in the stream and in its user's history."""
+        if not self.cluster:
+            async with self.client.pipeline(transaction=True) as pipe:
+                users = queue_apply(pipe, events, history_cap=self.history_cap, stream_maxlen=self.stream_maxlen,
+                                    keys=self.keys, stream_shards=self.stream_shards)
+                results = await pipe.execute()
+            return collect_apply(users, results, len(events))
+        # A cluster pipeline sends each node its commands; an error anywhere raises, and the
+        # caller answers 503 (a retry appends again: at-least-once, deduped downstream).
+        async with self.client.pipeline(transaction=False) as pipe:
+            queue_stream(pipe, events, stream_maxlen=self.stream_maxlen, keys=self.keys,
+                         stream_shards=self.stream_shards)
+            await pipe.execute()
+        async with self.client.pipeline(transaction=False) as pipe:
+            users = queue_history(pipe, events, history_cap=self.history_cap, keys=self.keys)
             results = await pipe.execute()
         return collect_apply(users, results, len(events))
 

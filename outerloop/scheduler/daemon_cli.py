@@ -18,18 +18,15 @@ from outerloop.agents.plugins import add_plugin_flags
 from outerloop.budgets.priority import PRIORITIES, set_supervisor_priority
 from outerloop.errors import UserInputError
 from outerloop.telemetry import add_cli_flag, setup_for_cli
+from outerloop.topology import add_topology_flags, topology_from_args
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     from outerloop.storage import EMBEDDED_LIFETIME
 
     parser.epilog = EMBEDDED_LIFETIME
-    g = parser.add_argument_group("redis")
-    g.add_argument("--redis-url", default=None, help="redis:// or unix:// URL (default: OUTERLOOP_REDIS_URL, "
-                                                     "else the embedded server)")
-    g.add_argument("--cluster", action="store_true", help="the URL is a Redis Cluster node")
-    g.add_argument("--key-prefix", default=None, help="namespace for every key (isolated deployments, tests)")
-    g.add_argument("--stream-shards", type=int, default=1, help="events are spread over N streams by user hash")
+    g = parser.add_argument_group("redis (the same settings as outerloop serve and outerloop mcp)")
+    add_topology_flags(g)
     g.add_argument("--group", default="outerloop-daemon", help="consumer group name")
     g.add_argument("--consumer", default=None, help="consumer name (default: host-pid); also for --check")
 
@@ -91,8 +88,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.stream_shards < 1:
-        raise UserInputError(f"--stream-shards must be >= 1, got {args.stream_shards}")
+    args.topology = topology_from_args(args)  # bad values fail here, naming the flag
     if args.check:
         return asyncio.run(_check(args))
     from outerloop.agents.plugins import load_plugins
@@ -107,18 +103,19 @@ def run(args: argparse.Namespace) -> int:
 def _keys(args: argparse.Namespace) -> Any:
     from outerloop.scheduler.keys import SchedulerKeys
 
-    if args.key_prefix:
-        return SchedulerKeys.with_prefix(args.key_prefix, shards=args.stream_shards, group=args.group)
-    return SchedulerKeys.default(shards=args.stream_shards, group=args.group)
+    return SchedulerKeys.for_topology(_topology(args), group=args.group)
+
+
+def _topology(args: argparse.Namespace) -> Any:
+    topology = getattr(args, "topology", None)
+    return topology if topology is not None else topology_from_args(args)
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from outerloop.config import get_settings
     from outerloop.scheduler.redis_client import async_client
 
-    settings = get_settings()
-    url = args.redis_url or settings.redis_url
-    return async_client(url=url, embedded_dir=settings.embedded_redis_dir, cluster=args.cluster,
+    topology = _topology(args)
+    return async_client(url=topology.redis_url, embedded_dir=topology.embedded_dir, cluster=topology.cluster,
                         block_ms=args.block_ms)
 
 

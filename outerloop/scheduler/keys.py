@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 from outerloop.errors import UsageError
 from outerloop.storage import Keys, namespaced_keys
@@ -28,7 +29,8 @@ class SchedulerKeys:
     """Names of the stream and scheduler keys over one :class:`Keys` namespace (``base``), the
     same class the API and the outer loop are given. Nothing global is changed to namespace.
 
-    ``shards == 1`` keeps the plain stream name (``base.events_stream``) that the API writes to.
+    ``shards == 1`` keeps the plain stream name (``base.events_stream``); the API writes each
+    event to ``stream_for_user`` with the same shard count (see :meth:`for_topology`).
     """
 
     base: type[Keys] = Keys
@@ -43,6 +45,12 @@ class SchedulerKeys:
     def default(cls, *, shards: int = 1, group: str = "outerloop-daemon") -> "SchedulerKeys":
         """The default namespace (``Keys``)."""
         return cls(base=Keys, group=group, shards=shards)
+
+    @classmethod
+    def for_topology(cls, topology: Any, *, group: str = "outerloop-daemon") -> "SchedulerKeys":
+        """The namespace and stream shards of an :class:`outerloop.topology.Topology` (what the
+        API writes to, so a daemon built from the same topology reads every event)."""
+        return cls(base=topology.keys(), group=group, shards=topology.stream_shards)
 
     @classmethod
     def with_prefix(cls, prefix: str, *, shards: int = 1, group: str = "outerloop-daemon") -> "SchedulerKeys":

@@ -26,10 +26,4 @@ def async_client(*, url: str | None, embedded_dir: Path | str = Path("runs/redis
         # redis-py's default (100) raises once exceeded; cycles, readers and sweeps share the pool
         "max_connections": 1024,
     }
-    if cluster:
-        if not url:
-            raise ValueError("Redis Cluster needs a URL of one of its nodes")
-        from redis.asyncio.cluster import RedisCluster
-
-        return RedisCluster.from_url(url, decode_responses=False, **options)
-    return RedisTarget(url=url, embedded_dir=Path(embedded_dir)).async_client(**options)
+    return RedisTarget(url=url, embedded_dir=Path(embedded_dir), cluster=cluster).async_client(**options)

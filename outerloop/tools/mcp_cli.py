@@ -20,6 +20,7 @@ from typing import Any
 from outerloop.agents.plugins import add_plugin_flags, load_plugins, load_specs  # noqa: F401  (load_specs: re-exported)
 from outerloop.errors import UserInputError
 from outerloop.telemetry import add_cli_flag, setup_for_cli
+from outerloop.topology import add_topology_flags, topology_from_args
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -37,10 +38,10 @@ def configure(p: argparse.ArgumentParser) -> None:
                                    "of them; comma-separated, repeatable)",
                      agents_help="your @agent specs for refresh_user's outer loop (MODULE:NAME; comma-separated, "
                                  "repeatable)")
-    p.add_argument("--key-prefix", default=None, help="namespace for every Redis key (isolated deployments, tests)")
     p.add_argument("--no-ranker", action="store_true", help="recommend in retrieval order")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     add_cli_flag(p)
+    add_topology_flags(p.add_argument_group("redis (the same settings as outerloop serve and outerloop daemon)"))
 
 
 def read_token(token_file: Path | None, from_env: str | None) -> str:
@@ -67,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
+    topology = topology_from_args(args, settings)  # bad values fail here, naming the flag
     token = read_token(args.token_file, settings.mcp_token) if args.transport == "http" else None
     if token is not None:
         from outerloop.tools.mcp_server import StaticTokenVerifier
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     # stdio speaks MCP on stdout: the console exporter (bound to sys.stdout at set-up) writes to stderr
     with contextlib.redirect_stdout(sys.stderr) if args.transport == "stdio" else contextlib.nullcontext():
         setup_for_cli("outerloop-mcp", args.telemetry)  # the SDK's providers flush at exit
-    anyio.run(_serve, args, settings, token, tools, agents)
+    anyio.run(_serve, args, settings, topology, token, tools, agents)
     return 0
 
 
@@ -134,20 +136,16 @@ async def serve_stdio(server: Any) -> None:
         await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
 
 
-async def _serve(args: argparse.Namespace, settings: Any, token: str | None, tools: list[Any],
+async def _serve(args: argparse.Namespace, settings: Any, topology: Any, token: str | None, tools: list[Any],
                  agents: list[Any]) -> None:
     import torch
 
     from outerloop.inner_loop.serve_cli import load_serving
-    from outerloop.storage import RedisTarget
     from outerloop.tools.mcp_server import build_server, http_app, open_service
 
     torch.set_num_threads(1)
     artifacts, ranker = load_serving(args.artifacts or settings.artifacts_dir, no_ranker=args.no_ranker)
-    from outerloop.storage import namespaced_keys
-
-    keys = namespaced_keys(args.key_prefix) if args.key_prefix else None
-    async with open_service(artifacts, redis=RedisTarget.from_settings(settings), keys=keys, ranker=ranker,
+    async with open_service(artifacts, redis=topology.target(), keys=topology.keys(), ranker=ranker,
                             tools=tools, agents=agents) as svc:
         host = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 literal
         base_url = f"http://{host}:{args.port}"

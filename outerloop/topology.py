@@ -1,0 +1,129 @@
+"""Where the shared state lives, said once for every process: the Redis URL, whether it is a
+Redis Cluster, how many shards the event stream has, and the key namespace.
+
+``outerloop serve``, ``outerloop daemon`` and ``outerloop mcp`` all read it the same way, through
+:func:`add_topology_flags` and :func:`topology_from_args`: a flag when given, else the
+environment (``OUTERLOOP_REDIS_URL``, ``OUTERLOOP_REDIS_CLUSTER``, ``OUTERLOOP_STREAM_SHARDS``,
+``OUTERLOOP_KEY_PREFIX``, read by :class:`outerloop.config.Settings`), else the default (the
+embedded server, no cluster, one stream, the ``ol`` namespace). Set the environment once for all
+three and they cannot disagree: the API writes each event to the stream shard its user hashes
+to, and the daemons read exactly those shards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from outerloop.errors import UserInputError
+from outerloop.storage import Keys, RedisTarget, namespaced_keys
+
+ENV_VARS = {"redis_url": "OUTERLOOP_REDIS_URL", "cluster": "OUTERLOOP_REDIS_CLUSTER",
+            "stream_shards": "OUTERLOOP_STREAM_SHARDS", "key_prefix": "OUTERLOOP_KEY_PREFIX"}
+_PREFIX = re.compile(r"^[A-Za-z0-9_.\-]+$")  # no ':' (the key separator) and no '{' '}' (hash tags)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Topology:
+    """One deployment's Redis layout. Invalid values raise :class:`UserInputError` naming both
+    the flag and the environment variable."""
+
+    redis_url: str | None = None  # None: the embedded redis-server in ``embedded_dir``
+    cluster: bool = False  # the URL is one node of a Redis Cluster
+    stream_shards: int = 1  # events are spread over this many streams by user hash
+    key_prefix: str | None = None  # None: the default namespace (``ol``)
+    embedded_dir: Path = field(default=Path("runs/redis"))
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stream_shards, bool) or not isinstance(self.stream_shards, int) or self.stream_shards < 1:
+            raise UserInputError(f"--stream-shards ({ENV_VARS['stream_shards']}) must be an integer >= 1, "
+                                 f"got {self.stream_shards!r}")
+        if self.cluster and not self.redis_url:
+            raise UserInputError(f"--cluster ({ENV_VARS['cluster']}) needs --redis-url ({ENV_VARS['redis_url']}): "
+                                 "the URL of one node of the cluster (the embedded server is not a cluster)")
+        if self.cluster and self.redis_url and self.redis_url.startswith("unix:"):
+            raise UserInputError(f"--cluster ({ENV_VARS['cluster']}) needs a redis:// or rediss:// node URL, "
+                                 f"got {self.redis_url!r}")
+        if self.key_prefix is not None and not _PREFIX.match(self.key_prefix):
+            raise UserInputError(f"--key-prefix ({ENV_VARS['key_prefix']}) may hold letters, digits, '_', '.' and "
+                                 f"'-' only, got {self.key_prefix!r}")
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "Topology":
+        """From :class:`outerloop.config.Settings` (the environment)."""
+        return cls(redis_url=settings.redis_url or None, cluster=bool(settings.redis_cluster),
+                   stream_shards=_shards(settings.stream_shards, ENV_VARS["stream_shards"]),
+                   key_prefix=settings.key_prefix or None, embedded_dir=Path(settings.embedded_redis_dir))
+
+    def target(self) -> RedisTarget:
+        """Where to connect (a cluster client when ``cluster``)."""
+        return RedisTarget(url=self.redis_url, embedded_dir=self.embedded_dir, cluster=self.cluster)
+
+    def keys(self) -> type[Keys]:
+        """The key namespace every process uses."""
+        return namespaced_keys(self.key_prefix) if self.key_prefix else Keys
+
+    def describe(self) -> str:
+        shards = f"{self.stream_shards} stream shard{'s' if self.stream_shards > 1 else ''}"
+        return f"{self.target().describe()}, {shards}, keys under {self.keys().prefix!r}"
+
+    def env(self) -> dict[str, str]:
+        """The environment that makes a child ``outerloop`` process read this same topology."""
+        out = {ENV_VARS["cluster"]: "1" if self.cluster else "0", ENV_VARS["stream_shards"]: str(self.stream_shards),
+               ENV_VARS["key_prefix"]: self.key_prefix or "", "OUTERLOOP_EMBEDDED_REDIS_DIR": str(self.embedded_dir)}
+        if self.redis_url:
+            out[ENV_VARS["redis_url"]] = self.redis_url
+        return out
+
+
+def _shards(value: Any, name: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise UserInputError(f"{name} must be an integer >= 1, got {value!r}") from None
+
+
+def add_topology_flags(parser: Any) -> None:
+    """``--redis-url``, ``--cluster``/``--no-cluster``, ``--stream-shards``, ``--key-prefix`` on a
+    parser or argument group. Each defaults to the environment (see the module docstring)."""
+    parser.add_argument("--redis-url", default=None,
+                        help=f"redis://, rediss:// or unix:// URL (default: {ENV_VARS['redis_url']}, else the "
+                             "embedded server)")
+    parser.add_argument("--cluster", action=argparse.BooleanOptionalAction, default=None,
+                        help=f"the URL is one node of a Redis Cluster (default: {ENV_VARS['cluster']}, else no)")
+    parser.add_argument("--stream-shards", type=_shard_flag, default=None,
+                        help=f"events are spread over N streams by user hash (default: {ENV_VARS['stream_shards']}, "
+                             "else 1); serve, daemon and mcp must agree")
+    parser.add_argument("--key-prefix", default=None,
+                        help=f"namespace for every Redis key (default: {ENV_VARS['key_prefix']}, else 'ol'); "
+                             "isolated deployments, tests")
+
+
+def _shard_flag(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+
+
+def topology_from_args(args: argparse.Namespace, settings: Any = None) -> Topology:
+    """The topology: each flag given on ``args`` wins over the environment's value."""
+    if settings is None:
+        from outerloop.config import get_settings
+
+        settings = get_settings()
+    base = Topology.from_settings(settings)
+    flag = {name: getattr(args, name, None) for name in ("redis_url", "cluster", "stream_shards", "key_prefix")}
+    if flag["stream_shards"] is not None and flag["stream_shards"] < 1:
+        raise UserInputError(f"--stream-shards must be >= 1, got {flag['stream_shards']}")
+    return Topology(
+        redis_url=flag["redis_url"] or base.redis_url,
+        cluster=base.cluster if flag["cluster"] is None else bool(flag["cluster"]),
+        stream_shards=base.stream_shards if flag["stream_shards"] is None else flag["stream_shards"],
+        key_prefix=flag["key_prefix"] or base.key_prefix,
+        embedded_dir=base.embedded_dir,
+    )
+

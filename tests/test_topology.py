@@ -1,0 +1,75 @@
+"""One topology setting for serve, daemon and mcp: the same flags and environment, read the same
+way, and bad values refused with a message naming the flag (and the variable)."""
+
+from __future__ import annotations
+
+import pytest
+
+from outerloop.cli import build_parser, main
+from outerloop.config import Settings
+from outerloop.errors import UserInputError
+from outerloop.scheduler.keys import SchedulerKeys
+from outerloop.storage import Keys
+from outerloop.topology import Topology, topology_from_args
+
+COMMANDS = ("serve", "daemon", "mcp")
+TOPOLOGY_ENV = ("OUTERLOOP_REDIS_URL", "OUTERLOOP_REDIS_CLUSTER", "OUTERLOOP_STREAM_SHARDS", "OUTERLOOP_KEY_PREFIX")
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in TOPOLOGY_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+def _topology(command: str, *flags: str) -> Topology:
+    argv = [command, *flags]
+    return topology_from_args(build_parser(argv).parse_args(argv), Settings())
+
+
+def test_the_three_commands_read_the_environment_the_same_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert {_topology(c) for c in COMMANDS} == {Topology()}  # the default: embedded, one stream, 'ol'
+    monkeypatch.setenv("OUTERLOOP_REDIS_URL", "redis://10.0.0.5:7000")
+    monkeypatch.setenv("OUTERLOOP_REDIS_CLUSTER", "true")
+    monkeypatch.setenv("OUTERLOOP_STREAM_SHARDS", "4")
+    monkeypatch.setenv("OUTERLOOP_KEY_PREFIX", "prod")
+    want = Topology(redis_url="redis://10.0.0.5:7000", cluster=True, stream_shards=4, key_prefix="prod")
+    assert {_topology(c) for c in COMMANDS} == {want}
+    # flags win over the environment, in every command alike
+    flags = ("--redis-url", "redis://10.0.0.6:7000", "--no-cluster", "--stream-shards", "2", "--key-prefix", "b")
+    assert {_topology(c, *flags) for c in COMMANDS} == {
+        Topology(redis_url="redis://10.0.0.6:7000", stream_shards=2, key_prefix="b")}
+
+
+def test_the_api_and_the_daemon_name_the_same_shards() -> None:
+    topo = Topology(redis_url="redis://h:1", cluster=True, stream_shards=3, key_prefix="p")
+    keys = SchedulerKeys.for_topology(topo)
+    assert keys.base.prefix == "p" and keys.streams() == ["p:events:{s0}", "p:events:{s1}", "p:events:{s2}"]
+    assert SchedulerKeys.for_topology(Topology()).streams() == [Keys.events_stream]  # one shard: the plain stream
+    assert topo.target().cluster and topo.keys().rows("u") == "p:u:{u}:rows"
+    assert Topology.from_settings(Settings(**{k: v for k, v in (kv.split("=", 1) for kv in (
+        "redis_url=redis://h:1", "redis_cluster=1", "stream_shards=3", "key_prefix=p"))})) == topo
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"stream_shards": 0}, "--stream-shards (OUTERLOOP_STREAM_SHARDS) must be an integer >= 1, got 0"),
+    ({"cluster": True}, "--cluster (OUTERLOOP_REDIS_CLUSTER) needs --redis-url (OUTERLOOP_REDIS_URL)"),
+    ({"cluster": True, "redis_url": "unix:///tmp/r.sock"}, "needs a redis:// or rediss:// node URL"),
+    ({"key_prefix": "a:b"}, "--key-prefix (OUTERLOOP_KEY_PREFIX) may hold"),
+])
+def test_bad_topologies_name_the_flag(kwargs: dict, message: str) -> None:
+    with pytest.raises(UserInputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Topology(**kwargs)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_command_refuses_a_bad_topology_before_loading_anything(
+        command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("OUTERLOOP_MCP_TOKEN", "x" * 40)
+    assert main([command, "--artifacts", "/nonexistent", "--stream-shards", "0"]) == 2
+    assert "--stream-shards must be >= 1, got 0" in capsys.readouterr().err
+    assert main([command, "--artifacts", "/nonexistent", "--cluster"]) == 2
+    assert "--cluster (OUTERLOOP_REDIS_CLUSTER) needs --redis-url" in capsys.readouterr().err
+    monkeypatch.setenv("OUTERLOOP_STREAM_SHARDS", "0")
+    assert main([command, "--artifacts", "/nonexistent"]) == 2
+    assert "(OUTERLOOP_STREAM_SHARDS) must be an integer >= 1, got 0" in capsys.readouterr().err
