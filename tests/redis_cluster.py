@@ -1,0 +1,141 @@
+"""A real local Redis Cluster for tests: the machine's ``redis-server`` (7 or later) started as
+``masters`` masters with ``replicas`` replicas each on free loopback ports, joined by
+``redis-cli --cluster create``, and killed afterwards (their data lives in pytest's temporary
+directories).
+
+Nothing is shared with other people: each fixture starts its own nodes (one cluster per test
+module; the module's tests keep to their own key prefixes). Modules import the fixtures they
+use (``cluster``, ``cluster_with_replicas``) and ``needs_cluster`` (the skip mark, with the
+reason, where ``redis-server`` cannot run a cluster).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+from outerloop.ports import free_ports
+
+REDIS_SERVER = shutil.which("redis-server")
+REDIS_CLI = shutil.which("redis-cli")
+
+
+def _server_major() -> int:
+    if not REDIS_SERVER:
+        return 0
+    out = subprocess.run([REDIS_SERVER, "--version"], capture_output=True, text=True).stdout
+    version = out.split("v=")[1].split()[0] if "v=" in out else "0"
+    return int(version.split(".")[0])
+
+
+def _missing() -> str | None:
+    """Why a cluster cannot be started here, or None."""
+    if not REDIS_SERVER:
+        return "no redis-server on PATH"
+    if not REDIS_CLI:
+        return "no redis-cli on PATH (it creates the cluster)"
+    if _server_major() < 7:
+        return "redis-server < 7 has no --cluster-port (the bus port must be explicit on shared machines)"
+    return None
+
+
+needs_cluster = pytest.mark.skipif(_missing() is not None, reason=f"needs a Redis Cluster: {_missing()}")
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    """The nodes of one running cluster."""
+
+    ports: list[int]  # every node, masters first as created (roles may change on failover)
+    masters: int
+    replicas: int
+
+    @property
+    def url(self) -> str:
+        """A URL of one node: what ``--redis-url`` takes with ``--cluster``."""
+        return f"redis://127.0.0.1:{self.ports[0]}"
+
+
+@contextlib.contextmanager
+def local_cluster(root: Path, *, masters: int = 3, replicas: int = 0,
+                  node_timeout_ms: int = 2000) -> Iterator[LocalCluster]:
+    """Start the nodes, create the cluster, wait until every node says ``cluster_state:ok``
+    (and every replica's link to its master is up), yield, kill the nodes."""
+    n = masters * (1 + replicas)
+    free = free_ports(2 * n)
+    ports, bus_ports = free[:n], free[n:]  # the bus port is explicit: port + 10000 may be taken or > 65535
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for port, bus in zip(ports, bus_ports):
+            node_dir = root / f"node-{port}"
+            node_dir.mkdir(parents=True)
+            procs.append(subprocess.Popen(
+                [str(REDIS_SERVER), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(node_dir),
+                 "--cluster-enabled", "yes", "--cluster-port", str(bus), "--cluster-config-file", "nodes.conf",
+                 "--cluster-node-timeout", str(node_timeout_ms),
+                 "--save", "", "--appendonly", "no", "--logfile", str(node_dir / "redis.log")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for port, proc in zip(ports, procs):
+            _wait_ping(port, proc, root / f"node-{port}" / "redis.log")
+        done = subprocess.run([str(REDIS_CLI), "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
+                               "--cluster-replicas", str(replicas), "--cluster-yes"],
+                              capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise AssertionError(f"redis-cli --cluster create failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+        _wait_ready(ports, replicas=masters * replicas)
+        yield LocalCluster(ports=ports, masters=masters, replicas=replicas)
+    finally:
+        for proc in procs:
+            proc.kill()
+        for proc in procs:
+            proc.wait()
+
+
+def _wait_ping(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if redis.Redis(port=port).ping():
+                return
+        except redis.ConnectionError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                text = log.read_text() if log.exists() else ""
+                raise AssertionError(f"redis-server on {port} did not start (exit {proc.poll()}):\n{text[-2000:]}")
+            time.sleep(0.05)
+
+
+def _wait_ready(ports: list[int], *, replicas: int, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ok = all(b"cluster_state:ok" in redis.Redis(port=p).execute_command("CLUSTER", "INFO") for p in ports)
+        if ok and replicas:
+            linked = sum(redis.Redis(port=p).info("replication").get("master_link_status") == "up" for p in ports)
+            ok = linked == replicas
+        if ok:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("the cluster did not become ready")
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """3 masters, no replicas; one per test module (tests keep to their own key prefix)."""
+    with local_cluster(tmp_path_factory.mktemp("cluster"), masters=3, replicas=0) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def cluster_with_replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """3 masters, each with one replica (6 nodes); one per test module (tests keep to their own
+    key prefix)."""
+    with local_cluster(tmp_path_factory.mktemp("cluster"), masters=3, replicas=1) as c:
+        yield c
