@@ -3,7 +3,7 @@
 once, and then the processes as an operator runs them, configured only by the environment's
 topology: ``outerloop serve --workers 2`` and ``outerloop daemon --runner outerloop`` on tiny
 trained artifacts. Events posted to the API reach the daemon through the shards, its agents
-commit rows, and both API workers serve them."""
+commit rows, both API workers serve them, and a manual refresh through the API reaches the daemon."""
 
 from __future__ import annotations
 
@@ -159,9 +159,14 @@ async def test_events_posted_to_two_api_workers_reach_the_daemon_through_the_sha
             assert in_streams[keys.stream_for_user(e["user_id"])].count(e["event_id"]) == (2 if i < 50 else 1)
         assert not await client.exists(topology.keys().events_stream)
 
-        async def done() -> bool:
+        async def done() -> bool:  # everything read, no cycle waiting or running
             assert daemon.poll() is None, daemon_log.read_text()[-3000:]
-            return await _caught_up(client, keys) and await client.xlen(refresh_log) > 0
+            if not (await _caught_up(client, keys) and await client.xlen(refresh_log) > 0):
+                return False
+            for u in {e["user_id"] for e in events}:
+                if await client.exists(keys.cycle_lock(u)):
+                    return False
+            return True
 
         await wait_until(done, timeout_s=90, every_s=0.2)
         # the daemon applied each event once (the retried batch included)
@@ -188,6 +193,18 @@ async def test_events_posted_to_two_api_workers_reach_the_daemon_through_the_sha
             shown = [rid for rid in row_ids if rid in served]
             assert shown, (pid, row_ids, list(served))
             assert all(served[rid]["run_id"] == stored[rid]["run_id"] for rid in shown), pid
+
+        # a manual refresh through the API reaches the daemon too (its due entry in the user's shard)
+        seen = await client.xlen(refresh_log)
+        async with httpx.AsyncClient(base_url=base, timeout=10, headers={"X-API-Key": "k1"}) as http:
+            r = await http.post(f"/v1/users/{user}/refresh", json={"agents": ["tools"]})
+            assert r.status_code == 202 and r.json()["live_daemons"] == 1, r.text
+
+        async def refreshed() -> bool:
+            entries = (await client.xrange(refresh_log))[seen:]
+            return any(f[b"user"].decode() == user and b"manual" in f[b"triggers"] for _, f in entries)
+
+        await wait_until(refreshed, timeout_s=30, every_s=0.1)
     finally:
         for proc in (api, daemon):
             proc.terminate()

@@ -210,6 +210,12 @@ def create_app(
             rt.writer = WriteBehind(rt.client)
         except (RedisError, OSError) as exc:  # the API still serves (degraded) without Redis
             gate.failed(exc)
+        if rt.store is not None and rt.store.cluster:
+            try:  # best effort: a cluster not up yet is met by the first requests instead
+                async with asyncio.timeout(2.0):
+                    await rt.store.warm()
+            except _REDIS_ERRORS as exc:
+                gate.failed(exc)
         yield
         if rt.writer is not None:
             await rt.writer.aclose()
@@ -436,7 +442,7 @@ def create_app(
     from outerloop.scheduler.refresh_api import refresh_router  # run named agents now: queued for the daemons
 
     app.include_router(refresh_router(client=lambda: rt.client, keys=keys, api_key=opts.api_key,
-                                      user_id_pattern=USER_ID_PATTERN))
+                                      user_id_pattern=USER_ID_PATTERN, stream_shards=topology.stream_shards))
 
     # the Event schema for the request body above
     def _openapi() -> dict[str, Any]:

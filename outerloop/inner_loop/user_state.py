@@ -337,6 +337,14 @@ class UserStore:
             results = await pipe.execute()
         return collect_apply(users, results, len(events))
 
+    async def warm(self) -> None:
+        """On a cluster, discover the nodes and load the read scripts on every primary now, so
+        that the first requests (a 30 ms read budget) do not pay for either."""
+        if self.cluster:
+            await self.client.initialize()
+            for script in (self._read, self._read_pre):
+                await self.client.script_load(script.script)
+
     async def ping(self) -> bool:
         return bool(await self.client.ping())
 

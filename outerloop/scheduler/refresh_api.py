@@ -45,10 +45,11 @@ class RefreshQueued(BaseModel):
 
 
 def refresh_router(*, client: Callable[[], Any], keys: type[Any], api_key: str | None,
-                   user_id_pattern: str) -> APIRouter:
-    """The route; ``client()`` returns the API's asyncio Redis client (None while it is down)."""
+                   user_id_pattern: str, stream_shards: int = 1) -> APIRouter:
+    """The route; ``client()`` returns the API's asyncio Redis client (None while it is down).
+    ``stream_shards``: the daemons' (the user's due entry goes in the user's shard)."""
     secret = api_key.encode() if api_key else None
-    sched_keys = SchedulerKeys(base=keys)
+    sched_keys = SchedulerKeys(base=keys, shards=stream_shards)
     router = APIRouter()
 
     @router.post("/v1/users/{user_id}/refresh", status_code=202, response_model=RefreshQueued,
