@@ -38,6 +38,20 @@ def test_weight_grid_covers_the_simplex() -> None:
     assert (1.0, 0.0, 0.0) in grid and (0.5, 0.0, 0.5) in grid
 
 
+def test_seeds_share_one_weight_unless_asked_otherwise() -> None:
+    """Transformers that differ only by seed are exchangeable: by default they share one weight
+    and only EASE's share is fitted; ``tie_transformers=False`` searches the whole simplex."""
+    from outerloop.inner_loop.ensemble import _weight_grid
+
+    names = ["base", "member-1", "member-2", "ease"]
+    tied = _weight_grid(names, EnsembleConfig(weight_step=0.25))
+    assert [w[3] for w in tied] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert all(w[0] == w[1] == w[2] and abs(sum(w) - 1.0) < 1e-9 for w in tied)
+    assert _weight_grid(["base", "member-1"], EnsembleConfig()) == [(0.5, 0.5)]
+    free = _weight_grid(names, EnsembleConfig(weight_step=0.25, tie_transformers=False))
+    assert len(free) == len(_simplex(4, 0.25)) and (0.0, 1.0, 0.0, 0.0) in free
+
+
 @pytest.fixture(scope="module")
 def ensemble_dir(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
     """A copy of the tiny artifacts with an ensemble trained next to them (the shared fixture's

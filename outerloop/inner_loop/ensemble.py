@@ -58,6 +58,7 @@ class EnsembleConfig:
     """What to train and the grids the validation cut chooses from."""
 
     extra_transformers: int = 1  # more transformers of the served shape, other seeds
+    tie_transformers: bool = True  # one weight shared by every transformer (see _weight_grid)
     seed_offset: int = 1  # member i trains with the served model's seed + seed_offset + i - 1
     max_minutes: float | None = None  # per extra transformer (None: train to early stopping)
     ease_lambdas: tuple[float, ...] = (100.0, 300.0, 1000.0, 3000.0)
@@ -323,6 +324,19 @@ def _simplex(n: int, step: float) -> list[tuple[float, ...]]:
     return [tuple(u / units for u in w) for w in rec(units, n)]
 
 
+def _weight_grid(names: list[str], cfg: EnsembleConfig) -> list[tuple[float, ...]]:
+    """The mixes the validation cut chooses from. With ``tie_transformers`` the transformers,
+    which differ only by seed and so are exchangeable, share one weight and only EASE's share is
+    fitted: on ML-1M a free weight per seed (base 0.05, members 0.45 each, validation NDCG@10
+    0.1996) fitted the validation cut's noise and scored 0.1869 on test, below the one-member
+    ensemble's 0.1880."""
+    if not cfg.tie_transformers:
+        return _simplex(len(names), cfg.weight_step)
+    n_tf = sum(n != EASE for n in names)
+    shares = [w[0] for w in _simplex(2, cfg.weight_step)] if EASE in names else [0.0]
+    return [tuple(share if n == EASE else (1.0 - share) / n_tf for n in names) for share in shares]
+
+
 def _batched(fn: Callable[[list[np.ndarray], Any, Any], np.ndarray], cases: EvalCases, batch: int) -> np.ndarray:
     parts = []
     for s in range(0, len(cases), batch):
@@ -433,8 +447,8 @@ def train_ensemble(base: "Artifacts", data: InteractionData, cfg: EnsembleConfig
 
     names = list(z_val)
     best_w: tuple[float, dict[str, float]] = (-1.0, {})
-    grid_w = _simplex(len(names), cfg.weight_step)
     with progress_bar("ensemble weights", unit="mix", enabled=None if progress else False) as bar:
+        grid_w = _weight_grid(names, cfg)
         for done, w in enumerate(grid_w, 1):
             mixed = sum(wi * z_val[n] for wi, n in zip(w, names) if wi)
             nd = _ndcg10(mixed, val)
