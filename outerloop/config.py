@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     redis_cluster: bool = Field(default=False, description="the Redis URL is one node of a Redis Cluster")
     stream_shards: int = Field(default=1, description="event stream shards (by user hash); serve, daemon and mcp agree")
     key_prefix: str | None = Field(default=None, description="namespace for every Redis key (default 'ol')")
+    durable_writes: str | bool = Field(default=False,
+                                       description="the API acknowledges an event only once a replica has it")
+    durable_wait_ms: str | int = Field(default=250, description="how long the API waits for a replica (durable writes)")
     embedded_redis_dir: Path = Field(
         default=Path("runs/redis"),
         description="data directory of the embedded redis-server (socket and dump live here)",

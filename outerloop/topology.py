@@ -4,10 +4,16 @@ Redis Cluster, how many shards the event stream has, and the key namespace.
 ``outerloop serve``, ``outerloop daemon`` and ``outerloop mcp`` all read it the same way, through
 :func:`add_topology_flags` and :func:`topology_from_args`: a flag when given, else the
 environment (``OUTERLOOP_REDIS_URL``, ``OUTERLOOP_REDIS_CLUSTER``, ``OUTERLOOP_STREAM_SHARDS``,
-``OUTERLOOP_KEY_PREFIX``, read by :class:`outerloop.config.Settings`), else the default (the
-embedded server, no cluster, one stream, the ``ol`` namespace). Set the environment once for all
+``OUTERLOOP_KEY_PREFIX``, ``OUTERLOOP_DURABLE_WRITES``, ``OUTERLOOP_DURABLE_WAIT_MS``, read by
+:class:`outerloop.config.Settings`), else the default (the embedded server, no cluster, one
+stream, the ``ol`` namespace, no durable writes). Set the environment once for all
 three and they cannot disagree: the API writes each event to the stream shard its user hashes
 to, and the daemons read exactly those shards.
+
+Durable writes (``--durable-writes``): the API answers 2xx for an event only once Redis ``WAIT 1``
+says a replica of each master written has it (stream entry and history), and 503 when none says
+so within ``--durable-wait-ms``. The daemon and the MCP server accept the same setting (one
+environment for all three) and write as before: it is about what the API's 2xx promises.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ from outerloop.errors import UserInputError
 from outerloop.storage import Keys, RedisTarget, namespaced_keys
 
 ENV_VARS = {"redis_url": "OUTERLOOP_REDIS_URL", "cluster": "OUTERLOOP_REDIS_CLUSTER",
-            "stream_shards": "OUTERLOOP_STREAM_SHARDS", "key_prefix": "OUTERLOOP_KEY_PREFIX"}
+            "stream_shards": "OUTERLOOP_STREAM_SHARDS", "key_prefix": "OUTERLOOP_KEY_PREFIX",
+            "durable_writes": "OUTERLOOP_DURABLE_WRITES", "durable_wait_ms": "OUTERLOOP_DURABLE_WAIT_MS"}
+MAX_DURABLE_WAIT_MS = 10_000
 _PREFIX = re.compile(r"^[A-Za-z0-9_.\-]+$")  # no ':' (the key separator) and no '{' '}' (hash tags)
 
 
@@ -35,6 +43,8 @@ class Topology:
     cluster: bool = False  # the URL is one node of a Redis Cluster
     stream_shards: int = 1  # events are spread over this many streams by user hash
     key_prefix: str | None = None  # None: the default namespace (``ol``)
+    durable_writes: bool = False  # the API's 2xx waits for a replica (WAIT 1 durable_wait_ms)
+    durable_wait_ms: int = 250  # how long the API waits for that replica before answering 503
     embedded_dir: Path = field(default=Path("runs/redis"))
 
     def __post_init__(self) -> None:
@@ -47,6 +57,14 @@ class Topology:
         if self.cluster and self.redis_url and self.redis_url.startswith("unix:"):
             raise UserInputError(f"--cluster ({ENV_VARS['cluster']}) needs a redis:// or rediss:// node URL, "
                                  f"got {self.redis_url!r}")
+        if (isinstance(self.durable_wait_ms, bool) or not isinstance(self.durable_wait_ms, int)
+                or not 1 <= self.durable_wait_ms <= MAX_DURABLE_WAIT_MS):
+            raise UserInputError(f"--durable-wait-ms ({ENV_VARS['durable_wait_ms']}) must be an integer from 1 to "
+                                 f"{MAX_DURABLE_WAIT_MS}, got {self.durable_wait_ms!r}")
+        if self.durable_writes and not self.redis_url:
+            raise UserInputError(f"--durable-writes ({ENV_VARS['durable_writes']}) needs --redis-url "
+                                 f"({ENV_VARS['redis_url']}): a server with a replica (the embedded server has none, "
+                                 "so no write could ever be confirmed)")
         if self.key_prefix is not None and not _PREFIX.match(self.key_prefix):
             raise UserInputError(f"--key-prefix ({ENV_VARS['key_prefix']}) may hold letters, digits, '_', '.' and "
                                  f"'-' only, got {self.key_prefix!r}")
@@ -56,7 +74,11 @@ class Topology:
         """From :class:`outerloop.config.Settings` (the environment)."""
         return cls(redis_url=settings.redis_url or None, cluster=bool(settings.redis_cluster),
                    stream_shards=_shards(settings.stream_shards, ENV_VARS["stream_shards"]),
-                   key_prefix=settings.key_prefix or None, embedded_dir=Path(settings.embedded_redis_dir))
+                   key_prefix=settings.key_prefix or None,
+                   durable_writes=_bool(getattr(settings, "durable_writes", False), ENV_VARS["durable_writes"]),
+                   durable_wait_ms=_int(getattr(settings, "durable_wait_ms", 250), ENV_VARS["durable_wait_ms"],
+                                        f"an integer from 1 to {MAX_DURABLE_WAIT_MS}"),
+                   embedded_dir=Path(settings.embedded_redis_dir))
 
     def target(self) -> RedisTarget:
         """Where to connect (a cluster client when ``cluster``)."""
@@ -68,22 +90,41 @@ class Topology:
 
     def describe(self) -> str:
         shards = f"{self.stream_shards} stream shard{'s' if self.stream_shards > 1 else ''}"
-        return f"{self.target().describe()}, {shards}, keys under {self.keys().prefix!r}"
+        durable = f", durable writes (WAIT 1 {self.durable_wait_ms} ms)" if self.durable_writes else ""
+        return f"{self.target().describe()}, {shards}, keys under {self.keys().prefix!r}{durable}"
 
     def env(self) -> dict[str, str]:
         """The environment that makes a child ``outerloop`` process read this same topology."""
         out = {ENV_VARS["cluster"]: "1" if self.cluster else "0", ENV_VARS["stream_shards"]: str(self.stream_shards),
-               ENV_VARS["key_prefix"]: self.key_prefix or "", "OUTERLOOP_EMBEDDED_REDIS_DIR": str(self.embedded_dir)}
+               ENV_VARS["key_prefix"]: self.key_prefix or "", "OUTERLOOP_EMBEDDED_REDIS_DIR": str(self.embedded_dir),
+               ENV_VARS["durable_writes"]: "1" if self.durable_writes else "0",
+               ENV_VARS["durable_wait_ms"]: str(self.durable_wait_ms)}
         if self.redis_url:
             out[ENV_VARS["redis_url"]] = self.redis_url
         return out
 
 
 def _shards(value: Any, name: str) -> int:
+    return _int(value, name, "an integer >= 1")
+
+
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
+
+
+def _bool(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE | _FALSE:
+        return text in _TRUE
+    raise UserInputError(f"{name} must be 1/true/yes/on or 0/false/no/off, got {value!r}")
+
+
+def _int(value: Any, name: str, what: str) -> int:
     try:
         return int(value)
     except (TypeError, ValueError):
-        raise UserInputError(f"{name} must be an integer >= 1, got {value!r}") from None
+        raise UserInputError(f"{name} must be {what}, got {value!r}") from None
 
 
 def add_topology_flags(parser: Any) -> None:
@@ -100,6 +141,12 @@ def add_topology_flags(parser: Any) -> None:
     parser.add_argument("--key-prefix", default=None,
                         help=f"namespace for every Redis key (default: {ENV_VARS['key_prefix']}, else 'ol'); "
                              "isolated deployments, tests")
+    parser.add_argument("--durable-writes", action=argparse.BooleanOptionalAction, default=None,
+                        help="the API acknowledges an event (2xx) only once WAIT 1 says a replica has it, else "
+                             f"answers 503 (default: {ENV_VARS['durable_writes']}, else no)")
+    parser.add_argument("--durable-wait-ms", type=_wait_flag, default=None, metavar="MS",
+                        help=f"how long a durable write waits for the replica (default: {ENV_VARS['durable_wait_ms']}"
+                             f", else 250; 1 to {MAX_DURABLE_WAIT_MS})")
 
 
 def _shard_flag(text: str) -> int:
@@ -109,6 +156,13 @@ def _shard_flag(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
 
 
+def _wait_flag(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer from 1 to {MAX_DURABLE_WAIT_MS}, got {text!r}") from None
+
+
 def topology_from_args(args: argparse.Namespace, settings: Any = None) -> Topology:
     """The topology: each flag given on ``args`` wins over the environment's value."""
     if settings is None:
@@ -116,7 +170,8 @@ def topology_from_args(args: argparse.Namespace, settings: Any = None) -> Topolo
 
         settings = get_settings()
     base = Topology.from_settings(settings)
-    flag = {name: getattr(args, name, None) for name in ("redis_url", "cluster", "stream_shards", "key_prefix")}
+    flag = {name: getattr(args, name, None) for name in ("redis_url", "cluster", "stream_shards", "key_prefix",
+                                                          "durable_writes", "durable_wait_ms")}
     if flag["stream_shards"] is not None and flag["stream_shards"] < 1:
         raise UserInputError(f"--stream-shards must be >= 1, got {flag['stream_shards']}")
     return Topology(
@@ -124,6 +179,8 @@ def topology_from_args(args: argparse.Namespace, settings: Any = None) -> Topolo
         cluster=base.cluster if flag["cluster"] is None else bool(flag["cluster"]),
         stream_shards=base.stream_shards if flag["stream_shards"] is None else flag["stream_shards"],
         key_prefix=flag["key_prefix"] or base.key_prefix,
+        durable_writes=base.durable_writes if flag["durable_writes"] is None else bool(flag["durable_writes"]),
+        durable_wait_ms=base.durable_wait_ms if flag["durable_wait_ms"] is None else flag["durable_wait_ms"],
         embedded_dir=base.embedded_dir,
     )
 

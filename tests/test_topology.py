@@ -13,7 +13,8 @@ from outerloop.storage import Keys
 from outerloop.topology import Topology, topology_from_args
 
 COMMANDS = ("serve", "daemon", "mcp")
-TOPOLOGY_ENV = ("OUTERLOOP_REDIS_URL", "OUTERLOOP_REDIS_CLUSTER", "OUTERLOOP_STREAM_SHARDS", "OUTERLOOP_KEY_PREFIX")
+TOPOLOGY_ENV = ("OUTERLOOP_REDIS_URL", "OUTERLOOP_REDIS_CLUSTER", "OUTERLOOP_STREAM_SHARDS", "OUTERLOOP_KEY_PREFIX",
+                "OUTERLOOP_DURABLE_WRITES", "OUTERLOOP_DURABLE_WAIT_MS")
 
 
 @pytest.fixture(autouse=True)
@@ -56,6 +57,9 @@ def test_the_api_and_the_daemon_name_the_same_shards() -> None:
     ({"cluster": True}, "--cluster (OUTERLOOP_REDIS_CLUSTER) needs --redis-url (OUTERLOOP_REDIS_URL)"),
     ({"cluster": True, "redis_url": "unix:///tmp/r.sock"}, "needs a redis:// or rediss:// node URL"),
     ({"key_prefix": "a:b"}, "--key-prefix (OUTERLOOP_KEY_PREFIX) may hold"),
+    ({"durable_writes": True}, "--durable-writes (OUTERLOOP_DURABLE_WRITES) needs --redis-url (OUTERLOOP_REDIS_URL)"),
+    ({"redis_url": "redis://h:1", "durable_wait_ms": 0},
+     "--durable-wait-ms (OUTERLOOP_DURABLE_WAIT_MS) must be an integer from 1 to 10000, got 0"),
 ])
 def test_bad_topologies_name_the_flag(kwargs: dict, message: str) -> None:
     with pytest.raises(UserInputError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -73,3 +77,34 @@ def test_each_command_refuses_a_bad_topology_before_loading_anything(
     monkeypatch.setenv("OUTERLOOP_STREAM_SHARDS", "0")
     assert main([command, "--artifacts", "/nonexistent"]) == 2
     assert "(OUTERLOOP_STREAM_SHARDS) must be an integer >= 1, got 0" in capsys.readouterr().err
+
+
+def test_durable_writes_are_one_setting_for_the_three_commands(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert {_topology(c).durable_writes for c in COMMANDS} == {False}  # the default: acknowledge at once
+    monkeypatch.setenv("OUTERLOOP_REDIS_URL", "redis://10.0.0.5:7000")
+    monkeypatch.setenv("OUTERLOOP_DURABLE_WRITES", "1")
+    monkeypatch.setenv("OUTERLOOP_DURABLE_WAIT_MS", "100")
+    want = Topology(redis_url="redis://10.0.0.5:7000", durable_writes=True, durable_wait_ms=100)
+    assert {_topology(c) for c in COMMANDS} == {want}
+    assert want.env()["OUTERLOOP_DURABLE_WRITES"] == "1" and want.env()["OUTERLOOP_DURABLE_WAIT_MS"] == "100"
+    assert "durable writes (WAIT 1 100 ms)" in want.describe()
+    assert {_topology(c, "--no-durable-writes", "--durable-wait-ms", "50") for c in COMMANDS} == {
+        Topology(redis_url="redis://10.0.0.5:7000", durable_wait_ms=50)}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_command_refuses_a_bad_durable_setting_naming_it(
+        command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("OUTERLOOP_MCP_TOKEN", "x" * 40)
+    assert main([command, "--artifacts", "/nonexistent", "--durable-writes"]) == 2
+    assert "--durable-writes (OUTERLOOP_DURABLE_WRITES) needs --redis-url" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([command, "--artifacts", "/nonexistent", "--durable-wait-ms", "soon"])
+    assert "--durable-wait-ms: expected an integer from 1 to 10000, got 'soon'" in capsys.readouterr().err
+    monkeypatch.setenv("OUTERLOOP_DURABLE_WRITES", "maybe")
+    assert main([command, "--artifacts", "/nonexistent"]) == 2
+    assert "OUTERLOOP_DURABLE_WRITES must be 1/true/yes/on or 0/false/no/off, got 'maybe'" in capsys.readouterr().err
+    monkeypatch.setenv("OUTERLOOP_DURABLE_WRITES", "0")
+    monkeypatch.setenv("OUTERLOOP_DURABLE_WAIT_MS", "20000")
+    assert main([command, "--artifacts", "/nonexistent"]) == 2
+    assert "(OUTERLOOP_DURABLE_WAIT_MS) must be an integer from 1 to 10000, got 20000" in capsys.readouterr().err

@@ -50,6 +50,7 @@ from outerloop.inner_loop.profiles import ProfileIn, profile_out
 from outerloop.inner_loop.ranker import ArtifactsLike, Ranker
 from outerloop.inner_loop.user_state import (
     DEFAULT_STREAM_MAXLEN,
+    NotReplicated,
     UserStore,
     WriteBehind,
     embedding_key,
@@ -197,6 +198,9 @@ def create_app(
     api_key = opts.api_key.encode() if opts.api_key else None
     read_timeout_s = opts.redis_read_timeout_ms / 1000.0
     write_timeout_s = opts.redis_write_timeout_ms / 1000.0
+    durable_wait_ms = topology.durable_wait_ms if topology.durable_writes else None
+    if durable_wait_ms is not None:  # room for both steps' WAIT (a cluster write has two)
+        write_timeout_s = max(write_timeout_s, (2 * durable_wait_ms + 1000) / 1000.0)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -206,7 +210,7 @@ def create_app(
                 target.async_client, socket_timeout=2.0, socket_connect_timeout=1.0, health_check_interval=0
             )
             rt.store = UserStore(rt.client, history_cap=opts.history_cap, stream_maxlen=opts.stream_maxlen,
-                                 keys=keys, stream_shards=topology.stream_shards)
+                                 keys=keys, stream_shards=topology.stream_shards, durable_wait_ms=durable_wait_ms)
             rt.writer = WriteBehind(rt.client)
         except (RedisError, OSError) as exc:  # the API still serves (degraded) without Redis
             gate.failed(exc)
@@ -336,6 +340,9 @@ def create_app(
             async with asyncio.timeout(write_timeout_s):
                 result = await rt.store.apply(events)
             gate.ok()
+        except NotReplicated as exc:  # Redis answered: the read breaker stays closed
+            raise ApiError(503, f"{exc}; retry later (events are idempotent by event_id)",
+                           headers={"Retry-After": "1"}) from None
         except _REDIS_ERRORS as exc:
             gate.failed(exc)
             raise ApiError(503, "event store unavailable; retry later (events are idempotent by event_id)",

@@ -175,7 +175,8 @@ def _run_workers(args: argparse.Namespace, settings: Any, topology: Any) -> int:
     resolved = {k: (str(v) if k in _PATH_ARGS and v is not None else v) for k, v in vars(args).items()
                 if k not in ("command",)}
     resolved.update(artifacts=str(artifacts_dir), redis_url=topology.redis_url, cluster=topology.cluster,
-                    stream_shards=topology.stream_shards, key_prefix=topology.key_prefix)
+                    stream_shards=topology.stream_shards, key_prefix=topology.key_prefix,
+                    durable_writes=topology.durable_writes, durable_wait_ms=topology.durable_wait_ms)
     os.environ[WORKER_ARGS_ENV] = json.dumps(resolved)  # inherited by the spawned workers
     _announce(args, topology)
     uvicorn.run("outerloop.inner_loop.serve_cli:worker_app", factory=True, workers=args.workers,

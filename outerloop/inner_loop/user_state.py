@@ -50,6 +50,17 @@ How a batch is written depends on the server (:meth:`UserStore.apply`):
   good when the client gives up after step 1. Until step 2 lands (microseconds, or the retry),
   a daemon may see the event before the history does.
 
+Durable writes (``durable_wait_ms``, the topology's ``--durable-writes``): the write is followed by
+``WAIT 1 <durable_wait_ms>`` on the same connection as the writes it confirms (``WAIT`` counts
+the replicas that acknowledged this connection's last write, so sent on another pooled
+connection it could confirm an older offset and answer at once). On one server: ``MULTI``, the
+writes, ``EXEC``, ``WAIT``, one round trip. On a cluster each step's commands are grouped by the
+master of their key's slot, and each master gets its commands then ``WAIT`` in one round trip on
+one connection (no redirection is followed: a ``MOVED`` or a dead node fails the step, the slot
+map is refreshed, and the client's retry goes to the new master). If a master's ``WAIT`` answers
+0 replicas, :class:`NotReplicated` is raised and the API answers 503; the write itself may have
+landed, and the retry is idempotent by ``event_id``.
+
 Reads: one Lua script returns the history, the history version, the seen set, the agent rows and
 the cached user vector as a handful of flat strings. (redis-py without hiredis parses a
 2,000-member ``SMEMBERS`` reply in ~10 ms; the same data joined by Lua takes ~0.3 ms.)
@@ -65,7 +76,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from redis.exceptions import RedisError
+from redis.exceptions import AskError, ClusterDownError, MovedError, RedisError, SlotNotCoveredError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from outerloop import telemetry
 from outerloop.data.events import Event
@@ -203,6 +216,47 @@ def history_token(event: Event) -> bytes:
     return f"{event.item_id}:{ACTION_ID[event.type]}:{event.ts}".encode()
 
 
+class NotReplicated(RedisError):
+    """A durable write that no replica confirmed in time (``WAIT`` answered 0). The write may
+    have landed on the master; a retry is idempotent by ``event_id``."""
+
+
+# A topology change (failover, resharding) or a dead node: refresh the slot map, then fail.
+_TOPOLOGY_ERRORS = (MovedError, AskError, TryAgainError, ClusterDownError, SlotNotCoveredError, RedisConnectionError,
+                    RedisTimeoutError, OSError)
+
+
+# What redis-py's asyncio cluster client raises, instead of a ConnectionError, when a node's
+# connection is closed under a command in flight (it closes a failed node's connections while
+# other requests use them): seen on the API during a master's failover, answered 500 before.
+_CLIENT_FAULTS = (RuntimeError, AttributeError)
+
+
+def _lost_connection(exc: BaseException) -> RedisConnectionError:
+    return RedisConnectionError(f"the cluster client lost its connection mid-command ({type(exc).__name__}: {exc})")
+
+
+class _Recorder:
+    """Stands in for a pipeline in :func:`queue_stream` / :func:`queue_history`: records each
+    command with the key that routes it (the durable cluster write sends them itself)."""
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[str, list[Any]]] = []
+
+    def xadd(self, name: str, fields: dict[Any, Any], *, maxlen: int | None = None,
+             approximate: bool = True) -> None:
+        args: list[Any] = ["XADD", name]
+        if maxlen is not None:
+            args += ["MAXLEN", "~", maxlen] if approximate else ["MAXLEN", maxlen]
+        args.append("*")
+        for k, v in fields.items():
+            args += [k, v]
+        self.commands.append((name, args))
+
+    def eval(self, script: str, numkeys: int, *keys_and_args: Any) -> None:
+        self.commands.append((keys_and_args[0], ["EVAL", script, numkeys, *keys_and_args]))
+
+
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
     """Outcome of one batch: how many events changed state and each user's history version."""
@@ -280,10 +334,12 @@ class UserStore:
     ``stream_shards`` must be the daemons' (:class:`outerloop.topology.Topology` gives both)."""
 
     def __init__(self, client: Any, *, history_cap: int, stream_maxlen: int | None = DEFAULT_STREAM_MAXLEN,
-                 keys: type[Keys] = Keys, stream_shards: int = 1) -> None:
+                 keys: type[Keys] = Keys, stream_shards: int = 1, durable_wait_ms: int | None = None) -> None:
         from outerloop.scheduler.scripts import is_cluster
 
         self.client = client
+        self.durable_wait_ms = durable_wait_ms  # None: acknowledge without waiting for a replica
+        self._slots_refreshed_at = 0.0
         self.keys = keys
         self.history_cap = history_cap
         self.stream_maxlen = stream_maxlen
@@ -297,7 +353,12 @@ class UserStore:
         k = self.keys
         names = [k.history(user_id), k.history_version(user_id), k.seen(user_id), k.rows(user_id),
                  embedding_key(user_id, k)]
-        hist, ver, seen, rows_flat, emb = await self._read(keys=names, args=[max_len])
+        try:
+            hist, ver, seen, rows_flat, emb = await self._read(keys=names, args=[max_len])
+        except _CLIENT_FAULTS as exc:
+            if not self.cluster:
+                raise
+            raise _lost_connection(exc) from exc
         items, actions, ts = parse_history(hist)
         rows = {rows_flat[i].decode(errors="replace"): rows_flat[i + 1] for i in range(0, len(rows_flat) - 1, 2)}
         return UserState(
@@ -313,19 +374,36 @@ class UserStore:
 
     async def read_precomputed(self, user_id: str) -> tuple[np.ndarray, np.ndarray]:
         """(precomputed item ids in order, seen item ids)."""
-        pre, seen = await self._read_pre(keys=[precomputed_key(user_id, self.keys), self.keys.seen(user_id)])
+        try:
+            pre, seen = await self._read_pre(keys=[precomputed_key(user_id, self.keys), self.keys.seen(user_id)])
+        except _CLIENT_FAULTS as exc:
+            if not self.cluster:
+                raise
+            raise _lost_connection(exc) from exc
         return _ints(pre), _ints(seen)
 
     async def apply(self, events: Sequence[Event]) -> ApplyResult:
         """Apply a validated batch (see the module docstring): one ``MULTI``/``EXEC`` on one
         server; on a cluster the stream first, then the history (idempotent by ``event_id``).
-        Returns only once every event is in the stream and in its user's history."""
+        Returns only once every event is in the stream and in its user's history (and, with
+        ``durable_wait_ms``, once a replica of each master written has them: else
+        :class:`NotReplicated`)."""
+        if self.durable_wait_ms is not None and not self.cluster:
+            return await self._apply_durable(events)
         if not self.cluster:
             async with self.client.pipeline(transaction=True) as pipe:
                 users = queue_apply(pipe, events, history_cap=self.history_cap, stream_maxlen=self.stream_maxlen,
                                     keys=self.keys, stream_shards=self.stream_shards)
                 results = await pipe.execute()
             return collect_apply(users, results, len(events))
+        try:
+            if self.durable_wait_ms is not None:
+                return await self._apply_durable_cluster(events)
+            return await self._apply_cluster(events)
+        except _CLIENT_FAULTS as exc:
+            raise _lost_connection(exc) from exc
+
+    async def _apply_cluster(self, events: Sequence[Event]) -> ApplyResult:
         # A cluster pipeline sends each node its commands; an error anywhere raises, and the
         # caller answers 503 (a retry appends again: at-least-once, deduped downstream).
         async with self.client.pipeline(transaction=False) as pipe:
@@ -336,6 +414,86 @@ class UserStore:
             users = queue_history(pipe, events, history_cap=self.history_cap, keys=self.keys)
             results = await pipe.execute()
         return collect_apply(users, results, len(events))
+
+    async def _apply_durable(self, events: Sequence[Event]) -> ApplyResult:
+        """One server: ``MULTI``, the writes, ``EXEC``, ``WAIT``, on one connection."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.execute_command("MULTI")
+            users = queue_apply(pipe, events, history_cap=self.history_cap, stream_maxlen=self.stream_maxlen,
+                                keys=self.keys, stream_shards=self.stream_shards)
+            pipe.execute_command("EXEC")
+            pipe.execute_command("WAIT", 1, self.durable_wait_ms)
+            replies = await pipe.execute()
+        results, acked = replies[-2], int(replies[-1])
+        if not isinstance(results, list):  # EXECABORT is raised by execute(); a nil EXEC is not ours
+            raise RedisError(f"the event transaction was not executed (EXEC answered {results!r})")
+        for res in results:
+            if isinstance(res, Exception):
+                raise res
+        if acked < 1:
+            raise self._not_replicated("the server")
+        return collect_apply(users, results, len(events))
+
+    async def _apply_durable_cluster(self, events: Sequence[Event]) -> ApplyResult:
+        """A cluster: the stream step then the history step, each confirmed by ``WAIT`` on every
+        master it wrote to."""
+        streams = _Recorder()
+        queue_stream(streams, events, stream_maxlen=self.stream_maxlen, keys=self.keys,
+                     stream_shards=self.stream_shards)
+        await self._on_masters_then_wait(streams.commands)
+        history = _Recorder()
+        users = queue_history(history, events, history_cap=self.history_cap, keys=self.keys)
+        results = await self._on_masters_then_wait(history.commands)
+        return collect_apply(users, results, len(events))
+
+    async def _on_masters_then_wait(self, commands: list[tuple[str, list[Any]]]) -> list[Any]:
+        """Send each command to the master of its key's slot, each master's commands followed by
+        ``WAIT 1`` in one round trip on one connection; the results in ``commands``' order."""
+        from redis.asyncio.cluster import PipelineCommand
+
+        await self.client.initialize()  # a no-op unless the client marked its slot map stale
+        by_node: dict[str, tuple[Any, list[Any]]] = {}
+        try:
+            for i, (key, args) in enumerate(commands):
+                node = self.client.get_node_from_key(key)
+                by_node.setdefault(node.name, (node, []))[1].append(PipelineCommand(i, *args))
+        except _TOPOLOGY_ERRORS:
+            await self._refresh_slots()
+            raise
+        waits = {name: PipelineCommand(-1, "WAIT", 1, self.durable_wait_ms) for name in by_node}
+        sent = await asyncio.gather(*(node.execute_pipeline([*cmds, waits[name]])
+                                      for name, (node, cmds) in by_node.items()), return_exceptions=True)
+        errors = [r for r in sent if isinstance(r, BaseException)]
+        errors += [c.result for _, cmds in by_node.values() for c in cmds if isinstance(c.result, Exception)]
+        errors += [w.result for w in waits.values() if isinstance(w.result, Exception)]
+        if errors:
+            if any(isinstance(e, _TOPOLOGY_ERRORS) for e in errors):
+                await self._refresh_slots()
+            raise errors[0]
+        unconfirmed = [name for name, w in waits.items() if int(w.result) < 1]
+        if unconfirmed:
+            raise self._not_replicated(f"master {', '.join(sorted(unconfirmed))}")
+        results: list[Any] = [None] * len(commands)
+        for _, cmds in by_node.values():
+            for c in cmds:
+                results[c.position] = c.result
+        return results
+
+    async def _refresh_slots(self) -> None:
+        """Re-read the cluster's slot map (at most every 200 ms; best effort: the next request
+        tries again)."""
+        now = time.monotonic()
+        if now - self._slots_refreshed_at < 0.2:
+            return
+        self._slots_refreshed_at = now
+        try:
+            await self.client.nodes_manager.initialize()
+        except (RedisError, OSError) as exc:
+            log.info("cluster slot map refresh failed (the next request retries): %s", exc)
+
+    def _not_replicated(self, where: str) -> NotReplicated:
+        return NotReplicated(f"durable write not confirmed: no replica of {where} acknowledged it within "
+                             f"{self.durable_wait_ms} ms (WAIT 1 {self.durable_wait_ms} answered 0)")
 
     async def warm(self) -> None:
         """On a cluster, discover the nodes and load the read scripts on every primary now, so
