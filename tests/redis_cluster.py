@@ -6,17 +6,20 @@ directories).
 Nothing is shared with other people: each fixture starts its own nodes (one cluster per test
 module; the module's tests keep to their own key prefixes). Modules import the fixtures they
 use (``cluster``, ``cluster_with_replicas``) and ``needs_cluster`` (the skip mark, with the
-reason, where ``redis-server`` cannot run a cluster).
+reason, where ``redis-server`` cannot run a cluster). :func:`local_pair` starts one master and its
+replica (no cluster). The nodes can be killed (``SIGKILL``) or paused (``SIGSTOP``) one by one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -57,11 +60,35 @@ class LocalCluster:
     ports: list[int]  # every node, masters first as created (roles may change on failover)
     masters: int
     replicas: int
+    procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def url(self) -> str:
-        """A URL of one node: what ``--redis-url`` takes with ``--cluster``."""
-        return f"redis://127.0.0.1:{self.ports[0]}"
+        """A URL of one node still running: what ``--redis-url`` takes with ``--cluster``."""
+        return f"redis://127.0.0.1:{self.alive()[0]}"
+
+    def alive(self) -> list[int]:
+        return [p for p in self.ports if p not in self.procs or self.procs[p].poll() is None]
+
+    def kill(self, port: int) -> None:
+        """SIGKILL one node (no shutdown, no last write to anyone)."""
+        self.procs[port].kill()
+        self.procs[port].wait()
+
+    def pause(self, port: int) -> None:
+        os.kill(self.procs[port].pid, signal.SIGSTOP)
+
+    def resume(self, port: int) -> None:
+        os.kill(self.procs[port].pid, signal.SIGCONT)
+
+    def replicas_of(self, master_port: int) -> list[int]:
+        """The ports of the replicas the master has now (its own word: ``INFO replication``)."""
+        info = redis.Redis(port=master_port).info("replication")
+        return [int(info[f"slave{i}"]["port"]) for i in range(int(info.get("connected_slaves", 0)))]
+
+    def wait_state_ok(self, timeout_s: float = 30.0) -> None:
+        """Until every live node says ``cluster_state:ok``."""
+        _wait_ready(self.alive(), replicas=0, timeout_s=timeout_s)
 
 
 @contextlib.contextmanager
@@ -91,9 +118,60 @@ def local_cluster(root: Path, *, masters: int = 3, replicas: int = 0,
         if done.returncode != 0:
             raise AssertionError(f"redis-cli --cluster create failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
         _wait_ready(ports, replicas=masters * replicas)
-        yield LocalCluster(ports=ports, masters=masters, replicas=replicas)
+        yield LocalCluster(ports=ports, masters=masters, replicas=replicas, procs=dict(zip(ports, procs)))
     finally:
         for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGCONT)  # a paused node dies on SIGKILL all the same; be sure
+            proc.kill()
+        for proc in procs:
+            proc.wait()
+
+
+@dataclass(frozen=True)
+class LocalPair:
+    """One master and its replica (no cluster)."""
+
+    master: int
+    replica: int
+    procs: dict[int, subprocess.Popen[bytes]] = field(repr=False, compare=False)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.master}"
+
+    def pause(self, port: int) -> None:
+        os.kill(self.procs[port].pid, signal.SIGSTOP)
+
+    def resume(self, port: int) -> None:
+        os.kill(self.procs[port].pid, signal.SIGCONT)
+
+
+@contextlib.contextmanager
+def local_pair(root: Path) -> Iterator[LocalPair]:
+    """A master and one replica of the machine's ``redis-server`` on free loopback ports; yields
+    once the replica's link is up, kills both afterwards."""
+    master, replica = free_ports(2)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for port, extra in ((master, []), (replica, ["--replicaof", "127.0.0.1", str(master)])):
+            node_dir = root / f"node-{port}"
+            node_dir.mkdir(parents=True)
+            procs.append(subprocess.Popen(
+                [str(REDIS_SERVER), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(node_dir), "--save", "",
+                 "--appendonly", "no", "--logfile", str(node_dir / "redis.log"), *extra],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for port, proc in zip((master, replica), procs):
+            _wait_ping(port, proc, root / f"node-{port}" / "redis.log")
+        deadline = time.monotonic() + 30
+        while redis.Redis(port=replica).info("replication").get("master_link_status") != "up":
+            assert time.monotonic() < deadline, "the replica did not link to its master"
+            time.sleep(0.05)
+        yield LocalPair(master=master, replica=replica, procs=dict(zip((master, replica), procs)))
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGCONT)
             proc.kill()
         for proc in procs:
             proc.wait()
