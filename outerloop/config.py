@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     durable_writes: str | bool = Field(default=False,
                                        description="the API acknowledges an event only once a replica has it")
     durable_wait_ms: str | int = Field(default=250, description="how long the API waits for a replica (durable writes)")
+    shared_buckets: str | int | None = Field(
+        default=None, description="hash tags of the co-watch graph and trending counts (default: 1, 16 on a cluster)")
     embedded_redis_dir: Path = Field(
         default=Path("runs/redis"),
         description="data directory of the embedded redis-server (socket and dump live here)",

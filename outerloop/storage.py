@@ -281,6 +281,10 @@ class Keys:
     """Every Redis key outerloop uses, in one place. User keys are hash-tagged by user id."""
 
     prefix = "ol"
+    # How many hash tags the shared structures (co-watch graph, trending counts) are spread
+    # over, by item: 1 keeps each under one tag (one slot), as on one server; a cluster spreads
+    # them over this many slots (``--shared-buckets``, :mod:`outerloop.topology`).
+    shared_buckets = 1
 
     @classmethod
     def user(cls, user_id: str, what: str) -> str:
@@ -341,6 +345,14 @@ def namespaced_keys(prefix: str) -> type[Keys]:
     replays on a real server, and tests."""
     return type(f"Keys_{prefix.replace('-', '_')}", (Keys,), {
         "prefix": prefix, "events_stream": f"{prefix}:events", "dead_letter_stream": f"{prefix}:events:dead"})
+
+
+def with_shared_buckets(keys: type[Keys], buckets: int) -> type[Keys]:
+    """``keys`` with the shared structures spread over ``buckets`` hash tags (a subclass; the
+    class given is untouched). ``buckets`` 1 returns ``keys`` itself."""
+    if buckets == getattr(keys, "shared_buckets", 1):
+        return keys
+    return type(keys.__name__, (keys,), {"shared_buckets": int(buckets)})
 
 
 def delete_namespace(target: RedisTarget, prefix: str) -> int:

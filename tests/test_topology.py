@@ -14,7 +14,7 @@ from outerloop.topology import Topology, topology_from_args
 
 COMMANDS = ("serve", "daemon", "mcp")
 TOPOLOGY_ENV = ("OUTERLOOP_REDIS_URL", "OUTERLOOP_REDIS_CLUSTER", "OUTERLOOP_STREAM_SHARDS", "OUTERLOOP_KEY_PREFIX",
-                "OUTERLOOP_DURABLE_WRITES", "OUTERLOOP_DURABLE_WAIT_MS")
+                "OUTERLOOP_DURABLE_WRITES", "OUTERLOOP_DURABLE_WAIT_MS", "OUTERLOOP_SHARED_BUCKETS")
 
 
 @pytest.fixture(autouse=True)
@@ -108,3 +108,40 @@ def test_each_command_refuses_a_bad_durable_setting_naming_it(
     monkeypatch.setenv("OUTERLOOP_DURABLE_WAIT_MS", "20000")
     assert main([command, "--artifacts", "/nonexistent"]) == 2
     assert "(OUTERLOOP_DURABLE_WAIT_MS) must be an integer from 1 to 10000, got 20000" in capsys.readouterr().err
+
+
+def test_shared_buckets_are_one_setting_one_tag_on_one_server_and_spread_on_a_cluster(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from outerloop.tools.builtin import CoWatchGraph, TrendingCounter
+
+    one = _topology("serve")
+    assert one.buckets == 1 and one.keys() is Keys  # one server: the keys as they always were
+    assert CoWatchGraph(keys=one.keys()).item_key(7) == "ol:cw:{cw}:i:7" and TrendingCounter().key == "ol:trend"
+    monkeypatch.setenv("OUTERLOOP_REDIS_URL", "redis://10.0.0.5:7000")
+    monkeypatch.setenv("OUTERLOOP_REDIS_CLUSTER", "1")
+    assert {_topology(c).buckets for c in COMMANDS} == {16}  # a cluster's default
+    monkeypatch.setenv("OUTERLOOP_SHARED_BUCKETS", "8")
+    want = Topology(redis_url="redis://10.0.0.5:7000", cluster=True, shared_buckets=8)
+    assert {_topology(c) for c in COMMANDS} == {want}
+    assert want.env()["OUTERLOOP_SHARED_BUCKETS"] == "8" and "over 8 hash tags" in want.describe()
+    keys = want.keys()
+    assert keys.shared_buckets == 8 and keys.prefix == "ol" and keys.rows("u") == "ol:u:{u}:rows"
+    graph = CoWatchGraph(keys=keys)
+    assert graph.item_key(7) == f"ol:cw:{{cw.{graph.bucket(7)}}}:i:7"
+    assert len({graph.bucket(i) for i in range(1, 200)}) == 8
+    assert {_topology(c, "--shared-buckets", "1").buckets for c in COMMANDS} == {1}
+    assert Topology(redis_url="redis://h:1", key_prefix="p", shared_buckets=4).keys().prefix == "p"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_command_refuses_a_bad_bucket_count_naming_it(
+        command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("OUTERLOOP_MCP_TOKEN", "x" * 40)
+    assert main([command, "--artifacts", "/nonexistent", "--shared-buckets", "0"]) == 2
+    assert "--shared-buckets (OUTERLOOP_SHARED_BUCKETS) must be an integer from 1 to 1024, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([command, "--artifacts", "/nonexistent", "--shared-buckets", "many"])
+    assert "--shared-buckets: expected an integer from 1 to 1024, got 'many'" in capsys.readouterr().err
+    monkeypatch.setenv("OUTERLOOP_SHARED_BUCKETS", "lots")
+    assert main([command, "--artifacts", "/nonexistent"]) == 2
+    assert "OUTERLOOP_SHARED_BUCKETS must be an integer from 1 to 1024, got 'lots'" in capsys.readouterr().err

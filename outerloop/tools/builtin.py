@@ -19,11 +19,20 @@ Structures:
 - :class:`TrendingCounter`: exponentially decayed counts as sorted-set scores. Increments are
   scaled by ``2**((ts - epoch) / half_life)`` so old counts decay without rewriting them; reads
   scale back to "now". The epoch is rebased (one ZUNIONSTORE per key) before scores overflow.
+
+Both are keyed by item. With ``keys.shared_buckets`` 1 (one server, the default) each lives under
+one hash tag; with ``N`` > 1 (a cluster) an item's keys carry the tag of the item's bucket
+(``crc32(item) % N``), so the structures spread over N slots and so over the masters, while an
+item's edges (one sorted set) and an item's trending counts stay in one slot. Reads over several
+buckets are merged exactly: the co-watch merge sums each seed's edges in seed order, as the
+one-slot script does; trending reads each bucket's top ``k`` and merges them as one sorted set
+would order them. The same events give the same answers whatever the bucket count.
 """
 
 from __future__ import annotations
 
 import asyncio
+import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -130,9 +139,19 @@ class CoWatchGraph:
     applied_ttl_s: int = 7 * 24 * 3600
     keys: type[Keys] = Keys  # key namespace (a Keys subclass with another prefix in tests)
 
+    @property
+    def buckets(self) -> int:
+        return int(getattr(self.keys, "shared_buckets", 1))
+
+    def bucket(self, item_id: int) -> int:
+        return item_bucket(item_id, self.buckets)
+
     def item_key(self, item_id: int) -> str:
-        # one hash tag for every item's edges: the neighbour merge is one script, legal on Cluster
-        return f"{self.keys.prefix}:cw:{{cw}}:i:{item_id}"
+        # one hash tag for every item's edges (the neighbour merge is one script), or one per item
+        # bucket on a cluster (the merge is one script per bucket touched)
+        buckets = self.buckets
+        tag = "cw" if buckets == 1 else f"cw.{item_bucket(item_id, buckets)}"
+        return f"{self.keys.prefix}:cw:{{{tag}}}:i:{item_id}"
 
     def user_key(self, user_id: str) -> str:
         return self.keys.user(user_id, "cw_recent")
@@ -222,6 +241,11 @@ class CoWatchGraph:
         seeds and edges (parsing hundreds of scored members in Python costs milliseconds)."""
         if not seeds:
             return []
+        groups: dict[int, list[int]] = defaultdict(list)  # bucket -> positions in seeds
+        for pos, s in enumerate(seeds):
+            groups[self.bucket(s)].append(pos)
+        if len(groups) > 1:
+            return await self._neighbours_across(redis, seeds, groups, k, per_seed)
         raw = await redis.eval(_NEIGHBOURS_LUA, len(seeds), *(self.item_key(s) for s in seeds),
                                per_seed, k, *seeds)
         if not raw:
@@ -231,6 +255,31 @@ class CoWatchGraph:
             item, score = pair.split(b":")
             out.append((int(item), float(score)))
         return out
+
+    async def _neighbours_across(self, redis: "Redis", seeds: Sequence[int], groups: dict[int, list[int]],
+                                 k: int, per_seed: int) -> list[tuple[int, float]]:
+        """Seeds in several buckets (slots): one script per bucket returns each seed's top edges
+        (one pipeline, one round trip per master), merged here exactly as the one-slot script
+        merges them: weights summed in seed order, ties by item id."""
+        pipe = redis.pipeline(transaction=False)
+        order = list(groups.values())
+        for positions in order:
+            pipe.eval(_EDGES_LUA, len(positions), *(self.item_key(seeds[p]) for p in positions), per_seed)
+        rows: dict[int, bytes] = {}
+        for positions, raw in zip(order, await pipe.execute()):
+            for p, part in zip(positions, (raw or b"").split(b";")):
+                rows[p] = part
+        skip = {int(s) for s in seeds}
+        acc: dict[int, float] = {}
+        for p in range(len(seeds)):
+            if not rows.get(p):
+                continue
+            for pair in rows[p].split(b","):
+                item, score = pair.split(b":")
+                m = int(item)
+                if m not in skip:
+                    acc[m] = acc.get(m, 0.0) + float(score)
+        return sorted(acc.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
 
 
 # KEYS[1]: one item's edge set. ARGV[1] neighbours kept, ARGV[2..] (weight, neighbour) pairs. One
@@ -268,6 +317,26 @@ return table.concat(out, ',')
 """
 
 
+# KEYS: item edge sets (one slot). ARGV[1] per seed. Each key's top edges as 'item:score,...'
+# (the score as Redis prints it: it reads back to the same double), keys joined by ';'.
+_EDGES_LUA = """
+local per = tonumber(ARGV[1])
+local out = {}
+for n, key in ipairs(KEYS) do
+  local rows = redis.call('ZREVRANGE', key, 0, per - 1, 'WITHSCORES')
+  local part = {}
+  for i = 1, #rows, 2 do part[#part + 1] = rows[i] .. ':' .. rows[i + 1] end
+  out[n] = table.concat(part, ',')
+end
+return table.concat(out, ';')
+"""
+
+
+def item_bucket(item_id: int, buckets: int) -> int:
+    """The bucket (hash tag) of an item's shared keys: 0 with one bucket, else crc32 of the id."""
+    return 0 if buckets <= 1 else zlib.crc32(str(int(item_id)).encode()) % buckets
+
+
 # --- trending --------------------------------------------------------------------------------
 
 
@@ -280,19 +349,72 @@ class TrendingCounter:
     keys: type[Keys] = Keys
 
     @property
+    def buckets(self) -> int:
+        return int(getattr(self.keys, "shared_buckets", 1))
+
+    @property
     def key(self) -> str:
+        """The overall counts (one bucket; with several, see :meth:`shard_key`)."""
         return f"{self.keys.prefix}:trend"
 
     @property
     def epoch_key(self) -> str:
+        """The epoch (with several buckets: the one each bucket's own epoch starts from)."""
         return f"{self.keys.prefix}:trend:epoch"
 
     def genre_key(self, genre: str) -> str:
         return f"{self.key}:g:{genre}"
 
+    # with several buckets each has its own keys, one hash tag: counts, per-genre counts, epoch
+    def shard_key(self, bucket: int) -> str:
+        return f"{self.keys.prefix}:trend:{{tr.{bucket}}}"
+
+    def shard_genre_key(self, bucket: int, genre: str) -> str:
+        return f"{self.shard_key(bucket)}:g:{genre}"
+
+    def shard_epoch_key(self, bucket: int) -> str:
+        return f"{self.shard_key(bucket)}:epoch"
+
     async def _epoch(self, redis: "Redis", first_ts: int) -> int:
         await redis.set(self.epoch_key, first_ts, nx=True)
         return int(await redis.get(self.epoch_key))
+
+    async def _record_buckets(self, redis: "Redis", evs: list[Event], catalog: Catalog) -> int:
+        """:meth:`record` over several buckets: every bucket's epoch starts as the one shared
+        epoch (so its scores are the ones a single key would hold) and is rebased on its own."""
+        buckets = self.buckets
+        pipe = redis.pipeline(transaction=False)
+        pipe.set(self.epoch_key, min(e.ts for e in evs), nx=True)
+        pipe.get(self.epoch_key)
+        shared = int((await pipe.execute())[1])
+        by_bucket: dict[int, list[Event]] = defaultdict(list)
+        for e in evs:
+            by_bucket[item_bucket(int(e.item_id), buckets)].append(e)  # type: ignore[arg-type]
+        pipe = redis.pipeline(transaction=False)
+        for b in by_bucket:
+            pipe.set(self.shard_epoch_key(b), shared, nx=True)
+            pipe.get(self.shard_epoch_key(b))
+        got = await pipe.execute()
+        epochs = {b: int(got[2 * n + 1]) for n, b in enumerate(by_bucket)}
+        for b, bevs in by_bucket.items():
+            newest = max(e.ts for e in bevs)
+            if (newest - epochs[b]) / self.half_life_ms > self.rebase_after_half_lives:
+                epochs[b] = await self._rebase_bucket(redis, b, newest, catalog)
+        pipe = redis.pipeline(transaction=False)
+        for e in evs:
+            b = item_bucket(int(e.item_id), buckets)  # type: ignore[arg-type]
+            inc = ENGAGEMENT_WEIGHT[e.type] * 2.0 ** ((e.ts - epochs[b]) / self.half_life_ms)
+            pipe.zincrby(self.shard_key(b), inc, e.item_id)
+            for g in _genres(catalog, e.item_id):
+                pipe.zincrby(self.shard_genre_key(b, g), inc, e.item_id)
+        await pipe.execute()
+        return len(evs)
+
+    async def _rebase_bucket(self, redis: "Redis", bucket: int, new_epoch: int, catalog: Catalog) -> int:
+        keys = [self.shard_epoch_key(bucket), self.shard_key(bucket),
+                *(self.shard_genre_key(bucket, g) for g in catalog.genres)]
+        await redis.eval(_REBASE_LUA, len(keys), *keys, new_epoch, self.half_life_ms)
+        return new_epoch
 
     async def record(self, redis: "Redis", events: Iterable[Event], catalog: Catalog) -> int:
         """Count engagement events (not idempotent by itself: pass events claimed once, e.g. by
@@ -300,6 +422,8 @@ class TrendingCounter:
         evs = [e for e in events if e.item_id is not None and ENGAGEMENT_WEIGHT.get(e.type, 0.0) > 0]
         if not evs:
             return 0
+        if self.buckets > 1:
+            return await self._record_buckets(redis, evs, catalog)
         epoch = await self._epoch(redis, min(e.ts for e in evs))
         if (max(e.ts for e in evs) - epoch) / self.half_life_ms > self.rebase_after_half_lives:
             epoch = await self.rebase(redis, max(e.ts for e in evs), catalog)
@@ -317,7 +441,13 @@ class TrendingCounter:
         return len(evs)
 
     async def rebase(self, redis: "Redis", new_epoch: int, catalog: Catalog) -> int:
-        """Move the epoch to ``new_epoch``, rescaling every score so decayed values stay equal."""
+        """Move the epoch to ``new_epoch``, rescaling every score so decayed values stay equal
+        (with several buckets: each bucket in one script, its keys and epoch together)."""
+        if self.buckets > 1:
+            for b in range(self.buckets):
+                await self._rebase_bucket(redis, b, new_epoch, catalog)
+            await redis.set(self.epoch_key, new_epoch)
+            return new_epoch
         old = int(await redis.get(self.epoch_key) or new_epoch)
         factor = 2.0 ** ((old - new_epoch) / self.half_life_ms)
         pipe = redis.pipeline(transaction=True)
@@ -328,6 +458,8 @@ class TrendingCounter:
         return new_epoch
 
     async def top(self, redis: "Redis", k: int, now_ms: int, genre: str | None = None) -> list[tuple[int, float]]:
+        if self.buckets > 1:
+            return await self._top_buckets(redis, k, now_ms, genre)
         key = self.genre_key(genre) if genre else self.key
         pipe = redis.pipeline(transaction=False)
         pipe.get(self.epoch_key)
@@ -337,6 +469,51 @@ class TrendingCounter:
             return []
         scale = 2.0 ** ((int(epoch_raw) - now_ms) / self.half_life_ms)
         return [(int(m), float(s) * scale) for m, s in rows]
+
+    async def _top_buckets(self, redis: "Redis", k: int, now_ms: int, genre: str | None) -> list[tuple[int, float]]:
+        """Each bucket's top ``k`` (one pipeline), merged: exact, since an item lives in one
+        bucket. While the buckets share one epoch (until one is rebased) the order is the order
+        of the stored scores, ties by member descending, as ``ZREVRANGE`` of one key orders them."""
+        pipe = redis.pipeline(transaction=False)
+        for b in range(self.buckets):
+            pipe.get(self.shard_epoch_key(b))
+            pipe.zrevrange(self.shard_genre_key(b, genre) if genre else self.shard_key(b), 0, k - 1, withscores=True)
+        got = await pipe.execute()
+        merged: list[tuple[float, bytes, float]] = []  # (sort score, member, decayed score)
+        epochs = {int(got[2 * b]) for b in range(self.buckets) if got[2 * b] is not None}
+        for b in range(self.buckets):
+            epoch_raw, rows = got[2 * b], got[2 * b + 1]
+            if epoch_raw is None:
+                continue
+            scale = 2.0 ** ((int(epoch_raw) - now_ms) / self.half_life_ms)
+            for m, s in rows:
+                decayed = float(s) * scale
+                merged.append((float(s) if len(epochs) == 1 else decayed, _as_bytes(m), decayed))
+        merged.sort(key=lambda r: (r[0], r[1]), reverse=True)
+        return [(int(m), decayed) for _, m, decayed in merged[:k]]
+
+
+def _genres(catalog: Catalog, item_id: Any) -> Sequence[str]:
+    try:
+        return catalog.get(int(item_id)).genres
+    except KeyError:
+        return ()
+
+
+def _as_bytes(member: Any) -> bytes:
+    return member if isinstance(member, bytes) else str(member).encode()
+
+
+# KEYS[1] a bucket's epoch, KEYS[2..] its sorted sets. ARGV[1] the new epoch, ARGV[2] the half-life.
+# Rescales every set and moves the epoch in one step (the keys share the bucket's slot).
+_REBASE_LUA = """
+local new, half = tonumber(ARGV[1]), tonumber(ARGV[2])
+local old = tonumber(redis.call('GET', KEYS[1]) or ARGV[1])
+local factor = string.format('%.17g', 2 ^ ((old - new) / half))
+for i = 2, #KEYS do redis.call('ZUNIONSTORE', KEYS[i], 1, KEYS[i], 'WEIGHTS', factor) end
+redis.call('SET', KEYS[1], ARGV[1])
+return new
+"""
 
 
 # --- tool contracts and implementations ------------------------------------------------------
