@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, str] = {
     "loop": "outerloop.benchmarks.loop",
     "model": "outerloop.benchmarks.model",
     "conversation": "outerloop.benchmarks.conversation",
+    "cluster": "outerloop.benchmarks.cluster",
 }
 
 

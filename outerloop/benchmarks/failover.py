@@ -166,8 +166,9 @@ def stored(topology: Topology, users: list[str]) -> tuple[Counter[str], dict[str
     return in_streams, history
 
 
-async def caught_up(client: Any, keys: SchedulerKeys) -> bool:
-    """Every shard's entries read and acknowledged by the daemons' group, no user waiting for a cycle."""
+async def caught_up(client: Any, keys: SchedulerKeys, *, include_due: bool = True) -> bool:
+    """Every shard's entries read and acknowledged by the daemons' group, and (``include_due``) no
+    user waiting for a cycle."""
     for shard, stream in enumerate(keys.streams()):
         if not await client.exists(stream):
             continue
@@ -178,7 +179,7 @@ async def caught_up(client: Any, keys: SchedulerKeys) -> bool:
         for g in groups:
             if int(g["pending"]) or int(g.get("entries-read") or 0) < length:
                 return False
-        if await client.zcard(keys.due(shard)):
+        if include_due and await client.zcard(keys.due(shard)):
             return False
     return True
 
