@@ -35,6 +35,8 @@ _register("train-ensemble", "train the outer loop's heavy model (more transforme
 _register("eval", "offline metrics of trained artifacts (HR@10, NDCG@10, full and sampled)", "outerloop.evals.cli")
 _register("serve", "serve real-time recommendations over HTTP (FastAPI + uvicorn)", "outerloop.inner_loop.serve_cli")
 _register("bench", "run a benchmark and print one JSON object", "outerloop.bench_cli")
+_register("plan-capacity", "size API workers, daemons and Redis masters for a load from `bench cluster`'s JSON",
+          "outerloop.capacity")
 _register("mcp", "serve outerloop's tools to MCP clients (stdio or streamable HTTP)", "outerloop.tools.mcp_cli")
 _register("daemon", "consume events, sessionize, trigger agent cycles", "outerloop.scheduler.daemon_cli")
 _register("report", "write an offline HTML report (training, latency, fresh vs stale, lift, budgets)",
