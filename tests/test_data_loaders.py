@@ -396,3 +396,19 @@ def test_missing_file_names_the_path(tmp_path: Path, loader, present: list[str],
 def test_missing_directory_names_the_path(tmp_path: Path) -> None:
     with pytest.raises(UserInputError, match="nowhere: data directory not found"):
         load_ml100k(tmp_path / "nowhere")
+
+
+def test_commands_training_next_to_artifacts_load_the_data_the_model_saw(data_dir) -> None:
+    """``training_data`` (what train-ranker and train-ensemble load) applies the options the
+    artifacts were trained with: ML-100K with ``dislike_below=3`` comes back with its skips."""
+    from types import SimpleNamespace
+
+    from outerloop.data.schema import ACTION_ID
+    from outerloop.inner_loop.artifacts import training_data
+
+    arts = SimpleNamespace(manifest={"dataset": "ml-100k", "dataset_options": {"dislike_below": 3},
+                                     "data_dir": str(data_dir)})
+    skips = sum(int((u.actions == ACTION_ID["skip"]).sum()) for u in training_data(arts).users)  # type: ignore[arg-type]
+    assert skips > 1000  # ratings 1-2 of ML-100K's 100,000
+    plain = training_data(arts, "ml-100k", data_dir)  # type: ignore[arg-type]
+    assert sum(int((u.actions == ACTION_ID["skip"]).sum()) for u in plain.users) == skips  # same name: same options

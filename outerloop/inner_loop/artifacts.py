@@ -276,16 +276,18 @@ class Artifacts:
 
 
 def training_data(artifacts: Artifacts, dataset: str | None = None, data_dir: str | Path | None = None) -> Any:
-    """The data set the artifacts were trained on (their manifest names it, and for a generated
-    set its options), or ``dataset`` from ``data_dir`` when given. For commands that train more
-    next to existing artifacts (ranker, ensemble)."""
+    """The data set the artifacts were trained on (their manifest names it and the options it was
+    loaded with: a generated set's, a rating set's ``dislike_below``), or ``dataset`` from
+    ``data_dir`` when given. For commands that train more next to existing artifacts (ranker,
+    ensemble): without the options, ML-100K trained with ``dislike_below=3`` would come back with
+    no skips, other data than the model saw."""
     from outerloop.data.datasets import load_dataset
 
     manifest = artifacts.manifest or {}
     name = dataset or manifest.get("dataset") or (manifest.get("data") or {}).get("name")
     if not name:
         raise UserInputError("--dataset is required: the artifacts' manifest does not name one")
-    options = (manifest.get("dataset_options") or {}) if name == "synthetic" and not dataset else {}
+    options = (manifest.get("dataset_options") or {}) if not dataset or dataset == manifest.get("dataset") else {}
     root = data_dir or (manifest.get("data_dir") if not dataset else None)
     return load_dataset(name, root, **options)
 

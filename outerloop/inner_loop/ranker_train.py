@@ -385,7 +385,8 @@ def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: st
     }
     base, ours = test_report["retrieval_order"], test_report["ranker"]
     lift = {k: (ours[k] / base[k] - 1.0 if base[k] > 0 else 0.0) for k in ("hr@10", "ndcg@10", "mrr")}
-    heads: dict[str, Any] = {"relevance": {"metric": "ndcg@10", "val": val_by_w[w_liked]["ndcg@10"],
+    heads: dict[str, Any] = {"relevance": {"metric": "ndcg@10",
+                                           "val": ranking_metrics(val_logits[..., 0], val)["ndcg@10"],
                                            "test": test_report["ranker_relevance_only"]["ndcg@10"]}}
     if "liked" in objectives:
         heads["liked"] = {"metric": "roc_auc of the target's observed engagement",
