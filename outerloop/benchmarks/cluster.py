@@ -75,6 +75,8 @@ class Setting:
 
 
 def parse_settings(text: str) -> list[Setting]:
+    if text.strip() == "none":
+        return []
     out = []
     for part in (p.strip() for p in text.split(",") if p.strip()):
         bits = part.split(":")
@@ -88,7 +90,7 @@ def parse_settings(text: str) -> list[Setting]:
                                  f"got {part!r}")
         out.append(Setting(redis_kind, workers, daemons))
     if not out:
-        raise UserInputError("--settings names no setting")
+        raise UserInputError("--settings names no setting (none: only the failover runs)")
     return out
 
 
@@ -105,7 +107,7 @@ def _ints(text: str, flag: str) -> list[int]:
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--artifacts", type=Path, required=True, help="trained artifacts (serve and the daemons load them)")
     p.add_argument("--settings", default=DEFAULT_SETTINGS,
-                   help=f"redis:workers:daemons, comma-separated (default {DEFAULT_SETTINGS})")
+                   help=f"redis:workers:daemons, comma-separated, or none (default {DEFAULT_SETTINGS})")
     p.add_argument("--duration", type=float, default=20.0, help="seconds of each measured phase (5: a smoke run)")
     p.add_argument("--connections", type=int, default=16, help="wrk connections posting events")
     p.add_argument("--get-rate", type=float, default=200.0, help="GETs per second of the fixed-rate phase")

@@ -150,7 +150,9 @@ async def offer_events(base: str, prefix: str, users: list[str], victim_users: l
 
 
 def stored(topology: Topology, users: list[str]) -> tuple[Counter[str], dict[str, list[bytes]]]:
-    """(event id -> times in its user's stream shard, user -> history tokens)."""
+    """(event id -> times in its user's stream shard, user -> history tokens). With daemons
+    running, an entry they consumed may be trimmed from the stream: an event a daemon applied
+    (its per-user applied set) was in the stream, and counts once when no longer there."""
     keys = SchedulerKeys.for_topology(topology)
     client = topology.target().sync_client()
     try:
@@ -160,6 +162,11 @@ def stored(topology: Topology, users: list[str]) -> tuple[Counter[str], dict[str
                 ev = json.loads(fields[b"event"])
                 if keys.stream_for_user(ev["user_id"]) == stream:
                     in_streams[ev["event_id"]] += 1
+        for u in users:
+            for member in client.smembers(keys.applied(u)):
+                eid = member.decode()
+                if not in_streams[eid]:
+                    in_streams[eid] = 1
         history = {u: client.lrange(topology.keys().history(u), 0, -1) for u in users}
     finally:
         client.close()
