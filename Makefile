@@ -19,7 +19,8 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/outerloop demo
 
-# The browser tests need Debian's chromium: installed here when missing (root, apt-get).
+# The browser tests need Debian's chromium, and `outerloop bench cluster` Debian's wrk: both
+# installed here when missing (root, apt-get).
 test: install
 	$(BIN)/python tests/browser.py
 	$(BIN)/python -m pytest -q

@@ -4,7 +4,10 @@
 chromium``; root, network to the Debian mirror); ``make test`` runs this file first, so a fresh
 clone needs nothing done by hand. Without Chromium the browser tests fail, never skip.
 
-    python tests/browser.py     # install Chromium if missing, print its path
+It also installs Debian's ``wrk`` (:func:`ensure_wrk`), the HTTP load generator
+``outerloop bench cluster`` drives, the same way.
+
+    python tests/browser.py     # install Chromium and wrk if missing, print their paths
 """
 
 from __future__ import annotations
@@ -33,6 +36,24 @@ def ensure_chromium() -> Path:
     return CHROMIUM
 
 
+def ensure_wrk() -> Path:
+    """``wrk`` on PATH, installing Debian's package first when it is missing."""
+    found = shutil.which("wrk")
+    if found:
+        return Path(found)
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        raise RuntimeError("wrk is missing and cannot be installed here (needs root and apt-get): "
+                           "run `apt-get update && apt-get install -y wrk`")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update"], check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(["apt-get", "install", "-y", "wrk"], check=True, env=env, stdout=subprocess.DEVNULL)
+    found = shutil.which("wrk")
+    if not found:
+        raise RuntimeError("apt-get installed wrk but it is still not on PATH")
+    return Path(found)
+
+
 if __name__ == "__main__":
     print(ensure_chromium())
+    print(ensure_wrk())
     sys.exit(0)
