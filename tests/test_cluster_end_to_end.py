@@ -1,15 +1,17 @@
 """The whole system on a real local Redis Cluster (3 masters + 3 replicas of the machine's
 ``redis-server``): the API's event write, event by event in its user's stream shard and applied
 once, and then the processes as an operator runs them, configured only by the environment's
-topology: ``outerloop serve --workers 2`` and ``outerloop daemon --runner outerloop`` on tiny
-trained artifacts. Events posted to the API reach the daemon through the shards, its agents
-commit rows, both API workers serve them, and a manual refresh through the API reaches the daemon."""
+topology: ``outerloop serve --workers 2`` and two ``outerloop daemon --runner outerloop`` in one
+consumer group, on tiny trained artifacts. Events posted to the API reach the daemons through the
+shards (together they apply each event once), their agents commit rows, both API workers serve
+them, and a manual refresh through the API reaches a daemon."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -123,20 +125,23 @@ async def _caught_up(client: Any, keys: SchedulerKeys) -> bool:
     return True
 
 
-async def test_events_posted_to_two_api_workers_reach_the_daemon_through_the_shards_and_its_rows_are_served(
+async def test_events_posted_to_two_api_workers_reach_two_daemons_through_the_shards_and_rows_are_served(
         cluster_with_replicas: LocalCluster, tiny_dir: Path, tmp_path: Path) -> None:  # noqa: F811
     topology = Topology(redis_url=cluster_with_replicas.url, cluster=True, stream_shards=SHARDS, key_prefix="e2e")
     keys = SchedulerKeys.for_topology(topology)
     env = {**os.environ, **topology.env(), "OUTERLOOP_API_KEY": "k1", "PYTHONUNBUFFERED": "1"}
     port = free_port()
     refresh_log = "e2e:refresh"
-    api_log, daemon_log = tmp_path / "api.log", tmp_path / "daemon.log"
-    with api_log.open("wb") as a, daemon_log.open("wb") as d:
+    api_log, daemon_log, daemon2_log = tmp_path / "api.log", tmp_path / "daemon.log", tmp_path / "daemon2.log"
+    with api_log.open("wb") as a, daemon_log.open("wb") as d, daemon2_log.open("wb") as d2:
         api = subprocess.Popen([sys.executable, "-m", "outerloop.cli", "serve", "--artifacts", str(tiny_dir),
                                 "--port", str(port), "--workers", "2"], cwd=REPO, env=env, stdout=a,
                                stderr=subprocess.STDOUT)
         daemon = subprocess.Popen(_daemon_cmd("d1", tiny_dir, refresh_log), cwd=REPO, env=env, stdout=d,
                                   stderr=subprocess.STDOUT)
+        # a second daemon in the same consumer group: the two share every shard's entries
+        daemon2 = subprocess.Popen(_daemon_cmd("d2", tiny_dir, refresh_log), cwd=REPO, env=env, stdout=d2,
+                                   stderr=subprocess.STDOUT)
     client = topology.target().async_client()
     base = f"http://127.0.0.1:{port}"
     try:
@@ -161,6 +166,7 @@ async def test_events_posted_to_two_api_workers_reach_the_daemon_through_the_sha
 
         async def done() -> bool:  # everything read, no cycle waiting or running
             assert daemon.poll() is None, daemon_log.read_text()[-3000:]
+            assert daemon2.poll() is None, daemon2_log.read_text()[-3000:]
             if not (await _caught_up(client, keys) and await client.xlen(refresh_log) > 0):
                 return False
             for u in {e["user_id"] for e in events}:
@@ -198,7 +204,7 @@ async def test_events_posted_to_two_api_workers_reach_the_daemon_through_the_sha
         seen = await client.xlen(refresh_log)
         async with httpx.AsyncClient(base_url=base, timeout=10, headers={"X-API-Key": "k1"}) as http:
             r = await http.post(f"/v1/users/{user}/refresh", json={"agents": ["tools"]})
-            assert r.status_code == 202 and r.json()["live_daemons"] == 1, r.text
+            assert r.status_code == 202 and r.json()["live_daemons"] == 2, r.text
 
         async def refreshed() -> bool:
             entries = (await client.xrange(refresh_log))[seen:]
@@ -206,9 +212,9 @@ async def test_events_posted_to_two_api_workers_reach_the_daemon_through_the_sha
 
         await wait_until(refreshed, timeout_s=30, every_s=0.1)
     finally:
-        for proc in (api, daemon):
+        for proc in (api, daemon, daemon2):
             proc.terminate()
-        for proc, log in ((api, api_log), (daemon, daemon_log)):
+        for proc, log in ((api, api_log), (daemon, daemon_log), (daemon2, daemon2_log)):
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -216,4 +222,8 @@ async def test_events_posted_to_two_api_workers_reach_the_daemon_through_the_sha
                 proc.wait()
         await client.aclose()
     assert daemon.returncode == 0, daemon_log.read_text()[-3000:]
+    assert daemon2.returncode == 0, daemon2_log.read_text()[-3000:]
     assert "Traceback" not in api_log.read_text(), api_log.read_text()[-3000:]
+    # together the two daemons applied each distinct event exactly once (each says so when it stops)
+    applied = [int(re.findall(r"stopped: .*?applied=(\d+)", log.read_text())[-1]) for log in (daemon_log, daemon2_log)]
+    assert sum(applied) == len({e["event_id"] for e in events}), applied
