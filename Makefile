@@ -52,6 +52,8 @@ bench: install
 	test -f $(SYN)/manifest.json || $(BIN)/outerloop train --dataset synthetic --out $(SYN) --max-minutes 2
 	$(BIN)/outerloop bench freshness --artifacts $(SYN) --runner outerloop --rate 500 --duration 20 --crash --json | tee runs/bench/freshness.json
 	$(BIN)/outerloop bench freshness --artifacts $(SYN) --runner rows --rate 500 --duration 60 --json | tee runs/bench/freshness_rows.json
+	$(BIN)/outerloop bench cluster --artifacts $(SYN) --duration 30 --json | tee runs/bench/cluster.json
+	$(BIN)/outerloop plan-capacity runs/bench/cluster.json | tee runs/bench/capacity.txt
 	$(BIN)/outerloop report --out runs/bench/report --artifacts $(ML1M) --inputs runs/bench/*.json
 
 clean:
