@@ -27,16 +27,7 @@ def test_outerloop_serve_over_tcp(tiny_dir: Path, tiny_data, tmp_path: Path) -> 
                                  "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
+        wait_ready(base, proc, log, timeout_s=60)
         with httpx.Client(base_url=base, timeout=5) as c:
             items = [int(i) for i in tiny_data.users[1].items[:5]]
             r = c.post("/v1/events", json=[event("tcp-user", i, "finish") for i in items], headers={"X-API-Key": "k1"})
