@@ -21,16 +21,21 @@ from pathlib import Path
 CHROMIUM = Path("/usr/bin/chromium")
 
 
+def apt_install(package: str) -> None:
+    """Install Debian's ``package`` (root and apt-get), or say exactly what to run."""
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        raise RuntimeError(f"{package} is missing and cannot be installed here (needs root and apt-get): "
+                           f"run `apt-get update && apt-get install -y {package}`")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update"], check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(["apt-get", "install", "-y", package], check=True, env=env, stdout=subprocess.DEVNULL)
+
+
 def ensure_chromium() -> Path:
     """``/usr/bin/chromium``, installing Debian's package first when it is missing."""
     if CHROMIUM.exists():
         return CHROMIUM
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
-        raise RuntimeError("chromium is missing and cannot be installed here (needs root and apt-get): "
-                           "run `apt-get update && apt-get install -y chromium`")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update"], check=True, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run(["apt-get", "install", "-y", "chromium"], check=True, env=env, stdout=subprocess.DEVNULL)
+    apt_install("chromium")
     if not CHROMIUM.exists():
         raise RuntimeError("apt-get installed chromium but /usr/bin/chromium is still missing")
     return CHROMIUM
@@ -41,12 +46,7 @@ def ensure_wrk() -> Path:
     found = shutil.which("wrk")
     if found:
         return Path(found)
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
-        raise RuntimeError("wrk is missing and cannot be installed here (needs root and apt-get): "
-                           "run `apt-get update && apt-get install -y wrk`")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update"], check=True, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run(["apt-get", "install", "-y", "wrk"], check=True, env=env, stdout=subprocess.DEVNULL)
+    apt_install("wrk")
     found = shutil.which("wrk")
     if not found:
         raise RuntimeError("apt-get installed wrk but it is still not on PATH")

@@ -17,14 +17,20 @@ from tests.redis_fixtures import url_for_children
 from tests.test_api_fixtures import event, tiny_data, tiny_dir  # noqa: F401
 
 
-def test_outerloop_serve_over_tcp(tiny_dir: Path, tiny_data, tmp_path: Path) -> None:  # noqa: F811
+def _start_serve(tiny_dir: Path, tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """``outerloop serve`` on a free port over an embedded Redis in ``tmp_path`` (API key k1)."""
     target = RedisTarget(embedded_dir=tmp_path / "redis")
     port = free_port()
     env = {**os.environ, "OUTERLOOP_REDIS_URL": url_for_children(target), "OUTERLOOP_API_KEY": "k1"}
     log = tmp_path / "server.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "outerloop.cli", "serve", "--artifacts", str(tiny_dir),
-                                 "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT)
+                                 "--port", str(port), *extra], env=env, stdout=out, stderr=subprocess.STDOUT)
+    return proc, port, log
+
+
+def test_outerloop_serve_over_tcp(tiny_dir: Path, tiny_data, tmp_path: Path) -> None:  # noqa: F811
+    proc, port, log = _start_serve(tiny_dir, tmp_path)
     try:
         base = f"http://127.0.0.1:{port}"
         wait_ready(base, proc, log, timeout_s=60)
@@ -74,13 +80,7 @@ def pids_answering(base: str, path: str, want: int, tries: int = 400, **params: 
 
 def test_serve_with_two_workers_answers_from_both_and_both_see_every_event(  # noqa: F811
         tiny_dir: Path, tmp_path: Path) -> None:
-    target = RedisTarget(embedded_dir=tmp_path / "redis")
-    port = free_port()
-    env = {**os.environ, "OUTERLOOP_REDIS_URL": url_for_children(target), "OUTERLOOP_API_KEY": "k1"}
-    log = tmp_path / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "outerloop.cli", "serve", "--artifacts", str(tiny_dir),
-                                 "--port", str(port), "--workers", "2"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    proc, port, log = _start_serve(tiny_dir, tmp_path, "--workers", "2")
     try:
         base = f"http://127.0.0.1:{port}"
         wait_ready(base, proc, log)

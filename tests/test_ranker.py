@@ -65,7 +65,8 @@ def test_each_head_reports_its_own_validation_metric(tiny_ranker) -> None:  # no
     assert heads["relevance"]["metric"] == "ndcg@10" and 0 < heads["relevance"]["val"] <= 1
     liked = heads["liked"]
     assert liked["val_targets"] > 0 and 0 < liked["val_targets_liked_share"] < 1
-    assert liked["test"] is not None and 0.0 <= liked["test"] <= 1.0
+    # an AUC exists only where the held-out targets hold both liked and disliked items
+    assert liked["test"] is not None and liked["val"] is not None
 
 
 def test_without_negative_engagement_there_is_no_liked_head(tiny_artifacts, tiny_data, tmp_path) -> None:  # noqa: F811

@@ -404,8 +404,9 @@ def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: st
                        f"outer-loop rows at the validation cut for {len(agent_rows)} users, none for the rest"),
         "n_candidates": n_candidates, "objectives": list(objectives), "heads": heads,
         "bags": n_bags, "val_ndcg@10_by_bags": {str(k): v for k, v in val_by_bags.items()},
-        "epochs_run": sum(len(h) for h in histories), "best_epoch": [max(h, key=lambda r: r["val_ndcg@10"])["epoch"]
-                                                                     for h in histories][0],
+        "epochs_run": sum(len(h) for h in histories),
+        "best_epochs": [max(h, key=lambda r: r["val_ndcg@10"])["epoch"] for h in histories],  # one per tower
+        "best_epoch": max(histories[0], key=lambda r: r["val_ndcg@10"])["epoch"],  # the first tower's
         "val_ndcg@10_by_liked_weight": {str(k): v["ndcg@10"] for k, v in val_by_w.items()},
         "val_no_rows": val_no_rows if agent_rows is not None else None,
         "val_with_rows": val_with_rows,
