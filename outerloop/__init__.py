@@ -34,37 +34,37 @@ _EXPORTS: dict[str, str] = {
     "tool": "outerloop.tools.contracts",
     "ToolDeps": "outerloop.tools.contracts",
     "ToolRegistry": "outerloop.tools.registry",
-    "Budget": "outerloop.budgets.budget",
+    "Budget": "outerloop.contracts.budget",
     "RunRecord": "outerloop.budgets.record",
     "OuterLoop": "outerloop.agents.loop",
     "LoopConfig": "outerloop.agents.runtime",
     "run_daemon": "outerloop.scheduler.run",
     "DaemonSettings": "outerloop.scheduler.settings",
     "Artifacts": "outerloop.inner_loop.artifacts",
-    "Event": "outerloop.data.events",
+    "Event": "outerloop.contracts.events",
     "Fact": "outerloop.memory.facts",
     "GenreAffinity": "outerloop.memory.facts",
     "GenreBackoff": "outerloop.memory.facts",
     "RuntimePreference": "outerloop.memory.facts",
     "ContinueWatching": "outerloop.memory.facts",
-    "Trigger": "outerloop.agents.contracts",
-    "Plan": "outerloop.agents.contracts",
-    "PlanStep": "outerloop.agents.contracts",
-    "Row": "outerloop.agents.contracts",
-    "CycleResult": "outerloop.agents.contracts",
+    "Trigger": "outerloop.contracts.plans",
+    "Plan": "outerloop.contracts.plans",
+    "PlanStep": "outerloop.contracts.plans",
+    "Row": "outerloop.contracts.plans",
+    "CycleResult": "outerloop.contracts.plans",
     "UsageError": "outerloop.errors",
     "RunFailed": "outerloop.errors",
 }
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time names resolve on first access
-    from outerloop.agents.contracts import CycleResult, Plan, PlanStep, Row, Trigger
+    from outerloop.contracts.plans import CycleResult, Plan, PlanStep, Row, Trigger
     from outerloop.agents.loop import OuterLoop
     from outerloop.agents.runtime import LoopConfig
     from outerloop.agents.sdk import AgentContext, IsolatedContext, agent
-    from outerloop.budgets.budget import Budget
+    from outerloop.contracts.budget import Budget
     from outerloop.budgets.record import RunRecord
-    from outerloop.data.events import Event
+    from outerloop.contracts.events import Event
     from outerloop.errors import RunFailed, UsageError
     from outerloop.inner_loop.artifacts import Artifacts
     from outerloop.memory.facts import ContinueWatching, Fact, GenreAffinity, GenreBackoff, RuntimePreference

@@ -23,7 +23,7 @@ from typing import Any
 
 import schemathesis
 
-from outerloop.data.events import MAX_FUTURE_SKEW_MS
+from outerloop.contracts.events import MAX_FUTURE_SKEW_MS
 
 
 def _events(body: Any) -> list[Any]:

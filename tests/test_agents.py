@@ -120,7 +120,7 @@ async def test_tool_call_budget_stops_the_agent(redis_target, redis_keys):
 
 
 async def test_step_budget_from_the_plan_can_only_tighten(redis_target, redis_keys):
-    from outerloop.agents.contracts import Plan, PlanStep, StepBudget
+    from outerloop.contracts.plans import Plan, PlanStep, StepBudget
     from outerloop.agents.planner import validate_plan
 
     async with loop_for(redis_target, redis_keys, good) as loop:
@@ -281,7 +281,7 @@ async def test_a_new_backoff_rebuilds_the_users_older_rows_in_the_same_cycle(red
     """Rows built before a back-off may hold the genre: the memory agent raises a ``backoff``
     trigger, the planner replans, and the tool agent rebuilds the user's other rows (here a
     wind-down row full of crime) in the same cycle; a back-off already known raises nothing."""
-    from outerloop.agents.contracts import Row
+    from outerloop.contracts.plans import Row
 
     user = "u-rows-before"
     old = Row(row_id="wind_down", title="Wind down", reason="earlier", items=[(i, 1.0) for i in CRIME_DRAMAS[3:]],

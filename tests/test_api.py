@@ -294,7 +294,7 @@ def test_generated_garbage_never_gets_a_5xx(client: TestClient) -> None:
 def test_profile_sets_the_offset_the_scheduler_reads(client: TestClient, redis_target, redis_keys) -> None:  # noqa: F811
     """PUT /v1/users/{id}/profile writes the HASH the late-night rule reads (SchedulerKeys.profile),
     from an offset or an IANA zone; bad input is a 422 naming the field and writes nothing."""
-    from outerloop.scheduler.keys import SchedulerKeys
+    from outerloop.contracts.keys import SchedulerKeys
 
     user = "tz-user"
     put = lambda body, key=KEY: client.put(f"/v1/users/{user}/profile", json=body,  # noqa: E731

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from outerloop.data.events import Event
+from outerloop.contracts.events import Event
 
 SYNTHETIC = ["n_users=120", "n_films=120", "n_series=4", "days=10", "seed=3"]
 

@@ -20,10 +20,10 @@ from typing import Any
 
 import httpx
 
-from outerloop.data.events import Event
+from outerloop.contracts.events import Event
 from outerloop.inner_loop.user_state import UserStore, queue_stream
 from outerloop.ports import free_port
-from outerloop.scheduler.keys import SchedulerKeys, shard_of
+from outerloop.contracts.keys import SchedulerKeys, shard_of
 from outerloop.topology import Topology
 from tests.redis_cluster import LocalCluster, cluster_with_replicas, needs_cluster  # noqa: F401
 from tests.test_api_fixtures import SYNTHETIC, tiny_dir  # noqa: F401

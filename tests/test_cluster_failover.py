@@ -25,7 +25,7 @@ from fastapi.testclient import TestClient
 
 from outerloop.benchmarks.failover import run_failover
 from outerloop.config import Settings
-from outerloop.data.events import Event
+from outerloop.contracts.events import Event
 from outerloop.data.schema import ACTION_ID
 from outerloop.inner_loop.app import create_app
 from outerloop.inner_loop.user_state import UserStore

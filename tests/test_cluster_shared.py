@@ -10,7 +10,7 @@ import random
 from typing import Any
 
 from outerloop import OuterLoop
-from outerloop.data.events import Event
+from outerloop.contracts.events import Event
 from outerloop.storage import RedisTarget
 from outerloop.tools.builtin import CoWatchGraph, TrendingCounter
 from outerloop.tools.contracts import ToolDeps

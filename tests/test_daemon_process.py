@@ -16,9 +16,9 @@ from pathlib import Path
 
 import redis
 
-from outerloop.data.events import Event
+from outerloop.contracts.events import Event
 from outerloop.inner_loop.user_state import UserStore
-from outerloop.scheduler.keys import SchedulerKeys
+from outerloop.contracts.keys import SchedulerKeys
 from outerloop.scheduler.redis_client import async_client
 from outerloop.scheduler.triggers import TriggerRules
 from outerloop.ports import free_port, redis_server_binary

@@ -25,7 +25,7 @@ import pytest
 import redis
 
 from outerloop.ports import free_ports
-from outerloop.scheduler.keys import SchedulerKeys
+from outerloop.contracts.keys import SchedulerKeys
 from outerloop.storage import RedisTarget, embedded_socket, live_holders, release_embedded
 from tests.test_api_fixtures import tiny_dir  # noqa: F401
 

@@ -111,13 +111,13 @@ def test_existing_members_are_reused_not_retrained(ensemble_dir: Path, tiny_data
 
 async def test_ensemble_agent_commits_a_log_prob_row_the_funnel_reads(
         ensemble_dir: Path, tiny_data: Any, redis_target: Any, redis_keys: Any) -> None:  # noqa: F811
-    from outerloop.agents.contracts import Trigger
+    from outerloop.contracts.plans import Trigger
     from outerloop.agents.loop import OuterLoop
-    from outerloop.budgets.budget import Budget
-    from outerloop.data.events import Event
+    from outerloop.contracts.budget import Budget
+    from outerloop.contracts.events import Event
     from outerloop.inner_loop.artifacts import Artifacts
     from outerloop.inner_loop.funnel import Funnel, log_prob_row
-    from outerloop.inner_loop.rows import live_rows
+    from outerloop.contracts.rows import live_rows
     from outerloop.inner_loop.user_state import UserStore, seed_history
 
     arts = Artifacts.load(ensemble_dir)

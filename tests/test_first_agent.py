@@ -24,7 +24,7 @@ import redis
 
 from outerloop.ports import free_ports
 from outerloop.scheduler.health import live_daemons
-from outerloop.scheduler.keys import SchedulerKeys
+from outerloop.contracts.keys import SchedulerKeys
 from outerloop.storage import embedded_socket, release_embedded
 from tests.test_api_fixtures import tiny_dir  # noqa: F401
 

@@ -11,7 +11,7 @@ import pytest
 
 from outerloop.inner_loop.funnel import Funnel, FunnelConfig
 from outerloop.inner_loop.ranker import Ranker
-from outerloop.inner_loop.rows import to_epoch_ms
+from outerloop.contracts.rows import to_epoch_ms
 from outerloop.inner_loop.user_state import UserState
 from tests.test_api_fixtures import tiny_artifacts, tiny_data, tiny_dir, tiny_ranker  # noqa: F401
 

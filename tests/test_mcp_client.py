@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from outerloop.agents.contracts import Trigger
+from outerloop.contracts.plans import Trigger
 from outerloop.agents.loop import OuterLoop
 from outerloop.budgets import Budget, RunContext, ToolCallBudgetExceeded
 from outerloop.errors import RunFailed, UsageError

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from outerloop.data.events import Event
+from outerloop.contracts.events import Event
 from outerloop.tools.contracts import ToolDeps, tool
 from tests.test_api_fixtures import tiny_dir  # noqa: F401  (the session's trained artifacts)
 

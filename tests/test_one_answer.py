@@ -22,7 +22,7 @@ from outerloop.ports import free_port
 from outerloop.storage import Keys, RedisTarget
 from outerloop.tools.mcp_server import build_server, open_service
 from tests.redis_fixtures import pytest_generate_tests, redis_keys, redis_target  # noqa: F401
-from outerloop.budgets.budget import Budget
+from outerloop.contracts.budget import Budget
 from tests.test_api_fixtures import now_ms
 from tests.test_mcp_support import artifacts, ranker, tiny_dir, trained_artifacts  # noqa: F401
 

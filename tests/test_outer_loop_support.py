@@ -15,7 +15,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from outerloop.data.events import Event
+from outerloop.contracts.events import Event
 from outerloop.data.schema import Catalog, Item
 from outerloop.inner_loop.user_state import UserStore
 

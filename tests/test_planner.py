@@ -8,7 +8,7 @@ import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel, GenericFakeChatModel
 from langchain_core.messages import AIMessage
 
-from outerloop.agents.contracts import Plan, Row, Trigger
+from outerloop.contracts.plans import Plan, Row, Trigger
 from outerloop.agents.evaluator import evaluator
 from outerloop.agents.memory_agent import memory_agent
 from outerloop.agents.planner import (

@@ -13,7 +13,7 @@ import pytest
 from outerloop import AgentContext, Budget, OuterLoop, agent
 from outerloop.agents.plugins import load_plugins
 from outerloop.errors import UserInputError
-from outerloop.scheduler.keys import SchedulerKeys
+from outerloop.contracts.keys import SchedulerKeys
 from outerloop.scheduler.refresh import request_refresh
 from outerloop.scheduler.runners import to_agent_triggers
 from outerloop.scheduler.triggers import read_triggers

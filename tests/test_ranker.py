@@ -169,7 +169,7 @@ def test_training_lists_merge_given_agent_rows_as_serving_does(tiny_artifacts, t
     with_rows, without = cases.user_ids[0], cases.user_ids[1]
     seen = set(cases.histories[0].tolist())
     unseen = [i for i in range(1, len(tiny_artifacts.catalog) + 1) if i not in seen]
-    from outerloop.inner_loop.rows import AgentRow, CompiledRows
+    from outerloop.contracts.rows import AgentRow, CompiledRows
 
     def agent_row(row_id: str, ids: list[int], scores: list[float] | None = None, kind: str = "relative") -> AgentRow:
         return AgentRow(row_id, row_id, "", np.asarray(ids, np.int64),

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from outerloop.agents.sdk import AgentContext, agent
-from outerloop.budgets.budget import Budget
+from outerloop.contracts.budget import Budget
 from outerloop.budgets.record import RunRecord
 from outerloop.data.schema import Catalog, InteractionData, Item, UserSequence
 from outerloop.errors import UserInputError

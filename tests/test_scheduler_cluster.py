@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from outerloop.scheduler.keys import SchedulerKeys
+from outerloop.contracts.keys import SchedulerKeys
 from outerloop.scheduler.redis_client import async_client
 from outerloop.scheduler.triggers import TriggerRules
 from tests.redis_cluster import LocalCluster, cluster, needs_cluster  # noqa: F401

@@ -23,14 +23,14 @@ from typing import Any
 
 import pytest
 
-from outerloop.data.events import Event
+from outerloop.contracts.events import Event
 from outerloop.scheduler.daemon import Daemon
 from outerloop.scheduler.dispatch import CycleOutcome
-from outerloop.scheduler.keys import SchedulerKeys
+from outerloop.contracts.keys import SchedulerKeys
 from outerloop.scheduler.metrics import DaemonMetrics
 from outerloop.scheduler.sessionizer import SessionSettings, Sessionizer
 from outerloop.scheduler.settings import DaemonSettings
-from outerloop.scheduler.stream_format import encode_event
+from outerloop.contracts.stream import encode_event
 from outerloop.scheduler.triggers import Trigger, TriggerRules
 from outerloop.storage import Keys, RedisTarget
 from tests.redis_fixtures import url_for_children

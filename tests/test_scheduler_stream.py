@@ -4,7 +4,7 @@ delivery limit, resuming one's own pending entries, and a stop that leaves the r
 from __future__ import annotations
 
 from outerloop.scheduler.metrics import DaemonMetrics
-from outerloop.scheduler.stream_format import encode_event
+from outerloop.contracts.stream import encode_event
 from tests.redis_fixtures import pytest_generate_tests, redis_keys, redis_target  # noqa: F401
 from tests.test_scheduler_helpers import (  # noqa: F401
     T0, Env, RecordingRunner, counter, env, event, fast_settings, group_done, make_daemon, running,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from outerloop.data import ACTION_ID, CATALOG_USER_ID, SyntheticWorld, dataset_hash, synthetic_catalog
-from outerloop.data.events import Event
+from outerloop.contracts.events import Event
 from outerloop.data.synthetic import DARK_GENRES, DEVICES, GENRES, INTERACTION_TYPES
 from outerloop.errors import UserInputError
 

@@ -20,7 +20,7 @@ from fastapi import FastAPI, Request
 from opentelemetry.trace import SpanKind
 
 from outerloop import telemetry
-from outerloop.budgets.budget import Budget
+from outerloop.contracts.budget import Budget
 from outerloop.budgets.context import RunContext
 from outerloop.budgets.enforce import Enforcer
 from outerloop.errors import UsageError

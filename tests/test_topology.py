@@ -8,7 +8,7 @@ import pytest
 from outerloop.cli import build_parser, main
 from outerloop.config import Settings
 from outerloop.errors import UserInputError
-from outerloop.scheduler.keys import SchedulerKeys
+from outerloop.contracts.keys import SchedulerKeys
 from outerloop.storage import Keys
 from outerloop.topology import Topology, topology_from_args
 

@@ -103,7 +103,7 @@ async def test_seed_history_and_write_behind(redis_target, redis_client, redis_k
 
 @pytest.mark.parametrize("bad", [b"not json", b"[1, 2"])
 def test_rows_of_garbage_are_skipped(bad: bytes) -> None:
-    from outerloop.inner_loop.rows import live_rows
+    from outerloop.contracts.rows import live_rows
 
     rows, skipped = live_rows({"r": bad}, now_ms=0, n_items=10, limit=5)
     assert rows == [] and skipped == 1

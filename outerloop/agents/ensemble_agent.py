@@ -14,7 +14,7 @@ and is trusted less. Genres the user is backing off from are left out, as in eve
 from __future__ import annotations
 
 from outerloop.agents.sdk import AgentContext, agent
-from outerloop.budgets.budget import Budget
+from outerloop.contracts.budget import Budget
 from outerloop.memory.facts import GenreBackoff
 
 ENSEMBLE_AGENT = "ensemble"

@@ -32,11 +32,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from outerloop.agents.contracts import Trigger
+from outerloop.contracts.plans import Trigger
 from outerloop.agents.planner import EVALUATOR
 from outerloop.agents.sdk import AgentContext, agent
-from outerloop.budgets.budget import Budget
-from outerloop.data.events import Event
+from outerloop.contracts.budget import Budget
+from outerloop.contracts.events import Event
 from outerloop.inner_loop.user_state import served_key
 from outerloop.memory.facts import GenreAffinity
 from outerloop.memory.store import MemoryChanges, UserMemory

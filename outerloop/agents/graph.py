@@ -28,7 +28,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 
-from outerloop.agents.contracts import Plan, PlanStep, Row, Trigger
+from outerloop.contracts.plans import Plan, PlanStep, Row, Trigger
 from outerloop.agents.planner import PlanningView
 from outerloop.agents.runtime import CycleScope, LoopConfig, LoopDeps
 from outerloop.agents.sdk import AgentOutput, AgentRegistry, AgentSpec, IsolatedPayload, run_agent, run_isolated_agent

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from outerloop.agents.caches import AdaptiveClusters, PlanCache
-from outerloop.agents.contracts import CycleResult, Row, Trigger
+from outerloop.contracts.plans import CycleResult, Row, Trigger
 from outerloop.agents.ensemble_agent import ensemble_agent
 from outerloop.agents.evaluator import evaluator
 from outerloop.agents.graph import build_graph, initial_state
@@ -33,12 +33,12 @@ from outerloop.agents.runtime import Clusters, CycleScope, History, LoopConfig, 
 from outerloop.agents.sdk import AgentRegistry, AgentSpec
 from outerloop.agents.tool_agent import tool_agent
 from outerloop.budgets.accounting import Accounting
-from outerloop.budgets.budget import Budget
+from outerloop.contracts.budget import Budget
 from outerloop.budgets.enforce import Enforcer
 from outerloop.budgets.fencing import Fence
 from outerloop.budgets.pool import WorkerPool
 from outerloop.config import get_settings
-from outerloop.data.events import Event
+from outerloop.contracts.events import Event
 from outerloop.errors import UsageError
 from outerloop.memory.cache import MemoryCache
 from outerloop.memory.store import MemoryStore

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from outerloop.agents.contracts import Trigger
+from outerloop.contracts.plans import Trigger
 from outerloop.agents.planner import MEMORY_AGENT
 from outerloop.agents.runtime import History
 from outerloop.agents.sdk import AgentContext, MemoryCommit, agent
-from outerloop.budgets.budget import Budget
+from outerloop.contracts.budget import Budget
 from outerloop.data.schema import EVENT_TYPES
 from outerloop.memory.facts import ContinueWatching, GenreAffinity, GenreBackoff, RuntimePreference
 from outerloop.memory.store import MemoryChanges, UserMemory

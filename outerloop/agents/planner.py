@@ -44,8 +44,8 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from pydantic import ValidationError
 
 from outerloop.agents.caches import PlanCache, signature
-from outerloop.agents.contracts import Plan, PlanStep, StepBudget, Trigger
-from outerloop.budgets.budget import Budget
+from outerloop.contracts.plans import Plan, PlanStep, StepBudget, Trigger
+from outerloop.contracts.budget import Budget
 from outerloop.budgets.context import RunContext
 from outerloop.budgets.record import RunRecord
 from outerloop.errors import RunFailed

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from pydantic import ValidationError
 
-from outerloop.agents.contracts import Row, Trigger
+from outerloop.contracts.plans import Row, Trigger
 from outerloop.memory.store import UserMemory
 from outerloop.storage import Keys
 

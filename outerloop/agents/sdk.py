@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 from pydantic import BaseModel
 
-from outerloop.agents.contracts import PlanStep, Row, ScoreKind, Trigger, TriggerKind
-from outerloop.budgets.budget import Budget
+from outerloop.contracts.plans import PlanStep, Row, ScoreKind, Trigger, TriggerKind
+from outerloop.contracts.budget import Budget
 from outerloop.budgets.context import RunContext
 from outerloop.errors import UsageError
 from outerloop.memory.facts import Fact, fact_class, fact_kinds

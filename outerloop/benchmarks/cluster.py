@@ -316,7 +316,7 @@ def _daemons(n: int, topology: Topology, artifacts: Path, logs: Path, refresh_lo
 
 async def _wait_caught_up(topology: Topology, timeout_s: float, procs: list[subprocess.Popen[bytes]]) -> float | None:
     """Seconds until every shard is read and acknowledged (None: not within ``timeout_s``)."""
-    from outerloop.scheduler.keys import SchedulerKeys
+    from outerloop.contracts.keys import SchedulerKeys
 
     keys = SchedulerKeys.for_topology(topology)
     client = topology.target().async_client()
@@ -447,7 +447,7 @@ async def run_setting(args: argparse.Namespace, setting: Setting, root: Path) ->
 
 async def run_failover_mode(args: argparse.Namespace, mode: str, root: Path) -> dict[str, Any]:
     from outerloop.redis_local import local_cluster
-    from outerloop.scheduler.keys import SchedulerKeys
+    from outerloop.contracts.keys import SchedulerKeys
 
     root.mkdir(parents=True)
     with local_cluster(root / "redis", masters=3, replicas=2, node_timeout_ms=1000) as cluster:

@@ -32,7 +32,7 @@ import httpx
 from outerloop.data.schema import ACTION_ID
 from outerloop.ports import free_port
 from outerloop.redis_local import LocalCluster
-from outerloop.scheduler.keys import SchedulerKeys
+from outerloop.contracts.keys import SchedulerKeys
 from outerloop.topology import Topology
 
 T0_MS = 1_780_000_000_000

@@ -186,7 +186,7 @@ class FreshnessBench:
     def write_profiles(self, world: Any) -> None:
         import redis
 
-        from outerloop.scheduler.keys import SchedulerKeys
+        from outerloop.contracts.keys import SchedulerKeys
 
         client = redis.Redis.from_url(self.redis_url)
         keys = SchedulerKeys.default()
@@ -262,7 +262,7 @@ class FreshnessBench:
 
     # ---- load -----------------------------------------------------------------------------------
     async def load(self, events: list[dict[str, Any]], use_api: bool) -> dict[str, Any]:
-        from outerloop.scheduler.keys import SchedulerKeys
+        from outerloop.contracts.keys import SchedulerKeys
         from outerloop.scheduler.redis_client import async_client
 
         keys = SchedulerKeys.default()
@@ -353,7 +353,7 @@ class FreshnessBench:
         its interval), or the timeout."""
         import redis
 
-        from outerloop.scheduler.keys import SchedulerKeys
+        from outerloop.contracts.keys import SchedulerKeys
 
         keys = SchedulerKeys.default()
         client = redis.Redis.from_url(self.redis_url)
@@ -388,7 +388,7 @@ class FreshnessBench:
 
         import redis
 
-        from outerloop.scheduler.keys import SchedulerKeys
+        from outerloop.contracts.keys import SchedulerKeys
 
         client = redis.Redis.from_url(self.redis_url)
         keys = SchedulerKeys.default()
@@ -579,7 +579,7 @@ class FreshnessBench:
     def _wait_daemons(self, n: int) -> None:
         import redis
 
-        from outerloop.scheduler.keys import SchedulerKeys
+        from outerloop.contracts.keys import SchedulerKeys
 
         keys = SchedulerKeys.default()
         client = redis.Redis.from_url(self.redis_url)

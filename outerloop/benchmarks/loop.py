@@ -61,7 +61,7 @@ def _pct(values: list[float], q: float) -> float:
 # -- users and their sessions --------------------------------------------------------------------
 def synthetic_users(manifest: dict[str, Any], n: int, seed: int) -> tuple[list[tuple[str, list[Any], list[Any], int]], str]:
     """(user, history events, last-session events, tz) from the world the artifacts learnt."""
-    from outerloop.data.events import Event
+    from outerloop.contracts.events import Event
     from outerloop.data.synthetic import CATALOG_USER_ID, SyntheticWorld
 
     opts = dict(manifest.get("dataset_options") or {})
@@ -88,7 +88,7 @@ def synthetic_users(manifest: dict[str, Any], n: int, seed: int) -> tuple[list[t
 def movielens_users(name: str, data_dir: str | None, n: int, session: int, seed: int,
                     now_ms: int) -> tuple[list[tuple[str, list[Any], list[Any], int]], str]:
     from outerloop.data.datasets import load_dataset
-    from outerloop.data.events import Event
+    from outerloop.contracts.events import Event
 
     data = load_dataset(name, data_dir)
     rng = np.random.default_rng(seed)
@@ -107,7 +107,7 @@ def movielens_users(name: str, data_dir: str | None, n: int, session: int, seed:
 # -- the benchmark ---------------------------------------------------------------------------------
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     from outerloop.agents.caches import KMeansClusters
-    from outerloop.agents.contracts import Trigger
+    from outerloop.contracts.plans import Trigger
     from outerloop.agents.loop import OuterLoop
     from outerloop.agents.runtime import LoopConfig
     from outerloop.inner_loop.artifacts import Artifacts

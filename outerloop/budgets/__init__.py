@@ -11,7 +11,7 @@ Typical use::
 """
 
 from outerloop.budgets.accounting import Accounting, percentile
-from outerloop.budgets.budget import (
+from outerloop.contracts.budget import (
     Budget,
     BudgetExceeded,
     DeadlineExceeded,

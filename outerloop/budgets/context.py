@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from outerloop.budgets.budget import (
+from outerloop.contracts.budget import (
     Budget,
     BudgetExceeded,
     DeadlineExceeded,

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from outerloop.budgets.budget import Budget
+from outerloop.contracts.budget import Budget
 from outerloop.budgets.context import RunContext
 from outerloop.budgets.fencing import Fence, FenceRejected, GuardFailed, Lease
 from outerloop.budgets.pool import WorkerPool

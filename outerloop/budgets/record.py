@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-from outerloop.budgets.budget import DeadlineExceeded, TokenBudgetExceeded, ToolCallBudgetExceeded
+from outerloop.contracts.budget import DeadlineExceeded, TokenBudgetExceeded, ToolCallBudgetExceeded
 
 Outcome = Literal["ok", "killed", "error", "over_tool_budget", "over_token_budget"]
 ErrorKind = Literal["deadline", "tool_calls", "tokens", "other"]

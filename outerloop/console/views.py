@@ -30,7 +30,7 @@ from outerloop.data.schema import EVENT_TYPES
 from outerloop.scheduler import control as ctl
 from outerloop.scheduler.consumer import group_lag
 from outerloop.scheduler.journal import counts_key, daemons_key, minute_key, runs_key, user_journal_key
-from outerloop.scheduler.keys import SchedulerKeys
+from outerloop.contracts.keys import SchedulerKeys
 from outerloop.storage import Keys
 
 RECENT_CYCLES = 1000  # entries of the runs stream the distributions are computed over

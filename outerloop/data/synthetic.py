@@ -792,7 +792,7 @@ class SyntheticWorld:
         """Events of every user for ``days`` days from ``start_ts_ms`` (default: the world's
         start), plus ``episode_release`` events for episodes released in the window.
 
-        Returns dicts with the fields of :class:`outerloop.data.events.Event`, sorted by time
+        Returns dicts with the fields of :class:`outerloop.contracts.events.Event`, sorted by time
         (ties: users in id order, catalog events first). ``event_id`` is
         ``syn<seed>-<window start s>-<n>``: deterministic, and unique across windows.
         """

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 
 from outerloop.agents.sdk import IsolatedContext, agent
-from outerloop.budgets.budget import Budget
+from outerloop.contracts.budget import Budget
 from outerloop.data.schema import ACTION_ID
 from outerloop.memory.facts import ContinueWatching
 

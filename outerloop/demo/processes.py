@@ -116,7 +116,7 @@ def _wait_ready(base: str, client: Any, procs: dict[str, tuple[subprocess.Popen[
     """Until the API answers ``/readyz`` and the daemon's heartbeat is live."""
     import httpx
 
-    from outerloop.scheduler.keys import SchedulerKeys
+    from outerloop.contracts.keys import SchedulerKeys
 
     heartbeat = SchedulerKeys.default().heartbeat(DAEMON_CONSUMER)
     deadline = time.monotonic() + timeout_s

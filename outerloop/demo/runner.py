@@ -19,10 +19,10 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from outerloop.agents.contracts import CycleResult, Trigger
+from outerloop.contracts.plans import CycleResult, Trigger
 from outerloop.agents.loop import OuterLoop
 from outerloop.scheduler.dispatch import REDIS_DOWN
-from outerloop.scheduler.keys import SchedulerKeys
+from outerloop.contracts.keys import SchedulerKeys
 from outerloop.scheduler.refresh import request_refresh_sync
 from outerloop.scheduler.runners import OuterLoopRunner, RunnerSetup
 from outerloop.storage import Keys

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from outerloop.data.schema import Catalog
-from outerloop.scheduler.keys import SchedulerKeys
+from outerloop.contracts.keys import SchedulerKeys
 from outerloop.storage import Keys
 
 MIN_MS = 60_000

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from outerloop.inner_loop.artifacts import Artifacts
     from outerloop.inner_loop.ensemble import Ensemble, EnsembleConfig
     from outerloop.inner_loop.ranker import Ranker
-    from outerloop.inner_loop.rows import CompiledRows
+    from outerloop.contracts.rows import CompiledRows
 
 STALENESS_MIX: tuple[int, ...] = (0, 1, 2, 5, 10)
 INNER_RANKER_DIR = "ranker-inner"

@@ -465,7 +465,7 @@ class _OuterReplayRun:
     def events_of(self, user: str, prefix: np.ndarray, last: int, upto: int) -> list[Any]:
         """Events ``upto - last .. upto - 1`` of the prefix ("rate": the MovieLens interaction)
         at their synthetic times; event ids name their position in the sequence."""
-        from outerloop.data.events import Event
+        from outerloop.contracts.events import Event
 
         start = max(0, upto - last)
         out = [Event(event_id=f"{user}:{pos}", user_id=user, item_id=int(prefix[pos]), type="rate",
@@ -497,7 +497,7 @@ class _OuterReplayRun:
 
     async def cycle(self, user: str, prefix: np.ndarray, upto: int) -> Any:
         """One real outer-loop cycle over ``prefix[:upto]``, triggered by its last session's close."""
-        from outerloop.agents.contracts import Trigger
+        from outerloop.contracts.plans import Trigger
 
         session = self.events_of(user, prefix, self.cfg.session_events, upto)
         return await self.loop.run_cycle(user, [Trigger.session_closed(session)], now_ms=self.t0)
@@ -516,7 +516,7 @@ class _OuterReplayRun:
 
     async def live_rows(self, user: str) -> list[Any]:
         """The user's agent rows exactly as the funnel would read them now."""
-        from outerloop.inner_loop.rows import live_rows
+        from outerloop.contracts.rows import live_rows
 
         state = await self.store.read(user, self.funnel.config.max_history)
         rows, _ = live_rows(state.rows, now_ms=self.t0, n_items=self.funnel.n_items,
@@ -705,7 +705,7 @@ async def compile_outer_rows(artifacts: Any, data: InteractionData, split: str =
                              progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """The agent rows the real outer loop compiles for each user at a leave-one-out cut (default
     the validation cut: history = all but the last two items), as the funnel would read them,
-    as :class:`~outerloop.inner_loop.rows.CompiledRows`.
+    as :class:`~outerloop.contracts.rows.CompiledRows`.
 
     ``config.staleness`` spreads the users over staleness settings (by a hash of the id): a
     user at k gets rows compiled k interactions before the cut, as in the replay, so the ranker
@@ -717,7 +717,7 @@ async def compile_outer_rows(artifacts: Any, data: InteractionData, split: str =
     import hashlib
 
     from outerloop.evals.offline import leave_one_out
-    from outerloop.inner_loop.rows import CompiledRows
+    from outerloop.contracts.rows import CompiledRows
 
     cfg = config or OuterReplay(n_users=None)
     ks = _check_staleness(cfg.staleness)

@@ -40,7 +40,7 @@ from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from outerloop.data.events import MIN_LIVE_TS_MS, Event
+from outerloop.contracts.events import MIN_LIVE_TS_MS, Event
 from outerloop.errors import UserInputError
 from outerloop.inner_loop.answer import ServedRecommendations, recommendation_doc
 from outerloop.inner_loop.funnel import Funnel, FunnelConfig, Recommendation

@@ -24,7 +24,7 @@ import numpy as np
 from outerloop import telemetry
 from outerloop.data.schema import ACTION_ID
 from outerloop.inner_loop.ranker import ArtifactsLike, FeatureTables, LogProbRow, Ranker, candidate_features
-from outerloop.inner_loop.rows import AgentRow, live_rows
+from outerloop.contracts.rows import AgentRow, live_rows
 from outerloop.inner_loop.user_state import UserState
 
 TOP_PICKS = "top-picks"

@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from outerloop.data.events import MAX_FUTURE_SKEW_MS, MIN_LIVE_TS_MS, Event
+from outerloop.contracts.events import MAX_FUTURE_SKEW_MS, MIN_LIVE_TS_MS, Event
 
 HTTP_METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
 API_KEY_SCHEME = "ApiKey"

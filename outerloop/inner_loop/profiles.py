@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo, available_timezones
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from outerloop.data.events import WHOLE_NUMBER
+from outerloop.contracts.events import WHOLE_NUMBER
 
 MIN_OFFSET_MIN, MAX_OFFSET_MIN = -12 * 60, 14 * 60  # UTC-12:00 .. UTC+14:00, every zone in use
 

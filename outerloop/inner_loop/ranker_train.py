@@ -53,7 +53,7 @@ from outerloop.inner_loop.ranker import (
     RankerConfig,
     candidate_features,
 )
-from outerloop.inner_loop.rows import CompiledRows
+from outerloop.contracts.rows import CompiledRows
 from outerloop.inner_loop.user_state import SEEN_TYPES
 
 log = logging.getLogger(__name__)

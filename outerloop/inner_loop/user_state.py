@@ -30,7 +30,7 @@ Writes: events are grouped by user, sorted by event time, and applied to the his
 script per user (idempotent by ``event_id`` through ``Keys.applied_events``); each event is also
 ``XADD``ed to its user's stream shard (``SchedulerKeys.stream_for_user``: ``Keys.events_stream``
 when the stream has one shard) through the one stream codec
-(:func:`outerloop.scheduler.stream_format.encode_event`). The stream is at-least-once: a
+(:func:`outerloop.contracts.stream.encode_event`). The stream is at-least-once: a
 re-posted event is appended again (the daemon dedupes by ``event_id``); its state change is
 applied once. Each entry holds ``event`` (the Event JSON) and, when telemetry is on,
 ``traceparent`` (the posting request's span), so the daemon's spans can link back to the request.
@@ -81,10 +81,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from outerloop import telemetry
-from outerloop.data.events import Event
+from outerloop.contracts.events import Event
 from outerloop.data.schema import ACTION_ID
-from outerloop.scheduler.keys import SchedulerKeys
-from outerloop.scheduler.stream_format import encode_event
+from outerloop.contracts.keys import SchedulerKeys
+from outerloop.contracts.stream import encode_event
 from outerloop.storage import Keys
 
 log = logging.getLogger(__name__)

@@ -2,8 +2,8 @@
 
 Modules, by what they do:
 
-- :mod:`~outerloop.scheduler.stream_format`: the stream entry format (shared with the API)
-- :mod:`~outerloop.scheduler.keys`: stream, shard and scheduler key names (hash-tagged)
+- :mod:`~outerloop.contracts.stream`: the stream entry format (shared with the API)
+- :mod:`~outerloop.contracts.keys`: stream, shard and scheduler key names (hash-tagged)
 - :mod:`~outerloop.scheduler.sessionizer`: the per-event effect and sessions, as Lua
 - :mod:`~outerloop.scheduler.triggers`: trigger names, rules, coalescing storage
 - :mod:`~outerloop.scheduler.consumer`: the consumer group (read, claim, dead-letter, ack)
@@ -16,11 +16,11 @@ Modules, by what they do:
 
 from outerloop.scheduler.daemon import Daemon, run_until_signalled
 from outerloop.scheduler.dispatch import CycleOutcome, CycleRunner, request_cycle
-from outerloop.scheduler.keys import SchedulerKeys, shard_of
+from outerloop.contracts.keys import SchedulerKeys, shard_of
 from outerloop.scheduler.metrics import DaemonMetrics
 from outerloop.scheduler.sessionizer import SessionSettings, Sessionizer
 from outerloop.scheduler.settings import DaemonSettings
-from outerloop.scheduler.stream_format import MalformedEntry, decode_entry, encode_event
+from outerloop.contracts.stream import MalformedEntry, decode_entry, encode_event
 from outerloop.scheduler.triggers import TRIGGER_NAMES, ItemInfo, Trigger, TriggerRules, read_triggers
 
 __all__ = [

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from outerloop.budgets.budget import Budget
+from outerloop.contracts.budget import Budget
 from outerloop.errors import OuterloopError, UsageError, UserInputError
 from outerloop.storage import Keys
 
@@ -207,7 +207,7 @@ class ControlledPlanner:
         return getattr(self.inner, name)
 
     async def plan(self, view: "PlanningView", agents: "AgentRegistry", enforcer: "Enforcer") -> "PlanOutcome":
-        from outerloop.agents.contracts import StepBudget
+        from outerloop.contracts.plans import StepBudget
 
         out = await self.inner.plan(view, agents, enforcer)
         snap = self.control()

@@ -22,7 +22,7 @@ from outerloop.scheduler.backoff import Backoff
 from outerloop.scheduler.consumer import EventSink, StreamConsumer
 from outerloop.scheduler.dispatch import REDIS_DOWN, CycleRunner, Dispatcher
 from outerloop.scheduler.health import Heartbeat
-from outerloop.scheduler.keys import SchedulerKeys
+from outerloop.contracts.keys import SchedulerKeys
 from outerloop.scheduler.metrics import DaemonMetrics
 from outerloop.scheduler.sessionizer import Sessionizer
 from outerloop.scheduler.settings import DaemonSettings

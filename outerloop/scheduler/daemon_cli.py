@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _keys(args: argparse.Namespace) -> Any:
-    from outerloop.scheduler.keys import SchedulerKeys
+    from outerloop.contracts.keys import SchedulerKeys
 
     return SchedulerKeys.for_topology(_topology(args), group=args.group)
 

@@ -42,7 +42,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from outerloop import telemetry
 from outerloop.scheduler.backoff import Backoff
-from outerloop.scheduler.keys import SchedulerKeys, shard_of
+from outerloop.contracts.keys import SchedulerKeys, shard_of
 from outerloop.scheduler.metrics import DaemonMetrics
 from outerloop.scheduler.scripts import LuaScript, ScriptSet, evalsha_many, is_cluster
 from outerloop.scheduler.settings import DaemonSettings

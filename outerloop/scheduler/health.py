@@ -14,7 +14,7 @@ import socket
 from typing import Any
 
 from outerloop.scheduler.dispatch import now_ms
-from outerloop.scheduler.keys import SchedulerKeys
+from outerloop.contracts.keys import SchedulerKeys
 
 
 class Heartbeat:

@@ -29,11 +29,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from outerloop.scheduler.control import max_latency_ms
-from outerloop.scheduler.keys import SchedulerKeys
+from outerloop.contracts.keys import SchedulerKeys
 from outerloop.storage import Keys
 
 if TYPE_CHECKING:
-    from outerloop.agents.contracts import CycleResult
+    from outerloop.contracts.plans import CycleResult
     from outerloop.scheduler.triggers import Trigger
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from typing import Any
 
 from outerloop.errors import UserInputError
 from outerloop.scheduler.dispatch import fire_args, fire_keys, now_ms
-from outerloop.scheduler.keys import SchedulerKeys, shard_of
+from outerloop.contracts.keys import SchedulerKeys, shard_of
 from outerloop.scheduler.triggers import LUA_FIRE, TriggerRules
 
 MANUAL_PREFIX = "manual:"

@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 
 from outerloop.errors import UserInputError
 from outerloop.scheduler.health import live_daemons
-from outerloop.scheduler.keys import SchedulerKeys
+from outerloop.contracts.keys import SchedulerKeys
 from outerloop.scheduler.refresh import request_refresh
 
 MAX_AGENTS = 32

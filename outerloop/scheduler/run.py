@@ -19,7 +19,7 @@ import gc
 from typing import Any
 
 from outerloop.scheduler.daemon import Daemon, run_until_signalled
-from outerloop.scheduler.keys import SchedulerKeys
+from outerloop.contracts.keys import SchedulerKeys
 from outerloop.scheduler.redis_client import async_client
 from outerloop.scheduler.sessionizer import Sessionizer
 from outerloop.scheduler.settings import DaemonSettings

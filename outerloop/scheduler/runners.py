@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from outerloop import telemetry
-from outerloop.data.events import Event
+from outerloop.contracts.events import Event
 from outerloop.scheduler.control import ControlledPlanner, ControlState, control_key
 from outerloop.scheduler.dispatch import CycleOutcome
 from outerloop.scheduler.journal import CycleJournal
-from outerloop.scheduler.keys import SchedulerKeys
+from outerloop.contracts.keys import SchedulerKeys
 from outerloop.scheduler.refresh import manual_agent
 from outerloop.scheduler.triggers import (
     DRIFT, LATE_NIGHT_SESSION, SESSION_CLOSED, STALE_ROWS, Trigger,
@@ -125,7 +125,7 @@ class RowRefreshRunner:
 
 
 def to_agent_triggers(triggers: Sequence[Trigger], tz_offset_min: int = 0) -> list[Any]:
-    """The scheduler's coalesced triggers as the agents' :class:`outerloop.agents.contracts.Trigger`.
+    """The scheduler's coalesced triggers as the agents' :class:`outerloop.contracts.plans.Trigger`.
 
     Event triggers (title finished, episode released, activity) become ``event`` triggers with
     their source events; a closed session (late-night or not) one ``session_closed`` with the
@@ -133,7 +133,7 @@ def to_agent_triggers(triggers: Sequence[Trigger], tz_offset_min: int = 0) -> li
     manual request (:mod:`outerloop.scheduler.refresh`) the agents' ``manual`` trigger naming its
     agent, with the request's detail as it was sent.
     """
-    from outerloop.agents.contracts import Trigger as AgentTrigger  # the agents are optional here
+    from outerloop.contracts.plans import Trigger as AgentTrigger  # the agents are optional here
 
     out: list[Any] = []
     by_name = {t.name: t for t in triggers}

@@ -32,8 +32,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from outerloop.data.events import Event
-from outerloop.scheduler.keys import SchedulerKeys
+from outerloop.contracts.events import Event
+from outerloop.contracts.keys import SchedulerKeys
 from outerloop.scheduler.scripts import LuaScript
 from outerloop.scheduler.triggers import LUA_TRIGGERS, WATCH_TYPES, ItemLookup, TriggerRules, no_item_info
 

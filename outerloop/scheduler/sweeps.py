@@ -16,7 +16,7 @@ from typing import Any
 from redis.exceptions import NoScriptError
 
 from outerloop.scheduler.dispatch import fire_args, fire_keys, now_ms
-from outerloop.scheduler.keys import SchedulerKeys
+from outerloop.contracts.keys import SchedulerKeys
 from outerloop.scheduler.metrics import DaemonMetrics
 from outerloop.scheduler.scripts import LuaScript, ScriptSet, evalsha_many
 from outerloop.scheduler.sessionizer import CloseResult, Sessionizer

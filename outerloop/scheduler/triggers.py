@@ -16,8 +16,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from outerloop.data.events import Event
-from outerloop.scheduler.keys import SchedulerKeys
+from outerloop.contracts.events import Event
+from outerloop.contracts.keys import SchedulerKeys
 
 TITLE_FINISHED = "title_finished"  # a film or an episode of a series was watched to the end
 EPISODE_RELEASED = "episode_released"  # a new episode of a series the user follows

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel, Field
 
-from outerloop.data.events import Event
+from outerloop.contracts.events import Event
 from outerloop.data.schema import Catalog, Item
 from outerloop.storage import Keys
 from outerloop.tools.contracts import ScoredItems, ToolDeps, ToolSpec, tool

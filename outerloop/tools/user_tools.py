@@ -69,7 +69,7 @@ from outerloop.tools.user_contracts import (
 )
 
 if TYPE_CHECKING:
-    from outerloop.agents.contracts import CycleResult, Trigger
+    from outerloop.contracts.plans import CycleResult, Trigger
     from outerloop.inner_loop.funnel import Funnel
     from outerloop.inner_loop.user_state import UserState
     from outerloop.tools.registry import ToolRegistry
@@ -218,7 +218,7 @@ async def _evidence(ctx: UserToolsContext, deps: ToolDeps, state: "UserState", i
 def _stored_placements(state: "UserState", item_id: int, now_ms: int, n_items: int,
                        live_ids: set[str]) -> list[Placement]:
     """Placements in stored agent rows that the funnel did not serve (expired ones)."""
-    from outerloop.inner_loop.rows import parse_row
+    from outerloop.contracts.rows import parse_row
 
     out = []
     for row_id, raw in state.rows.items():
@@ -366,7 +366,7 @@ def user_tools(ctx: UserToolsContext) -> list[ToolSpec]:
         writes to the live service, so do not call it in a loop."""
         if ctx.loop is None:
             raise UserInputError("refresh_user is not available: this server runs without an outer loop")
-        from outerloop.agents.contracts import Trigger
+        from outerloop.contracts.plans import Trigger
 
         producers = [a.name for a in ctx.loop.agents if a.rows]
         known = {a.name for a in ctx.loop.agents}

@@ -1,4 +1,4 @@
-"""How an :class:`~outerloop.data.events.Event` is written to and read from the event stream.
+"""How an :class:`~outerloop.contracts.events.Event` is written to and read from the event stream.
 
 One entry per event, one field: ``event`` = the event's JSON (``Event.model_dump_json``). The
 API (producer) and the daemon (consumer) both go through this module so they cannot drift
@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 from pydantic import ValidationError
 
-from outerloop.data.events import Event
+from outerloop.contracts.events import Event
 
 EVENT_FIELD = "event"
 

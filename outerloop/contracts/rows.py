@@ -2,7 +2,7 @@
 
 A row is JSON ``{row_id, title, reason, items: [[item_id, score], ...], produced_by, run_id,
 model_version, created_at, expires_at, ordered?, score_kind?, history_ts?}`` (the fields of
-``outerloop.agents.contracts.Row``), written only by a committed outer-loop run. The inner
+``outerloop.contracts.plans.Row``), written only by a committed outer-loop run. The inner
 loop is a reader that must never fail because of a row: a row that does not parse, has expired,
 or names no known item is skipped (and counted), and the plain funnel still answers.
 

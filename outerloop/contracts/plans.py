@@ -17,9 +17,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from outerloop.budgets.budget import Budget
+from outerloop.contracts.budget import Budget
 from outerloop.budgets.record import RunRecord
-from outerloop.data.events import Event
+from outerloop.contracts.events import Event
 
 # "backoff" is raised inside a cycle by the memory agent when a genre back-off is new, so the
 # planner refreshes the user's other rows without that genre.
