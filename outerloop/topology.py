@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from outerloop.contracts.keys import Keys, namespaced_keys, with_shared_buckets
 from outerloop.errors import UserInputError
-from outerloop.storage import Keys, RedisTarget, namespaced_keys, with_shared_buckets
+from outerloop.storage import RedisTarget
 
 ENV_VARS = {"redis_url": "OUTERLOOP_REDIS_URL", "cluster": "OUTERLOOP_REDIS_CLUSTER",
             "stream_shards": "OUTERLOOP_STREAM_SHARDS", "key_prefix": "OUTERLOOP_KEY_PREFIX",

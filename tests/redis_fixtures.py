@@ -6,7 +6,7 @@ always) and ``server`` (the URL in ``OUTERLOOP_TEST_REDIS_URL``, only when that 
 is not, the parameter is never generated, so nothing is reported as passing for it).
 
 The machine's server is shared with other tests and people: tests get a random key namespace
-(``redis_keys``, a :class:`~outerloop.storage.Keys` subclass with its own ``prefix``) and only
+(``redis_keys``, a :class:`~outerloop.contracts.keys.Keys` subclass with its own ``prefix``) and only
 that namespace is deleted afterwards. Never FLUSHALL/FLUSHDB here.
 
 Until ``tests/conftest.py`` registers this module (``pytest_plugins = ["tests.redis_fixtures"]``),
@@ -24,7 +24,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis.asyncio as aioredis
 
-from outerloop.storage import Keys, RedisTarget, delete_namespace, embedded_socket, namespaced_keys  # noqa: F401  (re-exported to tests)
+from outerloop.contracts.keys import Keys, namespaced_keys
+from outerloop.storage import RedisTarget, delete_namespace, embedded_socket
 
 SERVER_URL_ENV = "OUTERLOOP_TEST_REDIS_URL"
 _PARAMETRISED = pytest.StashKey[bool]()

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from outerloop.clock import now_ms
 from outerloop.contracts.events import Event
 
 SYNTHETIC = ["n_users=120", "n_films=120", "n_series=4", "days=10", "seed=3"]
@@ -71,9 +71,6 @@ def tiny_ranker(tiny_dir: Path) -> Any:
 
     return Ranker.load(tiny_dir)
 
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def event(user: str, item: int | None, type_: str = "play", **kw: Any) -> dict[str, Any]:

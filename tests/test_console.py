@@ -12,10 +12,10 @@ from fastapi.testclient import TestClient
 
 from outerloop.agents.loop import OuterLoop
 from outerloop.config import Settings
+from outerloop.contracts.keys import counts_key, daemons_key, runs_key, user_journal_key
 from outerloop.inner_loop.app import ServeOptions, create_app
 from outerloop.inner_loop.funnel import FunnelConfig
 from outerloop.scheduler import control as ctl
-from outerloop.scheduler.journal import counts_key, daemons_key, runs_key, user_journal_key
 from outerloop.scheduler.runners import OuterLoopRunner
 from outerloop.scheduler.triggers import TITLE_FINISHED, Trigger
 from tests.redis_fixtures import pytest_generate_tests, redis_keys, redis_target  # noqa: F401

@@ -26,9 +26,8 @@ import httpx
 import pytest
 import redis
 
+from outerloop.contracts.keys import Keys, counts_key
 from outerloop.demo.processes import services
-from outerloop.scheduler.journal import counts_key
-from outerloop.storage import Keys
 from tests.browser import ensure_chromium
 from tests.test_api_fixtures import tiny_dir  # noqa: F401
 

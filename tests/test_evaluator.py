@@ -8,8 +8,8 @@ import json
 import pytest
 
 from outerloop import OuterLoop, Trigger
-from outerloop.agents.evaluator import RowStats, baseline_key, drift_test, join_feedback, row_stats, window_key
-from outerloop.inner_loop.user_state import served_key
+from outerloop.agents.evaluator import RowStats, drift_test, join_feedback, row_stats
+from outerloop.contracts.keys import baseline_key, served_key, window_key
 from outerloop.memory.facts import GenreAffinity
 from tests.redis_fixtures import (  # noqa: F401  (fixtures and the parametrising hook)
     pytest_generate_tests,

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
-from outerloop.scheduler.dispatch import CLAIM_LUA, CycleOutcome, now_ms, request_cycle
+from outerloop.clock import now_ms
+from outerloop.contracts.keys import Keys
+from outerloop.scheduler.dispatch import CLAIM_LUA, CycleOutcome, request_cycle
 from outerloop.scheduler.runners import RowRefreshRunner, to_agent_triggers
 from outerloop.scheduler.triggers import DRIFT, Trigger, TriggerRules
-from outerloop.storage import Keys
 from tests.redis_fixtures import pytest_generate_tests, redis_keys, redis_target  # noqa: F401
 from tests.test_scheduler_helpers import (  # noqa: F401
     MIN, T0, Env, RecordingRunner, env, event, fast_settings, make_daemon, running, wait_until,

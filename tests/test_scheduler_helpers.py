@@ -24,15 +24,15 @@ from typing import Any
 import pytest
 
 from outerloop.contracts.events import Event
+from outerloop.contracts.keys import Keys, SchedulerKeys
+from outerloop.contracts.stream import encode_event
 from outerloop.scheduler.daemon import Daemon
 from outerloop.scheduler.dispatch import CycleOutcome
-from outerloop.contracts.keys import SchedulerKeys
 from outerloop.scheduler.metrics import DaemonMetrics
 from outerloop.scheduler.sessionizer import SessionSettings, Sessionizer
 from outerloop.scheduler.settings import DaemonSettings
-from outerloop.contracts.stream import encode_event
 from outerloop.scheduler.triggers import Trigger, TriggerRules
-from outerloop.storage import Keys, RedisTarget
+from outerloop.storage import RedisTarget
 from tests.redis_fixtures import url_for_children
 
 REPO = Path(__file__).resolve().parents[1]

@@ -24,9 +24,9 @@ from collections.abc import Iterator
 import redis.asyncio.client as aioclient
 
 from outerloop import Budget, OuterLoop
-from outerloop.contracts.plans import PlanStep, Trigger
 from outerloop.agents.sdk import run_agent
-from outerloop.inner_loop.user_state import served_key
+from outerloop.contracts.keys import served_key
+from outerloop.contracts.plans import PlanStep, Trigger
 from tests.test_outer_loop_support import BASE_TS, TinyArtifacts, apply_events, episode_id, ev
 
 CRIME = [1, 11, 21, 31]

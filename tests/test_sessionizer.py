@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
+from outerloop.clock import now_ms
 from outerloop.data.synthetic import CATALOG_USER_ID
-from outerloop.scheduler.dispatch import now_ms
 from outerloop.scheduler.metrics import DaemonMetrics
 from outerloop.scheduler.scripts import ScriptSet
 from outerloop.scheduler.sessionizer import ApplyResult, Sessionizer

@@ -20,11 +20,11 @@ from fastapi import FastAPI, Request
 from opentelemetry.trace import SpanKind
 
 from outerloop import telemetry
-from outerloop.contracts.budget import Budget
 from outerloop.budgets.context import RunContext
 from outerloop.budgets.enforce import Enforcer
+from outerloop.contracts.budget import Budget
+from outerloop.contracts.keys import Keys
 from outerloop.errors import UsageError
-from outerloop.storage import Keys
 from tests.redis_fixtures import pytest_generate_tests, redis_client, redis_keys, redis_target  # noqa: F401
 
 

@@ -7,9 +7,8 @@ import pytest
 
 from outerloop.cli import build_parser, main
 from outerloop.config import Settings
+from outerloop.contracts.keys import Keys, SchedulerKeys
 from outerloop.errors import UserInputError
-from outerloop.contracts.keys import SchedulerKeys
-from outerloop.storage import Keys
 from outerloop.topology import Topology, topology_from_args
 
 COMMANDS = ("serve", "daemon", "mcp")

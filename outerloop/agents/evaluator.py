@@ -32,15 +32,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from outerloop.contracts.plans import Trigger
 from outerloop.agents.planner import EVALUATOR
 from outerloop.agents.sdk import AgentContext, agent
 from outerloop.contracts.budget import Budget
 from outerloop.contracts.events import Event
-from outerloop.inner_loop.user_state import served_key
+from outerloop.contracts.keys import Keys, baseline_key, served_key, window_key
+from outerloop.contracts.plans import Trigger
 from outerloop.memory.facts import GenreAffinity
 from outerloop.memory.store import MemoryChanges, UserMemory
-from outerloop.storage import Keys
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -160,16 +159,6 @@ class EvaluationReport:
     drift: dict[str, DriftTest] = field(default_factory=dict)
     joined_slots: int = 0
     unattributed_events: int = 0
-
-
-def window_key(user_id: str, keys: type[Keys]) -> str:
-    """HASH row_id -> the user's recent RowStats JSON (the drift window)."""
-    return keys.user(user_id, "eval_window")
-
-
-def baseline_key(keys: type[Keys], row_id: str) -> str:
-    """HASH of one row's long-run counts over all users (the drift baseline)."""
-    return f"{keys.prefix}:eval:base:{row_id}"
 
 
 async def load_served(redis: "Redis | RunStore", user_id: str, request_ids: Sequence[str],

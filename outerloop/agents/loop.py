@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from outerloop.agents.caches import AdaptiveClusters, PlanCache
-from outerloop.contracts.plans import CycleResult, Row, Trigger
 from outerloop.agents.ensemble_agent import ensemble_agent
 from outerloop.agents.evaluator import evaluator
 from outerloop.agents.graph import build_graph, initial_state
@@ -33,16 +32,19 @@ from outerloop.agents.runtime import Clusters, CycleScope, History, LoopConfig, 
 from outerloop.agents.sdk import AgentRegistry, AgentSpec
 from outerloop.agents.tool_agent import tool_agent
 from outerloop.budgets.accounting import Accounting
-from outerloop.contracts.budget import Budget
 from outerloop.budgets.enforce import Enforcer
 from outerloop.budgets.fencing import Fence
 from outerloop.budgets.pool import WorkerPool
+from outerloop.clock import now_ms
 from outerloop.config import get_settings
+from outerloop.contracts.budget import Budget
 from outerloop.contracts.events import Event
+from outerloop.contracts.keys import Keys
+from outerloop.contracts.plans import CycleResult, Row, Trigger
 from outerloop.errors import UsageError
 from outerloop.memory.cache import MemoryCache
 from outerloop.memory.store import MemoryStore
-from outerloop.storage import Keys, RedisTarget
+from outerloop.storage import RedisTarget
 from outerloop.tools.builtin import ENCODE_IN_THREAD, CoWatchGraph, TrendingCounter, builtin_tools
 from outerloop.tools.contracts import ModelArtifacts, ToolDeps, ToolSpec
 from outerloop.tools.ensemble import ENSEMBLE
@@ -65,9 +67,6 @@ def _load_ensemble(artifacts: ModelArtifacts) -> "Ensemble | None":
     d = getattr(artifacts, "dir", None)
     return Ensemble.load(artifacts) if d is not None and Ensemble.exists(d) else None  # type: ignore[arg-type]
 
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class OuterLoop:
@@ -102,7 +101,7 @@ class OuterLoop:
         config: LoopConfig | None = None,
         clusters: Clusters | None = None,
         pool: WorkerPool | None = None,
-        clock_ms: Callable[[], int] = _now_ms,
+        clock_ms: Callable[[], int] = now_ms,
         torch_threads: int | None = 1,
         tool_caller: "ToolCaller | None" = None,
         ensemble: "Ensemble | None | bool" = True,

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from outerloop.contracts.plans import Trigger
 from outerloop.agents.planner import MEMORY_AGENT
 from outerloop.agents.runtime import History
 from outerloop.agents.sdk import AgentContext, MemoryCommit, agent
 from outerloop.contracts.budget import Budget
-from outerloop.data.schema import EVENT_TYPES
+from outerloop.contracts.events import EVENT_TYPES
+from outerloop.contracts.plans import Trigger
 from outerloop.memory.facts import ContinueWatching, GenreAffinity, GenreBackoff, RuntimePreference
 from outerloop.memory.store import MemoryChanges, UserMemory
 from outerloop.tools.builtin import CatalogIndex

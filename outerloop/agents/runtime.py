@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from pydantic import ValidationError
 
+from outerloop.contracts.keys import Keys
 from outerloop.contracts.plans import Row, Trigger
 from outerloop.memory.store import UserMemory
-from outerloop.storage import Keys
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis

@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 from pydantic import BaseModel
 
-from outerloop.contracts.plans import PlanStep, Row, ScoreKind, Trigger, TriggerKind
-from outerloop.contracts.budget import Budget
 from outerloop.budgets.context import RunContext
+from outerloop.contracts.budget import Budget
+from outerloop.contracts.plans import PlanStep, Row, ScoreKind, Trigger, TriggerKind
 from outerloop.errors import UsageError
 from outerloop.memory.facts import Fact, fact_class, fact_kinds
 from outerloop.memory.store import MemoryChanges, UserMemory, staged_memory
@@ -372,7 +372,7 @@ class AgentContext(_RowStager):
 
     @property
     def keys(self) -> Any:
-        """The loop's key namespace (:class:`~outerloop.storage.Keys`): names only."""
+        """The loop's key namespace (:class:`~outerloop.contracts.keys.Keys`): names only."""
         return self._keys
 
     def catalog_index(self) -> Any:

@@ -64,7 +64,8 @@ from outerloop.budgets import (
     percentile,
 )
 from outerloop.budgets.priority import PRIORITIES, set_supervisor_priority
-from outerloop.storage import RedisTarget, embedded_socket, namespaced_keys, release_embedded
+from outerloop.contracts.keys import namespaced_keys
+from outerloop.storage import RedisTarget, embedded_socket, release_embedded
 
 MIX: dict[str, float] = {  # share of runs per kind
     "sleeper": 0.25,

@@ -246,7 +246,7 @@ class Bench:
         would store them (one list per user in Redis)."""
         import httpx
 
-        from outerloop.inner_loop.user_state import precomputed_key
+        from outerloop.contracts.keys import precomputed_key
 
         with httpx.Client(base_url=self.base_url, timeout=10.0) as client:
             pipe = self.redis_client.pipeline(transaction=False)

@@ -19,8 +19,8 @@ from typing import Any, Literal
 import redis.asyncio as aioredis
 
 from outerloop.budgets.context import Guard, StagedWrite
+from outerloop.contracts.keys import Keys
 from outerloop.errors import OuterloopError, UsageError
-from outerloop.storage import Keys
 
 RejectReason = Literal["not_live", "deadline"]
 
@@ -132,7 +132,7 @@ def leases_key(user_id: str, keys: type[Keys] = Keys) -> str:
 class Fence:
     """Issues, checks and revokes fencing tokens for one Redis (standalone or Cluster).
 
-    ``keys`` is the key namespace (a :class:`~outerloop.storage.Keys` subclass with another
+    ``keys`` is the key namespace (a :class:`~outerloop.contracts.keys.Keys` subclass with another
     ``prefix`` in tests). ``prune_after_ms``: leases whose deadline is older than this are
     dropped when the next lease of that user is issued (they are refused anyway).
     """

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from outerloop.storage import Keys
+from outerloop.contracts.keys import Keys
 
 
 def mount_console(app: Any, *, runtime: Any, keys: type[Keys], funnel: Any, api_key: str | None,

@@ -21,8 +21,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from outerloop.budgets.accounting import percentile
+from outerloop.contracts.keys import Keys
 from outerloop.scheduler.journal import instance_name
-from outerloop.storage import Keys
 
 log = logging.getLogger(__name__)
 

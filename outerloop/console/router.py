@@ -22,9 +22,9 @@ from pydantic import BaseModel, Field, ValidationError
 from redis.exceptions import RedisError
 
 from outerloop.console import views
+from outerloop.contracts.keys import Keys
 from outerloop.errors import UserInputError
 from outerloop.scheduler import control as ctl
-from outerloop.storage import Keys
 
 STATIC = Path(__file__).with_name("static")
 USER_ID = r"^[A-Za-z0-9_.:\-]+$"

@@ -17,7 +17,6 @@ clean-up of API processes that stopped publishing.
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -25,13 +24,20 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from outerloop.budgets.accounting import percentile
+from outerloop.clock import now_ms
 from outerloop.console.apistats import read_api_stats
-from outerloop.data.schema import EVENT_TYPES
+from outerloop.contracts.events import EVENT_TYPES
+from outerloop.contracts.keys import (
+    Keys,
+    SchedulerKeys,
+    counts_key,
+    daemons_key,
+    minute_key,
+    runs_key,
+    user_journal_key,
+)
 from outerloop.scheduler import control as ctl
 from outerloop.scheduler.consumer import group_lag
-from outerloop.scheduler.journal import counts_key, daemons_key, minute_key, runs_key, user_journal_key
-from outerloop.contracts.keys import SchedulerKeys
-from outerloop.storage import Keys
 
 RECENT_CYCLES = 1000  # entries of the runs stream the distributions are computed over
 HIST_BINS = 24
@@ -39,9 +45,6 @@ MINUTES = 60
 OVER_BUDGET = ("over_tool_budget", "over_token_budget")
 ACTION_NAME = {i + 1: name for i, name in enumerate(EVENT_TYPES)}
 
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _t(v: Any) -> str:

@@ -6,13 +6,31 @@ what is wrong, and a bad stream entry becomes a dead letter with a readable reas
 
 from __future__ import annotations
 
-import time
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from outerloop.clock import now_ms
 
-from outerloop.data.schema import EventType
+# Interaction / event types, in a fixed order: the model's action-token vocabulary is this
+# list's index + 1 (0 = unknown / padding). Append only; never reorder.
+EVENT_TYPES: tuple[str, ...] = (
+    "impression",
+    "click",
+    "play",
+    "pause",
+    "seek",
+    "finish",
+    "skip",
+    "add_to_list",
+    "rate",
+    "search",
+    "episode_release",
+)
+EventType = Literal[
+    "impression", "click", "play", "pause", "seek", "finish", "skip",
+    "add_to_list", "rate", "search", "episode_release",
+]
 
 # Events may carry device clocks that run a little fast; anything further ahead is rejected.
 MAX_FUTURE_SKEW_MS = 5 * 60 * 1000
@@ -31,9 +49,6 @@ def _whole_number(value: Any) -> Any:
 # bounds leave the JSON schema.
 WHOLE_NUMBER = BeforeValidator(_whole_number)
 
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class Event(BaseModel):

@@ -1,7 +1,8 @@
-"""The scheduler's Redis keys: the event stream(s), the dead-letter stream and the few
-scheduler-wide indexes (due users, open sessions, watermark, heartbeats).
+"""Every Redis key outerloop uses: :class:`Keys` (the user's keys, hash-tagged by user, and
+the streams) and :class:`SchedulerKeys` (the event stream shards, the dead-letter stream and
+the few scheduler-wide indexes: due users, open sessions, watermark, heartbeats).
 
-Per-user keys always go through :meth:`outerloop.storage.Keys.user`, so on Redis Cluster a
+Per-user keys always go through :meth:`Keys.user`, so on Redis Cluster a
 user's keys share one slot and the Lua scripts that touch them are legal. The scheduler-wide
 keys of shard ``i`` carry the hash tag ``{s<i>}`` when the stream is sharded, so each shard's
 stream and indexes live together and different shards spread over the cluster.
@@ -14,7 +15,84 @@ from dataclasses import dataclass
 from typing import Any
 
 from outerloop.errors import UsageError
-from outerloop.storage import Keys, namespaced_keys
+
+
+class Keys:
+    """Every Redis key outerloop uses, in one place. User keys are hash-tagged by user id."""
+
+    prefix = "ol"
+    # How many hash tags the shared structures (co-watch graph, trending counts) are spread
+    # over, by item: 1 keeps each under one tag (one slot), as on one server; a cluster spreads
+    # them over this many slots (``--shared-buckets``, :mod:`outerloop.topology`).
+    shared_buckets = 1
+
+    @classmethod
+    def user(cls, user_id: str, what: str) -> str:
+        return f"{cls.prefix}:u:{{{user_id}}}:{what}"
+
+    @classmethod
+    def history(cls, user_id: str) -> str:
+        """LIST of recent interactions (newest last), capped."""
+        return cls.user(user_id, "hist")
+
+    @classmethod
+    def history_version(cls, user_id: str) -> str:
+        return cls.user(user_id, "hist_v")
+
+    @classmethod
+    def seen(cls, user_id: str) -> str:
+        """SET of item ids the user has consumed (filtered out of recommendations)."""
+        return cls.user(user_id, "seen")
+
+    @classmethod
+    def rows(cls, user_id: str) -> str:
+        """HASH row_id -> candidate-set JSON, written only by committed outer-loop runs."""
+        return cls.user(user_id, "rows")
+
+    @classmethod
+    def profile(cls, user_id: str) -> str:
+        """HASH of the user's profile (``utc_offset_min``, ``timezone``): set through the API,
+        read by the scheduler's late-night and daypart rules."""
+        return cls.user(user_id, "profile")
+
+    @classmethod
+    def memory(cls, user_id: str) -> str:
+        """HASH of the durable symbolic memory (facts JSON + version)."""
+        return cls.user(user_id, "mem")
+
+    @classmethod
+    def fence(cls, user_id: str) -> str:
+        """The highest fencing token issued for the user's outer-loop runs."""
+        return cls.user(user_id, "fence")
+
+    @classmethod
+    def fence_leases(cls, user_id: str) -> str:
+        """ZSET of live fencing tokens scored by their deadline (server clock)."""
+        return cls.user(user_id, "fence_live")
+
+    @classmethod
+    def applied_events(cls, user_id: str) -> str:
+        """SET of event ids already applied (idempotency under at-least-once delivery)."""
+        return cls.user(user_id, "applied")
+
+    events_stream = "ol:events"
+    dead_letter_stream = "ol:events:dead"
+
+
+def namespaced_keys(prefix: str) -> type[Keys]:
+    """A :class:`Keys` with every key, user keys and streams, under ``prefix`` (a subclass: the
+    default namespace is untouched). For isolated deployments sharing one Redis, benchmarks and
+    replays on a real server, and tests."""
+    return type(f"Keys_{prefix.replace('-', '_')}", (Keys,), {
+        "prefix": prefix, "events_stream": f"{prefix}:events", "dead_letter_stream": f"{prefix}:events:dead"})
+
+
+def with_shared_buckets(keys: type[Keys], buckets: int) -> type[Keys]:
+    """``keys`` with the shared structures spread over ``buckets`` hash tags (a subclass; the
+    class given is untouched). ``buckets`` 1 returns ``keys`` itself."""
+    if buckets == getattr(keys, "shared_buckets", 1):
+        return keys
+    return type(keys.__name__, (keys,), {"shared_buckets": int(buckets)})
 
 
 def shard_of(user_id: str, shards: int) -> int:
@@ -54,7 +132,7 @@ class SchedulerKeys:
 
     @classmethod
     def with_prefix(cls, prefix: str, *, shards: int = 1, group: str = "outerloop-daemon") -> "SchedulerKeys":
-        """Every key under ``prefix`` (see :func:`outerloop.storage.namespaced_keys`)."""
+        """Every key under ``prefix`` (see :func:`namespaced_keys`)."""
         return cls(base=namespaced_keys(prefix), group=group, shards=shards)
 
     @property
@@ -172,3 +250,59 @@ class SchedulerKeys:
     def cycle_lock(self, user_id: str) -> str:
         """At most one cycle per user across all daemons: SET NX PX with a random token."""
         return self.base.user(user_id, "cycle_lock")
+
+
+def window_key(user_id: str, keys: type[Keys]) -> str:
+    """HASH row_id -> the user's recent RowStats JSON (the drift window)."""
+    return keys.user(user_id, "eval_window")
+
+
+def baseline_key(keys: type[Keys], row_id: str) -> str:
+    """HASH of one row's long-run counts over all users (the drift baseline)."""
+    return f"{keys.prefix}:eval:base:{row_id}"
+
+
+def embedding_key(user_id: str, keys: type[Keys] = Keys) -> str:
+    """Cached user vector: ``b"<history fingerprint>|<model_version>|"`` + float32 bytes."""
+    return keys.user(user_id, "emb")
+
+
+def served_key(user_id: str, request_id: str, keys: type[Keys] = Keys) -> str:
+    """What one recommendation response showed (JSON, with a TTL), for attributing feedback."""
+    return keys.user(user_id, f"served:{request_id}")
+
+
+def precomputed_key(user_id: str, keys: type[Keys] = Keys) -> str:
+    """A batch-precomputed list (``b"id,id,..."``): the Gorse-style baseline the bench compares."""
+    return keys.user(user_id, "precomputed")
+
+
+def control_key(keys: type[Keys]) -> str:
+    """HASH ``<agent>|paused`` / ``<agent>|budget`` -> JSON."""
+    return f"{keys.prefix}:{{control}}:agents"
+
+
+def control_log_key(keys: type[Keys]) -> str:
+    """STREAM of every change: agent, action, value, by, source, at_ms."""
+    return f"{keys.prefix}:{{control}}:log"
+
+
+def user_journal_key(keys: type[Keys], user_id: str) -> str:
+    return keys.user(user_id, "journal")
+
+
+def runs_key(keys: type[Keys]) -> str:
+    return f"{keys.prefix}:journal:runs"
+
+
+def counts_key(keys: type[Keys]) -> str:
+    return f"{keys.prefix}:journal:counts"
+
+
+def minute_key(keys: type[Keys], minute: int) -> str:
+    """Runs by ``agent|outcome`` in one minute (``minute`` = epoch ms // 60,000)."""
+    return f"{keys.prefix}:journal:m:{minute}"
+
+
+def daemons_key(keys: type[Keys]) -> str:
+    return f"{keys.prefix}:journal:daemons"

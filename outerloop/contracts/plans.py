@@ -11,23 +11,20 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from outerloop.contracts.budget import Budget
 from outerloop.budgets.record import RunRecord
+from outerloop.clock import now_ms
+from outerloop.contracts.budget import Budget
 from outerloop.contracts.events import Event
 
 # "backoff" is raised inside a cycle by the memory agent when a genre back-off is new, so the
 # planner refreshes the user's other rows without that genre.
 TriggerKind = Literal["event", "session_closed", "drift", "sweep", "manual", "backoff"]
 
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class Trigger(BaseModel):

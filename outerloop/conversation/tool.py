@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from outerloop.contracts.keys import Keys
 from outerloop.conversation.api import USER_ID_PATTERN
 from outerloop.conversation.constraints import MAX_MESSAGE_CHARS, MAX_TURNS, Turn
 from outerloop.conversation.response import ConversationResponse
 from outerloop.conversation.retrieval import UserHistory
 from outerloop.conversation.service import MAX_K, ConversationService
-from outerloop.storage import Keys
 from outerloop.tools.contracts import ToolDeps, ToolSpec, tool
 
 TOOL_TIMEOUT_MS = 3000  # covers an LLM parser's default 1.5 s budget plus retrieval

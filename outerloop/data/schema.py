@@ -11,25 +11,9 @@ from typing import Literal
 
 import numpy as np
 
-# Interaction / event types, in a fixed order: the model's action-token vocabulary is this
-# list's index + 1 (0 = unknown / padding). Append only; never reorder.
-EVENT_TYPES: tuple[str, ...] = (
-    "impression",
-    "click",
-    "play",
-    "pause",
-    "seek",
-    "finish",
-    "skip",
-    "add_to_list",
-    "rate",
-    "search",
-    "episode_release",
-)
-EventType = Literal[
-    "impression", "click", "play", "pause", "seek", "finish", "skip",
-    "add_to_list", "rate", "search", "episode_release",
-]
+from outerloop.contracts.events import EVENT_TYPES
+
+# the model's action-token vocabulary: an event type's index in EVENT_TYPES + 1 (0 = unknown / padding)
 ACTION_ID: dict[str, int] = {name: i + 1 for i, name in enumerate(EVENT_TYPES)}
 
 

@@ -19,13 +19,12 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from outerloop.contracts.plans import CycleResult, Trigger
 from outerloop.agents.loop import OuterLoop
+from outerloop.contracts.keys import Keys, SchedulerKeys
+from outerloop.contracts.plans import CycleResult, Trigger
 from outerloop.scheduler.dispatch import REDIS_DOWN
-from outerloop.contracts.keys import SchedulerKeys
 from outerloop.scheduler.refresh import request_refresh_sync
 from outerloop.scheduler.runners import OuterLoopRunner, RunnerSetup
-from outerloop.storage import Keys
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from outerloop.clock import now_ms
+from outerloop.contracts.keys import Keys, SchedulerKeys
 from outerloop.data.schema import Catalog
-from outerloop.contracts.keys import SchedulerKeys
-from outerloop.storage import Keys
 
 MIN_MS = 60_000
 HOUR_MS = 60 * MIN_MS
@@ -25,9 +25,6 @@ WEEK_MS = 7 * DAY_MS
 CATALOG_USER = "__catalog__"  # the user id of catalog events (SyntheticWorld's CATALOG_USER_ID)
 DARK = ("Thriller", "Horror")
 
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def local_time_before(at_ms: int, tz_offset_min: int, hour: int, minute: int, margin_ms: int) -> int:

@@ -598,7 +598,8 @@ async def _outer_replay(artifacts: Any, ranker: Any, cfg: OuterReplay, *, redis_
     from outerloop.agents.runtime import LoopConfig
     from outerloop.inner_loop.funnel import Funnel, FunnelConfig
     from outerloop.inner_loop.user_state import UserStore
-    from outerloop.storage import Keys, RedisTarget, release_embedded
+    from outerloop.storage import RedisTarget, release_embedded
+    from outerloop.contracts.keys import Keys
 
     keys = keys or Keys
     t0 = replay_clock_ms()

@@ -142,7 +142,8 @@ def _inner_outer(args: argparse.Namespace, data: Any) -> dict[str, Any]:
     if args.redis_url:
         import uuid
 
-        from outerloop.storage import RedisTarget, namespaced_keys
+        from outerloop.storage import RedisTarget
+        from outerloop.contracts.keys import namespaced_keys
 
         target = RedisTarget(url=args.redis_url)
         keys = namespaced_keys(f"olreplay-{uuid.uuid4().hex[:8]}")

@@ -41,22 +41,15 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from outerloop.contracts.events import MIN_LIVE_TS_MS, Event
+from outerloop.contracts.keys import Keys, embedding_key, served_key
 from outerloop.errors import UserInputError
 from outerloop.inner_loop.answer import ServedRecommendations, recommendation_doc
 from outerloop.inner_loop.funnel import Funnel, FunnelConfig, Recommendation
-from outerloop.inner_loop.openapi import ErrorOut, events_request_body
-from outerloop.inner_loop.openapi import finish as finish_openapi
+from outerloop.inner_loop.openapi import ErrorOut, events_request_body, finish as finish_openapi
 from outerloop.inner_loop.profiles import ProfileIn, profile_out
 from outerloop.inner_loop.ranker import ArtifactsLike, Ranker
-from outerloop.inner_loop.user_state import (
-    DEFAULT_STREAM_MAXLEN,
-    NotReplicated,
-    UserStore,
-    WriteBehind,
-    embedding_key,
-    served_key,
-)
-from outerloop.storage import Keys, RedisTarget
+from outerloop.inner_loop.user_state import DEFAULT_STREAM_MAXLEN, NotReplicated, UserStore, WriteBehind
+from outerloop.storage import RedisTarget
 from outerloop.topology import Topology
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from outerloop.data.schema import EVENT_TYPES
+from outerloop.contracts.events import EVENT_TYPES
 from outerloop.inner_loop.features import (
     N_GAP_BUCKETS,
     N_HOURS,

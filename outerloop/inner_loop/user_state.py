@@ -82,10 +82,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from outerloop import telemetry
 from outerloop.contracts.events import Event
-from outerloop.data.schema import ACTION_ID
-from outerloop.contracts.keys import SchedulerKeys
+from outerloop.contracts.keys import Keys, SchedulerKeys, embedding_key, precomputed_key
 from outerloop.contracts.stream import encode_event
-from outerloop.storage import Keys
+from outerloop.data.schema import ACTION_ID
 
 log = logging.getLogger(__name__)
 
@@ -96,21 +95,6 @@ APPLIED_TTL_S = 7 * 24 * 3600  # idempotency window: redeliveries older than thi
 # None: the API never trims the stream. Trimming here could delete entries no daemon has read yet
 # (a backlog while daemons are down); the daemon trims only what every group has acknowledged.
 DEFAULT_STREAM_MAXLEN: int | None = None
-
-
-def embedding_key(user_id: str, keys: type[Keys] = Keys) -> str:
-    """Cached user vector: ``b"<history fingerprint>|<model_version>|"`` + float32 bytes."""
-    return keys.user(user_id, "emb")
-
-
-def served_key(user_id: str, request_id: str, keys: type[Keys] = Keys) -> str:
-    """What one recommendation response showed (JSON, with a TTL), for attributing feedback."""
-    return keys.user(user_id, f"served:{request_id}")
-
-
-def precomputed_key(user_id: str, keys: type[Keys] = Keys) -> str:
-    """A batch-precomputed list (``b"id,id,..."``): the Gorse-style baseline the bench compares."""
-    return keys.user(user_id, "precomputed")
 
 
 def event_mode(event_type: str) -> str:

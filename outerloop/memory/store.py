@@ -23,9 +23,9 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 
 from outerloop.budgets.fencing import LEASE_CHECK_LUA, FenceRejected, leases_key
+from outerloop.contracts.keys import Keys
 from outerloop.errors import OuterloopError, UsageError
 from outerloop.memory.facts import Fact, InvalidFact, check_fact, dump_fact, parse_fact
-from outerloop.storage import Keys
 
 VERSION_FIELD = "_v"
 F = TypeVar("F")

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from outerloop.contracts.budget import Budget
+from outerloop.contracts.keys import Keys, control_key, control_log_key
 from outerloop.errors import OuterloopError, UsageError, UserInputError
-from outerloop.storage import Keys
 
 if TYPE_CHECKING:
     from outerloop.agents.planner import PlanOutcome, Planner, PlanningView
@@ -39,16 +39,6 @@ Action = Literal["pause", "resume", "budget", "reset_budget"]
 ACTIONS: tuple[str, ...] = ("pause", "resume", "budget", "reset_budget")
 LOG_MAXLEN = 10_000
 BACKSTOP_MARGIN_MS = 100.0  # an override stays this far below the graph's node timeout
-
-
-def control_key(keys: type[Keys]) -> str:
-    """HASH ``<agent>|paused`` / ``<agent>|budget`` -> JSON."""
-    return f"{keys.prefix}:{{control}}:agents"
-
-
-def control_log_key(keys: type[Keys]) -> str:
-    """STREAM of every change: agent, action, value, by, source, at_ms."""
-    return f"{keys.prefix}:{{control}}:log"
 
 
 def _text(v: bytes | str) -> str:

@@ -41,22 +41,25 @@ from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from outerloop import telemetry
-from outerloop.scheduler.backoff import Backoff
+from outerloop.clock import now_ms
 from outerloop.contracts.keys import SchedulerKeys, shard_of
+from outerloop.scheduler.backoff import Backoff
 from outerloop.scheduler.metrics import DaemonMetrics
 from outerloop.scheduler.scripts import LuaScript, ScriptSet, evalsha_many, is_cluster
 from outerloop.scheduler.settings import DaemonSettings
 from outerloop.scheduler.triggers import (
-    EVENTS_SEP, LUA_FIRE, LUA_TRIGGERS, Trigger, TriggerRules, triggers_from_parts,
+    EVENTS_SEP,
+    LUA_FIRE,
+    LUA_TRIGGERS,
+    Trigger,
+    TriggerRules,
+    triggers_from_parts,
 )
 
 log = logging.getLogger(__name__)
 
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ import os
 import socket
 from typing import Any
 
-from outerloop.scheduler.dispatch import now_ms
+from outerloop.clock import now_ms
 from outerloop.contracts.keys import SchedulerKeys
 
 

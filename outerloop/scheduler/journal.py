@@ -28,9 +28,16 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from outerloop.clock import now_ms
+from outerloop.contracts.keys import (
+    SchedulerKeys,
+    counts_key,
+    daemons_key,
+    minute_key,
+    runs_key,
+    user_journal_key,
+)
 from outerloop.scheduler.control import max_latency_ms
-from outerloop.contracts.keys import SchedulerKeys
-from outerloop.storage import Keys
 
 if TYPE_CHECKING:
     from outerloop.contracts.plans import CycleResult
@@ -46,34 +53,10 @@ EVENTS_PER_TRIGGER = 10
 IDS_PER_TRIGGER = 20
 
 
-def user_journal_key(keys: type[Keys], user_id: str) -> str:
-    return keys.user(user_id, "journal")
-
-
-def runs_key(keys: type[Keys]) -> str:
-    return f"{keys.prefix}:journal:runs"
-
-
-def counts_key(keys: type[Keys]) -> str:
-    return f"{keys.prefix}:journal:counts"
-
-
-def minute_key(keys: type[Keys], minute: int) -> str:
-    """Runs by ``agent|outcome`` in one minute (``minute`` = epoch ms // 60,000)."""
-    return f"{keys.prefix}:journal:m:{minute}"
-
-
-def daemons_key(keys: type[Keys]) -> str:
-    return f"{keys.prefix}:journal:daemons"
-
-
 def instance_name() -> str:
     """``host:pid``, as the heartbeat reports them (so the console can join the two)."""
     return f"{socket.gethostname()}:{os.getpid()}"
 
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _scalar(v: Any) -> Any:
@@ -132,7 +115,7 @@ class CycleJournal:
 
     async def record(self, user_id: str, triggers: Sequence["Trigger"], result: "CycleResult", *,
                      started_ms: int, loop: Any = None) -> dict[str, Any] | None:
-        done = _now_ms()
+        done = now_ms()
         base = self.keys.base
         try:
             entry = cycle_entry(user_id, triggers, result, started_ms=started_ms, done_ms=done, daemon=self.name)
@@ -181,7 +164,7 @@ class CycleJournal:
                                  "max_llm_tokens": b.max_llm_tokens, "rows": list(spec.rows),
                                  "triggers": list(spec.triggers), "isolated": spec.isolated,
                                  "max_override_ms": max_latency_ms(b.latency_ms, slack)}
-        return {"name": self.name, "at_ms": _now_ms(), "shards": self.keys.shards, "group": self.keys.group,
+        return {"name": self.name, "at_ms": now_ms(), "shards": self.keys.shards, "group": self.keys.group,
                 "cycles": stats["cycles"], "plan_cache_hit_rate": stats["plan_cache_hit_rate"],
                 "tool_cache_hit_rate": stats["tool_cache_hit_rate"], "memory_cache_hit_rate": memory,
                 "tool_cache_by_tool": stats["tool_cache_by_tool"], "agents": agents}

@@ -16,9 +16,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from outerloop.errors import UserInputError
-from outerloop.scheduler.dispatch import fire_args, fire_keys, now_ms
+from outerloop.clock import now_ms
 from outerloop.contracts.keys import SchedulerKeys, shard_of
+from outerloop.errors import UserInputError
+from outerloop.scheduler.dispatch import fire_args, fire_keys
 from outerloop.scheduler.triggers import LUA_FIRE, TriggerRules
 
 MANUAL_PREFIX = "manual:"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,22 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from outerloop import telemetry
+from outerloop.clock import now_ms
 from outerloop.contracts.events import Event
-from outerloop.scheduler.control import ControlledPlanner, ControlState, control_key
+from outerloop.contracts.keys import Keys, SchedulerKeys, control_key
+from outerloop.scheduler.control import ControlState, ControlledPlanner
 from outerloop.scheduler.dispatch import CycleOutcome
 from outerloop.scheduler.journal import CycleJournal
-from outerloop.contracts.keys import SchedulerKeys
 from outerloop.scheduler.refresh import manual_agent
-from outerloop.scheduler.triggers import (
-    DRIFT, LATE_NIGHT_SESSION, SESSION_CLOSED, STALE_ROWS, Trigger,
-)
-from outerloop.storage import Keys
+from outerloop.scheduler.triggers import DRIFT, LATE_NIGHT_SESSION, SESSION_CLOSED, STALE_ROWS, Trigger
 
 log = logging.getLogger(__name__)
 
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def queue_refresh_log(pipe: Any, refresh_log: str, *, user_id: str, run_id: str, started_ms: int,
@@ -97,7 +91,7 @@ class RowRefreshRunner:
                     if ev.item_id is not None and ev.item_id not in items:
                         items.append(ev.item_id)
         run_id = uuid.uuid4().hex
-        now = _now_ms()
+        now = now_ms()
         row = {
             "row_id": self.ROW_ID,
             "title": "Pick up where you left off",
@@ -211,7 +205,7 @@ class OuterLoopRunner:
         await self.loop.aclose()
 
     async def __call__(self, user_id: str, triggers: Sequence[Trigger]) -> CycleOutcome:
-        started = _now_ms()
+        started = now_ms()
         pipe = self.client.pipeline(transaction=False)
         pipe.hget(self.keys.profile(user_id), "utc_offset_min")
         pipe.hgetall(control_key(self.keys.base))

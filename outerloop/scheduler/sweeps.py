@@ -15,8 +15,9 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
-from outerloop.scheduler.dispatch import fire_args, fire_keys, now_ms
+from outerloop.clock import now_ms
 from outerloop.contracts.keys import SchedulerKeys
+from outerloop.scheduler.dispatch import fire_args, fire_keys
 from outerloop.scheduler.metrics import DaemonMetrics
 from outerloop.scheduler.scripts import LuaScript, ScriptSet, evalsha_many
 from outerloop.scheduler.sessionizer import CloseResult, Sessionizer

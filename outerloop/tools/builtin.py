@@ -42,8 +42,8 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from outerloop.contracts.events import Event
+from outerloop.contracts.keys import Keys
 from outerloop.data.schema import Catalog, Item
-from outerloop.storage import Keys
 from outerloop.tools.contracts import ScoredItems, ToolDeps, ToolSpec, tool
 from outerloop.tools.ensemble import ensemble_rank
 from outerloop.tools.registry import ToolRegistry

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import inspect
 import re
-import time
 import typing
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, get_type_hint
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from outerloop.clock import now_ms
 from outerloop.errors import RunFailed, UsageError
 
 if TYPE_CHECKING:  # imported for annotations only; tools stay importable without redis at hand
@@ -62,9 +62,6 @@ class ModelArtifacts(Protocol):
     def encode(self, histories: Any, actions: Any = None, ts: Any = None) -> "np.ndarray": ...
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
 
 @dataclass(slots=True)
 class ToolDeps:
@@ -73,7 +70,7 @@ class ToolDeps:
 
     redis: "aioredis.Redis"
     artifacts: ModelArtifacts
-    clock_ms: Callable[[], int] = _now_ms
+    clock_ms: Callable[[], int] = now_ms
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

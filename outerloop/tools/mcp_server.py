@@ -48,7 +48,8 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
 
     from outerloop.agents.loop import OuterLoop
-    from outerloop.storage import Keys, RedisTarget
+    from outerloop.storage import RedisTarget
+    from outerloop.contracts.keys import Keys
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +243,7 @@ async def open_service(
     from outerloop.agents.loop import OuterLoop
     from outerloop.conversation import ConversationService, converse_tool
     from outerloop.inner_loop.funnel import Funnel, FunnelConfig
-    from outerloop.storage import Keys as DefaultKeys
+    from outerloop.contracts.keys import Keys as DefaultKeys
     from outerloop.tools.builtin import builtin_tools
     from outerloop.tools.user_tools import READ_ONLY_TOOLS, UserToolsContext, user_tools
 

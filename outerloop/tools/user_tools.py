@@ -33,10 +33,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from outerloop.data.schema import EVENT_TYPES, Item
+from outerloop.contracts.events import EVENT_TYPES
+from outerloop.contracts.keys import Keys
+from outerloop.data.schema import Item
 from outerloop.errors import OuterloopError, UserInputError
 from outerloop.inner_loop.answer import STORAGE_ERRORS, recommendation_doc
-from outerloop.storage import Keys
 from outerloop.tools.builtin import ItemMeta, catalog_index
 from outerloop.tools.contracts import ToolDeps, ToolSpec, tool
 from outerloop.tools.user_contracts import (
@@ -49,7 +50,6 @@ from outerloop.tools.user_contracts import (
     ItemIn,
     MemoryIn,
     MemoryOut,
-    fact_out,
     Placement,
     PlanStepOut,
     RecommendIn,
@@ -66,6 +66,7 @@ from outerloop.tools.user_contracts import (
     UnknownAgent,
     UnknownItem,
     UnknownUser,
+    fact_out,
 )
 
 if TYPE_CHECKING:
