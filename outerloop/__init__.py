@@ -47,24 +47,27 @@ _EXPORTS: dict[str, str] = {
     "GenreBackoff": "outerloop.memory.facts",
     "RuntimePreference": "outerloop.memory.facts",
     "ContinueWatching": "outerloop.memory.facts",
-    "Trigger": "outerloop.contracts.plans",
+    "Trigger": "outerloop.contracts.triggers",
     "Plan": "outerloop.contracts.plans",
     "PlanStep": "outerloop.contracts.plans",
-    "Row": "outerloop.contracts.plans",
-    "CycleResult": "outerloop.contracts.plans",
+    "Row": "outerloop.contracts.rows",
+    "CycleResult": "outerloop.agents.cycle",
     "UsageError": "outerloop.errors",
     "RunFailed": "outerloop.errors",
 }
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time names resolve on first access
-    from outerloop.contracts.plans import CycleResult, Plan, PlanStep, Row, Trigger
+    from outerloop.agents.cycle import CycleResult
     from outerloop.agents.loop import OuterLoop
     from outerloop.agents.runtime import LoopConfig
     from outerloop.agents.sdk import AgentContext, IsolatedContext, agent
-    from outerloop.contracts.budget import Budget
     from outerloop.budgets.record import RunRecord
+    from outerloop.contracts.budget import Budget
     from outerloop.contracts.events import Event
+    from outerloop.contracts.plans import Plan, PlanStep
+    from outerloop.contracts.rows import Row
+    from outerloop.contracts.triggers import Trigger
     from outerloop.errors import RunFailed, UsageError
     from outerloop.inner_loop.artifacts import Artifacts
     from outerloop.memory.facts import ContinueWatching, Fact, GenreAffinity, GenreBackoff, RuntimePreference

@@ -13,9 +13,9 @@ import pytest
 from outerloop import AgentContext, Budget, OuterLoop, Trigger, agent
 from outerloop.agents.memory_agent import Interaction, derive, facts_of
 from outerloop.agents.sdk import IsolatedContext
+from outerloop.budgets.fencing import Fence
 from outerloop.errors import UsageError
 from outerloop.memory.facts import ContinueWatching, GenreAffinity, GenreBackoff
-from outerloop.budgets.fencing import Fence
 from outerloop.memory.store import MemoryChanges, MemoryStore
 from outerloop.tools.builtin import CatalogIndex
 from tests.redis_fixtures import (  # noqa: F401  (fixtures and the parametrising hook)
@@ -281,7 +281,7 @@ async def test_a_new_backoff_rebuilds_the_users_older_rows_in_the_same_cycle(red
     """Rows built before a back-off may hold the genre: the memory agent raises a ``backoff``
     trigger, the planner replans, and the tool agent rebuilds the user's other rows (here a
     wind-down row full of crime) in the same cycle; a back-off already known raises nothing."""
-    from outerloop.contracts.plans import Row
+    from outerloop.contracts.rows import Row
 
     user = "u-rows-before"
     old = Row(row_id="wind_down", title="Wind down", reason="earlier", items=[(i, 1.0) for i in CRIME_DRAMAS[3:]],

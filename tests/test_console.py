@@ -13,11 +13,12 @@ from fastapi.testclient import TestClient
 from outerloop.agents.loop import OuterLoop
 from outerloop.config import Settings
 from outerloop.contracts.keys import counts_key, daemons_key, runs_key, user_journal_key
+from outerloop.contracts.triggers import TITLE_FINISHED
 from outerloop.inner_loop.app import ServeOptions, create_app
 from outerloop.inner_loop.funnel import FunnelConfig
 from outerloop.scheduler import control as ctl
 from outerloop.scheduler.runners import OuterLoopRunner
-from outerloop.scheduler.triggers import TITLE_FINISHED, Trigger
+from outerloop.scheduler.triggers import PendingTrigger
 from tests.redis_fixtures import pytest_generate_tests, redis_keys, redis_target  # noqa: F401
 from tests.test_api_fixtures import event, now_ms, tiny_artifacts, tiny_data, tiny_dir, tiny_ranker  # noqa: F401
 from tests.test_outer_loop_support import BASE_TS, TinyArtifacts, apply_events, episode_id, ev
@@ -26,9 +27,9 @@ from tests.test_scheduler_helpers import Env, env  # noqa: F401
 KEY = "console-key"
 
 
-def finished(*events: Any) -> Trigger:
+def finished(*events: Any) -> PendingTrigger:
     """The scheduler's trigger for finished titles, as a claim hands it to the runner."""
-    return Trigger(name=TITLE_FINISHED, count=len(events), first_ms=now_ms(), last_ms=now_ms(),
+    return PendingTrigger(name=TITLE_FINISHED, count=len(events), first_ms=now_ms(), last_ms=now_ms(),
                    event_ids=tuple(e.event_id for e in events), events=list(events))
 
 

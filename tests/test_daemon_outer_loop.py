@@ -7,7 +7,7 @@ from __future__ import annotations
 from outerloop.agents.loop import OuterLoop
 from outerloop.scheduler.dispatch import CycleOutcome
 from outerloop.scheduler.runners import OuterLoopRunner
-from outerloop.scheduler.triggers import CatalogLookup, Trigger
+from outerloop.scheduler.triggers import CatalogLookup, PendingTrigger
 from tests.redis_fixtures import pytest_generate_tests, redis_keys, redis_target  # noqa: F401
 from tests.test_outer_loop_support import BASE_TS, TinyArtifacts, apply_events, episode_id, ev, tiny_catalog
 from tests.test_scheduler_helpers import (  # noqa: F401
@@ -20,7 +20,7 @@ class Recorded(OuterLoopRunner):
 
     def __init__(self, loop: OuterLoop, client, keys) -> None:
         super().__init__(loop, client, keys)
-        self.seen: list[tuple[str, list[Trigger], CycleOutcome]] = []
+        self.seen: list[tuple[str, list[PendingTrigger], CycleOutcome]] = []
 
     async def __call__(self, user_id, triggers):
         outcome = await super().__call__(user_id, triggers)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from outerloop.errors import UserInputError
-from outerloop.inner_loop.ensemble import Ensemble, EaseModel, EnsembleConfig, _simplex, train_ensemble
+from outerloop.inner_loop.ensemble import EaseModel, Ensemble, EnsembleConfig, _simplex, train_ensemble
 from tests.redis_fixtures import pytest_generate_tests, redis_keys, redis_target  # noqa: F401
 from tests.test_api_fixtures import tiny_artifacts, tiny_data, tiny_dir  # noqa: F401
 
@@ -111,7 +111,7 @@ def test_existing_members_are_reused_not_retrained(ensemble_dir: Path, tiny_data
 
 async def test_ensemble_agent_commits_a_log_prob_row_the_funnel_reads(
         ensemble_dir: Path, tiny_data: Any, redis_target: Any, redis_keys: Any) -> None:  # noqa: F811
-    from outerloop.contracts.plans import Trigger
+    from outerloop.contracts.triggers import Trigger
     from outerloop.agents.loop import OuterLoop
     from outerloop.contracts.budget import Budget
     from outerloop.contracts.events import Event

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from outerloop.contracts.plans import Trigger
 from outerloop.agents.loop import OuterLoop
 from outerloop.budgets import Budget, RunContext, ToolCallBudgetExceeded
+from outerloop.contracts.triggers import Trigger
 from outerloop.errors import RunFailed, UsageError
 from outerloop.tools.contracts import ToolDeps, ToolTimeout, tool
 from outerloop.tools.mcp_client import McpToolClient

@@ -115,7 +115,7 @@ async def test_memory_and_episode_evidence(service: ToolService, artifacts: Any)
     eps = sorted(episodes_of(artifacts.catalog), key=lambda e: (e.series_id, e.season or 0, e.episode or 0))
     first, second = eps[0], next(e for e in eps[1:] if e.series_id == eps[0].series_id)
     await seed_user(service.deps.redis, service.loop.keys, "u2", [first.item_id], type_="finish")
-    from outerloop.contracts.plans import Trigger
+    from outerloop.contracts.triggers import Trigger
     from outerloop.contracts.events import Event
 
     finish = Event(event_id="e-fin", user_id="u2", item_id=first.item_id, type="finish", ts=1_700_000_000_000)

@@ -8,7 +8,6 @@ import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel, GenericFakeChatModel
 from langchain_core.messages import AIMessage
 
-from outerloop.contracts.plans import Plan, Row, Trigger
 from outerloop.agents.evaluator import evaluator
 from outerloop.agents.memory_agent import memory_agent
 from outerloop.agents.planner import (
@@ -23,6 +22,9 @@ from outerloop.agents.runtime import LoopConfig
 from outerloop.agents.sdk import AgentContext, AgentRegistry, agent
 from outerloop.agents.tool_agent import tool_agent
 from outerloop.budgets import Budget, Enforcer
+from outerloop.contracts.plans import Plan
+from outerloop.contracts.rows import Row
+from outerloop.contracts.triggers import Trigger
 from outerloop.errors import RunFailed
 from outerloop.memory.facts import ContinueWatching
 from outerloop.tools.builtin import CatalogIndex

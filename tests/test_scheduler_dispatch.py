@@ -7,9 +7,10 @@ import asyncio
 
 from outerloop.clock import now_ms
 from outerloop.contracts.keys import Keys
+from outerloop.contracts.triggers import DRIFT
 from outerloop.scheduler.dispatch import CLAIM_LUA, CycleOutcome, request_cycle
 from outerloop.scheduler.runners import RowRefreshRunner, to_agent_triggers
-from outerloop.scheduler.triggers import DRIFT, Trigger, TriggerRules
+from outerloop.scheduler.triggers import PendingTrigger, TriggerRules
 from tests.redis_fixtures import pytest_generate_tests, redis_keys, redis_target  # noqa: F401
 from tests.test_scheduler_helpers import (  # noqa: F401
     MIN, T0, Env, RecordingRunner, env, event, fast_settings, make_daemon, running, wait_until,
@@ -105,7 +106,7 @@ async def test_a_cycle_past_the_backstop_is_stopped_and_counted(env: Env) -> Non
 async def test_row_refresh_runner_writes_a_row_and_logs_the_commit(env: Env) -> None:
     runner = RowRefreshRunner(env.client, refresh_log=f"{env.prefix}:refresh")
     ev = event("rr", T0, item=7)
-    outcome = await runner("rr", [Trigger(name="activity", event_ids=(ev.event_id,), events=(ev,))])
+    outcome = await runner("rr", [PendingTrigger(name="activity", event_ids=(ev.event_id,), events=(ev,))])
     assert outcome.status == "ok" and outcome.rows_committed == 1
     row = await env.client.hget(Keys.rows("rr"), "recent")
     assert b'"items": [[7, 1.0]]' in row
@@ -117,11 +118,11 @@ async def test_row_refresh_runner_writes_a_row_and_logs_the_commit(env: Env) -> 
 def test_scheduler_triggers_map_to_the_agents_contract() -> None:
     ev = event("m", T0 + 23 * 60 * MIN, "finish", item=3)
     mapped = to_agent_triggers([
-        Trigger(name="late_night_session", detail={"end_ts": ev.ts, "local_hour": 23}, events=(ev,)),
-        Trigger(name="session_closed", detail={"end_ts": ev.ts}, events=(ev,)),
-        Trigger(name="title_finished", events=(ev,), event_ids=(ev.event_id,)),
-        Trigger(name="drift", detail={"row_id": "because"}),
-        Trigger(name="stale_rows"),
+        PendingTrigger(name="late_night_session", detail={"end_ts": ev.ts, "local_hour": 23}, events=(ev,)),
+        PendingTrigger(name="session_closed", detail={"end_ts": ev.ts}, events=(ev,)),
+        PendingTrigger(name="title_finished", events=(ev,), event_ids=(ev.event_id,)),
+        PendingTrigger(name="drift", detail={"row_id": "because"}),
+        PendingTrigger(name="stale_rows"),
     ], tz_offset_min=-300)
     assert [t.kind for t in mapped] == ["session_closed", "event", "drift", "sweep"]
     assert mapped[0].detail["late_night"] == 1 and mapped[0].tz_offset_min == -300

@@ -31,7 +31,7 @@ from outerloop.scheduler.dispatch import CycleOutcome
 from outerloop.scheduler.metrics import DaemonMetrics
 from outerloop.scheduler.sessionizer import SessionSettings, Sessionizer
 from outerloop.scheduler.settings import DaemonSettings
-from outerloop.scheduler.triggers import Trigger, TriggerRules
+from outerloop.scheduler.triggers import PendingTrigger, TriggerRules
 from outerloop.storage import RedisTarget
 from tests.redis_fixtures import url_for_children
 
@@ -111,12 +111,12 @@ class RecordingRunner:
         self.client = client
         self.keys = keys or SchedulerKeys()
         self.work_s = work_s
-        self.calls: list[tuple[str, list[Trigger]]] = []
+        self.calls: list[tuple[str, list[PendingTrigger]]] = []
         self.running: dict[str, int] = {}
         self.max_overlap_per_user = 0
         self.max_running = 0
 
-    async def __call__(self, user_id: str, triggers: Sequence[Trigger]) -> CycleOutcome:
+    async def __call__(self, user_id: str, triggers: Sequence[PendingTrigger]) -> CycleOutcome:
         self.running[user_id] = self.running.get(user_id, 0) + 1
         self.max_overlap_per_user = max(self.max_overlap_per_user, self.running[user_id])
         self.max_running = max(self.max_running, sum(self.running.values()))

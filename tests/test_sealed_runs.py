@@ -26,7 +26,8 @@ import redis.asyncio.client as aioclient
 from outerloop import Budget, OuterLoop
 from outerloop.agents.sdk import run_agent
 from outerloop.contracts.keys import served_key
-from outerloop.contracts.plans import PlanStep, Trigger
+from outerloop.contracts.plans import PlanStep
+from outerloop.contracts.triggers import Trigger
 from tests.test_outer_loop_support import BASE_TS, TinyArtifacts, apply_events, episode_id, ev
 
 CRIME = [1, 11, 21, 31]

@@ -37,7 +37,7 @@ from outerloop.agents.sdk import AgentContext, agent
 from outerloop.contracts.budget import Budget
 from outerloop.contracts.events import Event
 from outerloop.contracts.keys import Keys, baseline_key, served_key, window_key
-from outerloop.contracts.plans import Trigger
+from outerloop.contracts.triggers import Trigger
 from outerloop.memory.facts import GenreAffinity
 from outerloop.memory.store import MemoryChanges, UserMemory
 

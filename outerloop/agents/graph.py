@@ -28,11 +28,20 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 
-from outerloop.contracts.plans import Plan, PlanStep, Row, Trigger
 from outerloop.agents.planner import PlanningView
 from outerloop.agents.runtime import CycleScope, LoopConfig, LoopDeps
-from outerloop.agents.sdk import AgentOutput, AgentRegistry, AgentSpec, IsolatedPayload, run_agent, run_isolated_agent
+from outerloop.agents.sdk import (
+    AgentOutput,
+    AgentRegistry,
+    AgentSpec,
+    IsolatedPayload,
+    run_agent,
+    run_isolated_agent,
+)
 from outerloop.budgets.record import RunRecord
+from outerloop.contracts.plans import Plan, PlanStep
+from outerloop.contracts.rows import Row
+from outerloop.contracts.triggers import Trigger
 from outerloop.errors import UsageError
 from outerloop.telemetry import record_agent_run
 from outerloop.tools.builtin import catalog_index

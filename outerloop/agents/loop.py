@@ -23,12 +23,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from outerloop.agents.caches import AdaptiveClusters, PlanCache
+from outerloop.agents.cycle import CycleResult
 from outerloop.agents.ensemble_agent import ensemble_agent
 from outerloop.agents.evaluator import evaluator
 from outerloop.agents.graph import build_graph, initial_state
 from outerloop.agents.memory_agent import memory_agent
 from outerloop.agents.planner import LLMPolicy, Planner
-from outerloop.agents.runtime import Clusters, CycleScope, History, LoopConfig, LoopDeps, parse_rows
+from outerloop.agents.runtime import Clusters, CycleScope, History, LoopConfig, LoopDeps
 from outerloop.agents.sdk import AgentRegistry, AgentSpec
 from outerloop.agents.tool_agent import tool_agent
 from outerloop.budgets.accounting import Accounting
@@ -40,7 +41,8 @@ from outerloop.config import get_settings
 from outerloop.contracts.budget import Budget
 from outerloop.contracts.events import Event
 from outerloop.contracts.keys import Keys
-from outerloop.contracts.plans import CycleResult, Row, Trigger
+from outerloop.contracts.rows import Row, stored_rows
+from outerloop.contracts.triggers import Trigger
 from outerloop.errors import UsageError
 from outerloop.memory.cache import MemoryCache
 from outerloop.memory.store import MemoryStore
@@ -222,7 +224,7 @@ class OuterLoop:
         return CycleScope(
             user_id=user_id, now_ms=now_ms, triggers=list(triggers),
             history=History(state.items, state.actions, state.ts),
-            seen=frozenset(state.seen.tolist()), rows=parse_rows(state.rows), memory=memory,
+            seen=frozenset(state.seen.tolist()), rows=stored_rows(state.rows), memory=memory,
             tz_offset_min=next((t.tz_offset_min for t in triggers if t.tz_offset_min), 0),
         )
 
@@ -275,7 +277,7 @@ class OuterLoop:
         """The user's stored rows (as the inner loop would read them, expired ones included)."""
         deps = (await self.start()).deps
         assert deps is not None
-        return parse_rows(await deps.redis.hgetall(self.keys.rows(user_id)))
+        return stored_rows(await deps.redis.hgetall(self.keys.rows(user_id)))
 
     def stats(self) -> dict[str, Any]:
         """Cache hit rates and run accounting since the loop started."""

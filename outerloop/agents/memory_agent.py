@@ -29,7 +29,7 @@ from outerloop.agents.runtime import History
 from outerloop.agents.sdk import AgentContext, MemoryCommit, agent
 from outerloop.contracts.budget import Budget
 from outerloop.contracts.events import EVENT_TYPES
-from outerloop.contracts.plans import Trigger
+from outerloop.contracts.triggers import Trigger
 from outerloop.memory.facts import ContinueWatching, GenreAffinity, GenreBackoff, RuntimePreference
 from outerloop.memory.store import MemoryChanges, UserMemory
 from outerloop.tools.builtin import CatalogIndex

@@ -44,10 +44,11 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from pydantic import ValidationError
 
 from outerloop.agents.caches import PlanCache, signature
-from outerloop.contracts.plans import Plan, PlanStep, StepBudget, Trigger
-from outerloop.contracts.budget import Budget
 from outerloop.budgets.context import RunContext
 from outerloop.budgets.record import RunRecord
+from outerloop.contracts.budget import Budget
+from outerloop.contracts.plans import Plan, PlanStep, StepBudget
+from outerloop.contracts.triggers import Trigger
 from outerloop.errors import RunFailed
 from outerloop.memory.facts import ContinueWatching, GenreBackoff
 from outerloop.tools.builtin import CatalogIndex

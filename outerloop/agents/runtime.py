@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-from pydantic import ValidationError
 
 from outerloop.contracts.keys import Keys
-from outerloop.contracts.plans import Row, Trigger
+from outerloop.contracts.rows import Row
+from outerloop.contracts.triggers import Trigger
 from outerloop.memory.store import UserMemory
 
 if TYPE_CHECKING:
@@ -73,18 +73,6 @@ class CycleScope:
     user_vector: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
     step_runs: dict[tuple[str, int], int] = field(default_factory=dict)  # executions per plan step (retries)
-
-
-def parse_rows(raw: dict[str, bytes] | dict[bytes, bytes]) -> dict[str, Row]:
-    """Stored rows that still validate as :class:`Row` (others are someone else's problem)."""
-    out: dict[str, Row] = {}
-    for row_id, blob in raw.items():
-        name = row_id.decode() if isinstance(row_id, bytes) else row_id
-        try:
-            out[name] = Row.model_validate_json(blob)
-        except ValidationError:
-            continue
-    return out
 
 
 @dataclass(slots=True)

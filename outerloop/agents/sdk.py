@@ -35,7 +35,9 @@ from pydantic import BaseModel
 
 from outerloop.budgets.context import RunContext
 from outerloop.contracts.budget import Budget
-from outerloop.contracts.plans import PlanStep, Row, ScoreKind, Trigger, TriggerKind
+from outerloop.contracts.plans import PlanStep
+from outerloop.contracts.rows import Row, ScoreKind
+from outerloop.contracts.triggers import Trigger, TriggerKind
 from outerloop.errors import UsageError
 from outerloop.memory.facts import Fact, fact_class, fact_kinds
 from outerloop.memory.store import MemoryChanges, UserMemory, staged_memory

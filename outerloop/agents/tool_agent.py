@@ -32,7 +32,7 @@ WIND_DOWN_DEFAULT_MAX_MIN = 100
 
 
 @dataclass(slots=True)
-class Candidates:
+class ScoreBlend:
     """Scores from several sources, blended into one ranking."""
 
     scores: dict[int, float] = field(default_factory=dict)
@@ -125,7 +125,7 @@ async def wind_down(ctx: AgentContext) -> list[tuple[int, float]]:
     prefs = [f.minutes for f in ctx.memory(RuntimePreference) if f.daypart.endswith("_night")]
     max_min = max(prefs) if prefs else WIND_DOWN_DEFAULT_MAX_MIN
     avoid = DARK_GENRES | _backoff(ctx)
-    cands = Candidates()
+    cands = ScoreBlend()
     cands.add(pool, 1.0)
     for i in list(cands.scores):
         genres, runtime, _ = meta.get(i, ([], None, "film"))
@@ -143,7 +143,7 @@ async def top_picks(ctx: AgentContext) -> list[tuple[int, float]]:
     caps any one genre at an eighth of the row."""
     n = ctx.config.row_len
     explore = bool(ctx.params.get("explore"))
-    cands = Candidates()
+    cands = ScoreBlend()
     pool = await taste_pool(ctx, 2 * n)
     cands.add(pool, 1.0)
     recent = list(dict.fromkeys(reversed(ctx.history.items.tolist())))[:5]

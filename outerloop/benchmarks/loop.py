@@ -107,7 +107,7 @@ def movielens_users(name: str, data_dir: str | None, n: int, session: int, seed:
 # -- the benchmark ---------------------------------------------------------------------------------
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     from outerloop.agents.caches import KMeansClusters
-    from outerloop.contracts.plans import Trigger
+    from outerloop.contracts.triggers import Trigger
     from outerloop.agents.loop import OuterLoop
     from outerloop.agents.runtime import LoopConfig
     from outerloop.inner_loop.artifacts import Artifacts

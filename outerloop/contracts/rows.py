@@ -1,8 +1,10 @@
-"""Agent-compiled rows ("candidate sets") as the inner loop reads them from ``Keys.rows(user)``.
+"""Agent-compiled rows ("candidate sets"), the one format of ``Keys.rows(user)``: :class:`Row`
+writes it and reads it back for the agents; :func:`parse_row` reads it for the inner loop.
 
 A row is JSON ``{row_id, title, reason, items: [[item_id, score], ...], produced_by, run_id,
 model_version, created_at, expires_at, ordered?, score_kind?, history_ts?}`` (the fields of
-``outerloop.contracts.plans.Row``), written only by a committed outer-loop run. The inner
+:class:`Row`), written only by a committed outer-loop run. The agents read rows back strictly
+(:func:`stored_rows`: a row that no longer validates is theirs to rebuild). The inner
 loop is a reader that must never fail because of a row: a row that does not parse, has expired,
 or names no known item is skipped (and counted), and the plain funnel still answers.
 
@@ -16,9 +18,10 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -140,3 +143,51 @@ class CompiledRows:
 
     rows: list[AgentRow]
     events_since: int = 0
+
+
+ScoreKind = Literal["relative", "log_prob"]
+
+
+class Row(BaseModel):
+    """One candidate set, as stored in ``Keys.rows(user)`` (field ``row_id``, value this JSON).
+
+    Times are ms since the epoch; a row whose ``expires_at`` has passed is ignored by the
+    inner loop, which falls back to the plain funnel.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    row_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")
+    title: str
+    reason: str
+    items: list[tuple[int, float]]
+    produced_by: str
+    run_id: str
+    model_version: str
+    created_at: int
+    expires_at: int
+    ordered: bool = Field(default=False, description="the agent's order is the row's order: the inner "
+                          "loop drops seen items but does not re-rank (e.g. continue watching)")
+    score_kind: ScoreKind = Field(default="relative", description="'relative': scores only order this row; "
+                                  "'log_prob': log-probability that the item is the user's next one, comparable "
+                                  "across rows and users, which the inner loop's ranker reads as a feature")
+    history_ts: int | None = Field(default=None, description="event time (ms) of the newest interaction the run "
+                                   "saw; the inner loop counts the user's interactions since (the row's staleness)")
+
+    def item_ids(self) -> list[int]:
+        return [i for i, _ in self.items]
+
+    def is_fresh(self, at_ms: int) -> bool:
+        return self.expires_at > at_ms
+
+
+def stored_rows(raw: dict[str, bytes] | dict[bytes, bytes]) -> dict[str, Row]:
+    """Stored rows that still validate as :class:`Row` (others are someone else's problem)."""
+    out: dict[str, Row] = {}
+    for row_id, blob in raw.items():
+        name = row_id.decode() if isinstance(row_id, bytes) else row_id
+        try:
+            out[name] = Row.model_validate_json(blob)
+        except ValidationError:
+            continue
+    return out

@@ -24,7 +24,7 @@ from outerloop.conversation.constraints import Constraints
 from outerloop.conversation.filters import violations
 from outerloop.conversation.lexicon import TONES
 from outerloop.conversation.response import Pick
-from outerloop.conversation.retrieval import ArtifactsLike, Candidates, UserHistory
+from outerloop.conversation.retrieval import Candidates, SearchableArtifacts, UserHistory
 from outerloop.data.schema import ACTION_ID, Item
 
 TAG_BONUS = 0.4  # per matching preferred tag, at most two counted
@@ -69,7 +69,7 @@ def _first_unseen_episode(facts: CatalogFacts, item: Item, mask: np.ndarray) -> 
     return best.item_id
 
 
-def rerank(inp: RerankInput, facts: CatalogFacts, artifacts: ArtifactsLike, k: int) -> tuple[list[Pick], list[str]]:
+def rerank(inp: RerankInput, facts: CatalogFacts, artifacts: SearchableArtifacts, k: int) -> tuple[list[Pick], list[str]]:
     """Top ``k`` picks with explanations, and notes on anything the reflection caught."""
     cands, c = inp.candidates, inp.constraints
     if cands.ids.size == 0:
@@ -127,7 +127,7 @@ def rerank(inp: RerankInput, facts: CatalogFacts, artifacts: ArtifactsLike, k: i
 class _Explainer:
     """Writes one line per pick from its metadata and its nearest history item or anchor."""
 
-    def __init__(self, facts: CatalogFacts, artifacts: ArtifactsLike, history: UserHistory, c: Constraints,
+    def __init__(self, facts: CatalogFacts, artifacts: SearchableArtifacts, history: UserHistory, c: Constraints,
                  now_ms: int | None) -> None:
         self.facts = facts
         self.c = c

@@ -24,8 +24,10 @@ ANCHOR_WEIGHT = 0.6  # share of the query that points at the anchors when the us
 ANN_POOL = 500  # how deep the index is searched before filtering
 
 
-class ArtifactsLike(Protocol):
-    """What conversation needs from :class:`outerloop.inner_loop.artifacts.Artifacts`."""
+class SearchableArtifacts(Protocol):
+    """What conversation needs from :class:`outerloop.inner_loop.artifacts.Artifacts`: the
+    ranker's ``ArtifactsLike`` plus the ANN ``index`` it searches (declared here, not imported,
+    so that conversation loads without torch)."""
 
     catalog: Catalog
     item_vectors: np.ndarray  # (N+1, d)
@@ -75,7 +77,7 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.maximum(n, 1e-12)
 
 
-def query_vector(artifacts: ArtifactsLike, history: UserHistory, anchor_ids: Sequence[int]) -> np.ndarray:
+def query_vector(artifacts: SearchableArtifacts, history: UserHistory, anchor_ids: Sequence[int]) -> np.ndarray:
     """(d,) query: the user's embedding, pulled towards the anchors' item vectors."""
     n_items = len(artifacts.catalog)
     items = [i for i in history.items if 1 <= i <= n_items]
@@ -92,7 +94,7 @@ def query_vector(artifacts: ArtifactsLike, history: UserHistory, anchor_ids: Seq
     return ((1.0 - ANCHOR_WEIGHT) * _unit(user) + ANCHOR_WEIGHT * pull).astype(np.float32)
 
 
-def retrieve(artifacts: ArtifactsLike, query: np.ndarray, mask: np.ndarray, pool: int) -> Candidates:
+def retrieve(artifacts: SearchableArtifacts, query: np.ndarray, mask: np.ndarray, pool: int) -> Candidates:
     """Up to ``pool`` eligible items (``mask``) by score with ``query``."""
     eligible = int(mask.sum())
     if eligible == 0:

@@ -23,12 +23,19 @@ from pydantic import ValidationError
 
 from outerloop.budgets import Budget
 from outerloop.conversation.catalog_facts import CatalogFacts
-from outerloop.conversation.constraints import MAX_MESSAGE_CHARS, MAX_TURNS, Constraints, Refusal, Turn, Unapplied
+from outerloop.conversation.constraints import (
+    MAX_MESSAGE_CHARS,
+    MAX_TURNS,
+    Constraints,
+    Refusal,
+    Turn,
+    Unapplied,
+)
 from outerloop.conversation.filters import applicable, eligible_mask, relax_hints
 from outerloop.conversation.llm import DEFAULT_LLM_BUDGET, LLMParser
 from outerloop.conversation.rerank import RerankInput, rerank
 from outerloop.conversation.response import ConversationResponse, Pick
-from outerloop.conversation.retrieval import ArtifactsLike, UserHistory, query_vector, retrieve
+from outerloop.conversation.retrieval import SearchableArtifacts, UserHistory, query_vector, retrieve
 from outerloop.conversation.session import SessionState, next_state, replay
 from outerloop.errors import UsageError, UserInputError
 
@@ -46,7 +53,7 @@ class ConverseOptions:
 
 
 @dataclass
-class Plan:
+class Selection:
     """The outcome of the recommendation half (no I/O): what :meth:`ConversationService.respond`
     wraps into a response, and what the bench measures directly."""
 
@@ -123,7 +130,7 @@ def describe(c: Constraints) -> str:
 class ConversationService:
     """Conversational recommendations over one set of artifacts, optionally with an LLM parser."""
 
-    def __init__(self, artifacts: ArtifactsLike, *, llm: LLMParser | None = None,
+    def __init__(self, artifacts: SearchableArtifacts, *, llm: LLMParser | None = None,
                  options: ConverseOptions | None = None, catalog_name: str | None = None,
                  facts: CatalogFacts | None = None) -> None:
         """``facts``: reuse another service's catalog facts (same catalog) instead of rebuilding them."""
@@ -144,7 +151,7 @@ class ConversationService:
         return next_state(prior, message, self.facts)[0]
 
     # -- recommending ----------------------------------------------------------------------------
-    def plan(self, constraints: Constraints, history: UserHistory, k: int, *, now_ms: int | None = None) -> Plan:
+    def plan(self, constraints: Constraints, history: UserHistory, k: int, *, now_ms: int | None = None) -> Selection:
         """Filter, retrieve, rerank and explain for fixed constraints (synchronous, no I/O)."""
         t0 = time.perf_counter()
         applied, refused = applicable(constraints, self.facts)
@@ -177,7 +184,7 @@ class ConversationService:
             notes += relax_hints(self.facts, applied, seen + anchors, cands.eligible)
         t2 = time.perf_counter()
         timings = {"retrieve": round((t1 - t0) * 1000, 3), "rerank": round((t2 - t1) * 1000, 3)}
-        return Plan(applied, refused, picks, cands.eligible, cands.how, notes, timings)
+        return Selection(applied, refused, picks, cands.eligible, cands.how, notes, timings)
 
     async def respond(
         self,
@@ -232,7 +239,7 @@ class ConversationService:
         )
 
     @staticmethod
-    def _reply(plan: Plan, unapplied: Sequence[Unapplied] = (), readings: Sequence[str] = ()) -> str:
+    def _reply(plan: Selection, unapplied: Sequence[Unapplied] = (), readings: Sequence[str] = ()) -> str:
         asked = describe(plan.applied)
         said = ""
         if unapplied:
@@ -249,7 +256,7 @@ class ConversationService:
 
 
 async def converse(
-    artifacts: ArtifactsLike,
+    artifacts: SearchableArtifacts,
     message: str,
     *,
     history: UserHistory | Sequence[int] | None = None,

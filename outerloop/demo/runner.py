@@ -19,9 +19,10 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from outerloop.agents.cycle import CycleResult
 from outerloop.agents.loop import OuterLoop
 from outerloop.contracts.keys import Keys, SchedulerKeys
-from outerloop.contracts.plans import CycleResult, Trigger
+from outerloop.contracts.triggers import Trigger
 from outerloop.scheduler.dispatch import REDIS_DOWN
 from outerloop.scheduler.refresh import request_refresh_sync
 from outerloop.scheduler.runners import OuterLoopRunner, RunnerSetup

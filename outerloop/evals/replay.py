@@ -497,7 +497,7 @@ class _OuterReplayRun:
 
     async def cycle(self, user: str, prefix: np.ndarray, upto: int) -> Any:
         """One real outer-loop cycle over ``prefix[:upto]``, triggered by its last session's close."""
-        from outerloop.contracts.plans import Trigger
+        from outerloop.contracts.triggers import Trigger
 
         session = self.events_of(user, prefix, self.cfg.session_events, upto)
         return await self.loop.run_cycle(user, [Trigger.session_closed(session)], now_ms=self.t0)

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from outerloop import telemetry
+from outerloop.contracts.rows import AgentRow, live_rows
 from outerloop.data.schema import ACTION_ID
 from outerloop.inner_loop.ranker import ArtifactsLike, FeatureTables, LogProbRow, Ranker, candidate_features
-from outerloop.contracts.rows import AgentRow, live_rows
 from outerloop.inner_loop.user_state import UserState
 
 TOP_PICKS = "top-picks"
@@ -50,7 +50,7 @@ class FunnelConfig:
 
 
 @dataclass(slots=True)
-class Row:
+class ServedRow:
     """One row of the response. ``origins[i]`` says where item i came from (``ann``, ``agent``,
     ``ann+agent``, ``popular``, ...)."""
 
@@ -69,7 +69,7 @@ class Row:
 
 @dataclass(slots=True)
 class Recommendation:
-    rows: list[Row]
+    rows: list[ServedRow]
     model_version: str
     history_version: int = 0
     degraded: bool = False
@@ -246,7 +246,7 @@ class Funnel:
         origins = ["ann+agent" if a and p >= 0 else ("ann" if a else "agent")
                    for a, p in zip(from_ann[top].tolist(), row_pos[top].tolist())]
         ranked_by = "the ranker" if rec.ranker == "model" else "retrieval order"
-        rec.rows.append(Row(
+        rec.rows.append(ServedRow(
             row_id=TOP_PICKS, title="Top picks for you",
             reason=f"ranked for you by {ranked_by} from your last {items.shape[0]} titles",
             produced_by="inner_loop.funnel", source="funnel",
@@ -298,7 +298,7 @@ class Funnel:
         rec.ranker = "model"
         return final
 
-    def _agent_row(self, row: AgentRow, k: int, score_of: dict[int, float], seen: np.ndarray) -> Row:
+    def _agent_row(self, row: AgentRow, k: int, score_of: dict[int, float], seen: np.ndarray) -> ServedRow:
         keep = ~np.isin(row.item_ids, seen) if seen.shape[0] else np.ones(row.item_ids.shape[0], bool)
         ids = row.item_ids[keep]
         agent_scores = row.scores[keep]
@@ -308,17 +308,17 @@ class Funnel:
             ids, scores = ids[order], scored[order]
         else:  # an ordered row, or no common scale: keep the agent's order and scores
             ids, scores = ids[:k], agent_scores[:k]
-        return Row(row_id=row.row_id, title=row.title, reason=row.reason, produced_by=row.produced_by,
+        return ServedRow(row_id=row.row_id, title=row.title, reason=row.reason, produced_by=row.produced_by,
                    source="agent", item_ids=ids, scores=scores, origins=["agent"] * ids.shape[0],
                    run_id=row.run_id, model_version=row.model_version, expires_at=row.expires_at)
 
     # --- fallbacks ----------------------------------------------------------------------------------
     def _pool_row(self, row_id: str, title: str, reason: str, pool: np.ndarray, k: int,
-                  seen: np.ndarray | None, source: str) -> Row:
+                  seen: np.ndarray | None, source: str) -> ServedRow:
         ids = pool if seen is None or not seen.shape[0] else pool[~np.isin(pool, seen)]
         ids = ids[:k]
         scores = self.tables.popularity[ids]
-        return Row(row_id=row_id, title=title, reason=reason, produced_by="inner_loop.popularity", source=source,
+        return ServedRow(row_id=row_id, title=title, reason=reason, produced_by="inner_loop.popularity", source=source,
                    item_ids=ids, scores=scores, origins=[row_id] * ids.shape[0], model_version=self.model_version)
 
     def cold_start(self, state: UserState, k: int, agent_rows: list[AgentRow] | None = None) -> Recommendation:
@@ -350,7 +350,7 @@ class Funnel:
             pre = pre[~np.isin(pre, seen)]
         ids = pre[:k]
         scores = (1.0 / (1.0 + np.arange(ids.shape[0]))).astype(np.float32)
-        rec.rows.append(Row(row_id=PRECOMPUTED, title="Picked for you", reason="precomputed in the last batch run",
+        rec.rows.append(ServedRow(row_id=PRECOMPUTED, title="Picked for you", reason="precomputed in the last batch run",
                             produced_by="batch.precompute", source="precomputed", item_ids=ids, scores=scores,
                             origins=["precomputed"] * ids.shape[0], model_version=self.model_version))
         if not ids.shape[0]:

@@ -242,7 +242,7 @@ class _Recorder:
 
 
 @dataclass(frozen=True, slots=True)
-class ApplyResult:
+class HistoryApplied:
     """Outcome of one batch: how many events changed state and each user's history version."""
 
     accepted: int
@@ -302,14 +302,14 @@ def queue_apply(
     return users
 
 
-def collect_apply(users: list[str], results: Sequence[Any], n_events: int) -> ApplyResult:
-    """Turn the pipeline's results (from :func:`queue_apply`) into an :class:`ApplyResult`."""
+def collect_apply(users: list[str], results: Sequence[Any], n_events: int) -> HistoryApplied:
+    """Turn the pipeline's results (from :func:`queue_apply`) into an :class:`HistoryApplied`."""
     applied = 0
     versions: dict[str, int] = {}
     for user, res in zip(users, results[: len(users)]):
         applied += int(res[0])
         versions[user] = int(res[1])
-    return ApplyResult(accepted=n_events, applied=applied, versions=versions)
+    return HistoryApplied(accepted=n_events, applied=applied, versions=versions)
 
 
 class UserStore:
@@ -366,7 +366,7 @@ class UserStore:
             raise _lost_connection(exc) from exc
         return _ints(pre), _ints(seen)
 
-    async def apply(self, events: Sequence[Event]) -> ApplyResult:
+    async def apply(self, events: Sequence[Event]) -> HistoryApplied:
         """Apply a validated batch (see the module docstring): one ``MULTI``/``EXEC`` on one
         server; on a cluster the stream first, then the history (idempotent by ``event_id``).
         Returns only once every event is in the stream and in its user's history (and, with
@@ -387,7 +387,7 @@ class UserStore:
         except _CLIENT_FAULTS as exc:
             raise _lost_connection(exc) from exc
 
-    async def _apply_cluster(self, events: Sequence[Event]) -> ApplyResult:
+    async def _apply_cluster(self, events: Sequence[Event]) -> HistoryApplied:
         # A cluster pipeline sends each node its commands; an error anywhere raises, and the
         # caller answers 503 (a retry appends again: at-least-once, deduped downstream).
         async with self.client.pipeline(transaction=False) as pipe:
@@ -399,7 +399,7 @@ class UserStore:
             results = await pipe.execute()
         return collect_apply(users, results, len(events))
 
-    async def _apply_durable(self, events: Sequence[Event]) -> ApplyResult:
+    async def _apply_durable(self, events: Sequence[Event]) -> HistoryApplied:
         """One server: ``MULTI``, the writes, ``EXEC``, ``WAIT``, on one connection."""
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.execute_command("MULTI")
@@ -418,7 +418,7 @@ class UserStore:
             raise self._not_replicated("the server")
         return collect_apply(users, results, len(events))
 
-    async def _apply_durable_cluster(self, events: Sequence[Event]) -> ApplyResult:
+    async def _apply_durable_cluster(self, events: Sequence[Event]) -> HistoryApplied:
         """A cluster: the stream step then the history step, each confirmed by ``WAIT`` on every
         master it wrote to."""
         streams = _Recorder()

@@ -14,17 +14,18 @@ Modules, by what they do:
 - :mod:`~outerloop.scheduler.runners`: the outer-loop adapter and a row-refresh runner
 """
 
+from outerloop.contracts.keys import SchedulerKeys, shard_of
+from outerloop.contracts.stream import MalformedEntry, decode_entry, encode_event
+from outerloop.contracts.triggers import TRIGGER_NAMES
 from outerloop.scheduler.daemon import Daemon, run_until_signalled
 from outerloop.scheduler.dispatch import CycleOutcome, CycleRunner, request_cycle
-from outerloop.contracts.keys import SchedulerKeys, shard_of
 from outerloop.scheduler.metrics import DaemonMetrics
 from outerloop.scheduler.sessionizer import SessionSettings, Sessionizer
 from outerloop.scheduler.settings import DaemonSettings
-from outerloop.contracts.stream import MalformedEntry, decode_entry, encode_event
-from outerloop.scheduler.triggers import TRIGGER_NAMES, ItemInfo, Trigger, TriggerRules, read_triggers
+from outerloop.scheduler.triggers import ItemInfo, PendingTrigger, TriggerRules, read_triggers
 
 __all__ = [
     "CycleOutcome", "CycleRunner", "Daemon", "DaemonMetrics", "DaemonSettings", "ItemInfo", "MalformedEntry",
-    "SchedulerKeys", "SessionSettings", "Sessionizer", "TRIGGER_NAMES", "Trigger", "TriggerRules", "decode_entry",
+    "SchedulerKeys", "SessionSettings", "Sessionizer", "TRIGGER_NAMES", "PendingTrigger", "TriggerRules", "decode_entry",
     "encode_event", "read_triggers", "request_cycle", "run_until_signalled", "shard_of",
 ]

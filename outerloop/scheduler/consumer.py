@@ -33,12 +33,13 @@ from outerloop.clock import now_ms
 from outerloop.contracts.events import Event
 from outerloop.contracts.keys import SchedulerKeys
 from outerloop.contracts.stream import EVENT_FIELD, MalformedEntry, decode_entry, describe_fields
+from outerloop.contracts.triggers import EPISODE_RELEASED
 from outerloop.scheduler.dispatch import REDIS_DOWN, fire_args, fire_keys
 from outerloop.scheduler.metrics import DaemonMetrics
 from outerloop.scheduler.scripts import LuaScript, ScriptSet, evalsha_many, is_cluster
 from outerloop.scheduler.sessionizer import ApplyResult, Sessionizer
 from outerloop.scheduler.settings import DaemonSettings
-from outerloop.scheduler.triggers import EPISODE_RELEASED, LUA_FIRE
+from outerloop.scheduler.triggers import LUA_FIRE
 
 log = logging.getLogger(__name__)
 

@@ -51,7 +51,7 @@ from outerloop.scheduler.triggers import (
     EVENTS_SEP,
     LUA_FIRE,
     LUA_TRIGGERS,
-    Trigger,
+    PendingTrigger,
     TriggerRules,
     triggers_from_parts,
 )
@@ -77,7 +77,7 @@ class CycleOutcome:
 class CycleRunner(Protocol):
     """Runs the outer loop for one user (``OuterLoop.run_cycle`` behind an adapter)."""
 
-    async def __call__(self, user_id: str, triggers: Sequence[Trigger]) -> CycleOutcome: ...
+    async def __call__(self, user_id: str, triggers: Sequence[PendingTrigger]) -> CycleOutcome: ...
 
 
 # KEYS: lock, pending hash/ids/events, in-flight hash/ids/events [, due queue]
@@ -253,7 +253,7 @@ class Dispatcher:
             replies = await evalsha_many(self.client, self.scripts.sha("claim"), calls)
         leases: dict[str, int] = {}
         retries: dict[str, int] = {}
-        to_run: list[tuple[str, list[Trigger]]] = []
+        to_run: list[tuple[str, list[PendingTrigger]]] = []
         empty: list[str] = []
         for user, reply in zip(users, replies):
             if isinstance(reply, Exception):
@@ -298,7 +298,7 @@ class Dispatcher:
     def _user_keys(self, user: str) -> list[str]:
         return [self.keys.cycle_lock(user), *self.keys.pending_triggers(user), *self.keys.inflight_triggers(user)]
 
-    async def _run(self, shard: int, user: str, token: str, triggers: list[Trigger]) -> None:
+    async def _run(self, shard: int, user: str, token: str, triggers: list[PendingTrigger]) -> None:
         started = time.monotonic()
         mode = "done"
         status = "failed"

@@ -40,8 +40,8 @@ from outerloop.contracts.keys import (
 from outerloop.scheduler.control import max_latency_ms
 
 if TYPE_CHECKING:
-    from outerloop.contracts.plans import CycleResult
-    from outerloop.scheduler.triggers import Trigger
+    from outerloop.agents.cycle import CycleResult
+    from outerloop.scheduler.triggers import PendingTrigger
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def _scalar(v: Any) -> Any:
     return v if isinstance(v, str | int | float | bool) or v is None else str(v)
 
 
-def trigger_doc(t: "Trigger") -> dict[str, Any]:
+def trigger_doc(t: "PendingTrigger") -> dict[str, Any]:
     events = []
     for e in list(t.events)[-EVENTS_PER_TRIGGER:]:
         events.append({"event_id": e.event_id, "type": e.type, "item_id": e.item_id, "ts": e.ts})
@@ -72,7 +72,7 @@ def trigger_doc(t: "Trigger") -> dict[str, Any]:
             "detail": {k: _scalar(v) for k, v in t.detail.items()}}
 
 
-def cycle_entry(user_id: str, triggers: Sequence["Trigger"], result: "CycleResult", *, started_ms: int,
+def cycle_entry(user_id: str, triggers: Sequence["PendingTrigger"], result: "CycleResult", *, started_ms: int,
                 done_ms: int, daemon: str) -> dict[str, Any]:
     """One cycle as the console shows it (JSON-ready)."""
     records = [r.to_dict() for r in result.records]
@@ -113,7 +113,7 @@ class CycleJournal:
         self._stats_at = 0.0
         self.failures = 0
 
-    async def record(self, user_id: str, triggers: Sequence["Trigger"], result: "CycleResult", *,
+    async def record(self, user_id: str, triggers: Sequence["PendingTrigger"], result: "CycleResult", *,
                      started_ms: int, loop: Any = None) -> dict[str, Any] | None:
         done = now_ms()
         base = self.keys.base

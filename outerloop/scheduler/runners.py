@@ -21,18 +21,19 @@ from outerloop import telemetry
 from outerloop.clock import now_ms
 from outerloop.contracts.events import Event
 from outerloop.contracts.keys import Keys, SchedulerKeys, control_key
+from outerloop.contracts.triggers import DRIFT, LATE_NIGHT_SESSION, SESSION_CLOSED, STALE_ROWS
 from outerloop.scheduler.control import ControlState, ControlledPlanner
 from outerloop.scheduler.dispatch import CycleOutcome
 from outerloop.scheduler.journal import CycleJournal
 from outerloop.scheduler.refresh import manual_agent
-from outerloop.scheduler.triggers import DRIFT, LATE_NIGHT_SESSION, SESSION_CLOSED, STALE_ROWS, Trigger
+from outerloop.scheduler.triggers import PendingTrigger
 
 log = logging.getLogger(__name__)
 
 
 
 def queue_refresh_log(pipe: Any, refresh_log: str, *, user_id: str, run_id: str, started_ms: int,
-                      triggers: Sequence[Trigger], committed: Sequence[str], planned: Sequence[str],
+                      triggers: Sequence[PendingTrigger], committed: Sequence[str], planned: Sequence[str],
                       runs: Sequence[tuple[str, str]] = ()) -> None:
     """Queue one entry of a cycle's refresh log (benchmarks and tests) on ``pipe``.
 
@@ -77,7 +78,7 @@ class RowRefreshRunner:
         self.refresh_log = refresh_log
         self.produced_by = produced_by
 
-    async def __call__(self, user_id: str, triggers: Sequence[Trigger]) -> CycleOutcome:
+    async def __call__(self, user_id: str, triggers: Sequence[PendingTrigger]) -> CycleOutcome:
         if self.work_ms > 0:
             await asyncio.sleep(self.work_ms / 1000)
         items: list[int] = []
@@ -118,8 +119,8 @@ class RowRefreshRunner:
         return CycleOutcome(status="ok", rows_committed=1, run_id=run_id, refresh_at_ms=row["expires_at"])
 
 
-def to_agent_triggers(triggers: Sequence[Trigger], tz_offset_min: int = 0) -> list[Any]:
-    """The scheduler's coalesced triggers as the agents' :class:`outerloop.contracts.plans.Trigger`.
+def to_agent_triggers(triggers: Sequence[PendingTrigger], tz_offset_min: int = 0) -> list[Any]:
+    """The scheduler's coalesced triggers as the agents' :class:`outerloop.contracts.triggers.Trigger`.
 
     Event triggers (title finished, episode released, activity) become ``event`` triggers with
     their source events; a closed session (late-night or not) one ``session_closed`` with the
@@ -127,7 +128,7 @@ def to_agent_triggers(triggers: Sequence[Trigger], tz_offset_min: int = 0) -> li
     manual request (:mod:`outerloop.scheduler.refresh`) the agents' ``manual`` trigger naming its
     agent, with the request's detail as it was sent.
     """
-    from outerloop.contracts.plans import Trigger as AgentTrigger  # the agents are optional here
+    from outerloop.contracts.triggers import Trigger as AgentTrigger  # the agents are optional here
 
     out: list[Any] = []
     by_name = {t.name: t for t in triggers}
@@ -204,7 +205,7 @@ class OuterLoopRunner:
     async def aclose(self) -> None:
         await self.loop.aclose()
 
-    async def __call__(self, user_id: str, triggers: Sequence[Trigger]) -> CycleOutcome:
+    async def __call__(self, user_id: str, triggers: Sequence[PendingTrigger]) -> CycleOutcome:
         started = now_ms()
         pipe = self.client.pipeline(transaction=False)
         pipe.hget(self.keys.profile(user_id), "utc_offset_min")
@@ -227,7 +228,7 @@ class OuterLoopRunner:
             refresh_at_ms=min(expiries) if expiries else None,
         )
 
-    async def _log(self, user_id: str, triggers: Sequence[Trigger], result: Any, started_ms: int) -> None:
+    async def _log(self, user_id: str, triggers: Sequence[PendingTrigger], result: Any, started_ms: int) -> None:
         try:
             pipe = self.client.pipeline(transaction=False)
             queue_refresh_log(pipe, str(self.refresh_log), user_id=user_id,

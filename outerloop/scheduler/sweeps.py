@@ -17,12 +17,13 @@ from redis.exceptions import NoScriptError
 
 from outerloop.clock import now_ms
 from outerloop.contracts.keys import SchedulerKeys
+from outerloop.contracts.triggers import STALE_ROWS
 from outerloop.scheduler.dispatch import fire_args, fire_keys
 from outerloop.scheduler.metrics import DaemonMetrics
 from outerloop.scheduler.scripts import LuaScript, ScriptSet, evalsha_many
 from outerloop.scheduler.sessionizer import CloseResult, Sessionizer
 from outerloop.scheduler.settings import DaemonSettings
-from outerloop.scheduler.triggers import LUA_FIRE, STALE_ROWS
+from outerloop.scheduler.triggers import LUA_FIRE
 
 log = logging.getLogger(__name__)
 

@@ -19,24 +19,12 @@ from typing import Any, Protocol
 from outerloop.contracts.events import Event
 from outerloop.contracts.keys import SchedulerKeys
 
-TITLE_FINISHED = "title_finished"  # a film or an episode of a series was watched to the end
-EPISODE_RELEASED = "episode_released"  # a new episode of a series the user follows
-LATE_NIGHT_SESSION = "late_night_session"  # session ended after 23:00 local on thriller/horror
-DRIFT = "drift"  # the evaluator flagged that what is served drifted from the feedback
-SESSION_CLOSED = "session_closed"  # 30 minutes of event time without activity
-STALE_ROWS = "stale_rows"  # the periodic sweep found the user's rows expired
-ACTIVITY = "activity"  # any interaction (opt-in: real-time row refresh, the freshness bench)
-
-TRIGGER_NAMES: tuple[str, ...] = (
-    TITLE_FINISHED, EPISODE_RELEASED, LATE_NIGHT_SESSION, DRIFT, SESSION_CLOSED, STALE_ROWS, ACTIVITY,
-)
-
 # Event types that mean the user is watching the item (they decide "ended on", follows).
 WATCH_TYPES = frozenset({"play", "pause", "seek", "finish"})
 
 
 @dataclass(frozen=True, slots=True)
-class Trigger:
+class PendingTrigger:
     """One coalesced trigger as a cycle receives it.
 
     ``events`` are the most recent source events (for ``session_closed``: the session's last
@@ -96,7 +84,7 @@ def _text(value: bytes | str) -> str:
 
 
 def triggers_from_parts(hash_flat: Iterable[Any] | Mapping[Any, Any], ids: Iterable[Any],
-                        events: Iterable[Any]) -> list[Trigger]:
+                        events: Iterable[Any]) -> list[PendingTrigger]:
     """Triggers from the pending (or in-flight) hash and its two lists, as the scripts return
     them (a flat list or a dict for the hash), sorted by name."""
     if isinstance(hash_flat, Mapping):
@@ -121,14 +109,14 @@ def triggers_from_parts(hash_flat: Iterable[Any] | Mapping[Any, Any], ids: Itera
         if "count" not in f:
             continue
         detail = json.loads(f["detail"]) if "detail" in f else {}
-        out.append(Trigger(name=name, count=int(f["count"]), first_ms=int(f.get("first", 0)),
+        out.append(PendingTrigger(name=name, count=int(f["count"]), first_ms=int(f.get("first", 0)),
                            last_ms=int(f.get("last", 0)), event_ids=tuple(by_name_ids.get(name, ())),
                            events=LazyEvents(by_name_events.get(name, [])),
                            detail=detail if isinstance(detail, dict) else {}))
     return out
 
 
-async def read_triggers(client: Any, keys: SchedulerKeys, user_id: str, *, inflight: bool = False) -> list[Trigger]:
+async def read_triggers(client: Any, keys: SchedulerKeys, user_id: str, *, inflight: bool = False) -> list[PendingTrigger]:
     """A user's pending (or in-flight) triggers, without taking them (inspection, tests)."""
     h, ids, evs = keys.inflight_triggers(user_id) if inflight else keys.pending_triggers(user_id)
     return triggers_from_parts(await client.hgetall(h), await client.lrange(ids, 0, -1),

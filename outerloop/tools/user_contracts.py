@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from outerloop.errors import UserInputError
-from outerloop.inner_loop.answer import RecommendedItem, RecommendedRow, Recommendations
+from outerloop.inner_loop.answer import Recommendations, RecommendedRow
 from outerloop.memory.facts import BuiltinFact, Fact
 from outerloop.tools.builtin import ItemMeta
 
@@ -76,9 +76,6 @@ class RecommendIn(UserIn):
     rows: list[str] | None = Field(default=None, description="only these row ids (default: every row)")
 
 
-# A row as the tools hand it out is the API's row: one contract (``outerloop.inner_loop.answer``).
-RowItem = RecommendedItem
-RowOut = RecommendedRow
 
 
 class RecommendOut(Recommendations):
@@ -215,5 +212,5 @@ class RefreshOut(BaseModel):
     elapsed_ms: float
     plan: list[PlanStepOut]
     runs: list[RunOut]
-    rows_committed: list[RowOut]
+    rows_committed: list[RecommendedRow]  # the API's row: one contract (outerloop.inner_loop.answer)
     notes: list[str]

@@ -37,7 +37,7 @@ from outerloop.contracts.events import EVENT_TYPES
 from outerloop.contracts.keys import Keys
 from outerloop.data.schema import Item
 from outerloop.errors import OuterloopError, UserInputError
-from outerloop.inner_loop.answer import STORAGE_ERRORS, recommendation_doc
+from outerloop.inner_loop.answer import STORAGE_ERRORS, RecommendedItem, RecommendedRow, recommendation_doc
 from outerloop.tools.builtin import ItemMeta, catalog_index
 from outerloop.tools.contracts import ToolDeps, ToolSpec, tool
 from outerloop.tools.user_contracts import (
@@ -56,8 +56,6 @@ from outerloop.tools.user_contracts import (
     RecommendOut,
     RefreshIn,
     RefreshOut,
-    RowItem,
-    RowOut,
     RunOut,
     SimilarIn,
     SimilarItem,
@@ -70,7 +68,8 @@ from outerloop.tools.user_contracts import (
 )
 
 if TYPE_CHECKING:
-    from outerloop.contracts.plans import CycleResult, Trigger
+    from outerloop.agents.cycle import CycleResult
+    from outerloop.contracts.triggers import Trigger
     from outerloop.inner_loop.funnel import Funnel
     from outerloop.inner_loop.user_state import UserState
     from outerloop.tools.registry import ToolRegistry
@@ -78,7 +77,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class CycleRunner(Protocol):
+class RefreshLoop(Protocol):
     """What ``refresh_user`` needs from ``outerloop.agents.loop.OuterLoop``."""
 
     @property
@@ -96,7 +95,7 @@ class UserToolsContext:
     funnel: "Funnel"
     keys: type[Keys] = Keys
     evidence: "ToolRegistry | None" = None
-    loop: CycleRunner | None = None
+    loop: RefreshLoop | None = None
     explain_depth: int = 200  # how deep explain looks into each tool's ranking
 
 
@@ -367,7 +366,7 @@ def user_tools(ctx: UserToolsContext) -> list[ToolSpec]:
         writes to the live service, so do not call it in a loop."""
         if ctx.loop is None:
             raise UserInputError("refresh_user is not available: this server runs without an outer loop")
-        from outerloop.contracts.plans import Trigger
+        from outerloop.contracts.triggers import Trigger
 
         producers = [a.name for a in ctx.loop.agents if a.rows]
         known = {a.name for a in ctx.loop.agents}
@@ -387,9 +386,9 @@ def user_tools(ctx: UserToolsContext) -> list[ToolSpec]:
 
 def refresh_out(deps: ToolDeps, result: "CycleResult") -> RefreshOut:
     """A cycle's result as the ``refresh_user`` output."""
-    rows = [RowOut(row_id=r.row_id, title=r.title, reason=r.reason, produced_by=r.produced_by, source="agent",
+    rows = [RecommendedRow(row_id=r.row_id, title=r.title, reason=r.reason, produced_by=r.produced_by, source="agent",
                    run_id=r.run_id, expires_at=r.expires_at,
-                   items=[RowItem(item_id=i, title=_title(deps, i), score=s, origin="agent") for i, s in r.items])
+                   items=[RecommendedItem(item_id=i, title=_title(deps, i), score=s, origin="agent") for i, s in r.items])
             for r in result.rows_committed.values()]
     runs = [RunOut(agent=r.agent, outcome=r.outcome, elapsed_ms=round(r.elapsed_ms, 3), budget_ms=r.budget_ms,
                    overrun_ms=round(r.overrun_ms, 3), tool_calls=r.tool_calls, error=r.error) for r in result.records]
