@@ -10,6 +10,7 @@ import pytest
 
 from outerloop import LoopConfig, OuterLoop, Trigger
 from outerloop.agents.caches import AdaptiveClusters, KMeansClusters
+from outerloop.contracts.triggers import session_triggers
 from outerloop.memory.facts import GenreAffinity
 from tests.redis_fixtures import (  # noqa: F401  (fixtures and the parametrising hook)
     pytest_generate_tests,
@@ -127,7 +128,8 @@ async def test_late_night_thriller_session_gets_a_calm_short_wind_down_row(redis
     await apply_events(redis_client, redis_keys, events)
     async with OuterLoop(TinyArtifacts(), redis=redis_target, keys=redis_keys) as loop:
         cat = loop.artifacts.catalog
-        res = await loop.run_cycle(user, [Trigger.session_closed(events, tz_offset_min=60)], now_ms=BASE_TS)
+        triggers = session_triggers(events, genres_of=cat.genres_of, tz_offset_min=60)
+        res = await loop.run_cycle(user, triggers, now_ms=BASE_TS)
     wind = res.rows_committed["wind_down"]
     assert "late-night" in wind.reason and len(wind.items) > 0
     for i in wind.item_ids():

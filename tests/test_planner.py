@@ -24,14 +24,15 @@ from outerloop.agents.tool_agent import tool_agent
 from outerloop.budgets import Budget, Enforcer
 from outerloop.contracts.plans import Plan
 from outerloop.contracts.rows import Row
-from outerloop.contracts.triggers import Trigger
+from outerloop.contracts.triggers import Trigger, session_triggers
 from outerloop.errors import RunFailed
 from outerloop.memory.facts import ContinueWatching
 from outerloop.tools.builtin import CatalogIndex
 from tests.test_outer_loop_support import BASE_TS, SERIES, episode_id, ev, make_scope, tiny_catalog
 
 HOUR = 3_600_000
-IDX = CatalogIndex.build(tiny_catalog())
+CATALOG = tiny_catalog()
+IDX = CatalogIndex.build(CATALOG)
 THRILLER, COMEDY, CRIME_DRAMA = 3, 2, 1  # film ids by genre (see FILMS)
 
 
@@ -98,10 +99,12 @@ def test_release_of_a_followed_series_refreshes_its_row_and_others_do_not():
     (THRILLER, 23, -120, True),  # 23:30 local for a user two hours behind UTC
 ])
 def test_late_night_dark_session_gets_a_wind_down_row(item, hour, tz, fires):
+    """The session's triggers as the sessionizer classifies them (``session_triggers`` applies the
+    Lua's rule); the planner reads the ``late_night_session`` kind."""
     end = at_local(hour, tz_offset_min=tz)
     session = [ev("u1", "play", COMEDY, end - HOUR), ev("u1", "play", item, end - 30 * 60_000),
                ev("u1", "finish", item, end)]
-    p = plan_for(Trigger.session_closed(session, tz_offset_min=tz))
+    p = plan_for(*session_triggers(session, genres_of=CATALOG.genres_of, tz_offset_min=tz))
     assert (("tools", ("wind_down",)) in steps(p)) is fires
     assert ("tools", ("top_picks",)) in steps(p)  # any closed session refreshes the main row
 
@@ -109,9 +112,10 @@ def test_late_night_dark_session_gets_a_wind_down_row(item, hour, tz, fires):
 def test_local_time_is_read_in_the_users_timezone():
     end = at_local(23)  # 23:30 UTC
     session = [ev("u1", "finish", THRILLER, end)]
-    assert ("tools", ("wind_down",)) in steps(plan_for(Trigger.session_closed(session, tz_offset_min=0)))
+    assert ("tools", ("wind_down",)) in steps(plan_for(*session_triggers(session, genres_of=CATALOG.genres_of)))
     # the same instant is 20:30 for a user three hours behind: no wind-down
-    assert ("tools", ("wind_down",)) not in steps(plan_for(Trigger.session_closed(session, tz_offset_min=-180)))
+    assert ("tools", ("wind_down",)) not in steps(plan_for(*session_triggers(
+        session, genres_of=CATALOG.genres_of, tz_offset_min=-180)))
 
 
 def test_drift_refreshes_the_rows_owner_with_exploration_and_unknown_rows_are_ignored():

@@ -7,10 +7,10 @@ import asyncio
 
 from outerloop.clock import now_ms
 from outerloop.contracts.keys import Keys
-from outerloop.contracts.triggers import DRIFT
+from outerloop.contracts.triggers import DRIFT, TriggerRules
 from outerloop.scheduler.dispatch import CLAIM_LUA, CycleOutcome, request_cycle
 from outerloop.scheduler.runners import RowRefreshRunner, to_agent_triggers
-from outerloop.scheduler.triggers import PendingTrigger, TriggerRules
+from outerloop.scheduler.triggers import PendingTrigger
 from tests.redis_fixtures import pytest_generate_tests, redis_keys, redis_target  # noqa: F401
 from tests.test_scheduler_helpers import (  # noqa: F401
     MIN, T0, Env, RecordingRunner, env, event, fast_settings, make_daemon, running, wait_until,
@@ -124,9 +124,12 @@ def test_scheduler_triggers_map_to_the_agents_contract() -> None:
         PendingTrigger(name="drift", detail={"row_id": "because"}),
         PendingTrigger(name="stale_rows"),
     ], tz_offset_min=-300)
-    assert [t.kind for t in mapped] == ["session_closed", "event", "drift", "sweep"]
-    assert mapped[0].detail["late_night"] == 1 and mapped[0].tz_offset_min == -300
-    assert mapped[1].events[0].event_id == ev.event_id and mapped[2].row_id == "because"
+    # one trigger each, of the kind that was fired: the late-night session is not folded into the
+    # closed session (whose trigger carries the session's events)
+    assert [t.kind for t in mapped] == ["late_night_session", "session_closed", "event", "drift", "sweep"]
+    assert mapped[0].detail["local_hour"] == 23 and mapped[0].tz_offset_min == -300 and not mapped[0].events
+    assert mapped[1].events[0].event_id == ev.event_id and "late_night" not in mapped[1].detail
+    assert mapped[2].events[0].event_id == ev.event_id and mapped[3].row_id == "because"
 
 
 async def test_a_renewal_racing_the_release_is_not_a_lost_lock(env: Env) -> None:

@@ -26,12 +26,13 @@ import pytest
 from outerloop.contracts.events import Event
 from outerloop.contracts.keys import Keys, SchedulerKeys
 from outerloop.contracts.stream import encode_event
+from outerloop.contracts.triggers import TriggerRules
 from outerloop.scheduler.daemon import Daemon
 from outerloop.scheduler.dispatch import CycleOutcome
 from outerloop.scheduler.metrics import DaemonMetrics
 from outerloop.scheduler.sessionizer import SessionSettings, Sessionizer
 from outerloop.scheduler.settings import DaemonSettings
-from outerloop.scheduler.triggers import PendingTrigger, TriggerRules
+from outerloop.scheduler.triggers import PendingTrigger
 from outerloop.storage import RedisTarget
 from tests.redis_fixtures import url_for_children
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from outerloop.clock import now_ms
+from outerloop.contracts.triggers import TriggerRules, session_triggers
 from outerloop.data.synthetic import CATALOG_USER_ID
 from outerloop.scheduler.metrics import DaemonMetrics
 from outerloop.scheduler.scripts import ScriptSet
 from outerloop.scheduler.sessionizer import ApplyResult, Sessionizer
 from outerloop.scheduler.settings import DaemonSettings
 from outerloop.scheduler.sweeps import Sweeper
-from outerloop.scheduler.triggers import ItemInfo, TriggerRules, read_triggers
+from outerloop.scheduler.triggers import ItemInfo, read_triggers
 from tests.redis_fixtures import pytest_generate_tests, redis_keys, redis_target  # noqa: F401
 from tests.test_scheduler_helpers import MIN, T0, Env, env, event  # noqa: F401
 
@@ -185,6 +188,27 @@ async def test_planner_triggers(env: Env) -> None:
     rel = event(CATALOG_USER_ID, T0 + 5 * MIN, "episode_release", item=4)
     res = await apply(env, sz, rel)
     assert res.applied and res.open_session_last_ts is None  # releases are not user activity
+
+
+@pytest.mark.parametrize("tz, start_min, items", [
+    (-300, 4 * 60 + 30, [2]),  # 23:30 local on horror: late night
+    (-300, 21 * 60 + 30, [2]),  # 16:30 local: not late
+    (0, 23 * 60 + 10, [2, 1]),  # ends on a comedy: not dark
+    (0, 23 * 60 + 10, [1, 2]),  # ends on horror at 23:20
+    (60, 0, [2]),  # 01:00 local: still late night after midnight
+])
+async def test_session_triggers_classify_a_session_as_the_sessionizer_does(env: Env, tz, start_min, items) -> None:
+    """``session_triggers`` (replays, benchmarks) and the Lua fire the same kinds for a session."""
+    sz = sessionizer()
+    user = f"cls{tz}{start_min}{len(items)}{items[0]}"
+    await env.client.hset(env.keys.profile(user), "utc_offset_min", tz)
+    session = [event(user, T0 + (start_min + 10 * i) * MIN, "play", item=item) for i, item in enumerate(items)]
+    for ev in session:
+        await apply(env, sz, ev)
+    await apply(env, sz, event(user, session[-1].ts + 90 * MIN, "click", item=1))  # closes the session
+    fired = set(await pending(env, user))
+    genres = {i: info.genres for i, info in ITEMS.items()}
+    assert fired == {t.kind for t in session_triggers(session, genres_of=genres.get, tz_offset_min=tz)}
 
 
 async def test_activity_trigger_is_opt_in_and_coalesces(env: Env) -> None:

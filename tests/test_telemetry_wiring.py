@@ -22,9 +22,9 @@ from outerloop.budgets.context import RunContext
 from outerloop.budgets.enforce import Enforcer
 from outerloop.budgets.fencing import Fence
 from outerloop.cli import build_parser
+from outerloop.contracts.triggers import TriggerRules
 from outerloop.errors import UserInputError
 from outerloop.scheduler.runners import OuterLoopRunner, RowRefreshRunner
-from outerloop.scheduler.triggers import TriggerRules
 from tests.redis_fixtures import pytest_generate_tests, redis_keys, redis_target  # noqa: F401
 from tests.test_api import KEY, make_client
 from tests.test_api_fixtures import event, tiny_artifacts, tiny_dir, tiny_ranker  # noqa: F401

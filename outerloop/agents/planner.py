@@ -13,7 +13,8 @@ the LLM's input and the plan cache's key). A policy then maps the view to a :cla
   finished an episode of a series         tool agent -> ``continue_watching``
   episode released of a followed series   tool agent -> ``continue_watching``
   late-night session ending on dark       tool agent -> ``wind_down``
-  genres (thriller/horror)
+  genres (the sessionizer's
+  ``late_night_session``)
   drift flag on a row                     the row's owner, exploring (``explore=1``)
   session closed                          tool agent -> ``top_picks``
   a genre just backed off (memory agent's tool agent -> its other rows the user has
@@ -48,7 +49,7 @@ from outerloop.budgets.context import RunContext
 from outerloop.budgets.record import RunRecord
 from outerloop.contracts.budget import Budget
 from outerloop.contracts.plans import Plan, PlanStep, StepBudget
-from outerloop.contracts.triggers import Trigger
+from outerloop.contracts.triggers import Trigger, local_hour
 from outerloop.errors import RunFailed
 from outerloop.memory.facts import ContinueWatching, GenreBackoff
 from outerloop.tools.builtin import CatalogIndex
@@ -67,7 +68,6 @@ EVALUATOR = "evaluator"
 ROW_CONTINUE = "continue_watching"
 ROW_WIND_DOWN = "wind_down"
 ROW_TOP_PICKS = "top_picks"
-DARK_GENRES = frozenset({"thriller", "horror"})
 ENGAGEMENT_TYPES = frozenset({"play", "finish", "skip", "add_to_list", "rate", "click", "pause"})
 FEEDBACK_TYPES = frozenset({"impression", "click", "play", "finish", "skip", "add_to_list", "rate"})
 
@@ -136,12 +136,12 @@ class PlanningView:
             if t.kind == "session_closed":
                 session_closed = True
                 engaged = [e for e in t.events if e.type in ENGAGEMENT_TYPES and e.item_id is not None]
-                if engaged:
-                    last = max(engaged, key=lambda e: e.ts)
-                    end_hour = local_hour(last.ts, t.tz_offset_min)
-                    it = catalog.item(int(last.item_id))  # type: ignore[arg-type]
-                    dark = it is not None and bool({g.lower() for g in it.genres} & DARK_GENRES)
-                    late_dark = dark and is_late_night(end_hour, config)
+                if engaged and end_hour is None:
+                    end_hour = local_hour(max(e.ts for e in engaged), t.tz_offset_min)
+            elif t.kind == "late_night_session":  # classified once, by the sessionizer's rule
+                late_dark = True
+                hour = t.detail.get("local_hour")
+                end_hour = int(hour) if hour is not None else local_hour(t.at_ms, t.tz_offset_min)
             elif t.kind == "drift" and t.row_id:
                 drift.append(t.row_id)
             elif t.kind == "sweep":
@@ -172,15 +172,6 @@ class PlanningView:
             new_backoffs=tuple(sorted(set(backed_off))),
             rows_built_before=tuple(sorted(scope.rows)) if backed_off else (),
         )
-
-
-def local_hour(ts_ms: int, tz_offset_min: int) -> int:
-    return int(((ts_ms + tz_offset_min * 60_000) // 3_600_000) % 24)
-
-
-def is_late_night(hour: int, config: "LoopConfig") -> bool:
-    """``[late_night_start_h, 24) + [0, late_night_end_h)``: "after 23:00" until early morning."""
-    return hour >= config.late_night_start_h or hour < config.late_night_end_h
 
 
 class _Steps:
@@ -259,6 +250,7 @@ def _fires(kind: str, view: PlanningView) -> bool:
     return {
         "event": bool(view.event_types),
         "session_closed": view.session_closed,
+        "late_night_session": view.late_night_dark,
         "drift": bool(view.drift_rows),
         "sweep": view.sweep,
         "manual": False,  # manual requests name the agent explicitly

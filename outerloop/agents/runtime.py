@@ -88,8 +88,6 @@ class LoopConfig:
     node_slack_ms: float = 500.0  # LangGraph's own node timeout = budget + this (a backstop)
     accounting_window: int = 20_000  # run records kept for stats() (values dropped)
     encode_in_thread: bool = False  # embed_history off the event loop (for models slower than ~5 ms)
-    late_night_start_h: int = 23  # "late night" in the user's local time: [start, end)
-    late_night_end_h: int = 5
     watchdog: bool = True  # notice in-process agents that hold the event loop past their deadline
     on_blocking: str = "isolate"  # such an agent from then on: "isolate" (a worker process) | "disable"
 

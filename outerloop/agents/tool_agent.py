@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from outerloop.agents.planner import DARK_GENRES, ROW_CONTINUE, ROW_TOP_PICKS, ROW_WIND_DOWN, TOOL_AGENT
+from outerloop.agents.planner import ROW_CONTINUE, ROW_TOP_PICKS, ROW_WIND_DOWN, TOOL_AGENT
 from outerloop.agents.sdk import AgentContext, agent
 from outerloop.contracts.budget import Budget
+from outerloop.contracts.triggers import DARK_GENRES
 from outerloop.memory.facts import ContinueWatching, GenreBackoff, RuntimePreference
 
 CALM_GENRES = frozenset({"comedy", "animation", "family", "documentary", "romance", "children's", "musical"})

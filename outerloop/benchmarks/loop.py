@@ -2,7 +2,7 @@
 throughput with the default rule policies, plan- and tool-cache hit rates, and the quality lost
 to tool-result reuse (recall@100 of the cached, re-scored vector search vs an uncached one).
 
-What one measured cycle is: ``OuterLoop.run_cycle(user, [session_closed(last session)])``
+What one measured cycle is: ``OuterLoop.run_cycle(user, session_triggers(last session))``
 after the user's earlier history was applied, i.e. read the user (2 round trips), plan, run the
 memory agent and the tool agent (and whatever the rules add: continue watching, wind down),
 commit through the fence. Users run one at a time by default (``--concurrency`` for more), on a
@@ -107,7 +107,7 @@ def movielens_users(name: str, data_dir: str | None, n: int, session: int, seed:
 # -- the benchmark ---------------------------------------------------------------------------------
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     from outerloop.agents.caches import KMeansClusters
-    from outerloop.contracts.triggers import Trigger
+    from outerloop.contracts.triggers import session_triggers
     from outerloop.agents.loop import OuterLoop
     from outerloop.agents.runtime import LoopConfig
     from outerloop.inner_loop.artifacts import Artifacts
@@ -156,7 +156,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         async def cycle(u: str, session: list[Any], tz: int) -> Any:
             now = session[-1].ts + 60_000
-            return await loop.run_cycle(u, [Trigger.session_closed(session, tz_offset_min=tz)], now_ms=now)
+            triggers = session_triggers(session, genres_of=loop.artifacts.catalog.genres_of, tz_offset_min=tz)
+            return await loop.run_cycle(u, triggers, now_ms=now)
 
         # the closing sessions reach the user's state first, as the API would have applied them
         # before the daemon saw the session close; the cycle is what is timed

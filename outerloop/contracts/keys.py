@@ -72,7 +72,13 @@ class Keys:
 
     @classmethod
     def applied_events(cls, user_id: str) -> str:
-        """SET of event ids already applied (idempotency under at-least-once delivery)."""
+        """SET of event ids already applied to the user's history (idempotency under at-least-once
+        delivery). One of three records per event, each kept with the effect it guards because the
+        three effects are written at different times in different slots: this one by the API's
+        history script (the user's slot, before any daemon sees the event); the scheduler's
+        (:meth:`SchedulerKeys.applied`) by the sessionizer's script, with the session and trigger
+        effect; the co-watch graph's (``CoWatchGraph.applied_key``) next to edges that live under
+        item hash tags, outside the user's slot, so no script of the user's can write them."""
         return cls.user(user_id, "applied")
 
     events_stream = "ol:events"

@@ -58,6 +58,10 @@ class Catalog:
             raise KeyError(item_id)
         return self.items[item_id - 1]
 
+    def genres_of(self, item_id: int) -> tuple[str, ...] | None:
+        """The item's genres, or None when there is no such item (what trigger rules look up)."""
+        return self.items[item_id - 1].genres if 1 <= item_id <= len(self.items) else None
+
 
 @dataclass(slots=True)
 class UserSequence:

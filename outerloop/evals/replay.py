@@ -497,10 +497,11 @@ class _OuterReplayRun:
 
     async def cycle(self, user: str, prefix: np.ndarray, upto: int) -> Any:
         """One real outer-loop cycle over ``prefix[:upto]``, triggered by its last session's close."""
-        from outerloop.contracts.triggers import Trigger
+        from outerloop.contracts.triggers import session_triggers
 
         session = self.events_of(user, prefix, self.cfg.session_events, upto)
-        return await self.loop.run_cycle(user, [Trigger.session_closed(session)], now_ms=self.t0)
+        triggers = session_triggers(session, genres_of=self.loop.artifacts.catalog.genres_of)
+        return await self.loop.run_cycle(user, triggers, now_ms=self.t0)
 
     async def compile(self, user: str, prefix: np.ndarray, k: int) -> Any:
         """The rows the outer loop compiles k interactions before the request, with the user's

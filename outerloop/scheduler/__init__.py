@@ -16,13 +16,13 @@ Modules, by what they do:
 
 from outerloop.contracts.keys import SchedulerKeys, shard_of
 from outerloop.contracts.stream import MalformedEntry, decode_entry, encode_event
-from outerloop.contracts.triggers import TRIGGER_NAMES
+from outerloop.contracts.triggers import TRIGGER_NAMES, TriggerRules
 from outerloop.scheduler.daemon import Daemon, run_until_signalled
 from outerloop.scheduler.dispatch import CycleOutcome, CycleRunner, request_cycle
 from outerloop.scheduler.metrics import DaemonMetrics
 from outerloop.scheduler.sessionizer import SessionSettings, Sessionizer
 from outerloop.scheduler.settings import DaemonSettings
-from outerloop.scheduler.triggers import ItemInfo, PendingTrigger, TriggerRules, read_triggers
+from outerloop.scheduler.triggers import ItemInfo, PendingTrigger, read_triggers
 
 __all__ = [
     "CycleOutcome", "CycleRunner", "Daemon", "DaemonMetrics", "DaemonSettings", "ItemInfo", "MalformedEntry",

@@ -216,7 +216,7 @@ async def _serve(args: argparse.Namespace) -> None:
     from outerloop.scheduler.run import serve_daemon
     from outerloop.scheduler.sessionizer import SessionSettings, Sessionizer
     from outerloop.scheduler.settings import DaemonSettings, default_consumer_name
-    from outerloop.scheduler.triggers import TriggerRules
+    from outerloop.contracts.triggers import TriggerRules
 
     keys = _keys(args)
     client = _client(args)

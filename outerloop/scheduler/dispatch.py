@@ -43,6 +43,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from outerloop import telemetry
 from outerloop.clock import now_ms
 from outerloop.contracts.keys import SchedulerKeys, shard_of
+from outerloop.contracts.triggers import TriggerRules
 from outerloop.scheduler.backoff import Backoff
 from outerloop.scheduler.metrics import DaemonMetrics
 from outerloop.scheduler.scripts import LuaScript, ScriptSet, evalsha_many, is_cluster
@@ -52,7 +53,6 @@ from outerloop.scheduler.triggers import (
     LUA_FIRE,
     LUA_TRIGGERS,
     PendingTrigger,
-    TriggerRules,
     triggers_from_parts,
 )
 

@@ -18,9 +18,10 @@ from typing import Any
 
 from outerloop.clock import now_ms
 from outerloop.contracts.keys import SchedulerKeys, shard_of
+from outerloop.contracts.triggers import TriggerRules
 from outerloop.errors import UserInputError
 from outerloop.scheduler.dispatch import fire_args, fire_keys
-from outerloop.scheduler.triggers import LUA_FIRE, TriggerRules
+from outerloop.scheduler.triggers import LUA_FIRE
 
 MANUAL_PREFIX = "manual:"
 Detail = Mapping[str, int | float | str]

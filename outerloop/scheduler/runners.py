@@ -120,19 +120,19 @@ class RowRefreshRunner:
 
 
 def to_agent_triggers(triggers: Sequence[PendingTrigger], tz_offset_min: int = 0) -> list[Any]:
-    """The scheduler's coalesced triggers as the agents' :class:`outerloop.contracts.triggers.Trigger`.
+    """The scheduler's coalesced triggers as the agents' :class:`outerloop.contracts.triggers.Trigger`,
+    one each, of the kind that was fired.
 
     Event triggers (title finished, episode released, activity) become ``event`` triggers with
-    their source events; a closed session (late-night or not) one ``session_closed`` with the
-    session's last events; drift keeps its row id; the stale-row sweep becomes ``sweep``; a
-    manual request (:mod:`outerloop.scheduler.refresh`) the agents' ``manual`` trigger naming its
-    agent, with the request's detail as it was sent.
+    their source events; a closed session ``session_closed`` with the session's last events; a
+    late-night session (fired with the ``session_closed`` of the same session, which carries the
+    events) ``late_night_session``; drift keeps its row id; the stale-row sweep becomes ``sweep``;
+    a manual request (:mod:`outerloop.scheduler.refresh`) the agents' ``manual`` trigger naming
+    its agent, with the request's detail as it was sent.
     """
     from outerloop.contracts.triggers import Trigger as AgentTrigger  # the agents are optional here
 
     out: list[Any] = []
-    by_name = {t.name: t for t in triggers}
-    session = by_name.get(SESSION_CLOSED) or by_name.get(LATE_NIGHT_SESSION)
     for trig in triggers:
         detail = {k: v for k, v in trig.detail.items() if isinstance(v, int | float | str) and not isinstance(v, bool)}
         agent = manual_agent(trig.name)
@@ -142,13 +142,12 @@ def to_agent_triggers(triggers: Sequence[PendingTrigger], tz_offset_min: int = 0
             continue
         detail["trigger"] = trig.name
         detail["count"] = trig.count
-        if trig.name in (SESSION_CLOSED, LATE_NIGHT_SESSION):
-            if trig is not session:
-                continue
-            if LATE_NIGHT_SESSION in by_name:
-                detail["late_night"] = 1
+        if trig.name == SESSION_CLOSED:
             out.append(AgentTrigger(kind="session_closed", at_ms=int(trig.detail.get("end_ts", trig.last_ms)),
                                     events=list(trig.events), tz_offset_min=tz_offset_min, detail=detail))
+        elif trig.name == LATE_NIGHT_SESSION:
+            out.append(AgentTrigger(kind="late_night_session", at_ms=int(trig.detail.get("end_ts", trig.last_ms)),
+                                    tz_offset_min=tz_offset_min, detail=detail))
         elif trig.name == DRIFT:
             row_id = trig.detail.get("row_id")
             out.append(AgentTrigger(kind="drift", at_ms=trig.last_ms, row_id=str(row_id) if row_id else None,
@@ -208,6 +207,9 @@ class OuterLoopRunner:
     async def __call__(self, user_id: str, triggers: Sequence[PendingTrigger]) -> CycleOutcome:
         started = now_ms()
         pipe = self.client.pipeline(transaction=False)
+        # the user's time zone, for the agents' daypart rules at cycle time (the sessionizer's Lua
+        # reads the same profile field when it closes a session: its late-night rule runs inside
+        # the atomic script, so it cannot be handed the value from here)
         pipe.hget(self.keys.profile(user_id), "utc_offset_min")
         pipe.hgetall(control_key(self.keys.base))
         raw, control = await pipe.execute()

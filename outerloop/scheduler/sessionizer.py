@@ -34,8 +34,9 @@ from typing import Any
 
 from outerloop.contracts.events import Event
 from outerloop.contracts.keys import SchedulerKeys
+from outerloop.contracts.triggers import WATCH_TYPES, TriggerRules
 from outerloop.scheduler.scripts import LuaScript
-from outerloop.scheduler.triggers import LUA_TRIGGERS, WATCH_TYPES, ItemLookup, TriggerRules, no_item_info
+from outerloop.scheduler.triggers import LUA_TRIGGERS, ItemLookup, no_item_info
 
 # Session helpers both scripts share. Session fields are stored flat in the state hash, prefixed
 # 'c_' (current) and 'p_' (previous, waiting for the watermark to pass its end); each session's

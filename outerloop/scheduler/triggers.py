@@ -19,10 +19,6 @@ from typing import Any, Protocol
 from outerloop.contracts.events import Event
 from outerloop.contracts.keys import SchedulerKeys
 
-# Event types that mean the user is watching the item (they decide "ended on", follows).
-WATCH_TYPES = frozenset({"play", "pause", "seek", "finish"})
-
-
 @dataclass(frozen=True, slots=True)
 class PendingTrigger:
     """One coalesced trigger as a cycle receives it.
@@ -121,21 +117,6 @@ async def read_triggers(client: Any, keys: SchedulerKeys, user_id: str, *, infli
     h, ids, evs = keys.inflight_triggers(user_id) if inflight else keys.pending_triggers(user_id)
     return triggers_from_parts(await client.hgetall(h), await client.lrange(ids, 0, -1),
                                await client.lrange(evs, 0, -1))
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TriggerRules:
-    """When the planner's triggers fire (the thresholds, not the mechanism)."""
-
-    dark_genres: frozenset[str] = frozenset({"thriller", "horror"})
-    late_night_start_hour: int = 23  # local time; the window wraps midnight
-    late_night_end_hour: int = 5
-    on_activity: bool = False  # fire ACTIVITY on every interaction (real-time rows)
-    max_event_ids: int = 1024  # most recent source event ids kept per user's pending triggers
-    max_events: int = 20  # most recent source events (full JSON) kept per user's pending triggers
-
-    def is_dark(self, genres: Iterable[str]) -> bool:
-        return any(g.lower() in self.dark_genres for g in genres)
 
 
 @dataclass(frozen=True, slots=True)

@@ -160,6 +160,9 @@ class CoWatchGraph:
         return f"{self.keys.prefix}:cw:d:{device}"
 
     def applied_key(self, event_id: str) -> str:
+        """Marks an event whose edges are linked (at most once under redelivery): the edges live
+        under item hash tags, so the user's own applied sets (written by scripts in the user's
+        slot, see ``Keys.applied_events``) cannot guard them."""
         return f"{self.keys.prefix}:cw:ev:{event_id}"
 
     async def claim(self, redis: "Redis", events: Iterable[Event]) -> list[Event]:
