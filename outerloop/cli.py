@@ -61,7 +61,7 @@ def stop_on_sigterm_as_on_ctrl_c() -> list[int]:
     """SIGTERM (``kill``, systemd, Docker) stops a command the way Ctrl-C does, instead of ending
     the process where it stands: the SIGINT handler in force runs (Python's, which raises
     KeyboardInterrupt, or asyncio's, which cancels the main task), so ``finally`` blocks and exit
-    hooks run, and the embedded redis-server is left or stopped as ``outerloop.storage`` says.
+    hooks run, and the embedded redis-server is left or stopped as ``outerloop.storage.embedded`` says.
     Commands that handle SIGTERM themselves (uvicorn, the daemon) replace this handler while they
     run. Returns the list the handler appends each signal it gets to. Main thread only."""
     got: list[int] = []

@@ -1,7 +1,7 @@
 """A real local Redis Cluster for tests: the machine's ``redis-server`` (7 or later) started as
 ``masters`` masters with ``replicas`` replicas each on free loopback ports, joined by
 ``redis-cli --cluster create``, and killed afterwards (their data lives in pytest's temporary
-directories). The nodes themselves are started by :mod:`outerloop.redis_local` (which
+directories). The nodes themselves are started by :mod:`outerloop.storage.local_servers` (which
 ``outerloop bench cluster`` uses too); this module adds the fixtures and the skip mark.
 
 Nothing is shared with other people: each fixture starts its own nodes (one cluster per test
@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from outerloop.redis_local import (  # noqa: F401  (re-exported to the tests)
+from outerloop.storage.local_servers import (  # noqa: F401  (re-exported to the tests)
     REDIS_CLI,
     REDIS_SERVER,
     LocalCluster,

@@ -25,7 +25,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from outerloop.contracts.keys import Keys, namespaced_keys
-from outerloop.storage import RedisTarget, delete_namespace, embedded_socket
+from outerloop.storage.embedded import RedisTarget, delete_namespace, embedded_socket
 
 SERVER_URL_ENV = "OUTERLOOP_TEST_REDIS_URL"
 _PARAMETRISED = pytest.StashKey[bool]()

@@ -21,7 +21,7 @@ from outerloop.contracts.keys import SchedulerKeys
 from outerloop.contracts.triggers import TriggerRules
 from outerloop.inner_loop.user_state import UserStore
 from outerloop.ports import free_port, redis_server_binary
-from outerloop.scheduler.redis_client import async_client
+from outerloop.storage.daemon_client import async_client
 from tests.redis_fixtures import pytest_generate_tests, redis_keys, redis_target  # noqa: F401
 from tests.test_api_fixtures import SYNTHETIC, tiny_dir  # noqa: F401
 from tests.test_scheduler_helpers import (  # noqa: F401

@@ -26,7 +26,7 @@ import redis
 
 from outerloop.ports import free_ports
 from outerloop.contracts.keys import SchedulerKeys
-from outerloop.storage import RedisTarget, embedded_socket, live_holders, release_embedded
+from outerloop.storage.embedded import RedisTarget, embedded_socket, live_holders, release_embedded
 from tests.test_api_fixtures import tiny_dir  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
@@ -212,7 +212,7 @@ def _holder(data_dir: Path, *, extra_connection: bool = False, idle: bool = Fals
     client connected when it exits; ``idle``: it holds the server with no connection open."""
     code = "\n".join([
         "import sys",
-        "from outerloop.storage import _EMBEDDED, RedisTarget, embedded_socket",
+        "from outerloop.storage.embedded import _EMBEDDED, RedisTarget, embedded_socket",
         f"d = {str(data_dir)!r}",
         "embedded_socket(d)",
         "extra = RedisTarget(embedded_dir=d).sync_client()" if extra_connection else "extra = None",
@@ -270,7 +270,7 @@ def test_a_killed_holder_does_not_keep_the_server_and_its_server_is_adopted(tmp_
     so it never counts as a holder again, and the next process to open the directory joins the
     running server and, leaving last, stops it."""
     data_dir = tmp_path / "redis"
-    code = ("import sys, time; from outerloop.storage import embedded_socket; "
+    code = ("import sys, time; from outerloop.storage.embedded import embedded_socket; "
             f"embedded_socket({str(data_dir)!r}); print('up', flush=True); time.sleep(600)")
     victim = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE)
     try:

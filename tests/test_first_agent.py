@@ -25,7 +25,7 @@ import redis
 from outerloop.ports import free_ports
 from outerloop.scheduler.health import live_daemons
 from outerloop.contracts.keys import SchedulerKeys
-from outerloop.storage import embedded_socket, release_embedded
+from outerloop.storage.embedded import embedded_socket, release_embedded
 from tests.test_api_fixtures import tiny_dir  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]

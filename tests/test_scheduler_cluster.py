@@ -8,7 +8,7 @@ import asyncio
 
 from outerloop.contracts.keys import SchedulerKeys
 from outerloop.contracts.triggers import TriggerRules
-from outerloop.scheduler.redis_client import async_client
+from outerloop.storage.daemon_client import async_client
 from tests.redis_cluster import LocalCluster, cluster, needs_cluster  # noqa: F401
 from tests.test_daemon_process import assert_exactly_once, stream_of_events
 from tests.test_scheduler_helpers import Env, RecordingRunner, fast_settings, make_daemon, running, wait_until

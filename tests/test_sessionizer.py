@@ -11,7 +11,7 @@ from outerloop.clock import now_ms
 from outerloop.contracts.triggers import TriggerRules, session_triggers
 from outerloop.data.synthetic import CATALOG_USER_ID
 from outerloop.scheduler.metrics import DaemonMetrics
-from outerloop.scheduler.scripts import ScriptSet
+from outerloop.storage.scripts import ScriptSet
 from outerloop.scheduler.sessionizer import ApplyResult, Sessionizer
 from outerloop.scheduler.settings import DaemonSettings
 from outerloop.scheduler.sweeps import Sweeper

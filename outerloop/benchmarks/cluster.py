@@ -5,7 +5,7 @@ master killed under load.
 For each setting (``--settings redis:workers:daemons``, e.g. ``cluster:2:1``) one run:
 
 1. starts the machine's ``redis-server``: one plain server, or 3 masters joined as a cluster
-   (:mod:`outerloop.redis_local`), and ``outerloop serve --workers W`` plus ``D`` daemons
+   (:mod:`outerloop.storage.local_servers`), and ``outerloop serve --workers W`` plus ``D`` daemons
    (``outerloop daemon --runner outerloop``), all configured by the environment only
    (:meth:`outerloop.topology.Topology.env`: 3 stream shards);
 2. gives ``--users`` users a history through the API and waits until the daemons have read it;
@@ -149,7 +149,7 @@ def _check(args: argparse.Namespace) -> None:
         raise UserInputError("outerloop bench cluster needs wrk, the HTTP load generator (Debian: apt-get install -y "
                              "wrk), or --wrk PATH: none found" + (f" at {args.wrk}" if args.wrk else " on PATH"))
     args.wrk_path = wrk
-    from outerloop.redis_local import missing
+    from outerloop.storage.local_servers import missing
 
     if missing() is not None:
         raise UserInputError(f"outerloop bench cluster needs redis-server and redis-cli 7 or later: {missing()}")
@@ -281,7 +281,7 @@ def run_wrk(wrk: str, base: str, script: Path, seconds: float, connections: int,
 @contextlib.contextmanager
 def _redis(kind: str, root: Path) -> Iterator[tuple[str, list[int], bool]]:
     """(URL, node pids, cluster?)"""
-    from outerloop.redis_local import local_cluster, local_server
+    from outerloop.storage.local_servers import local_cluster, local_server
 
     if kind == "standalone":
         with local_server(root) as s:
@@ -446,7 +446,7 @@ async def run_setting(args: argparse.Namespace, setting: Setting, root: Path) ->
 
 
 async def run_failover_mode(args: argparse.Namespace, mode: str, root: Path) -> dict[str, Any]:
-    from outerloop.redis_local import local_cluster
+    from outerloop.storage.local_servers import local_cluster
     from outerloop.contracts.keys import SchedulerKeys
 
     root.mkdir(parents=True)

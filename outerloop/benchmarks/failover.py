@@ -31,7 +31,7 @@ import httpx
 
 from outerloop.data.schema import ACTION_ID
 from outerloop.ports import free_port
-from outerloop.redis_local import LocalCluster
+from outerloop.storage.local_servers import LocalCluster
 from outerloop.contracts.keys import SchedulerKeys
 from outerloop.topology import Topology
 

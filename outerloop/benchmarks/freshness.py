@@ -263,7 +263,7 @@ class FreshnessBench:
     # ---- load -----------------------------------------------------------------------------------
     async def load(self, events: list[dict[str, Any]], use_api: bool) -> dict[str, Any]:
         from outerloop.contracts.keys import SchedulerKeys
-        from outerloop.scheduler.redis_client import async_client
+        from outerloop.storage.daemon_client import async_client
 
         keys = SchedulerKeys.default()
         client = async_client(url=self.redis_url)

@@ -122,7 +122,7 @@ class Bench:
 
     # --- redis and data ---------------------------------------------------------------------------
     def start_redis(self) -> None:
-        from outerloop.storage import RedisTarget, embedded_socket, release_embedded
+        from outerloop.storage.embedded import RedisTarget, embedded_socket, release_embedded
 
         if self.redis_url:
             target = RedisTarget(url=self.redis_url)

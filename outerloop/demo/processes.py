@@ -43,7 +43,7 @@ class Services:
 
 def embedded_redis_url(redis_dir: Path) -> str:
     """Start (or join) the embedded server in ``redis_dir``, owned by this process; its URL."""
-    from outerloop.storage import embedded_socket
+    from outerloop.storage.embedded import embedded_socket
 
     return f"unix://{embedded_socket(redis_dir)}"
 

@@ -49,7 +49,7 @@ from outerloop.inner_loop.openapi import ErrorOut, events_request_body, finish a
 from outerloop.inner_loop.profiles import ProfileIn, profile_out
 from outerloop.inner_loop.ranker import ArtifactsLike, Ranker
 from outerloop.inner_loop.user_state import DEFAULT_STREAM_MAXLEN, NotReplicated, UserStore, WriteBehind
-from outerloop.storage import RedisTarget
+from outerloop.storage.embedded import RedisTarget
 from outerloop.topology import Topology
 
 log = logging.getLogger(__name__)

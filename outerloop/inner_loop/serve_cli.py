@@ -60,7 +60,7 @@ def _weights(text: str) -> dict[str, float]:
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    from outerloop.storage import EMBEDDED_LIFETIME
+    from outerloop.storage.embedded import EMBEDDED_LIFETIME
 
     p.epilog = EMBEDDED_LIFETIME
     p.add_argument("--artifacts", type=Path, default=None, help="trained artifacts (default: OUTERLOOP_ARTIFACTS_DIR)")

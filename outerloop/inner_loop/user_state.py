@@ -319,7 +319,7 @@ class UserStore:
 
     def __init__(self, client: Any, *, history_cap: int, stream_maxlen: int | None = DEFAULT_STREAM_MAXLEN,
                  keys: type[Keys] = Keys, stream_shards: int = 1, durable_wait_ms: int | None = None) -> None:
-        from outerloop.scheduler.scripts import is_cluster
+        from outerloop.storage.scripts import is_cluster
 
         self.client = client
         self.durable_wait_ms = durable_wait_ms  # None: acknowledge without waiting for a replica

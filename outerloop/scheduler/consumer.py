@@ -36,7 +36,7 @@ from outerloop.contracts.stream import EVENT_FIELD, MalformedEntry, decode_entry
 from outerloop.contracts.triggers import EPISODE_RELEASED
 from outerloop.scheduler.dispatch import REDIS_DOWN, fire_args, fire_keys
 from outerloop.scheduler.metrics import DaemonMetrics
-from outerloop.scheduler.scripts import LuaScript, ScriptSet, evalsha_many, is_cluster
+from outerloop.storage.scripts import LuaScript, ScriptSet, evalsha_many, is_cluster
 from outerloop.scheduler.sessionizer import ApplyResult, Sessionizer
 from outerloop.scheduler.settings import DaemonSettings
 from outerloop.scheduler.triggers import LUA_FIRE

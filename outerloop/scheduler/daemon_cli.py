@@ -22,7 +22,7 @@ from outerloop.topology import add_topology_flags, topology_from_args
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from outerloop.storage import EMBEDDED_LIFETIME
+    from outerloop.storage.embedded import EMBEDDED_LIFETIME
 
     parser.epilog = EMBEDDED_LIFETIME
     g = parser.add_argument_group("redis (the same settings as outerloop serve and outerloop mcp)")
@@ -112,7 +112,7 @@ def _topology(args: argparse.Namespace) -> Any:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from outerloop.scheduler.redis_client import async_client
+    from outerloop.storage.daemon_client import async_client
 
     topology = _topology(args)
     return async_client(url=topology.redis_url, embedded_dir=topology.embedded_dir, cluster=topology.cluster,

@@ -46,7 +46,7 @@ from outerloop.contracts.keys import SchedulerKeys, shard_of
 from outerloop.contracts.triggers import TriggerRules
 from outerloop.scheduler.backoff import Backoff
 from outerloop.scheduler.metrics import DaemonMetrics
-from outerloop.scheduler.scripts import LuaScript, ScriptSet, evalsha_many, is_cluster
+from outerloop.storage.scripts import LuaScript, ScriptSet, evalsha_many, is_cluster
 from outerloop.scheduler.settings import DaemonSettings
 from outerloop.scheduler.triggers import (
     EVENTS_SEP,

@@ -20,10 +20,10 @@ from typing import Any
 
 from outerloop.scheduler.daemon import Daemon, run_until_signalled
 from outerloop.contracts.keys import SchedulerKeys
-from outerloop.scheduler.redis_client import async_client
+from outerloop.storage.daemon_client import async_client
 from outerloop.scheduler.sessionizer import Sessionizer
 from outerloop.scheduler.settings import DaemonSettings
-from outerloop.storage import RedisTarget
+from outerloop.storage.embedded import RedisTarget
 
 
 async def serve_daemon(runner: Any, *, client: Any, keys: SchedulerKeys, settings: DaemonSettings,

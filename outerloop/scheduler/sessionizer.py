@@ -35,7 +35,7 @@ from typing import Any
 from outerloop.contracts.events import Event
 from outerloop.contracts.keys import SchedulerKeys
 from outerloop.contracts.triggers import WATCH_TYPES, TriggerRules
-from outerloop.scheduler.scripts import LuaScript
+from outerloop.storage.scripts import LuaScript
 from outerloop.scheduler.triggers import LUA_TRIGGERS, ItemLookup, no_item_info
 
 # Session helpers both scripts share. Session fields are stored flat in the state hash, prefixed

@@ -20,7 +20,7 @@ from outerloop.contracts.keys import SchedulerKeys
 from outerloop.contracts.triggers import STALE_ROWS
 from outerloop.scheduler.dispatch import fire_args, fire_keys
 from outerloop.scheduler.metrics import DaemonMetrics
-from outerloop.scheduler.scripts import LuaScript, ScriptSet, evalsha_many
+from outerloop.storage.scripts import LuaScript, ScriptSet, evalsha_many
 from outerloop.scheduler.sessionizer import CloseResult, Sessionizer
 from outerloop.scheduler.settings import DaemonSettings
 from outerloop.scheduler.triggers import LUA_FIRE

@@ -24,7 +24,7 @@ from outerloop.topology import add_topology_flags, topology_from_args
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    from outerloop.storage import EMBEDDED_LIFETIME
+    from outerloop.storage.embedded import EMBEDDED_LIFETIME
 
     p.epilog = EMBEDDED_LIFETIME
     p.add_argument("--artifacts", type=Path, default=None, help="trained artifacts (default: OUTERLOOP_ARTIFACTS_DIR)")

@@ -13,7 +13,7 @@ from typing import Any
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from outerloop.storage import RedisTarget
+from outerloop.storage.embedded import RedisTarget
 
 
 def async_client(*, url: str | None, embedded_dir: Path | str = Path("runs/redis"), cluster: bool = False,
