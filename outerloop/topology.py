@@ -33,7 +33,7 @@ from typing import Any
 
 from outerloop.contracts.keys import Keys, namespaced_keys, with_shared_buckets
 from outerloop.errors import UserInputError
-from outerloop.storage.embedded import RedisTarget
+from outerloop.storage.clients import RedisTarget
 
 ENV_VARS = {"redis_url": "OUTERLOOP_REDIS_URL", "cluster": "OUTERLOOP_REDIS_CLUSTER",
             "stream_shards": "OUTERLOOP_STREAM_SHARDS", "key_prefix": "OUTERLOOP_KEY_PREFIX",

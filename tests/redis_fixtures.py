@@ -25,7 +25,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from outerloop.contracts.keys import Keys, namespaced_keys
-from outerloop.storage.embedded import RedisTarget, delete_namespace, embedded_socket
+from outerloop.storage.embedded import embedded_socket
+from outerloop.storage.clients import RedisTarget, delete_namespace
 
 SERVER_URL_ENV = "OUTERLOOP_TEST_REDIS_URL"
 _PARAMETRISED = pytest.StashKey[bool]()

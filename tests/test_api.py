@@ -23,7 +23,7 @@ from outerloop.errors import UserInputError
 from outerloop.inner_loop.app import ServeOptions, create_app
 from outerloop.inner_loop.funnel import FunnelConfig
 from outerloop.inner_loop.serve_cli import check_bind, is_loopback
-from outerloop.storage.embedded import RedisTarget
+from outerloop.storage.clients import RedisTarget
 from tests.redis_fixtures import pytest_generate_tests, redis_keys, redis_target  # noqa: F401
 from tests.test_api_fixtures import event, now_ms, tiny_artifacts, tiny_data, tiny_dir, tiny_ranker  # noqa: F401
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from outerloop.storage.embedded import RedisTarget
+from outerloop.storage.clients import RedisTarget
 from outerloop.ports import free_port
 from tests.redis_fixtures import url_for_children
 from tests.test_api_fixtures import event, tiny_data, tiny_dir  # noqa: F401

@@ -11,7 +11,7 @@ from typing import Any
 
 from outerloop import OuterLoop
 from outerloop.contracts.events import Event
-from outerloop.storage.embedded import RedisTarget
+from outerloop.storage.clients import RedisTarget
 from outerloop.tools.builtin import CoWatchGraph, TrendingCounter
 from outerloop.tools.contracts import ToolDeps
 from outerloop.topology import CLUSTER_SHARED_BUCKETS, Topology

@@ -21,7 +21,7 @@ from outerloop.contracts.keys import SchedulerKeys
 from outerloop.contracts.triggers import TriggerRules
 from outerloop.inner_loop.user_state import UserStore
 from outerloop.ports import free_port, redis_server_binary
-from outerloop.storage.daemon_client import async_client
+from outerloop.storage.clients import daemon_async_client
 from tests.redis_fixtures import pytest_generate_tests, redis_keys, redis_target  # noqa: F401
 from tests.test_api_fixtures import SYNTHETIC, tiny_dir  # noqa: F401
 from tests.test_scheduler_helpers import (  # noqa: F401
@@ -261,7 +261,7 @@ async def test_daemon_rides_out_a_redis_restart_without_losing_events(tmp_path: 
     port = free_port()
     server = _start_redis(port, tmp_path)
     url = f"redis://127.0.0.1:{port}"
-    client = async_client(url=url, block_ms=100)
+    client = daemon_async_client(url=url, block_ms=100)
     keys = SchedulerKeys.with_prefix("restart")
     env = Env(target=None, prefix="restart", keys=keys, client=client)  # type: ignore[arg-type]
     events = stream_of_events(3_000, users=30, seed=11)

@@ -26,7 +26,8 @@ import redis
 
 from outerloop.ports import free_ports
 from outerloop.contracts.keys import SchedulerKeys
-from outerloop.storage.embedded import RedisTarget, embedded_socket, live_holders, release_embedded
+from outerloop.storage.embedded import embedded_socket, live_holders, release_embedded
+from outerloop.storage.clients import RedisTarget
 from tests.test_api_fixtures import tiny_dir  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
@@ -212,7 +213,8 @@ def _holder(data_dir: Path, *, extra_connection: bool = False, idle: bool = Fals
     client connected when it exits; ``idle``: it holds the server with no connection open."""
     code = "\n".join([
         "import sys",
-        "from outerloop.storage.embedded import _EMBEDDED, RedisTarget, embedded_socket",
+        "from outerloop.storage.clients import RedisTarget",
+        "from outerloop.storage.embedded import _EMBEDDED, embedded_socket",
         f"d = {str(data_dir)!r}",
         "embedded_socket(d)",
         "extra = RedisTarget(embedded_dir=d).sync_client()" if extra_connection else "extra = None",

@@ -16,7 +16,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from outerloop.errors import RunFailed, UserInputError
-from outerloop.storage.embedded import RedisTarget
+from outerloop.storage.clients import RedisTarget
 from outerloop.tools.mcp_cli import load_specs, read_token
 from outerloop.tools.mcp_client import McpToolClient
 from outerloop.tools.mcp_server import build_server, http_app, open_service

@@ -20,7 +20,7 @@ from outerloop.contracts.keys import Keys
 from outerloop.inner_loop.app import ServeOptions, create_app
 from outerloop.inner_loop.funnel import FunnelConfig
 from outerloop.ports import free_port
-from outerloop.storage.embedded import RedisTarget
+from outerloop.storage.clients import RedisTarget
 from outerloop.tools.mcp_server import build_server, open_service
 from tests.redis_fixtures import pytest_generate_tests, redis_keys, redis_target  # noqa: F401
 from outerloop.contracts.budget import Budget

@@ -38,7 +38,8 @@ from outerloop.contracts.keys import namespaced_keys
 from outerloop.inner_loop.app import ServeOptions, create_app
 from outerloop.inner_loop.funnel import FunnelConfig
 from outerloop.ports import free_port
-from outerloop.storage.embedded import RedisTarget, release_embedded
+from outerloop.storage.embedded import release_embedded
+from outerloop.storage.clients import RedisTarget
 from tests.test_api_fixtures import event, tiny_artifacts, tiny_dir, tiny_ranker  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]

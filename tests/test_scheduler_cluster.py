@@ -8,7 +8,7 @@ import asyncio
 
 from outerloop.contracts.keys import SchedulerKeys
 from outerloop.contracts.triggers import TriggerRules
-from outerloop.storage.daemon_client import async_client
+from outerloop.storage.clients import daemon_async_client
 from tests.redis_cluster import LocalCluster, cluster, needs_cluster  # noqa: F401
 from tests.test_daemon_process import assert_exactly_once, stream_of_events
 from tests.test_scheduler_helpers import Env, RecordingRunner, fast_settings, make_daemon, running, wait_until
@@ -18,7 +18,7 @@ pytestmark = needs_cluster
 
 async def test_sharded_streams_on_a_three_node_cluster(cluster: LocalCluster) -> None:  # noqa: F811
     keys = SchedulerKeys.with_prefix("cl", shards=3)
-    client = async_client(url=cluster.url, cluster=True, block_ms=100)
+    client = daemon_async_client(url=cluster.url, cluster=True, block_ms=100)
     env = Env(target=None, prefix="cl", keys=keys, client=client)  # type: ignore[arg-type]
     events = stream_of_events(1_500, users=40, seed=3)
     try:

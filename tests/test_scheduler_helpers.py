@@ -33,7 +33,7 @@ from outerloop.scheduler.metrics import DaemonMetrics
 from outerloop.scheduler.sessionizer import SessionSettings, Sessionizer
 from outerloop.scheduler.settings import DaemonSettings
 from outerloop.scheduler.triggers import PendingTrigger
-from outerloop.storage.embedded import RedisTarget
+from outerloop.storage.clients import RedisTarget
 from tests.redis_fixtures import url_for_children
 
 REPO = Path(__file__).resolve().parents[1]

@@ -114,7 +114,8 @@ def test_a_released_embedded_server_exits_without_a_snapshot(tmp_path) -> None:
     server process exits at once and writes no snapshot; releasing again is a no-op."""
     import psutil
 
-    from outerloop.storage.embedded import _EMBEDDED, RedisTarget, release_embedded
+    from outerloop.storage.embedded import _EMBEDDED, release_embedded
+    from outerloop.storage.clients import RedisTarget
 
     target = RedisTarget(embedded_dir=tmp_path / "redis")
     client = target.sync_client()

@@ -46,7 +46,7 @@ from outerloop.contracts.triggers import Trigger
 from outerloop.errors import UsageError
 from outerloop.memory.cache import MemoryCache
 from outerloop.memory.store import MemoryStore
-from outerloop.storage.embedded import RedisTarget
+from outerloop.storage.clients import RedisTarget
 from outerloop.tools.builtin import ENCODE_IN_THREAD, CoWatchGraph, TrendingCounter, builtin_tools
 from outerloop.tools.contracts import ModelArtifacts, ToolDeps, ToolSpec
 from outerloop.tools.ensemble import ENSEMBLE

@@ -65,7 +65,8 @@ from outerloop.budgets import (
 )
 from outerloop.budgets.priority import PRIORITIES, set_supervisor_priority
 from outerloop.contracts.keys import namespaced_keys
-from outerloop.storage.embedded import RedisTarget, embedded_socket, release_embedded
+from outerloop.storage.clients import RedisTarget
+from outerloop.storage.embedded import embedded_socket, release_embedded
 
 MIX: dict[str, float] = {  # share of runs per kind
     "sleeper": 0.25,

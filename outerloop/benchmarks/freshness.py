@@ -263,10 +263,10 @@ class FreshnessBench:
     # ---- load -----------------------------------------------------------------------------------
     async def load(self, events: list[dict[str, Any]], use_api: bool) -> dict[str, Any]:
         from outerloop.contracts.keys import SchedulerKeys
-        from outerloop.storage.daemon_client import async_client
+        from outerloop.storage.clients import daemon_async_client
 
         keys = SchedulerKeys.default()
-        client = async_client(url=self.redis_url)
+        client = daemon_async_client(url=self.redis_url)
         pool = None
         if use_api:
             from outerloop.benchmarks.loadgen import Pool

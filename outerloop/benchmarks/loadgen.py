@@ -27,9 +27,10 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
+from outerloop.errors import OuterloopError
 
 
-class HttpError(Exception):
+class HttpError(OuterloopError):
     """The connection broke or the response was not HTTP/1.1 we understand."""
 
 

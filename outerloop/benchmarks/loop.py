@@ -112,7 +112,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from outerloop.agents.runtime import LoopConfig
     from outerloop.inner_loop.artifacts import Artifacts
     from outerloop.inner_loop.user_state import UserStore
-    from outerloop.storage.embedded import RedisTarget, delete_namespace, release_embedded
+    from outerloop.storage.embedded import release_embedded
+    from outerloop.storage.clients import RedisTarget, delete_namespace
     from outerloop.contracts.keys import namespaced_keys
 
     art = Artifacts.load(args.artifacts)

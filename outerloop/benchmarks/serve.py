@@ -122,7 +122,8 @@ class Bench:
 
     # --- redis and data ---------------------------------------------------------------------------
     def start_redis(self) -> None:
-        from outerloop.storage.embedded import RedisTarget, embedded_socket, release_embedded
+        from outerloop.storage.embedded import embedded_socket, release_embedded
+        from outerloop.storage.clients import RedisTarget
 
         if self.redis_url:
             target = RedisTarget(url=self.redis_url)

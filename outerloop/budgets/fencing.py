@@ -21,6 +21,8 @@ import redis.asyncio as aioredis
 from outerloop.budgets.context import Guard, StagedWrite
 from outerloop.contracts.keys import Keys
 from outerloop.errors import OuterloopError, UsageError
+from outerloop.storage.clients import is_cluster
+from outerloop.storage.scripts import LuaScript, ScriptSet
 
 RejectReason = Literal["not_live", "deadline"]
 
@@ -58,66 +60,20 @@ class Lease:
 
 # Lua fragment shared by every fenced script (the memory store embeds it too). Returns nil when
 # the lease is live, else the reason. A lease past its deadline is removed on sight.
-LEASE_CHECK_LUA = """
-local function fence_check(lease_key, token)
-  local dl = redis.call('ZSCORE', lease_key, token)
-  if not dl then return 'not_live' end
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  if now > tonumber(dl) then
-    redis.call('ZREM', lease_key, token)
-    return 'deadline'
-  end
-  return nil
-end
-"""
+LEASE_CHECK = "fence_lease_check"  # the Lua every fenced commit starts with (also memory's)
 
 # KEYS[1] fence counter, KEYS[2] leases; ARGV[1] budget in us, ARGV[2] prune age in us.
-_ACQUIRE_LUA = """
-local token = redis.call('INCR', KEYS[1])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[2]))
-local deadline = now + tonumber(ARGV[1])
-redis.call('ZADD', KEYS[2], deadline, token)
-return {token, deadline}
-"""
+_ACQUIRE = LuaScript.of("acquire", "fence_acquire")
 
 # KEYS[1] leases, then the guards' keys, then the written keys. ARGV[1] token, ARGV[2] '1' =
 # release the lease, ARGV[3] number of guards, then per guard: field, '1' if a value is expected
 # ('0': the field must be absent), the value; then per written key: kind ('s' SET | 'h' HSET |
 # 'd' HDEL | 'f' HINCRBYFLOAT), field, value. A broken guard returns its index and its hash.
-_COMMIT_LUA = LEASE_CHECK_LUA + """
-local why = fence_check(KEYS[1], ARGV[1])
-if why then return {0, why} end
-local ng = tonumber(ARGV[3])
-local a = 4
-for g = 1, ng do
-  local cur = redis.call('HGET', KEYS[1 + g], ARGV[a])
-  local ok
-  if ARGV[a + 1] == '1' then ok = (cur == ARGV[a + 2]) else ok = (cur == false) end
-  if not ok then return {2, g, redis.call('HGETALL', KEYS[1 + g])} end
-  a = a + 3
-end
-for i = 2 + ng, #KEYS do
-  local kind = ARGV[a]
-  if kind == 's' then
-    redis.call('SET', KEYS[i], ARGV[a + 2])
-  elseif kind == 'h' then
-    redis.call('HSET', KEYS[i], ARGV[a + 1], ARGV[a + 2])
-  elseif kind == 'd' then
-    redis.call('HDEL', KEYS[i], ARGV[a + 1])
-  else
-    redis.call('HINCRBYFLOAT', KEYS[i], ARGV[a + 1], ARGV[a + 2])
-  end
-  a = a + 3
-end
-if ARGV[2] == '1' then redis.call('ZREM', KEYS[1], ARGV[1]) end
-return {1, #KEYS - 1 - ng}
-"""
+_COMMIT = LuaScript.of("commit", LEASE_CHECK, "fence_commit")
 _KIND = {"set": "s", "hset": "h", "hdel": "d", "hincrbyfloat": "f"}
 
-_REVOKE_LUA = "return redis.call('ZREM', KEYS[1], ARGV[1])"
+_REVOKE = LuaScript.of("revoke", "fence_revoke")
+SCRIPTS = ScriptSet(_ACQUIRE, _COMMIT, _REVOKE)
 
 
 def user_tag(user_id: str) -> str:
@@ -142,21 +98,16 @@ class Fence:
         self.redis = redis
         self.keys = keys
         self.prune_after_ms = prune_after_ms
-        self._acquire = redis.register_script(_ACQUIRE_LUA)
-        self._commit = redis.register_script(_COMMIT_LUA)
-        self._revoke = redis.register_script(_REVOKE_LUA)
-        from redis.asyncio.cluster import RedisCluster
-
-        self._cluster = isinstance(redis, RedisCluster)
+        self._cluster = is_cluster(redis)
 
     def leases_key(self, user_id: str) -> str:
         return leases_key(user_id, self.keys)
 
     async def acquire(self, user_id: str, latency_ms: float) -> Lease:
         """Issue the next token for ``user_id``, live for ``latency_ms`` from now (server clock)."""
-        token, deadline = await self._acquire(
-            keys=[self.keys.fence(user_id), self.leases_key(user_id)],
-            args=[int(latency_ms * 1000), int(self.prune_after_ms * 1000)],
+        token, deadline = await SCRIPTS.call(
+            self.redis, "acquire", [self.keys.fence(user_id), self.leases_key(user_id)],
+            [int(latency_ms * 1000), int(self.prune_after_ms * 1000)],
         )
         return Lease(user_id=user_id, token=int(token), deadline_us=int(deadline))
 
@@ -188,7 +139,7 @@ class Fence:
                 raise UsageError(f"key {w.key!r} is not a key of user {user_id!r}")
             keys.append(w.key)
             args += [_KIND[w.kind], w.field or "", w.value]
-        ok, detail, *rest = await self._commit(keys=keys, args=args)
+        ok, detail, *rest = await SCRIPTS.call(self.redis, "commit", keys, args)
         if int(ok) == 2:
             flat = rest[0] if rest else []
             index = int(detail) - 1
@@ -205,7 +156,7 @@ class Fence:
 
     async def revoke(self, user_id: str, token: int) -> bool:
         """End the lease now (a killed run); True if it was still live."""
-        return bool(await self._revoke(keys=[self.leases_key(user_id)], args=[str(token)]))
+        return bool(await SCRIPTS.call(self.redis, "revoke", [self.leases_key(user_id)], [str(token)]))
 
     async def is_live(self, user_id: str, token: int) -> bool:
         """True while the lease exists (its deadline may still have passed: writes check both)."""

@@ -15,11 +15,12 @@ from collections.abc import Mapping
 from pydantic import ValidationError
 
 from outerloop.contracts.events import Event
+from outerloop.errors import UserInputError
 
 EVENT_FIELD = "event"
 
 
-class MalformedEntry(ValueError):
+class MalformedEntry(UserInputError, ValueError):
     """A stream entry that is not a valid event; ``reason`` is readable and names the field."""
 
     def __init__(self, reason: str) -> None:

@@ -29,6 +29,7 @@ from outerloop.budgets import Budget, Enforcer, RunContext, RunRecord
 from outerloop.conversation.catalog_facts import CatalogFacts
 from outerloop.conversation.constraints import Constraints, TitleRef, Unapplied
 from outerloop.conversation.lexicon import TONES, tone_tags
+from outerloop.errors import RunFailed
 
 DEFAULT_LLM_BUDGET = Budget(latency_ms=1500, max_llm_tokens=4000)
 
@@ -44,7 +45,7 @@ Titles shown last turn, in order: {shown}
 Answer with a JSON object with the fields of this schema and nothing else: {schema}"""
 
 
-class LLMParseError(Exception):
+class LLMParseError(RunFailed):
     """The model's answer could not be turned into constraints (no JSON, invalid fields)."""
 
 

@@ -599,7 +599,8 @@ async def _outer_replay(artifacts: Any, ranker: Any, cfg: OuterReplay, *, redis_
     from outerloop.agents.runtime import LoopConfig
     from outerloop.inner_loop.funnel import Funnel, FunnelConfig
     from outerloop.inner_loop.user_state import UserStore
-    from outerloop.storage.embedded import RedisTarget, release_embedded
+    from outerloop.storage.embedded import release_embedded
+    from outerloop.storage.clients import RedisTarget
     from outerloop.contracts.keys import Keys
 
     keys = keys or Keys
@@ -695,7 +696,7 @@ async def inner_vs_outer(artifacts: Any, data: InteractionData, *, ranker: Any =
             t0 = run.t0
             agents = run.loop.agents.names()
         if redis_target is not None and keys is not None:  # a fresh namespace state for the next k
-            from outerloop.storage.embedded import delete_namespace
+            from outerloop.storage.clients import delete_namespace
 
             delete_namespace(redis_target, keys.prefix)
     return _outer_report(data, artifacts, cfg, t0, inner, choice, per_k, len(picked), len(cases), agents)
@@ -745,7 +746,7 @@ async def compile_outer_rows(artifacts: Any, data: InteractionData, split: str =
                 if progress is not None:
                     progress(done, len(picked))
         if redis_target is not None and keys is not None:
-            from outerloop.storage.embedded import delete_namespace
+            from outerloop.storage.clients import delete_namespace
 
             delete_namespace(redis_target, keys.prefix)
     return out

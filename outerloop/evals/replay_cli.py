@@ -142,7 +142,7 @@ def _inner_outer(args: argparse.Namespace, data: Any) -> dict[str, Any]:
     if args.redis_url:
         import uuid
 
-        from outerloop.storage.embedded import RedisTarget
+        from outerloop.storage.clients import RedisTarget
         from outerloop.contracts.keys import namespaced_keys
 
         target = RedisTarget(url=args.redis_url)
@@ -161,7 +161,7 @@ def _inner_outer(args: argparse.Namespace, data: Any) -> dict[str, Any]:
                 progress=bar.update_to))
     finally:
         if target is not None and keys is not None:
-            from outerloop.storage.embedded import delete_namespace
+            from outerloop.storage.clients import delete_namespace
 
             delete_namespace(target, keys.prefix)
     report["prepared"] = {

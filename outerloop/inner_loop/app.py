@@ -42,14 +42,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from outerloop.contracts.events import MIN_LIVE_TS_MS, Event
 from outerloop.contracts.keys import Keys, embedding_key, served_key
-from outerloop.errors import UserInputError
+from outerloop.errors import OuterloopError, UserInputError
 from outerloop.inner_loop.answer import ServedRecommendations, recommendation_doc
 from outerloop.inner_loop.funnel import Funnel, FunnelConfig, Recommendation
 from outerloop.inner_loop.openapi import ErrorOut, events_request_body, finish as finish_openapi
 from outerloop.inner_loop.profiles import ProfileIn, profile_out
 from outerloop.inner_loop.ranker import ArtifactsLike, Ranker
 from outerloop.inner_loop.user_state import DEFAULT_STREAM_MAXLEN, NotReplicated, UserStore, WriteBehind
-from outerloop.storage.embedded import RedisTarget
+from outerloop.storage.clients import RedisTarget
 from outerloop.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class ServeOptions:
     stream_maxlen: int | None = DEFAULT_STREAM_MAXLEN
 
 
-class ApiError(Exception):
+class ApiError(OuterloopError):
     """A 4xx/5xx with a message for the client (never a traceback)."""
 
     def __init__(self, status: int, detail: str, errors: list[dict[str, str]] | None = None,

@@ -85,6 +85,7 @@ from outerloop.contracts.events import Event
 from outerloop.contracts.keys import Keys, SchedulerKeys, embedding_key, precomputed_key
 from outerloop.contracts.stream import encode_event
 from outerloop.data.schema import ACTION_ID
+from outerloop.storage.scripts import LuaScript, ScriptSet
 
 log = logging.getLogger(__name__)
 
@@ -104,52 +105,12 @@ def event_mode(event_type: str) -> str:
     return ("h" if h else "") + ("s" if s else "") or "-"
 
 
-# KEYS: hist, hist_v, seen, applied. ARGV: cap, applied_ttl_s, then per event:
-# event_id, mode, token, item_id. Returns {events newly applied, history version}.
-_APPLY_LUA = """
-local cap = tonumber(ARGV[1])
-local ttl = tonumber(ARGV[2])
-local applied, changed = 0, false
-for i = 3, #ARGV, 4 do
-  local eid, mode, token, item = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  if redis.call('SADD', KEYS[4], eid) == 1 then
-    applied = applied + 1
-    if mode == 'h' or mode == 'hs' then
-      redis.call('RPUSH', KEYS[1], token)
-      changed = true
-    end
-    if (mode == 's' or mode == 'hs') and redis.call('SADD', KEYS[3], item) == 1 then
-      changed = true
-    end
-  end
-end
-if applied > 0 then redis.call('EXPIRE', KEYS[4], ttl) end
-local v
-if changed then
-  redis.call('LTRIM', KEYS[1], -cap, -1)
-  v = redis.call('INCR', KEYS[2])
-else
-  v = tonumber(redis.call('GET', KEYS[2]) or '0')
-end
-return {applied, v}
-"""
-
-# KEYS: hist, hist_v, seen, rows, emb. ARGV: max history tokens.
-_READ_LUA = """
-local h = redis.call('LRANGE', KEYS[1], -tonumber(ARGV[1]), -1)
-local v = redis.call('GET', KEYS[2]) or ''
-local s = redis.call('SMEMBERS', KEYS[3])
-local rows = redis.call('HGETALL', KEYS[4])
-local emb = redis.call('GET', KEYS[5]) or ''
-return {table.concat(h, ','), v, table.concat(s, ','), rows, emb}
-"""
-
-# KEYS: precomputed, seen. The baseline reads only what a precompute engine would.
-_READ_PRECOMPUTED_LUA = """
-local p = redis.call('GET', KEYS[1]) or ''
-local s = redis.call('SMEMBERS', KEYS[2])
-return {p, table.concat(s, ',')}
-"""
+# "apply" KEYS: hist, hist_v, seen, applied. ARGV: cap, applied_ttl_s, then per event:
+#   event_id, mode, token, item_id. Returns {events newly applied, history version}.
+# "read" KEYS: hist, hist_v, seen, rows, emb. ARGV: max history tokens.
+# "read_precomputed" KEYS: precomputed, seen. The baseline reads only what a precompute engine would.
+SCRIPTS = ScriptSet(LuaScript.of("apply", "history_apply"), LuaScript.of("read", "user_read"),
+                    LuaScript.of("read_precomputed", "user_read_precomputed"))
 
 _EMPTY_I64 = np.empty(0, dtype=np.int64)
 
@@ -268,7 +229,7 @@ def queue_history(pipe: Any, events: Sequence[Event], *, history_cap: int, keys:
             token = history_token(ev) if ev.item_id is not None else b""
             args += [ev.event_id, mode, token, ev.item_id or 0]
         names = [keys.history(user), keys.history_version(user), keys.seen(user), keys.applied_events(user)]
-        pipe.eval(_APPLY_LUA, len(names), *names, *args)
+        SCRIPTS.queue(pipe, "apply", names, args)  # EVAL: it runs inside the batch's MULTI
     return users
 
 
@@ -319,7 +280,7 @@ class UserStore:
 
     def __init__(self, client: Any, *, history_cap: int, stream_maxlen: int | None = DEFAULT_STREAM_MAXLEN,
                  keys: type[Keys] = Keys, stream_shards: int = 1, durable_wait_ms: int | None = None) -> None:
-        from outerloop.storage.scripts import is_cluster
+        from outerloop.storage.clients import is_cluster
 
         self.client = client
         self.durable_wait_ms = durable_wait_ms  # None: acknowledge without waiting for a replica
@@ -329,8 +290,6 @@ class UserStore:
         self.stream_maxlen = stream_maxlen
         self.stream_shards = stream_shards
         self.cluster = is_cluster(client)
-        self._read = client.register_script(_READ_LUA)
-        self._read_pre = client.register_script(_READ_PRECOMPUTED_LUA)
 
     async def read(self, user_id: str, max_len: int) -> UserState:
         """History (last ``max_len`` tokens), version, seen, agent rows and cached vector."""
@@ -338,7 +297,7 @@ class UserStore:
         names = [k.history(user_id), k.history_version(user_id), k.seen(user_id), k.rows(user_id),
                  embedding_key(user_id, k)]
         try:
-            hist, ver, seen, rows_flat, emb = await self._read(keys=names, args=[max_len])
+            hist, ver, seen, rows_flat, emb = await SCRIPTS.call(self.client, "read", names, [max_len])
         except _CLIENT_FAULTS as exc:
             if not self.cluster:
                 raise
@@ -359,7 +318,8 @@ class UserStore:
     async def read_precomputed(self, user_id: str) -> tuple[np.ndarray, np.ndarray]:
         """(precomputed item ids in order, seen item ids)."""
         try:
-            pre, seen = await self._read_pre(keys=[precomputed_key(user_id, self.keys), self.keys.seen(user_id)])
+            pre, seen = await SCRIPTS.call(self.client, "read_precomputed",
+                                           [precomputed_key(user_id, self.keys), self.keys.seen(user_id)], [])
         except _CLIENT_FAULTS as exc:
             if not self.cluster:
                 raise
@@ -484,8 +444,7 @@ class UserStore:
         that the first requests (a 30 ms read budget) do not pay for either."""
         if self.cluster:
             await self.client.initialize()
-            for script in (self._read, self._read_pre):
-                await self.client.script_load(script.script)
+            await SCRIPTS.load(self.client)
 
     async def ping(self) -> bool:
         return bool(await self.client.ping())

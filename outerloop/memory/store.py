@@ -22,10 +22,11 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 
-from outerloop.budgets.fencing import LEASE_CHECK_LUA, FenceRejected, leases_key
+from outerloop.budgets.fencing import LEASE_CHECK, FenceRejected, leases_key
 from outerloop.contracts.keys import Keys
 from outerloop.errors import OuterloopError, UsageError
 from outerloop.memory.facts import Fact, InvalidFact, check_fact, dump_fact, parse_fact
+from outerloop.storage.scripts import LuaScript, ScriptSet
 
 VERSION_FIELD = "_v"
 F = TypeVar("F")
@@ -120,24 +121,7 @@ Decide = Callable[[UserMemory], Decision | Awaitable[Decision]]
 # ARGV[2] fencing token or '', ARGV[3] '1' = replace every fact, ARGV[4] number of upserts,
 # then that many (field, json) pairs, then the fields to delete. A conflict returns the
 # current hash, so the loser can re-decide without reading again.
-_COMMIT_LUA = LEASE_CHECK_LUA + """
-if ARGV[2] ~= '' then
-  local why = fence_check(KEYS[2], ARGV[2])
-  if why then return {-1, why} end
-end
-local v = tonumber(redis.call('HGET', KEYS[1], '_v') or '0')
-if v ~= tonumber(ARGV[1]) then return {0, v, redis.call('HGETALL', KEYS[1])} end
-if ARGV[3] == '1' then
-  for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
-    if f ~= '_v' then redis.call('HDEL', KEYS[1], f) end
-  end
-end
-local n = tonumber(ARGV[4])
-for i = 0, n - 1 do redis.call('HSET', KEYS[1], ARGV[5 + 2 * i], ARGV[6 + 2 * i]) end
-for i = 5 + 2 * n, #ARGV do redis.call('HDEL', KEYS[1], ARGV[i]) end
-redis.call('HSET', KEYS[1], '_v', v + 1)
-return {1, v + 1}
-"""
+SCRIPTS = ScriptSet(LuaScript.of("commit", LEASE_CHECK, "memory_commit"))
 
 
 class MemoryStore:
@@ -147,7 +131,6 @@ class MemoryStore:
                  rng: random.Random | None = None) -> None:
         self.redis = redis
         self.keys = keys
-        self._commit = redis.register_script(_COMMIT_LUA)
         self._rng = rng or random.Random()
 
     async def version(self, user_id: str) -> int:
@@ -199,8 +182,8 @@ class MemoryStore:
             if key == VERSION_FIELD:
                 raise UsageError(f"{VERSION_FIELD!r} is not a fact key")
             args.append(key)
-        status, detail, *rest = await self._commit(
-            keys=[self.keys.memory(user_id), leases_key(user_id, self.keys)], args=args
+        status, detail, *rest = await SCRIPTS.call(
+            self.redis, "commit", [self.keys.memory(user_id), leases_key(user_id, self.keys)], args
         )
         status = int(status)
         if status == 1:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from opentelemetry.trace import SpanKind
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ResponseError
 
 from outerloop import telemetry
 from outerloop.clock import now_ms
@@ -36,10 +36,11 @@ from outerloop.contracts.stream import EVENT_FIELD, MalformedEntry, decode_entry
 from outerloop.contracts.triggers import EPISODE_RELEASED
 from outerloop.scheduler.dispatch import REDIS_DOWN, fire_args, fire_keys
 from outerloop.scheduler.metrics import DaemonMetrics
-from outerloop.storage.scripts import LuaScript, ScriptSet, evalsha_many, is_cluster
 from outerloop.scheduler.sessionizer import ApplyResult, Sessionizer
 from outerloop.scheduler.settings import DaemonSettings
 from outerloop.scheduler.triggers import LUA_FIRE
+from outerloop.storage.clients import is_cluster
+from outerloop.storage.scripts import LuaScript, ScriptSet, is_noscript, lua_source
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +53,7 @@ class EventSink(Protocol):
 
 
 # KEYS: watermark   ARGV: ts. Keeps the largest event time seen on the shard.
-MAX_SET_LUA = r"""
-local cur = tonumber(redis.call('GET', KEYS[1]) or '-1')
-if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end
-return 1
-"""
+MAX_SET_LUA = lua_source("max_set")
 
 Entry = tuple[bytes | str, Any]
 EVENT_FIELD_B = EVENT_FIELD.encode()
@@ -273,7 +270,7 @@ class StreamConsumer:
             pipe.xack(self.keys.stream(shard), self.keys.group, *acks)
         if len(pipe):
             for reply in await pipe.execute(raise_on_error=False):
-                if isinstance(reply, NoScriptError):
+                if is_noscript(reply):
                     await self.scripts.load(self.client)  # the watermark waits for the next chunk
                 elif isinstance(reply, Exception):
                     raise reply
@@ -290,10 +287,7 @@ class StreamConsumer:
         # one server: the scripts queue users and index sessions themselves (cluster: below)
         inline = None if self._cluster else shard
         calls = [self.sessionizer.apply_call(self.keys, event, now, raw, inline) for _, event, raw in good]
-        replies = await evalsha_many(self.client, self.scripts.sha("apply"), calls)
-        if any(isinstance(r, NoScriptError) for r in replies):
-            await self.scripts.load(self.client)  # Redis restarted; re-applying is harmless
-            replies = await evalsha_many(self.client, self.scripts.sha("apply"), calls)
+        replies = await self.scripts.call_many(self.client, "apply", calls)  # re-applying is harmless
         acks: list[bytes | str] = []
         due: set[str] = set()
         open_last: dict[str, int] = {}
@@ -342,7 +336,7 @@ class StreamConsumer:
             if self._cluster:
                 await self.scripts.call(self.client, "max_set", [self.keys.watermark(shard)], [max_ts])
             else:
-                pipe.evalsha(self.scripts.sha("max_set"), 1, self.keys.watermark(shard), max_ts)
+                self.scripts.queue_sha(pipe, "max_set", [self.keys.watermark(shard)], [max_ts])
             self._max_ts_written[shard] = max_ts
         self.metrics.record_applied(applied, dup, late)
         return acks, bool(due)
@@ -378,10 +372,7 @@ class StreamConsumer:
             EPISODE_RELEASED, now, detail, rules, marker=f"release:{event.event_id}",
             applied_ttl_s=self.sessionizer.sessions.applied_ttl_s, event_id=event.event_id, event_json=ejson))
             for user in followers]
-        replies = await evalsha_many(self.client, self.scripts.sha("fire"), calls)
-        if any(isinstance(r, NoScriptError) for r in replies):
-            await self.scripts.load(self.client)
-            return await self._fan_out_release(shard, event, series, now)
+        replies = await self.scripts.call_many(self.client, "fire", calls)
         fired: set[str] = set()
         for user, reply in zip(followers, replies):
             if isinstance(reply, Exception):

@@ -18,11 +18,11 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from outerloop.contracts.keys import SchedulerKeys
 from outerloop.scheduler.backoff import Backoff
 from outerloop.scheduler.consumer import EventSink, StreamConsumer
 from outerloop.scheduler.dispatch import REDIS_DOWN, CycleRunner, Dispatcher
 from outerloop.scheduler.health import Heartbeat
-from outerloop.contracts.keys import SchedulerKeys
 from outerloop.scheduler.metrics import DaemonMetrics
 from outerloop.scheduler.sessionizer import Sessionizer
 from outerloop.scheduler.settings import DaemonSettings

@@ -112,10 +112,10 @@ def _topology(args: argparse.Namespace) -> Any:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from outerloop.storage.daemon_client import async_client
+    from outerloop.storage.clients import daemon_async_client
 
     topology = _topology(args)
-    return async_client(url=topology.redis_url, embedded_dir=topology.embedded_dir, cluster=topology.cluster,
+    return daemon_async_client(url=topology.redis_url, embedded_dir=topology.embedded_dir, cluster=topology.cluster,
                         block_ms=args.block_ms)
 
 

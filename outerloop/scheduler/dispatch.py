@@ -37,7 +37,6 @@ from typing import Any, Literal, Protocol
 from opentelemetry import context as otel_context
 from opentelemetry.trace import Link, Status, StatusCode
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from outerloop import telemetry
@@ -46,7 +45,6 @@ from outerloop.contracts.keys import SchedulerKeys, shard_of
 from outerloop.contracts.triggers import TriggerRules
 from outerloop.scheduler.backoff import Backoff
 from outerloop.scheduler.metrics import DaemonMetrics
-from outerloop.storage.scripts import LuaScript, ScriptSet, evalsha_many, is_cluster
 from outerloop.scheduler.settings import DaemonSettings
 from outerloop.scheduler.triggers import (
     EVENTS_SEP,
@@ -55,6 +53,8 @@ from outerloop.scheduler.triggers import (
     PendingTrigger,
     triggers_from_parts,
 )
+from outerloop.storage.clients import is_cluster
+from outerloop.storage.scripts import LuaScript, ScriptSet, lua_source
 
 log = logging.getLogger(__name__)
 
@@ -85,72 +85,20 @@ class CycleRunner(Protocol):
 # With the due queue (one server only: it is not in the user's slot) the queue entry is updated
 # here too: leased for the lock's lifetime, or, when the user is busy, due when its lock ends.
 # Returns {1, in-flight hash (flat), ids (JSON array), events (joined by \x1e)} or {0, lock pttl}
-CLAIM_LUA = LUA_TRIGGERS + r"""
-local ttl = tonumber(ARGV[2])
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ttl) then
-  local pttl = redis.call('PTTL', KEYS[1])
-  if KEYS[8] then
-    redis.call('ZADD', KEYS[8], 'XX', tonumber(ARGV[6]) + math.min(math.max(pttl, 50), ttl), ARGV[5])
-  end
-  return {0, pttl}
-end
-local run = {KEYS[5], KEYS[6], KEYS[7]}
-trig_move({KEYS[2], KEYS[3], KEYS[4]}, run, {ids = tonumber(ARGV[3]), events = tonumber(ARGV[4])})
-if KEYS[8] then redis.call('ZADD', KEYS[8], 'XX', tonumber(ARGV[6]) + ttl, ARGV[5]) end
--- ids as one JSON array and events joined by \30: two strings to parse instead of hundreds
-local ids = redis.call('LRANGE', run[2], 0, -1)
-local ids_json = '[]'
-if #ids > 0 then ids_json = cjson.encode(ids) end
-return {1, redis.call('HGETALL', run[1]), ids_json, table.concat(redis.call('LRANGE', run[3], 0, -1), '\30')}
-"""
+CLAIM_LUA = LUA_TRIGGERS + lua_source("dispatch_claim")
 
 # KEYS: as CLAIM_LUA (without the queue) [, due queue, refresh queue]
 # ARGV: token, 'done'|'abort', max_ids, max_events [, user, now_ms, refresh_at_ms|'']
 # 'abort' (shutdown cancelled the cycle) hands the triggers back for another daemon. With the
 # queues (one server only) the user is queued again or removed, atomically with the check.
 # Returns {1 if the lock was still ours, 1 if triggers are pending}
-FINISH_LUA = LUA_TRIGGERS + r"""
-local ours = 0
-local pending, run = {KEYS[2], KEYS[3], KEYS[4]}, {KEYS[5], KEYS[6], KEYS[7]}
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  if ARGV[2] == 'abort' then
-    -- the pending ones are newer: fold them into the in-flight set, which becomes pending again
-    trig_move(pending, run, {ids = tonumber(ARGV[3]), events = tonumber(ARGV[4])})
-    for j = 1, 3 do
-      if redis.call('EXISTS', run[j]) == 1 then redis.call('RENAME', run[j], pending[j]) end
-    end
-  else
-    redis.call('DEL', run[1], run[2], run[3])
-  end
-  redis.call('DEL', KEYS[1])
-  ours = 1
-end
-local pending = redis.call('EXISTS', KEYS[2])
-if KEYS[9] then
-  if pending == 1 then
-    redis.call('ZADD', KEYS[8], tonumber(ARGV[6]), ARGV[5])
-  elseif ours == 1 then
-    redis.call('ZREM', KEYS[8], ARGV[5])
-  end
-  if ARGV[7] ~= '' then redis.call('ZADD', KEYS[9], tonumber(ARGV[7]), ARGV[5]) end
-end
-return {ours, pending}
-"""
+FINISH_LUA = LUA_TRIGGERS + lua_source("dispatch_finish")
 
 # KEYS: lock [, due queue]   ARGV: token, ttl_ms [, user, now_ms]
 # Extends the lock if it is still ours, and (one server only) the user's queue lease with it, in
 # the same step: a lease written after the cycle's finish had re-queued the user would hold
 # the user back for a whole lease. Returns 1 if the lock was ours.
-RENEW_LUA = r"""
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  if KEYS[2] then
-    redis.call('ZADD', KEYS[2], 'XX', tonumber(ARGV[4]) + tonumber(ARGV[2]), ARGV[3])
-  end
-  return 1
-end
-return 0
-"""
+RENEW_LUA = lua_source("dispatch_renew")
 
 DISPATCH_SCRIPTS = (LuaScript("claim", CLAIM_LUA), LuaScript("finish", FINISH_LUA), LuaScript("fire", LUA_FIRE),
                     LuaScript("renew", RENEW_LUA))
@@ -247,10 +195,7 @@ class Dispatcher:
         now = now_ms()
         if not self._cluster:  # the script leases the queue entry itself (one round trip for all)
             calls = [([*keys, due], [*args, user, now]) for (keys, args), user in zip(calls, users)]
-        replies = await evalsha_many(self.client, self.scripts.sha("claim"), calls)
-        if any(isinstance(r, NoScriptError) for r in replies):
-            await self.scripts.load(self.client)
-            replies = await evalsha_many(self.client, self.scripts.sha("claim"), calls)
+        replies = await self.scripts.call_many(self.client, "claim", calls)
         leases: dict[str, int] = {}
         retries: dict[str, int] = {}
         to_run: list[tuple[str, list[PendingTrigger]]] = []
@@ -396,7 +341,6 @@ class Dispatcher:
         """Finish scripts for the batch, then queue each user again if triggers are pending, or
         remove it from the queue and re-check (the event path writes triggers before queueing),
         and schedule its stale-row check."""
-        sha = self.scripts.sha("finish")
         now = now_ms()
         calls = [(self._user_keys(r.user), [r.token, r.mode, self.rules.max_event_ids, self.rules.max_events])
                  for r in batch]
@@ -404,10 +348,7 @@ class Dispatcher:
             calls = [([*keys, self.keys.due(r.shard), self.keys.refresh_due(r.shard)],
                       [*args, r.user, now, "" if r.refresh_at_ms is None else r.refresh_at_ms])
                      for (keys, args), r in zip(calls, batch)]
-        replies = await evalsha_many(self.client, sha, calls)
-        if any(isinstance(x, NoScriptError) for x in replies):
-            await self.scripts.load(self.client)
-            replies = await evalsha_many(self.client, sha, calls)
+        replies = await self.scripts.call_many(self.client, "finish", calls)
         if not self._cluster:
             for r, reply in zip(batch, replies):
                 if isinstance(reply, Exception):
@@ -465,10 +406,7 @@ class Dispatcher:
         else:
             calls = [([self.keys.cycle_lock(u), self.keys.due(shard)], [token, ttl, u, now])
                      for u, shard, token in running]
-        replies = await evalsha_many(self.client, self.scripts.sha("renew"), calls)
-        if any(isinstance(r, NoScriptError) for r in replies):
-            await self.scripts.load(self.client)
-            replies = await evalsha_many(self.client, self.scripts.sha("renew"), calls)
+        replies = await self.scripts.call_many(self.client, "renew", calls)
         for (user, _, token), reply in zip(running, replies):
             if isinstance(reply, Exception) or int(reply):
                 continue

@@ -22,6 +22,7 @@ from outerloop.contracts.triggers import TriggerRules
 from outerloop.errors import UserInputError
 from outerloop.scheduler.dispatch import fire_args, fire_keys
 from outerloop.scheduler.triggers import LUA_FIRE
+from outerloop.storage.scripts import LuaScript, ScriptSet
 
 MANUAL_PREFIX = "manual:"
 Detail = Mapping[str, int | float | str]
@@ -47,10 +48,13 @@ def _check(agents: Sequence[str], detail: Detail) -> None:
             raise UserInputError(f"detail {k!r}: a number or a string, got {type(v).__name__}")
 
 
+_FIRE = ScriptSet(LuaScript("fire", LUA_FIRE))
+
+
 def _queue(pipe: Any, keys: SchedulerKeys, user_id: str, agents: Sequence[str], detail: Detail, at_ms: int) -> None:
     for agent in dict.fromkeys(agents):
         args = fire_args(manual_trigger_name(agent), at_ms, dict(detail), TriggerRules())
-        pipe.eval(LUA_FIRE, 4, *fire_keys(keys, user_id), *args)
+        _FIRE.queue(pipe, "fire", fire_keys(keys, user_id), args)
     pipe.zadd(keys.due(shard_of(user_id, keys.shards)), {user_id: at_ms}, nx=True)
 
 

@@ -18,9 +18,9 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 
+from outerloop.contracts.keys import SchedulerKeys
 from outerloop.errors import UserInputError
 from outerloop.scheduler.health import live_daemons
-from outerloop.contracts.keys import SchedulerKeys
 from outerloop.scheduler.refresh import request_refresh
 
 MAX_AGENTS = 32

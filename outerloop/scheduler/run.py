@@ -18,12 +18,11 @@ import asyncio
 import gc
 from typing import Any
 
-from outerloop.scheduler.daemon import Daemon, run_until_signalled
 from outerloop.contracts.keys import SchedulerKeys
-from outerloop.storage.daemon_client import async_client
+from outerloop.scheduler.daemon import Daemon, run_until_signalled
 from outerloop.scheduler.sessionizer import Sessionizer
 from outerloop.scheduler.settings import DaemonSettings
-from outerloop.storage.embedded import RedisTarget
+from outerloop.storage.clients import RedisTarget, daemon_async_client
 
 
 async def serve_daemon(runner: Any, *, client: Any, keys: SchedulerKeys, settings: DaemonSettings,
@@ -51,7 +50,7 @@ async def serve_loop(loop: Any, settings: DaemonSettings | None = None, *, sessi
     keys = SchedulerKeys(base=loop.keys, group=group, shards=stream_shards)
     target = loop._redis_arg
     if isinstance(target, RedisTarget):  # the daemon's own client: its reads block for block_ms
-        client = async_client(url=target.url, embedded_dir=target.embedded_dir, block_ms=settings.block_ms)
+        client = daemon_async_client(url=target.url, embedded_dir=target.embedded_dir, block_ms=settings.block_ms)
     else:  # a client you made: the loop and the daemon share it (not closed here)
         client = _Unclosed(target)
     if sessionizer is None:

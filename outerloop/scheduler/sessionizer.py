@@ -35,97 +35,13 @@ from typing import Any
 from outerloop.contracts.events import Event
 from outerloop.contracts.keys import SchedulerKeys
 from outerloop.contracts.triggers import WATCH_TYPES, TriggerRules
-from outerloop.storage.scripts import LuaScript
 from outerloop.scheduler.triggers import LUA_TRIGGERS, ItemLookup, no_item_info
+from outerloop.storage.scripts import LuaScript, lua_source
 
 # Session helpers both scripts share. Session fields are stored flat in the state hash, prefixed
 # 'c_' (current) and 'p_' (previous, waiting for the watermark to pass its end); each session's
 # most recent events are in its own list (cfg.ev.c / cfg.ev.p).
-_LUA_SESSIONS = r"""
-local function fmt(x) return string.format('%.0f', x) end
-
-local function load_s(key, p)
-  local v = redis.call('HMGET', key, p..'sid', p..'start', p..'last', p..'n', p..'late',
-                       p..'item', p..'item_ts', p..'dark', p..'hold')
-  if not v[1] then return nil end
-  return {sid = v[1], start = tonumber(v[2]), last = tonumber(v[3]), n = tonumber(v[4]),
-          late = tonumber(v[5]), item = v[6] or '', item_ts = tonumber(v[7]) or -1,
-          dark = tonumber(v[8]) or 0, hold = tonumber(v[9]) or tonumber(v[3])}
-end
-
--- The session is active until its last event or the end of the title it is playing, whichever
--- is later; the idle gap counts from there.
-local function horizon(s)
-  if s.hold and s.hold > s.last then return s.hold end
-  return s.last
-end
-
-local function save_s(key, p, s)
-  if s == nil then
-    redis.call('HDEL', key, p..'sid', p..'start', p..'last', p..'n', p..'late', p..'item',
-               p..'item_ts', p..'dark', p..'hold')
-    return
-  end
-  redis.call('HSET', key, p..'sid', s.sid, p..'start', fmt(s.start), p..'last', fmt(s.last),
-             p..'n', fmt(s.n), p..'late', fmt(s.late), p..'item', s.item,
-             p..'item_ts', fmt(s.item_ts), p..'dark', fmt(s.dark), p..'hold', fmt(s.hold or s.last))
-end
-
-local function take_item(s, ts, item, dark)
-  if item ~= '' and ts >= s.item_ts then s.item = item; s.item_ts = ts; s.dark = dark end
-end
-
-local function push_event(cfg, list, json)
-  if json == '' then return end
-  redis.call('RPUSH', list, json)
-  redis.call('LTRIM', list, -cfg.lim.events, -1)
-end
-
-local function load_state(key)
-  local v = redis.call('HMGET', key, 'max_ts', 'closed_upto', 'seq')
-  return {max_ts = tonumber(v[1]) or -1, closed_upto = tonumber(v[2]) or -1,
-          seq = tonumber(v[3]) or 0}
-end
-
-local function save_state(key, st)
-  redis.call('HSET', key, 'max_ts', fmt(st.max_ts), 'closed_upto', fmt(st.closed_upto),
-             'seq', fmt(st.seq))
-end
-
--- Close session s (its events are in list): record it, fire session_closed and, when it ended
--- on thriller/horror late at night (user local time), late_night_session.
-local function finalize(cfg, state, s, list)
-  local events = redis.call('LRANGE', list, 0, -1)
-  redis.call('DEL', list)
-  local rec = {sid = s.sid, start_ts = s.start, end_ts = s.last, n = s.n, late = s.late,
-               last_item = s.item, ended_dark = (s.dark == 1)}
-  redis.call('RPUSH', cfg.sessions, cjson.encode(rec))
-  redis.call('LTRIM', cfg.sessions, -cfg.cap, -1)
-  redis.call('HINCRBY', cfg.counters, 'sessions', 1)
-  if horizon(s) + cfg.gap > state.closed_upto then state.closed_upto = horizon(s) + cfg.gap end
-  local summary = {sid = s.sid, start_ts = s.start, end_ts = s.last, n = s.n, late = s.late}
-  if s.item ~= '' then summary.last_item = tonumber(s.item) end
-  local offset = tonumber(redis.call('HGET', cfg.profile, 'utc_offset_min') or '0') or 0
-  local hour = math.floor((s.last + offset * 60000) / 3600000) % 24
-  summary.local_hour = hour
-  summary.tz_offset_min = offset
-  trig_fire(cfg.trig, 'session_closed', cfg.now, '', events, summary, cfg.lim)
-  local fired = 1
-  if s.dark == 1 then
-    local late_night
-    if cfg.ln_start > cfg.ln_end then
-      late_night = hour >= cfg.ln_start or hour < cfg.ln_end
-    else
-      late_night = hour >= cfg.ln_start and hour < cfg.ln_end
-    end
-    if late_night then
-      trig_fire(cfg.trig, 'late_night_session', cfg.now, '', events, summary, cfg.lim)
-      fired = fired + 1
-    end
-  end
-  return fired
-end
-"""
+_LUA_SESSIONS = lua_source("sessions")
 
 # The settings are baked into the script text (see :meth:`Sessionizer.scripts`), so each call
 # sends only what differs per event.
@@ -141,163 +57,14 @@ _LUA_CONSTANTS = "--@CONSTANTS"
 # Returns {applied 1/0, has_pending 1/0, open_last_ts|-1, late 1/0, closed, fired, follow 1/0}
 # (follow: the user newly follows the event's series, or follows it and this is a redelivery:
 # the caller adds the user to the series' followers, a key in another slot)
-APPLY_EVENT_LUA = _LUA_CONSTANTS + LUA_TRIGGERS + _LUA_SESSIONS + r"""
-local eid, ts, etype, item, series = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
-local dark, watch, in_session = tonumber(ARGV[6]), ARGV[7] == '1', ARGV[8] == '1'
-local ejson = ARGV[10]
-local runtime_ms = tonumber(ARGV[11]) or 0
-local T = {KEYS[5], KEYS[10], KEYS[11]}
-local cfg = {sessions = KEYS[4], trig = T, profile = KEYS[7], counters = KEYS[2],
-             now = tonumber(ARGV[9]), gap = C_GAP, cap = C_CAP,
-             lim = {ids = C_MAX_IDS, events = C_MAX_EVENTS}, ln_start = C_LN_START, ln_end = C_LN_END}
-local lateness = C_LATENESS
-local LC, LP = KEYS[8], KEYS[9]
-
-local function open_last()  -- the open session's horizon (what the idle sweep compares)
-  local v = redis.call('HMGET', KEYS[3], 'c_last', 'c_hold')
-  if not v[1] then return -1 end
-  return math.max(tonumber(v[1]), tonumber(v[2]) or -1)
-end
-
--- A play holds the session for the title's runtime; a pause, skip or finish releases it.
-local function hold_for(s, ts)
-  if etype == 'play' and runtime_ms > 0 then
-    if ts + runtime_ms > (s.hold or s.last) then s.hold = ts + runtime_ms end
-  elseif etype == 'pause' or etype == 'skip' or etype == 'finish' then
-    if ts >= (s.item_ts or -1) then s.hold = ts end
-  end
-end
-
-local function index(pending, last)
-  if KEYS[12] then
-    if pending == 1 then redis.call('ZADD', KEYS[12], 'NX', cfg.now, ARGV[12]) end
-    if last >= 0 then redis.call('ZADD', KEYS[13], last, ARGV[12]) end
-  end
-  return pending
-end
-
-local follow_types = watch or etype == 'add_to_list'
-if redis.call('SADD', KEYS[1], eid) == 0 then
-  -- a redelivery: no effect, but report what the caller must (re)do outside this slot
-  local follows = 0
-  if series ~= '' and follow_types then follows = redis.call('SISMEMBER', KEYS[6], series) end
-  local last = open_last()
-  return {0, index(redis.call('EXISTS', KEYS[5]), last), last, 0, 0, 0, follows}
-end
-if C_APPLIED_TTL > 0 then redis.call('EXPIRE', KEYS[1], C_APPLIED_TTL) end
-redis.call('HINCRBY', KEYS[2], 'events', 1)
-redis.call('HINCRBY', KEYS[2], 'type:'..etype, 1)
-
-local fired = 0
-local detail = {type = etype, ts = ts}
-if item ~= '' then detail.item_id = tonumber(item) end
-if series ~= '' then detail.series_id = series end
-local new_follow = 0
-if series ~= '' and follow_types then new_follow = redis.call('SADD', KEYS[6], series) end
-if etype == 'finish' then
-  trig_fire(T, 'title_finished', cfg.now, eid, {ejson}, detail, cfg.lim); fired = fired + 1
-end
-if etype == 'episode_release' and series ~= '' and redis.call('SISMEMBER', KEYS[6], series) == 1 then
-  trig_fire(T, 'episode_released', cfg.now, eid, {ejson}, detail, cfg.lim); fired = fired + 1
-end
-if C_ACTIVITY and in_session then
-  trig_fire(T, 'activity', cfg.now, eid, {ejson}, detail, cfg.lim); fired = fired + 1
-end
-
-local late, closed = 0, 0
-if in_session then
-  local st = load_state(KEYS[3])
-  local cur, prev = load_s(KEYS[3], 'c_'), load_s(KEYS[3], 'p_')
-  local sitem, sdark = '', 0
-  if watch then sitem = item; sdark = dark end
-  if (st.max_ts >= 0 and ts < st.max_ts - lateness) or ts <= st.closed_upto then
-    late = 1
-    redis.call('HINCRBY', KEYS[2], 'late', 1)
-    if cur and ts >= cur.start and ts <= cur.last then
-      cur.n = cur.n + 1; cur.late = cur.late + 1; take_item(cur, ts, sitem, sdark)
-      push_event(cfg, LC, ejson)
-    elseif prev and ts >= prev.start and ts <= prev.last then
-      prev.n = prev.n + 1; prev.late = prev.late + 1; take_item(prev, ts, sitem, sdark)
-      push_event(cfg, LP, ejson)
-    else
-      redis.call('HINCRBY', KEYS[2], 'late_outside_session', 1)
-    end
-  else
-    if cur and ts <= horizon(cur) + cfg.gap then
-      cur.n = cur.n + 1
-      if ts < cur.start then cur.start = ts end
-      if ts > cur.last then cur.last = ts end
-      hold_for(cur, ts)
-      take_item(cur, ts, sitem, sdark)
-      push_event(cfg, LC, ejson)
-      if prev and cur.start - horizon(prev) <= cfg.gap then
-        -- the event bridged the gap: one session again (previous events first)
-        cur.sid = prev.sid; cur.start = prev.start; cur.n = cur.n + prev.n
-        cur.late = cur.late + prev.late
-        if prev.hold and prev.hold > (cur.hold or cur.last) then cur.hold = prev.hold end
-        if prev.item_ts > cur.item_ts then
-          cur.item = prev.item; cur.item_ts = prev.item_ts; cur.dark = prev.dark
-        end
-        local mine = redis.call('LRANGE', LC, 0, -1)
-        redis.call('DEL', LC)
-        if redis.call('EXISTS', LP) == 1 then redis.call('RENAME', LP, LC) end
-        for _, e in ipairs(mine) do push_event(cfg, LC, e) end
-        prev = nil
-      end
-    else
-      if prev then fired = fired + finalize(cfg, st, prev, LP); closed = closed + 1 end
-      prev = cur
-      redis.call('DEL', LP)
-      if prev and redis.call('EXISTS', LC) == 1 then redis.call('RENAME', LC, LP) end
-      st.seq = st.seq + 1
-      cur = {sid = fmt(st.seq), start = ts, last = ts, n = 1, late = 0, item = '', item_ts = -1, dark = 0,
-             hold = ts}
-      hold_for(cur, ts)
-      take_item(cur, ts, sitem, sdark)
-      push_event(cfg, LC, ejson)
-    end
-    if ts > st.max_ts then st.max_ts = ts end
-  end
-  if prev and horizon(prev) + cfg.gap <= st.max_ts - lateness then
-    fired = fired + finalize(cfg, st, prev, LP); closed = closed + 1; prev = nil
-  end
-  save_s(KEYS[3], 'c_', cur); save_s(KEYS[3], 'p_', prev); save_state(KEYS[3], st)
-end
-local last = -1
-if in_session then last = open_last() end
-return {1, index(redis.call('EXISTS', KEYS[5]), last), last, late, closed, fired, new_follow}
-"""
+APPLY_EVENT_LUA = _LUA_CONSTANTS + LUA_TRIGGERS + _LUA_SESSIONS + lua_source("sessionizer_apply")
 
 # Close the user's sessions whose end plus the gap the event-time clock has passed.
 # KEYS: 1 counters, 2 sess, 3 sessions, 4 trig, 5 profile, 6 sess_ev_c, 7 sess_ev_p, 8 trig_ids,
 #       9 trig_ev
 # ARGV: 1 watermark_ms, 2 now_ms
 # Returns {closed, open_last_ts|-1, has_pending 1/0, fired}
-CLOSE_IDLE_LUA = _LUA_CONSTANTS + LUA_TRIGGERS + _LUA_SESSIONS + r"""
-local cfg = {sessions = KEYS[3], trig = {KEYS[4], KEYS[8], KEYS[9]}, profile = KEYS[5], counters = KEYS[1],
-             now = tonumber(ARGV[2]), gap = C_GAP, cap = C_CAP,
-             lim = {ids = C_MAX_IDS, events = C_MAX_EVENTS}, ln_start = C_LN_START, ln_end = C_LN_END}
-local wm = tonumber(ARGV[1])
-local st = load_state(KEYS[2])
-local cur, prev = load_s(KEYS[2], 'c_'), load_s(KEYS[2], 'p_')
-local closed, fired = 0, 0
-if prev and horizon(prev) + cfg.gap <= wm then
-  fired = fired + finalize(cfg, st, prev, KEYS[7]); closed = closed + 1; prev = nil
-end
-if cur and horizon(cur) + cfg.gap <= wm then
-  fired = fired + finalize(cfg, st, cur, KEYS[6]); closed = closed + 1; cur = nil
-end
-if cur == nil and prev ~= nil then  -- not reachable (prev ends before cur), kept for safety
-  cur = prev; prev = nil
-  if redis.call('EXISTS', KEYS[7]) == 1 then redis.call('RENAME', KEYS[7], KEYS[6]) end
-end
-if closed > 0 then
-  save_s(KEYS[2], 'c_', cur); save_s(KEYS[2], 'p_', prev); save_state(KEYS[2], st)
-end
-local last = -1
-if cur then last = horizon(cur) end
-return {closed, last, redis.call('EXISTS', KEYS[4]), fired}
-"""
+CLOSE_IDLE_LUA = _LUA_CONSTANTS + LUA_TRIGGERS + _LUA_SESSIONS + lua_source("sessionizer_close_idle")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -13,26 +13,20 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from redis.exceptions import NoScriptError
-
 from outerloop.clock import now_ms
 from outerloop.contracts.keys import SchedulerKeys
 from outerloop.contracts.triggers import STALE_ROWS
 from outerloop.scheduler.dispatch import fire_args, fire_keys
 from outerloop.scheduler.metrics import DaemonMetrics
-from outerloop.storage.scripts import LuaScript, ScriptSet, evalsha_many
 from outerloop.scheduler.sessionizer import CloseResult, Sessionizer
 from outerloop.scheduler.settings import DaemonSettings
 from outerloop.scheduler.triggers import LUA_FIRE
+from outerloop.storage.scripts import LuaScript, ScriptSet, lua_source
 
 log = logging.getLogger(__name__)
 
 # KEYS: zset   ARGV: member, score
-ZREM_IF_SCORE_LUA = r"""
-local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if s and tonumber(s) == tonumber(ARGV[2]) then return redis.call('ZREM', KEYS[1], ARGV[1]) end
-return 0
-"""
+ZREM_IF_SCORE_LUA = lua_source("zrem_if_score")
 
 SWEEP_BATCH = 500
 
@@ -105,11 +99,7 @@ class Sweeper:
         return closed
 
     async def _many(self, name: str, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
-        replies = await evalsha_many(self.client, self.scripts.sha(name), calls)
-        if any(isinstance(r, NoScriptError) for r in replies):
-            await self.scripts.load(self.client)
-            replies = await evalsha_many(self.client, self.scripts.sha(name), calls)
-        return replies
+        return await self.scripts.call_many(self.client, name, calls)
 
     async def trigger_stale_rows(self, shard: int) -> int:
         """Queue a ``stale_rows`` trigger for users whose rows expired (scheduled after each cycle)."""

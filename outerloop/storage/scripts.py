@@ -1,8 +1,17 @@
-"""Lua scripts by SHA, loaded on start and again whenever Redis forgot them (a restart).
+"""The one way outerloop runs Lua: scripts are ``.lua`` files in ``storage/lua/`` (package data),
+called by SHA, with a lost script cache (``NOSCRIPT``: the server restarted or flushed its
+scripts) handled here and nowhere else.
 
-Calls go through ``EVALSHA`` so a script's text crosses the wire once per connection set-up,
-not once per event; a ``NOSCRIPT`` reply means the server restarted, and the caller reloads
-(:meth:`ScriptSet.load`) and repeats the idempotent work.
+- :meth:`ScriptSet.call`: one call, ``EVALSHA``; on ``NOSCRIPT`` the set is loaded again and the
+  call repeated (every script here is idempotent or decides on the state it reads).
+- :meth:`ScriptSet.call_many`: many calls in one round trip (a pipeline on one server; bounded
+  concurrent calls on a cluster, where redis-py refuses scripts in pipelines), reloaded and
+  repeated the same way.
+- :meth:`ScriptSet.queue`: a call inside someone else's pipeline or ``MULTI``. It is queued as
+  ``EVAL`` with the source, because a ``NOSCRIPT`` there would fail one command of a transaction
+  whose other commands still apply; its text crosses the wire each time, the price of atomicity.
+- :meth:`ScriptSet.queue_sha`: a call by SHA inside a pipeline that is not a transaction; the
+  caller checks the replies with :func:`is_noscript` and reloads.
 """
 
 from __future__ import annotations
@@ -10,11 +19,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from outerloop.storage.clients import AsyncRedisClient, is_cluster
+
+
+@cache
+def lua_source(name: str) -> str:
+    """The text of ``storage/lua/<name>.lua`` (read once per process)."""
+    return resources.files("outerloop.storage").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,9 +45,20 @@ class LuaScript:
     def __post_init__(self) -> None:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode("utf-8")).hexdigest())
 
+    @classmethod
+    def of(cls, name: str, *parts: str, prefix: str = "") -> "LuaScript":
+        """A script made of ``prefix`` (e.g. baked-in settings) and the files ``parts`` (shared
+        helpers first, the script's body last), named ``name``."""
+        return cls(name, prefix + "".join(lua_source(p) for p in parts))
+
+
+def is_noscript(reply: object) -> bool:
+    """A pipeline reply that says the server has lost the script (reload and repeat)."""
+    return isinstance(reply, NoScriptError)
+
 
 class ScriptSet:
-    """The scripts one component uses."""
+    """The scripts one component uses, loaded together."""
 
     def __init__(self, *scripts: LuaScript) -> None:
         self._scripts = {s.name: s for s in scripts}
@@ -36,12 +66,20 @@ class ScriptSet:
     def sha(self, name: str) -> str:
         return self._scripts[name].sha
 
-    async def load(self, client: Any) -> None:
+    def source(self, name: str) -> str:
+        return self._scripts[name].source
+
+    async def load(self, client: AsyncRedisClient) -> None:
         """SCRIPT LOAD every script (on a cluster, redis-py sends it to every primary)."""
         for script in self._scripts.values():
             await client.script_load(script.source)
 
-    async def call(self, client: Any, name: str, keys: list[str], args: list[Any]) -> Any:
+    def load_sync(self, client: Any) -> None:
+        """:meth:`load` on a blocking client."""
+        for script in self._scripts.values():
+            client.script_load(script.source)
+
+    async def call(self, client: AsyncRedisClient, name: str, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA, reloading once if the server lost its script cache."""
         try:
             return await client.evalsha(self.sha(name), len(keys), *keys, *args)
@@ -49,23 +87,40 @@ class ScriptSet:
             await self.load(client)
             return await client.evalsha(self.sha(name), len(keys), *keys, *args)
 
+    def call_sync(self, client: Any, name: str, keys: list[str], args: list[Any]) -> Any:
+        """:meth:`call` on a blocking client."""
+        try:
+            return client.evalsha(self.sha(name), len(keys), *keys, *args)
+        except NoScriptError:
+            self.load_sync(client)
+            return client.evalsha(self.sha(name), len(keys), *keys, *args)
 
-def is_noscript(reply: object) -> bool:
-    return isinstance(reply, NoScriptError)
+    async def call_many(self, client: AsyncRedisClient, name: str,
+                        calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """One script many times in one round trip; replies in call order, script errors as
+        exception objects (connection errors are raised). Reloaded and repeated once on NOSCRIPT."""
+        replies = await _evalsha_many(client, self.sha(name), calls)
+        if any(is_noscript(r) for r in replies):
+            await self.load(client)
+            replies = await _evalsha_many(client, self.sha(name), calls)
+        return replies
+
+    def queue(self, pipe: Any, name: str, keys: list[str], args: list[Any]) -> None:
+        """Queue the call on ``pipe`` (a pipeline or transaction) as EVAL with the source."""
+        pipe.eval(self.source(name), len(keys), *keys, *args)
+
+    def queue_sha(self, pipe: Any, name: str, keys: list[str], args: list[Any]) -> None:
+        """Queue the call on a non-transactional ``pipe`` by SHA (check replies with
+        :func:`is_noscript`)."""
+        pipe.evalsha(self.sha(name), len(keys), *keys, *args)
 
 
-def is_cluster(client: Any) -> bool:
-    from redis.asyncio.cluster import RedisCluster
-
-    return isinstance(client, RedisCluster)
-
-
-async def evalsha_many(client: Any, sha: str, calls: list[tuple[list[str], list[Any]]],
-                       *, cluster_concurrency: int = 64) -> list[Any]:
+async def _evalsha_many(client: AsyncRedisClient, sha: str, calls: list[tuple[list[str], list[Any]]],
+                        *, cluster_concurrency: int = 64) -> list[Any]:
     """Run one script many times in one round trip: a pipeline on a standalone server; on a
-    cluster (where redis-py refuses scripts in pipelines) concurrent calls, bounded, with the
-    calls on the same first key (one user) kept in order. Replies come back in call order,
-    errors as exception objects; connection errors are raised."""
+    cluster concurrent calls, bounded, with the calls on the same first key (one user) kept in
+    order. Replies come back in call order, errors as exception objects; connection errors are
+    raised."""
     if not calls:
         return []
     if not is_cluster(client):

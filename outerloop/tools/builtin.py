@@ -44,6 +44,7 @@ from pydantic import BaseModel, Field
 from outerloop.contracts.events import Event
 from outerloop.contracts.keys import Keys
 from outerloop.data.schema import Catalog, Item
+from outerloop.storage.scripts import LuaScript, ScriptSet
 from outerloop.tools.contracts import ScoredItems, ToolDeps, ToolSpec, tool
 from outerloop.tools.ensemble import ensemble_rank
 from outerloop.tools.registry import ToolRegistry
@@ -223,7 +224,7 @@ class CoWatchGraph:
             by_item[i] += (w, j)
         pipe = redis.pipeline(transaction=False)
         for i, args in by_item.items():  # one script per item: its increments and its trim
-            pipe.eval(_LINK_LUA, 1, self.item_key(i), self.max_neighbours, *args)
+            SCRIPTS.queue(pipe, "link", [self.item_key(i)], [self.max_neighbours, *args])
         last_ts_u: dict[str, dict[int, int]] = defaultdict(dict)
         last_ts_d: dict[str, dict[int, int]] = defaultdict(dict)
         for e in fresh:
@@ -249,8 +250,7 @@ class CoWatchGraph:
             groups[self.bucket(s)].append(pos)
         if len(groups) > 1:
             return await self._neighbours_across(redis, seeds, groups, k, per_seed)
-        raw = await redis.eval(_NEIGHBOURS_LUA, len(seeds), *(self.item_key(s) for s in seeds),
-                               per_seed, k, *seeds)
+        raw = await SCRIPTS.call(redis, "neighbours", [self.item_key(s) for s in seeds], [per_seed, k, *seeds])
         if not raw:
             return []
         out = []
@@ -267,7 +267,7 @@ class CoWatchGraph:
         pipe = redis.pipeline(transaction=False)
         order = list(groups.values())
         for positions in order:
-            pipe.eval(_EDGES_LUA, len(positions), *(self.item_key(seeds[p]) for p in positions), per_seed)
+            SCRIPTS.queue(pipe, "edges", [self.item_key(seeds[p]) for p in positions], [per_seed])
         rows: dict[int, bytes] = {}
         for positions, raw in zip(order, await pipe.execute()):
             for p, part in zip(positions, (raw or b"").split(b";")):
@@ -288,51 +288,15 @@ class CoWatchGraph:
 # KEYS[1]: one item's edge set. ARGV[1] neighbours kept, ARGV[2..] (weight, neighbour) pairs. One
 # call per touched item instead of one ZINCRBY per edge: a batch of 5,000 events makes ~100,000
 # edges, and packing that many commands is most of an ingest's cost in Python.
-_LINK_LUA = """
-for i = 2, #ARGV, 2 do redis.call('ZINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[1]) + 1))
-return 0
-"""
+_LINK = LuaScript.of("link", "cowatch_link")
 
 # KEYS: item edge sets of the seeds. ARGV[1] per seed, ARGV[2] k, ARGV[3..] the seeds.
-_NEIGHBOURS_LUA = """
-local per, k = tonumber(ARGV[1]), tonumber(ARGV[2])
-local skip = {}
-for i = 3, #ARGV do skip[ARGV[i]] = true end
-local acc, order = {}, {}
-for _, key in ipairs(KEYS) do
-  local rows = redis.call('ZREVRANGE', key, 0, per - 1, 'WITHSCORES')
-  for i = 1, #rows, 2 do
-    local m = rows[i]
-    if not skip[m] then
-      if acc[m] == nil then acc[m] = 0; order[#order + 1] = m end
-      acc[m] = acc[m] + tonumber(rows[i + 1])
-    end
-  end
-end
-table.sort(order, function(a, b)
-  if acc[a] ~= acc[b] then return acc[a] > acc[b] end
-  return tonumber(a) < tonumber(b)
-end)
-local out = {}
-for i = 1, math.min(k, #order) do out[i] = order[i] .. ':' .. string.format('%.17g', acc[order[i]]) end
-return table.concat(out, ',')
-"""
+_NEIGHBOURS = LuaScript.of("neighbours", "cowatch_neighbours")
 
 
 # KEYS: item edge sets (one slot). ARGV[1] per seed. Each key's top edges as 'item:score,...'
 # (the score as Redis prints it: it reads back to the same double), keys joined by ';'.
-_EDGES_LUA = """
-local per = tonumber(ARGV[1])
-local out = {}
-for n, key in ipairs(KEYS) do
-  local rows = redis.call('ZREVRANGE', key, 0, per - 1, 'WITHSCORES')
-  local part = {}
-  for i = 1, #rows, 2 do part[#part + 1] = rows[i] .. ':' .. rows[i + 1] end
-  out[n] = table.concat(part, ',')
-end
-return table.concat(out, ';')
-"""
+_EDGES = LuaScript.of("edges", "cowatch_edges")
 
 
 def item_bucket(item_id: int, buckets: int) -> int:
@@ -416,7 +380,7 @@ class TrendingCounter:
     async def _rebase_bucket(self, redis: "Redis", bucket: int, new_epoch: int, catalog: Catalog) -> int:
         keys = [self.shard_epoch_key(bucket), self.shard_key(bucket),
                 *(self.shard_genre_key(bucket, g) for g in catalog.genres)]
-        await redis.eval(_REBASE_LUA, len(keys), *keys, new_epoch, self.half_life_ms)
+        await SCRIPTS.call(redis, "rebase", keys, [new_epoch, self.half_life_ms])
         return new_epoch
 
     async def record(self, redis: "Redis", events: Iterable[Event], catalog: Catalog) -> int:
@@ -509,14 +473,8 @@ def _as_bytes(member: Any) -> bytes:
 
 # KEYS[1] a bucket's epoch, KEYS[2..] its sorted sets. ARGV[1] the new epoch, ARGV[2] the half-life.
 # Rescales every set and moves the epoch in one step (the keys share the bucket's slot).
-_REBASE_LUA = """
-local new, half = tonumber(ARGV[1]), tonumber(ARGV[2])
-local old = tonumber(redis.call('GET', KEYS[1]) or ARGV[1])
-local factor = string.format('%.17g', 2 ^ ((old - new) / half))
-for i = 2, #KEYS do redis.call('ZUNIONSTORE', KEYS[i], 1, KEYS[i], 'WEIGHTS', factor) end
-redis.call('SET', KEYS[1], ARGV[1])
-return new
-"""
+_REBASE = LuaScript.of("rebase", "trending_rebase")
+SCRIPTS = ScriptSet(_LINK, _NEIGHBOURS, _EDGES, _REBASE)
 
 
 # --- tool contracts and implementations ------------------------------------------------------

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
 
     from outerloop.agents.loop import OuterLoop
-    from outerloop.storage.embedded import RedisTarget
+    from outerloop.storage.clients import RedisTarget
     from outerloop.contracts.keys import Keys
 
 log = logging.getLogger(__name__)
