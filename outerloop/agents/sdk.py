@@ -41,6 +41,7 @@ from outerloop.contracts.triggers import Trigger, TriggerKind
 from outerloop.errors import UsageError
 from outerloop.memory.facts import Fact, fact_class, fact_kinds
 from outerloop.memory.store import MemoryChanges, UserMemory, staged_memory
+from outerloop.storage.clients import AsyncRedisClient
 
 if TYPE_CHECKING:
     from outerloop.agents.runtime import CycleScope, LoopDeps
@@ -253,7 +254,7 @@ class RunStore:
 
     __slots__ = ("_redis", "_run", "_prefix")
 
-    def __init__(self, redis: Any, run: RunContext, prefix: str) -> None:
+    def __init__(self, redis: AsyncRedisClient, run: RunContext, prefix: str) -> None:
         self._redis = redis
         self._run = run
         self._prefix = f"{prefix}:"

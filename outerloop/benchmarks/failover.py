@@ -29,10 +29,11 @@ from typing import Any
 
 import httpx
 
+from outerloop.contracts.keys import SchedulerKeys
 from outerloop.data.schema import ACTION_ID
 from outerloop.ports import free_port
+from outerloop.storage.clients import AsyncRedisClient
 from outerloop.storage.local_servers import LocalCluster
-from outerloop.contracts.keys import SchedulerKeys
 from outerloop.topology import Topology
 
 T0_MS = 1_780_000_000_000
@@ -173,7 +174,7 @@ def stored(topology: Topology, users: list[str]) -> tuple[Counter[str], dict[str
     return in_streams, history
 
 
-async def caught_up(client: Any, keys: SchedulerKeys, *, include_due: bool = True) -> bool:
+async def caught_up(client: AsyncRedisClient, keys: SchedulerKeys, *, include_due: bool = True) -> bool:
     """Every shard's entries read and acknowledged by the daemons' group, and (``include_due``) no
     user waiting for a cycle."""
     for shard, stream in enumerate(keys.streams()):

@@ -69,6 +69,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from outerloop.ports import free_port, redis_server_binary
+from outerloop.storage.clients import RedisClient
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -369,7 +370,7 @@ class FreshnessBench:
         client.close()
         return time.monotonic() - started
 
-    def read_cycles(self, client: Any) -> list[dict[str, Any]]:
+    def read_cycles(self, client: RedisClient) -> list[dict[str, Any]]:
         """The cycle log (:func:`outerloop.scheduler.runners.queue_refresh_log`), oldest first."""
         cycles = []
         for entry_id, f in client.xrange(self.refresh_log, count=None):

@@ -40,6 +40,7 @@ import numpy as np
 
 from outerloop.errors import UserInputError
 from outerloop.ports import free_port
+from outerloop.storage.clients import AsyncRedisClient
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -116,7 +117,7 @@ class Bench:
         self.server: subprocess.Popen[bytes] | None = None
         self.base_url = args.url
         self.redis_url = args.redis_url
-        self.redis_client: Any = None
+        self.redis_client: AsyncRedisClient | None = None
         self.n_items = 0  # catalog size of the server under test (from /readyz)
         self.event_loop = ""  # asyncio or uvloop (uvicorn picks uvloop + httptools when installed)
 

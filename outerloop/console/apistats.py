@@ -23,6 +23,7 @@ from typing import Any
 from outerloop.budgets.accounting import percentile
 from outerloop.contracts.keys import Keys
 from outerloop.scheduler.journal import instance_name
+from outerloop.storage.clients import AsyncRedisClient
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ class RequestStats:
                     log.warning("console: could not publish the API's request figures: %s", exc)
 
 
-async def read_api_stats(client: Any, keys: type[Keys], now_ms: int) -> list[dict[str, Any]]:
+async def read_api_stats(client: AsyncRedisClient, keys: type[Keys], now_ms: int) -> list[dict[str, Any]]:
     """Live API processes' snapshots (instances gone for :data:`STALE_MS` are forgotten)."""
     out, gone = [], []
     for name, raw in (await client.hgetall(api_stats_key(keys))).items():

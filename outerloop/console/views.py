@@ -38,6 +38,7 @@ from outerloop.contracts.keys import (
 )
 from outerloop.scheduler import control as ctl
 from outerloop.scheduler.consumer import group_lag
+from outerloop.storage.clients import AsyncRedisClient
 
 RECENT_CYCLES = 1000  # entries of the runs stream the distributions are computed over
 HIST_BINS = 24
@@ -62,7 +63,7 @@ def _r(v: float | None, nd: int = 2) -> float | None:
     return None if v is None else round(float(v), nd)
 
 
-async def daemon_docs(client: Any, keys: type[Keys]) -> dict[str, dict[str, Any]]:
+async def daemon_docs(client: AsyncRedisClient, keys: type[Keys]) -> dict[str, dict[str, Any]]:
     """What each daemon's loop published (``host:pid`` -> doc)."""
     out = {}
     for name, raw in (await client.hgetall(daemons_key(keys))).items():
@@ -79,7 +80,7 @@ def scheduler_keys(keys: type[Keys], docs: dict[str, dict[str, Any]]) -> Schedul
                          group=str(latest.get("group", "outerloop-daemon")))
 
 
-async def recent_runs(client: Any, keys: type[Keys], count: int = RECENT_CYCLES) -> list[dict[str, Any]]:
+async def recent_runs(client: AsyncRedisClient, keys: type[Keys], count: int = RECENT_CYCLES) -> list[dict[str, Any]]:
     """The newest cycle entries of the runs stream, newest first (records in short form)."""
     out = []
     for _, fields in await client.xrevrange(runs_key(keys), count=count):
@@ -93,7 +94,7 @@ async def recent_runs(client: Any, keys: type[Keys], count: int = RECENT_CYCLES)
 
 # --- health ----------------------------------------------------------------------------------------
 
-async def health_view(client: Any, keys: type[Keys]) -> dict[str, Any]:
+async def health_view(client: AsyncRedisClient, keys: type[Keys]) -> dict[str, Any]:
     now = now_ms()
     docs = await daemon_docs(client, keys)
     sk = scheduler_keys(keys, docs)
@@ -140,7 +141,7 @@ def _reason_kind(reason: str) -> str:
     return head[:60] or "unknown"
 
 
-async def _daemons(client: Any, sk: SchedulerKeys, docs: dict[str, dict[str, Any]], now: int) -> list[dict[str, Any]]:
+async def _daemons(client: AsyncRedisClient, sk: SchedulerKeys, docs: dict[str, dict[str, Any]], now: int) -> list[dict[str, Any]]:
     beats = await client.zrange(sk.heartbeats(), 0, -1, withscores=True)
     names = [_t(n) for n, _ in beats]
     pipe = client.pipeline(transaction=False)
@@ -190,7 +191,7 @@ def _api(instances: list[dict[str, Any]]) -> dict[str, Any]:
 
 # --- agents ------------------------------------------------------------------------------------------
 
-async def agents_view(client: Any, keys: type[Keys]) -> dict[str, Any]:
+async def agents_view(client: AsyncRedisClient, keys: type[Keys]) -> dict[str, Any]:
     now = now_ms()
     docs = await daemon_docs(client, keys)
     declared: dict[str, dict[str, Any]] = {}
@@ -279,7 +280,7 @@ def _histogram(values: Sequence[float], budget_ms: float | None) -> dict[str, An
 
 # --- one user ---------------------------------------------------------------------------------------
 
-async def user_view(client: Any, keys: type[Keys], user_id: str, *, title: Any, served: dict[str, Any] | None,
+async def user_view(client: AsyncRedisClient, keys: type[Keys], user_id: str, *, title: Any, served: dict[str, Any] | None,
                     history_len: int = 50, cycles: int = 15) -> dict[str, Any]:
     now = now_ms()
     sk = SchedulerKeys(base=keys)

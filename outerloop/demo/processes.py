@@ -19,10 +19,10 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from outerloop.errors import UserInputError
 from outerloop.ports import free_port
+from outerloop.storage.clients import RedisClient
 
 DAEMON_CONSUMER = "demo-daemon"
 
@@ -111,7 +111,7 @@ def services(artifacts: Path, workdir: Path, *, redis_dir: Path, port: int = 0,
         yield Services(base_url=base, redis_url=url, api_log=api_log, daemon_log=daemon_log)
 
 
-def _wait_ready(base: str, client: Any, procs: dict[str, tuple[subprocess.Popen[bytes], Path]],
+def _wait_ready(base: str, client: RedisClient, procs: dict[str, tuple[subprocess.Popen[bytes], Path]],
                 timeout_s: float) -> None:
     """Until the API answers ``/readyz`` and the daemon's heartbeat is live."""
     import httpx

@@ -26,6 +26,7 @@ from outerloop.contracts.triggers import Trigger
 from outerloop.scheduler.dispatch import REDIS_DOWN
 from outerloop.scheduler.refresh import request_refresh_sync
 from outerloop.scheduler.runners import OuterLoopRunner, RunnerSetup
+from outerloop.storage.clients import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +76,13 @@ def demo_runner(setup: RunnerSetup) -> OuterLoopRunner:
 
 # --- what the demo process calls (blocking client) ----------------------------------------------
 
-def request_agents(client: Any, keys: SchedulerKeys, user_id: str, agents: Sequence[str],
+def request_agents(client: RedisClient, keys: SchedulerKeys, user_id: str, agents: Sequence[str],
                    **detail: int | float | str) -> None:
     """Ask the daemon to run ``agents`` for ``user_id`` now (their ``manual`` trigger, with ``detail``)."""
     request_refresh_sync(client, keys, user_id, agents, detail)
 
 
-def read_run_log(client: Any, keys: type[Keys], after: str = "-") -> list[tuple[str, dict[str, Any]]]:
+def read_run_log(client: RedisClient, keys: type[Keys], after: str = "-") -> list[tuple[str, dict[str, Any]]]:
     """Run-log entries after the entry id ``after`` (``-``: all), oldest first."""
     start = "-" if after == "-" else f"({after}"
     out = []
@@ -92,7 +93,7 @@ def read_run_log(client: Any, keys: type[Keys], after: str = "-") -> list[tuple[
     return out
 
 
-def last_run_log_id(client: Any, keys: type[Keys]) -> str:
+def last_run_log_id(client: RedisClient, keys: type[Keys]) -> str:
     """The newest entry id, or ``0-0`` when the log is empty (a cursor for :func:`read_run_log`)."""
     newest = client.xrevrange(run_log_key(keys), count=1)
     if not newest:

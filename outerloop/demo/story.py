@@ -17,6 +17,7 @@ from typing import Any
 from outerloop.clock import now_ms
 from outerloop.contracts.keys import Keys, SchedulerKeys
 from outerloop.data.schema import Catalog
+from outerloop.storage.clients import RedisClient
 
 MIN_MS = 60_000
 HOUR_MS = 60 * MIN_MS
@@ -48,7 +49,7 @@ class Story:
     measurements taken on the way (POST-to-refreshed-row times, every request's latency)."""
 
     http: Any  # httpx.Client on the API
-    redis: Any  # blocking redis client on the same server
+    redis: RedisClient  # blocking redis client on the same server
     catalog: Catalog
     keys: SchedulerKeys = field(default_factory=SchedulerKeys.default)
     say: Callable[[str], None] = print
@@ -271,7 +272,7 @@ def _in_the_middle_of(idx: Any, seq: Sequence[tuple[str | None, str, int]]) -> l
 
 # --- the daemon at rest ---------------------------------------------------------------------------
 
-def daemon_idle(redis: Any, keys: SchedulerKeys) -> bool:
+def daemon_idle(redis: RedisClient, keys: SchedulerKeys) -> bool:
     """Every stream entry delivered to the daemons' group and acknowledged, and no user due or
     in a cycle. (Delivery is compared by entry id: the embedded Redis 6.2 has no ``lag``.)"""
     from redis.exceptions import ResponseError
@@ -288,7 +289,7 @@ def daemon_idle(redis: Any, keys: SchedulerKeys) -> bool:
     return all(redis.zcard(keys.due(s)) == 0 for s in range(keys.shards))
 
 
-def wait_until_idle(redis: Any, keys: SchedulerKeys, timeout_s: float, quiet_s: float = 1.0) -> bool:
+def wait_until_idle(redis: RedisClient, keys: SchedulerKeys, timeout_s: float, quiet_s: float = 1.0) -> bool:
     """Until the daemon has been idle for ``quiet_s`` (sessions closed by the sweep start new
     cycles a moment after the stream is drained); False at the timeout."""
     deadline = time.monotonic() + timeout_s

@@ -33,6 +33,7 @@ import numpy as np
 from outerloop.data.schema import InteractionData, UserSequence
 from outerloop.errors import UserInputError
 from outerloop.evals.offline import ScoreFn, hit_ndcg, target_ranks
+from outerloop.storage.clients import RedisClient
 
 if TYPE_CHECKING:
     from outerloop.inner_loop.artifacts import Artifacts
@@ -454,7 +455,7 @@ class _OuterReplayRun:
     funnel: Any  # the served ranker: inner+outer
     inner_funnels: dict[str, Any]  # name -> funnel of the inner arm candidates (served with no rows)
     store: Any
-    sync: Any  # blocking client, for seeding histories
+    sync: RedisClient  # blocking client, for seeding histories
     keys: Any
     tally: _Tally = dataclasses.field(default_factory=_Tally)
 

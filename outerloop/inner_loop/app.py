@@ -49,7 +49,7 @@ from outerloop.inner_loop.openapi import ErrorOut, events_request_body, finish a
 from outerloop.inner_loop.profiles import ProfileIn, profile_out
 from outerloop.inner_loop.ranker import ArtifactsLike, Ranker
 from outerloop.inner_loop.user_state import DEFAULT_STREAM_MAXLEN, NotReplicated, UserStore, WriteBehind
-from outerloop.storage.clients import RedisTarget
+from outerloop.storage.clients import AsyncRedisClient, RedisTarget
 from outerloop.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ class _Runtime:
     """Per-app state created at startup: the Redis client, the store, the write-behind."""
 
     def __init__(self) -> None:
-        self.client: Any = None
+        self.client: AsyncRedisClient | None = None
         self.store: UserStore | None = None
         self.writer: WriteBehind | None = None
 

@@ -85,6 +85,7 @@ from outerloop.contracts.events import Event
 from outerloop.contracts.keys import Keys, SchedulerKeys, embedding_key, precomputed_key
 from outerloop.contracts.stream import encode_event
 from outerloop.data.schema import ACTION_ID
+from outerloop.storage.clients import AsyncRedisClient, RedisClient
 from outerloop.storage.scripts import LuaScript, ScriptSet
 
 log = logging.getLogger(__name__)
@@ -278,7 +279,7 @@ class UserStore:
 
     ``stream_shards`` must be the daemons' (:class:`outerloop.topology.Topology` gives both)."""
 
-    def __init__(self, client: Any, *, history_cap: int, stream_maxlen: int | None = DEFAULT_STREAM_MAXLEN,
+    def __init__(self, client: AsyncRedisClient, *, history_cap: int, stream_maxlen: int | None = DEFAULT_STREAM_MAXLEN,
                  keys: type[Keys] = Keys, stream_shards: int = 1, durable_wait_ms: int | None = None) -> None:
         from outerloop.storage.clients import is_cluster
 
@@ -451,7 +452,7 @@ class UserStore:
 
 
 def seed_history(
-    client: Any,
+    client: RedisClient,
     user_id: str,
     items: Iterable[int],
     *,
@@ -493,7 +494,7 @@ class WriteBehind:
     Losing a batch (Redis down, process killed) loses only caches and attribution logs.
     """
 
-    def __init__(self, client: Any, *, delay_s: float = 0.02, max_pending: int = 10_000) -> None:
+    def __init__(self, client: AsyncRedisClient, *, delay_s: float = 0.02, max_pending: int = 10_000) -> None:
         self.client = client
         self.delay_s = delay_s
         self.max_pending = max_pending

@@ -39,7 +39,7 @@ from outerloop.scheduler.metrics import DaemonMetrics
 from outerloop.scheduler.sessionizer import ApplyResult, Sessionizer
 from outerloop.scheduler.settings import DaemonSettings
 from outerloop.scheduler.triggers import LUA_FIRE
-from outerloop.storage.clients import is_cluster
+from outerloop.storage.clients import AsyncRedisClient, is_cluster
 from outerloop.storage.scripts import LuaScript, ScriptSet, is_noscript, lua_source
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def _entry_id(value: bytes | str) -> tuple[int, int]:
 class StreamConsumer:
     """One daemon's reader of every shard's stream."""
 
-    def __init__(self, *, client: Any, keys: SchedulerKeys, settings: DaemonSettings, sessionizer: Sessionizer,
+    def __init__(self, *, client: AsyncRedisClient, keys: SchedulerKeys, settings: DaemonSettings, sessionizer: Sessionizer,
                  metrics: DaemonMetrics, on_due: Callable[[], None], stopping: asyncio.Event,
                  sink: EventSink | None = None) -> None:
         self.client = client
@@ -419,7 +419,7 @@ class StreamConsumer:
         return lag_total, pending_total
 
 
-async def group_lag(client: Any, stream: str, group: str) -> tuple[int, int] | None:
+async def group_lag(client: AsyncRedisClient, stream: str, group: str) -> tuple[int, int] | None:
     """(entries the group has not read yet, entries read and not acknowledged) on one stream, or
     None when the group does not exist there. ``lag`` comes from XINFO GROUPS (Redis >= 7); on
     older servers it is counted, capped at 10,000."""

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from outerloop.contracts.budget import Budget
 from outerloop.contracts.keys import Keys, control_key, control_log_key
 from outerloop.errors import OuterloopError, UsageError, UserInputError
+from outerloop.storage.clients import AsyncRedisClient
 
 if TYPE_CHECKING:
     from outerloop.agents.planner import PlanOutcome, Planner, PlanningView
@@ -110,7 +111,7 @@ class ControlSnapshot:
         return cls(out)
 
 
-async def read_control(client: Any, keys: type[Keys]) -> ControlSnapshot:
+async def read_control(client: AsyncRedisClient, keys: type[Keys]) -> ControlSnapshot:
     return ControlSnapshot.parse(await client.hgetall(control_key(keys)))
 
 
@@ -122,7 +123,7 @@ def budget_from(latency_ms: Any, max_tool_calls: Any = None, max_llm_tokens: Any
         raise UserInputError(str(exc).replace("Budget.", "")) from None
 
 
-async def apply_change(client: Any, keys: type[Keys], agent: str, action: Action, *, by: str, source: str = "",
+async def apply_change(client: AsyncRedisClient, keys: type[Keys], agent: str, action: Action, *, by: str, source: str = "",
                        budget: Budget | None = None, note: str = "", now_ms: int | None = None) -> dict[str, Any]:
     """Record one operator change (state and audit entry in one transaction); returns the entry."""
     if action not in ACTIONS:
@@ -159,7 +160,7 @@ def _describe(action: str, budget: Budget | None) -> str:
     return ", ".join([f"{budget.latency_ms:g} ms", *extra])
 
 
-async def read_log(client: Any, keys: type[Keys], count: int = 50) -> list[dict[str, Any]]:
+async def read_log(client: AsyncRedisClient, keys: type[Keys], count: int = 50) -> list[dict[str, Any]]:
     """The newest changes first."""
     out = []
     for eid, fields in await client.xrevrange(control_log_key(keys), count=count):

@@ -27,6 +27,7 @@ from outerloop.scheduler.metrics import DaemonMetrics
 from outerloop.scheduler.sessionizer import Sessionizer
 from outerloop.scheduler.settings import DaemonSettings
 from outerloop.scheduler.sweeps import Sweeper
+from outerloop.storage.clients import AsyncRedisClient
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 class Daemon:
     """One scheduler process (run several against the same Redis to share the load)."""
 
-    def __init__(self, *, client: Any, runner: CycleRunner, keys: SchedulerKeys | None = None,
+    def __init__(self, *, client: AsyncRedisClient, runner: CycleRunner, keys: SchedulerKeys | None = None,
                  settings: DaemonSettings | None = None, sessionizer: Sessionizer | None = None,
                  metrics: DaemonMetrics | None = None, sink: EventSink | None = None) -> None:
         self.client = client

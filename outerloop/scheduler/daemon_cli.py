@@ -17,6 +17,7 @@ from typing import Any
 from outerloop.agents.plugins import add_plugin_flags
 from outerloop.budgets.priority import PRIORITIES, set_supervisor_priority
 from outerloop.errors import UserInputError
+from outerloop.storage.clients import AsyncRedisClient
 from outerloop.telemetry import add_cli_flag, setup_for_cli
 from outerloop.topology import add_topology_flags, topology_from_args
 
@@ -176,7 +177,7 @@ def _items(args: argparse.Namespace) -> Any:
     return CatalogLookup(world.catalog)
 
 
-def _runner(args: argparse.Namespace, client: Any, keys: Any) -> Any:
+def _runner(args: argparse.Namespace, client: AsyncRedisClient, keys: Any) -> Any:
     from outerloop.agents.plugins import Plugins
     from outerloop.errors import UsageError
     from outerloop.scheduler.runners import RowRefreshRunner, RunnerSetup, outer_loop_runner

@@ -53,7 +53,7 @@ from outerloop.scheduler.triggers import (
     PendingTrigger,
     triggers_from_parts,
 )
-from outerloop.storage.clients import is_cluster
+from outerloop.storage.clients import AsyncRedisClient, is_cluster
 from outerloop.storage.scripts import LuaScript, ScriptSet, lua_source
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ DISPATCH_SCRIPTS = (LuaScript("claim", CLAIM_LUA), LuaScript("finish", FINISH_LU
                     LuaScript("renew", RENEW_LUA))
 
 
-async def request_cycle(client: Any, keys: SchedulerKeys, user_id: str, name: str,
+async def request_cycle(client: AsyncRedisClient, keys: SchedulerKeys, user_id: str, name: str,
                         detail: dict[str, Any] | None = None, *, rules: TriggerRules | None = None) -> None:
     """Queue a trigger for ``user_id`` from outside the event path (e.g. the evaluator's drift
     flag, with ``detail={"row_id": ...}``). It coalesces with the user's other pending triggers
@@ -141,7 +141,7 @@ class _Release:
 class Dispatcher:
     """Claims due users and runs their cycles under a bounded semaphore."""
 
-    def __init__(self, *, client: Any, keys: SchedulerKeys, settings: DaemonSettings, runner: CycleRunner,
+    def __init__(self, *, client: AsyncRedisClient, keys: SchedulerKeys, settings: DaemonSettings, runner: CycleRunner,
                  metrics: DaemonMetrics, rules: TriggerRules | None = None) -> None:
         self.client = client
         self.keys = keys

@@ -15,10 +15,11 @@ from typing import Any
 
 from outerloop.clock import now_ms
 from outerloop.contracts.keys import SchedulerKeys
+from outerloop.storage.clients import AsyncRedisClient
 
 
 class Heartbeat:
-    def __init__(self, *, client: Any, keys: SchedulerKeys, consumer: str, ttl_s: float,
+    def __init__(self, *, client: AsyncRedisClient, keys: SchedulerKeys, consumer: str, ttl_s: float,
                  agents: list[str] | None = None) -> None:
         self.client = client
         self.agents = agents  # the agents this daemon runs (the API checks refresh requests against them)
@@ -43,7 +44,7 @@ class Heartbeat:
         await self.client.zrem(self.keys.heartbeats(), self.consumer)
 
 
-async def live_daemons(client: Any, keys: SchedulerKeys, consumer: str | None = None) -> list[dict[str, Any]]:
+async def live_daemons(client: AsyncRedisClient, keys: SchedulerKeys, consumer: str | None = None) -> list[dict[str, Any]]:
     """Heartbeats that have not expired (of one consumer, or of all)."""
     if consumer is not None:
         names = [consumer]

@@ -38,6 +38,7 @@ from outerloop.contracts.keys import (
     user_journal_key,
 )
 from outerloop.scheduler.control import max_latency_ms
+from outerloop.storage.clients import AsyncRedisClient
 
 if TYPE_CHECKING:
     from outerloop.agents.cycle import CycleResult
@@ -105,7 +106,7 @@ def short_records(records: Sequence[dict[str, Any]]) -> list[list[Any]]:
 class CycleJournal:
     """Writes what one daemon's cycles did (see the module docstring)."""
 
-    def __init__(self, client: Any, keys: SchedulerKeys, *, stats_interval_s: float = 1.0) -> None:
+    def __init__(self, client: AsyncRedisClient, keys: SchedulerKeys, *, stats_interval_s: float = 1.0) -> None:
         self.client = client
         self.keys = keys
         self.name = instance_name()

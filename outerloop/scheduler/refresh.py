@@ -22,6 +22,7 @@ from outerloop.contracts.triggers import TriggerRules
 from outerloop.errors import UserInputError
 from outerloop.scheduler.dispatch import fire_args, fire_keys
 from outerloop.scheduler.triggers import LUA_FIRE
+from outerloop.storage.clients import AsyncRedisClient, RedisClient
 from outerloop.storage.scripts import LuaScript, ScriptSet
 
 MANUAL_PREFIX = "manual:"
@@ -58,7 +59,7 @@ def _queue(pipe: Any, keys: SchedulerKeys, user_id: str, agents: Sequence[str], 
     pipe.zadd(keys.due(shard_of(user_id, keys.shards)), {user_id: at_ms}, nx=True)
 
 
-async def request_refresh(client: Any, keys: SchedulerKeys, user_id: str, agents: Sequence[str],
+async def request_refresh(client: AsyncRedisClient, keys: SchedulerKeys, user_id: str, agents: Sequence[str],
                           detail: Detail | None = None, *, at_ms: int | None = None) -> None:
     """Queue a manual run of ``agents`` for ``user_id`` (asyncio client)."""
     detail = dict(detail or {})
@@ -68,7 +69,7 @@ async def request_refresh(client: Any, keys: SchedulerKeys, user_id: str, agents
     await pipe.execute()
 
 
-def request_refresh_sync(client: Any, keys: SchedulerKeys, user_id: str, agents: Sequence[str],
+def request_refresh_sync(client: RedisClient, keys: SchedulerKeys, user_id: str, agents: Sequence[str],
                          detail: Detail | None = None, *, at_ms: int | None = None) -> None:
     """:func:`request_refresh` with a blocking client."""
     detail = dict(detail or {})

@@ -22,10 +22,10 @@ from outerloop.contracts.keys import SchedulerKeys
 from outerloop.scheduler.daemon import Daemon, run_until_signalled
 from outerloop.scheduler.sessionizer import Sessionizer
 from outerloop.scheduler.settings import DaemonSettings
-from outerloop.storage.clients import RedisTarget, daemon_async_client
+from outerloop.storage.clients import AsyncRedisClient, RedisTarget, daemon_async_client
 
 
-async def serve_daemon(runner: Any, *, client: Any, keys: SchedulerKeys, settings: DaemonSettings,
+async def serve_daemon(runner: Any, *, client: AsyncRedisClient, keys: SchedulerKeys, settings: DaemonSettings,
                        sessionizer: Sessionizer | None = None) -> None:
     """Run a daemon around ``runner`` until SIGTERM/SIGINT; closes the runner and ``client``."""
     daemon = Daemon(client=client, runner=runner, keys=keys, settings=settings, sessionizer=sessionizer,

@@ -27,6 +27,7 @@ from outerloop.scheduler.dispatch import CycleOutcome
 from outerloop.scheduler.journal import CycleJournal
 from outerloop.scheduler.refresh import manual_agent
 from outerloop.scheduler.triggers import PendingTrigger
+from outerloop.storage.clients import AsyncRedisClient
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class RowRefreshRunner:
 
     ROW_ID = "recent"
 
-    def __init__(self, client: Any, *, keys: type[Keys] = Keys, row_ttl_s: float = 3_600.0, work_ms: float = 0.0,
+    def __init__(self, client: AsyncRedisClient, *, keys: type[Keys] = Keys, row_ttl_s: float = 3_600.0, work_ms: float = 0.0,
                  refresh_log: str | None = None, produced_by: str = "scheduler.row_refresh") -> None:
         self.client = client
         self.keys = keys
@@ -174,7 +175,7 @@ class OuterLoopRunner:
     benchmark or a test can measure event-to-row freshness and session coverage of the real loop.
     A failed log write is logged and never fails the cycle (its rows are committed by then)."""
 
-    def __init__(self, loop: Any, client: Any, keys: SchedulerKeys, *, refresh_log: str | None = None) -> None:
+    def __init__(self, loop: Any, client: AsyncRedisClient, keys: SchedulerKeys, *, refresh_log: str | None = None) -> None:
         self.loop = loop
         self.client = client
         self.keys = keys
@@ -252,7 +253,7 @@ class RunnerSetup:
     :meth:`outer_loop` builds the loop they describe.
     """
 
-    client: Any
+    client: AsyncRedisClient
     keys: SchedulerKeys
     artifacts_dir: Path | None = None
     agents: Sequence[Any] = ()

@@ -21,6 +21,7 @@ from outerloop.scheduler.metrics import DaemonMetrics
 from outerloop.scheduler.sessionizer import CloseResult, Sessionizer
 from outerloop.scheduler.settings import DaemonSettings
 from outerloop.scheduler.triggers import LUA_FIRE
+from outerloop.storage.clients import AsyncRedisClient
 from outerloop.storage.scripts import LuaScript, ScriptSet, lua_source
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ class Sweeper:
     """The two sweeps of one daemon (several daemons may sweep the same shard: every step is
     idempotent or conditional, and duplicate triggers coalesce)."""
 
-    def __init__(self, *, client: Any, keys: SchedulerKeys, settings: DaemonSettings, sessionizer: Sessionizer,
+    def __init__(self, *, client: AsyncRedisClient, keys: SchedulerKeys, settings: DaemonSettings, sessionizer: Sessionizer,
                  metrics: DaemonMetrics, on_due: Callable[[], None]) -> None:
         self.client = client
         self.keys = keys

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from outerloop.contracts.events import Event
 from outerloop.contracts.keys import SchedulerKeys
+from outerloop.storage.clients import AsyncRedisClient
 from outerloop.storage.scripts import lua_source
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +114,7 @@ def triggers_from_parts(hash_flat: Iterable[Any] | Mapping[Any, Any], ids: Itera
     return out
 
 
-async def read_triggers(client: Any, keys: SchedulerKeys, user_id: str, *, inflight: bool = False) -> list[PendingTrigger]:
+async def read_triggers(client: AsyncRedisClient, keys: SchedulerKeys, user_id: str, *, inflight: bool = False) -> list[PendingTrigger]:
     """A user's pending (or in-flight) triggers, without taking them (inspection, tests)."""
     h, ids, evs = keys.inflight_triggers(user_id) if inflight else keys.pending_triggers(user_id)
     return triggers_from_parts(await client.hgetall(h), await client.lrange(ids, 0, -1),

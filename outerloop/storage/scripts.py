@@ -27,7 +27,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from outerloop.storage.clients import AsyncRedisClient, is_cluster
+from outerloop.storage.clients import AsyncRedisClient, RedisClient, is_cluster
 
 
 @cache
@@ -74,7 +74,7 @@ class ScriptSet:
         for script in self._scripts.values():
             await client.script_load(script.source)
 
-    def load_sync(self, client: Any) -> None:
+    def load_sync(self, client: RedisClient) -> None:
         """:meth:`load` on a blocking client."""
         for script in self._scripts.values():
             client.script_load(script.source)
@@ -87,7 +87,7 @@ class ScriptSet:
             await self.load(client)
             return await client.evalsha(self.sha(name), len(keys), *keys, *args)
 
-    def call_sync(self, client: Any, name: str, keys: list[str], args: list[Any]) -> Any:
+    def call_sync(self, client: RedisClient, name: str, keys: list[str], args: list[Any]) -> Any:
         """:meth:`call` on a blocking client."""
         try:
             return client.evalsha(self.sha(name), len(keys), *keys, *args)
