@@ -40,7 +40,7 @@ _EXPORTS: dict[str, str] = {
     "LoopConfig": "outerloop.agents.runtime",
     "run_daemon": "outerloop.scheduler.run",
     "DaemonSettings": "outerloop.scheduler.settings",
-    "Artifacts": "outerloop.inner_loop.artifacts",
+    "Artifacts": "outerloop.inner_loop.model.artifacts",
     "Event": "outerloop.contracts.events",
     "Fact": "outerloop.memory.facts",
     "GenreAffinity": "outerloop.memory.facts",
@@ -69,7 +69,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names resolve on fi
     from outerloop.contracts.rows import Row
     from outerloop.contracts.triggers import Trigger
     from outerloop.errors import RunFailed, UsageError
-    from outerloop.inner_loop.artifacts import Artifacts
+    from outerloop.inner_loop.model.artifacts import Artifacts
     from outerloop.memory.facts import ContinueWatching, Fact, GenreAffinity, GenreBackoff, RuntimePreference
     from outerloop.scheduler.run import run_daemon
     from outerloop.scheduler.settings import DaemonSettings

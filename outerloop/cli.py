@@ -27,17 +27,17 @@ def _register(name: str, help_text: str, module: str) -> None:
 
 _register("demo", "the whole system in a few minutes: world, model, API, daemon and the outer loop's moments",
           "outerloop.demo")
-_register("train", "train the sequential transformer and build its artifacts", "outerloop.inner_loop.train_cli")
+_register("train", "train the sequential transformer and build its artifacts", "outerloop.inner_loop.model.train_cli")
 _register("train-ranker", "train the multi-task ranker next to trained artifacts (the funnel's second stage)",
           "outerloop.inner_loop.ranker_train")
 _register("train-ensemble", "train the outer loop's heavy model (more transformers + EASE) next to trained artifacts",
-          "outerloop.inner_loop.ensemble")
+          "outerloop.inner_loop.model.ensemble")
 _register("eval", "offline metrics of trained artifacts (HR@10, NDCG@10, full and sampled)", "outerloop.evals.cli")
-_register("serve", "serve real-time recommendations over HTTP (FastAPI + uvicorn)", "outerloop.inner_loop.serve_cli")
+_register("serve", "serve real-time recommendations over HTTP (FastAPI + uvicorn)", "outerloop.inner_loop.serving.serve_cli")
 _register("bench", "run a benchmark and print one JSON object", "outerloop.bench_cli")
 _register("plan-capacity", "size API workers, daemons and Redis masters for a load from `bench cluster`'s JSON",
           "outerloop.capacity")
-_register("mcp", "serve outerloop's tools to MCP clients (stdio or streamable HTTP)", "outerloop.tools.mcp_cli")
+_register("mcp", "serve outerloop's tools to MCP clients (stdio or streamable HTTP)", "outerloop.tools.mcp.cli")
 _register("daemon", "consume events, sessionize, trigger agent cycles", "outerloop.scheduler.daemon_cli")
 _register("report", "write an offline HTML report (training, latency, fresh vs stale, lift, budgets)",
           "outerloop.evals.report_cli")

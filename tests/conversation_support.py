@@ -75,7 +75,7 @@ class CatalogArtifacts:
     def __init__(self, catalog: Any, name: str, dim: int = 32, seed: int = 0) -> None:
         import numpy as np
 
-        from outerloop.inner_loop.index import build_item_index
+        from outerloop.inner_loop.model.index import build_item_index
 
         rng = np.random.default_rng(seed)
         genres = {g: j for j, g in enumerate(catalog.genres)}

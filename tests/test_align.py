@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from outerloop.data.schema import Catalog, Item
-from outerloop.inner_loop.align import procrustes, relative_residual, shared_items
-from outerloop.inner_loop.index import build_item_index
+from outerloop.inner_loop.model.align import procrustes, relative_residual, shared_items
+from outerloop.inner_loop.model.index import build_item_index
 
 
 def random_rotation(d: int, rng: np.random.Generator) -> np.ndarray:

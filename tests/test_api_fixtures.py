@@ -28,7 +28,7 @@ def _build(root: str) -> tuple[Path, Any]:
 
     from outerloop.cli import main as cli
     from outerloop.data.datasets import load_dataset
-    from outerloop.inner_loop.artifacts import Artifacts
+    from outerloop.inner_loop.model.artifacts import Artifacts
     from outerloop.inner_loop.ranker_train import train_ranker
 
     out = Path(root) / "tiny-artifacts"
@@ -60,14 +60,14 @@ def tiny_data(tiny_dir: Path) -> Any:
 
 @pytest.fixture(scope="session")
 def tiny_artifacts(tiny_dir: Path) -> Any:
-    from outerloop.inner_loop.artifacts import Artifacts
+    from outerloop.inner_loop.model.artifacts import Artifacts
 
     return Artifacts.load(tiny_dir)
 
 
 @pytest.fixture(scope="session")
 def tiny_ranker(tiny_dir: Path) -> Any:
-    from outerloop.inner_loop.ranker import Ranker
+    from outerloop.inner_loop.model.ranker import Ranker
 
     return Ranker.load(tiny_dir)
 

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from outerloop.contracts.events import Event
-from outerloop.inner_loop.user_state import UserStore, queue_stream
+from outerloop.inner_loop.serving.user_state import UserStore, queue_stream
 from outerloop.ports import free_port
 from outerloop.contracts.keys import SchedulerKeys, shard_of
 from outerloop.topology import Topology

@@ -56,7 +56,7 @@ def browser() -> Iterator[Any]:
 
 def _episodes(artifacts: Path) -> list[int]:
     """Three released episodes of one series, in order (dense ids)."""
-    from outerloop.inner_loop.artifacts import CATALOG, catalog_from_json
+    from outerloop.inner_loop.model.artifacts import CATALOG, catalog_from_json
 
     catalog = catalog_from_json(json.loads((artifacts / CATALOG).read_text()))
     now = time.time() * 1000

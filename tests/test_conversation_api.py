@@ -22,8 +22,8 @@ from outerloop.conversation import (
     conversation_router,
     converse_tool,
 )
-from outerloop.inner_loop.app import ServeOptions, create_app
-from outerloop.inner_loop.funnel import FunnelConfig
+from outerloop.inner_loop.serving.app import ServeOptions, create_app
+from outerloop.inner_loop.serving.funnel import FunnelConfig
 from outerloop.tools.contracts import ToolDeps
 from outerloop.tools.registry import ToolRegistry
 from tests.redis_fixtures import pytest_generate_tests, redis_keys, redis_target  # noqa: F401
@@ -106,7 +106,7 @@ def test_wired_into_the_real_api(tiny_artifacts, tiny_data, redis_target, redis_
 
 
 async def test_mcp_tool_converse(tiny_artifacts, tiny_data, redis_target, redis_keys) -> None:  # noqa: F811
-    from outerloop.inner_loop.user_state import seed_history
+    from outerloop.inner_loop.serving.user_state import seed_history
 
     sync = redis_target.sync_client()
     try:
@@ -132,7 +132,7 @@ async def test_mcp_client_lists_and_calls_converse(tiny_artifacts, redis_target,
     """Through a real MCP client on the in-memory server the MCP module builds from a registry."""
     from mcp import Client
 
-    from outerloop.tools.mcp_server import ERROR_META_KEY, build_server
+    from outerloop.tools.mcp.server import ERROR_META_KEY, build_server
 
     redis = redis_target.async_client()
     try:

@@ -19,7 +19,7 @@ import redis
 from outerloop.contracts.events import Event
 from outerloop.contracts.keys import SchedulerKeys
 from outerloop.contracts.triggers import TriggerRules
-from outerloop.inner_loop.user_state import UserStore
+from outerloop.inner_loop.serving.user_state import UserStore
 from outerloop.ports import free_port, redis_server_binary
 from outerloop.storage.clients import daemon_async_client
 from tests.redis_fixtures import pytest_generate_tests, redis_keys, redis_target  # noqa: F401

@@ -404,7 +404,7 @@ def test_commands_training_next_to_artifacts_load_the_data_the_model_saw(data_di
     from types import SimpleNamespace
 
     from outerloop.data.schema import ACTION_ID
-    from outerloop.inner_loop.artifacts import training_data
+    from outerloop.inner_loop.model.artifacts import training_data
 
     arts = SimpleNamespace(manifest={"dataset": "ml-100k", "dataset_options": {"dislike_below": 3},
                                      "data_dir": str(data_dir)})

@@ -26,8 +26,8 @@ def test_the_demo_story_happens(tiny_dir: Path, tmp_path: Path) -> None:  # noqa
     import shutil
 
     from outerloop.data.datasets import load_dataset
-    from outerloop.inner_loop.artifacts import Artifacts
-    from outerloop.inner_loop.ensemble import EnsembleConfig, train_ensemble
+    from outerloop.inner_loop.model.artifacts import Artifacts
+    from outerloop.inner_loop.model.ensemble import EnsembleConfig, train_ensemble
 
     # as the demo does: the artifacts carry a trained ensemble, so the daemon runs the ensemble agent
     arts = tmp_path / "artifacts"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from outerloop.errors import UserInputError
-from outerloop.inner_loop.ensemble import EaseModel, Ensemble, EnsembleConfig, _simplex, train_ensemble
+from outerloop.inner_loop.model.ensemble import EaseModel, Ensemble, EnsembleConfig, _simplex, train_ensemble
 from tests.redis_fixtures import pytest_generate_tests, redis_keys, redis_target  # noqa: F401
 from tests.test_api_fixtures import tiny_artifacts, tiny_data, tiny_dir  # noqa: F401
 
@@ -41,7 +41,7 @@ def test_weight_grid_covers_the_simplex() -> None:
 def test_seeds_share_one_weight_unless_asked_otherwise() -> None:
     """Transformers that differ only by seed are exchangeable: by default they share one weight
     and only EASE's share is fitted; ``tie_transformers=False`` searches the whole simplex."""
-    from outerloop.inner_loop.ensemble import _weight_grid
+    from outerloop.inner_loop.model.ensemble import _weight_grid
 
     names = ["base", "member-1", "member-2", "ease"]
     tied = _weight_grid(names, EnsembleConfig(weight_step=0.25))
@@ -57,7 +57,7 @@ def ensemble_dir(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     """A copy of the tiny artifacts with an ensemble trained next to them (the shared fixture's
     directory stays without one, so other tests' loops do not pick it up)."""
     from outerloop.data.datasets import load_dataset
-    from outerloop.inner_loop.artifacts import Artifacts
+    from outerloop.inner_loop.model.artifacts import Artifacts
     from tests.test_api_fixtures import SYNTHETIC
 
     out = tmp_path_factory.mktemp("ens") / "arts"
@@ -68,8 +68,8 @@ def ensemble_dir(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 def test_ensemble_is_chosen_on_validation_saved_and_reloaded(ensemble_dir: Path, tiny_data: Any) -> None:  # noqa: F811
-    from outerloop.evals.offline import leave_one_out
-    from outerloop.inner_loop.artifacts import Artifacts
+    from outerloop.inner_loop.model.evaluate import leave_one_out
+    from outerloop.inner_loop.model.artifacts import Artifacts
 
     base = Artifacts.load(ensemble_dir)
     ens = Ensemble.load(base)
@@ -103,7 +103,7 @@ def test_ensemble_is_chosen_on_validation_saved_and_reloaded(ensemble_dir: Path,
 
 
 def test_existing_members_are_reused_not_retrained(ensemble_dir: Path, tiny_data: Any) -> None:  # noqa: F811
-    from outerloop.inner_loop.artifacts import Artifacts
+    from outerloop.inner_loop.model.artifacts import Artifacts
 
     ens = train_ensemble(Artifacts.load(ensemble_dir), tiny_data, TINY, progress=False)
     assert ens.report["trained_now"] == []
@@ -115,10 +115,10 @@ async def test_ensemble_agent_commits_a_log_prob_row_the_funnel_reads(
     from outerloop.agents.loop import OuterLoop
     from outerloop.contracts.budget import Budget
     from outerloop.contracts.events import Event
-    from outerloop.inner_loop.artifacts import Artifacts
-    from outerloop.inner_loop.funnel import Funnel, log_prob_row
+    from outerloop.inner_loop.model.artifacts import Artifacts
+    from outerloop.inner_loop.serving.funnel import Funnel, log_prob_row
     from outerloop.contracts.rows import live_rows
-    from outerloop.inner_loop.user_state import UserStore, seed_history
+    from outerloop.inner_loop.serving.user_state import UserStore, seed_history
 
     arts = Artifacts.load(ensemble_dir)
     user = tiny_data.users[0]

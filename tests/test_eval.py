@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from outerloop.data.schema import Catalog, InteractionData, Item, UserSequence
-from outerloop.evals.offline import (
+from outerloop.inner_loop.model.evaluate import (
     EvalCases,
     evaluate,
     hit_ndcg,

@@ -9,10 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from outerloop.inner_loop.funnel import Funnel, FunnelConfig
-from outerloop.inner_loop.ranker import Ranker
+from outerloop.inner_loop.serving.funnel import Funnel, FunnelConfig
+from outerloop.inner_loop.model.ranker import Ranker
 from outerloop.contracts.rows import to_epoch_ms
-from outerloop.inner_loop.user_state import UserState
+from outerloop.inner_loop.serving.user_state import UserState
 from tests.test_api_fixtures import tiny_artifacts, tiny_data, tiny_dir, tiny_ranker  # noqa: F401
 
 NOW = 1_750_000_000_000
@@ -159,7 +159,7 @@ def test_row_times(value: object, expected: int | None) -> None:
 
 
 def test_serving_over_a_scaled_synthetic_catalog(tiny_artifacts, tiny_ranker, history: list[int], tmp_path) -> None:  # noqa: F811
-    from outerloop.inner_loop.scale import scale_catalog
+    from outerloop.inner_loop.serving.scale import scale_catalog
 
     n0 = len(tiny_artifacts.catalog)
     big = scale_catalog(tiny_artifacts, 5000, seed=1, cache_dir=tmp_path)
@@ -179,7 +179,7 @@ def test_users_the_outer_loop_has_not_reached_are_ranked_by_the_ranker_for_them(
         tiny_artifacts, tiny_ranker, history: list[int]) -> None:  # noqa: F811
     """With ``ranker_without_rows``, a user with no log-prob row is served by it; once the outer
     loop has written one, by the ranker trained for users with rows."""
-    from outerloop.inner_loop.ranker import Ranker
+    from outerloop.inner_loop.model.ranker import Ranker
 
     reversed_ranker = Ranker(tiny_ranker.model, tiny_ranker.config,
                              weights={o: -w for o, w in tiny_ranker.weights.items()}, covisit=tiny_ranker.covisit)

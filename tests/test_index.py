@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from outerloop.inner_loop.index import ItemIndex, build_item_index
+from outerloop.inner_loop.model.index import ItemIndex, build_item_index
 
 
 def vectors(n: int = 2000, d: int = 16, seed: int = 0) -> np.ndarray:

@@ -14,8 +14,8 @@ from outerloop.budgets import Budget, RunContext, ToolCallBudgetExceeded
 from outerloop.contracts.triggers import Trigger
 from outerloop.errors import RunFailed, UsageError
 from outerloop.tools.contracts import ToolDeps, ToolTimeout, tool
-from outerloop.tools.mcp_client import McpToolClient
-from outerloop.tools.mcp_server import build_server
+from outerloop.tools.mcp.client import McpToolClient
+from outerloop.tools.mcp.server import build_server
 from tests.redis_fixtures import (  # noqa: F401  (fixtures and the parametrising hook)
     pytest_generate_tests,
     redis_keys,

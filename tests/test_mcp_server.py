@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from mcp import Client
 
-from outerloop.tools.mcp_server import ERROR_META_KEY, ToolService, build_server, open_service
-from outerloop.tools.user_tools import READ_ONLY_TOOLS
+from outerloop.tools.mcp.server import ERROR_META_KEY, ToolService, build_server, open_service
+from outerloop.tools.mcp.user_tools import READ_ONLY_TOOLS
 from tests.redis_fixtures import (  # noqa: F401  (fixtures and the parametrising hook)
     pytest_generate_tests,
     redis_keys,

@@ -34,14 +34,14 @@ def trained_artifacts(tiny_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def artifacts(trained_artifacts: Path) -> Any:
-    from outerloop.inner_loop.artifacts import Artifacts
+    from outerloop.inner_loop.model.artifacts import Artifacts
 
     return Artifacts.load(trained_artifacts)
 
 
 @pytest.fixture(scope="session")
 def ranker(trained_artifacts: Path) -> Any:
-    from outerloop.inner_loop.ranker import Ranker
+    from outerloop.inner_loop.model.ranker import Ranker
 
     return Ranker.load(trained_artifacts)
 
@@ -52,7 +52,7 @@ def episodes_of(catalog: Any) -> list[Any]:
 
 async def seed_user(redis: Any, keys: Any, user_id: str, items: Sequence[int], *, type_: str = "play") -> None:
     """Apply one event per item (1 s apart) to the user's real-time state, as the API does."""
-    from outerloop.inner_loop.user_state import UserStore
+    from outerloop.inner_loop.serving.user_state import UserStore
 
     events = [Event(event_id=uuid.uuid4().hex, user_id=user_id, item_id=int(i), type=type_, ts=BASE_TS + n * 1000)
               for n, i in enumerate(items)]

@@ -17,9 +17,9 @@ from mcp import Client, StdioServerParameters
 
 from outerloop.errors import RunFailed, UserInputError
 from outerloop.storage.clients import RedisTarget
-from outerloop.tools.mcp_cli import load_specs, read_token
-from outerloop.tools.mcp_client import McpToolClient
-from outerloop.tools.mcp_server import build_server, http_app, open_service
+from outerloop.tools.mcp.cli import load_specs, read_token
+from outerloop.tools.mcp.client import McpToolClient
+from outerloop.tools.mcp.server import build_server, http_app, open_service
 from outerloop.ports import free_port
 from tests.redis_fixtures import (  # noqa: F401  (fixtures and the parametrising hook)
     SERVER_URL_ENV,
@@ -151,7 +151,7 @@ def test_cli_row_and_spec_references() -> None:
     from outerloop.cli import COMMANDS
     from outerloop.tools.contracts import ToolSpec
 
-    assert COMMANDS["mcp"][1] == "outerloop.tools.mcp_cli"
+    assert COMMANDS["mcp"][1] == "outerloop.tools.mcp.cli"
     assert load_specs(["tests.test_mcp_support:echo"], "tools", ToolSpec) == [echo]
     for ref, problem in (("no_colon", "MODULE:NAME"), ("no.such.module:x", "cannot import"),
                          ("tests.test_mcp_support:missing", "no attribute"),

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from outerloop.data.schema import Catalog, Item
-from outerloop.inner_loop.features import build_item_features
-from outerloop.inner_loop.model import Batch, FusedSoftmaxCE, ModelConfig, SeqRecModel, local_window_attention
+from outerloop.inner_loop.model.features import build_item_features
+from outerloop.inner_loop.model.transformer import Batch, FusedSoftmaxCE, ModelConfig, SeqRecModel, local_window_attention
 
 
 @pytest.fixture(autouse=True)

@@ -17,11 +17,11 @@ from mcp import Client
 
 from outerloop.config import Settings
 from outerloop.contracts.keys import Keys
-from outerloop.inner_loop.app import ServeOptions, create_app
-from outerloop.inner_loop.funnel import FunnelConfig
+from outerloop.inner_loop.serving.app import ServeOptions, create_app
+from outerloop.inner_loop.serving.funnel import FunnelConfig
 from outerloop.ports import free_port
 from outerloop.storage.clients import RedisTarget
-from outerloop.tools.mcp_server import build_server, open_service
+from outerloop.tools.mcp.server import build_server, open_service
 from tests.redis_fixtures import pytest_generate_tests, redis_keys, redis_target  # noqa: F401
 from outerloop.contracts.budget import Budget
 from tests.test_api_fixtures import now_ms

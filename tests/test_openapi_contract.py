@@ -35,8 +35,8 @@ from fastapi.testclient import TestClient
 
 from outerloop.config import Settings
 from outerloop.contracts.keys import namespaced_keys
-from outerloop.inner_loop.app import ServeOptions, create_app
-from outerloop.inner_loop.funnel import FunnelConfig
+from outerloop.inner_loop.serving.app import ServeOptions, create_app
+from outerloop.inner_loop.serving.funnel import FunnelConfig
 from outerloop.ports import free_port
 from outerloop.storage.embedded import release_embedded
 from outerloop.storage.clients import RedisTarget

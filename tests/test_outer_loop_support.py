@@ -17,7 +17,7 @@ import numpy as np
 
 from outerloop.contracts.events import Event
 from outerloop.data.schema import Catalog, Item
-from outerloop.inner_loop.user_state import UserStore
+from outerloop.inner_loop.serving.user_state import UserStore
 
 BASE_TS = 1_700_000_000_000  # 2023-11-14T22:13:20Z
 DIM = 16

@@ -79,7 +79,7 @@ async def test_mcp_refresh_user_reaches_the_named_agent_with_its_detail(artifact
                                                                        redis_keys, redis_client):
     from mcp import Client
 
-    from outerloop.tools.mcp_server import build_server, open_service
+    from outerloop.tools.mcp.server import build_server, open_service
 
     await seed_user(redis_client, redis_keys, "u-mcp", [3, 4, 5])
     SEEN.clear()

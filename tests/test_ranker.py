@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from outerloop.inner_loop.ranker import FEATURE_NAMES, OBJECTIVES, FeatureTables, Ranker, candidate_features
+from outerloop.inner_loop.model.ranker import FEATURE_NAMES, OBJECTIVES, FeatureTables, Ranker, candidate_features
 from outerloop.inner_loop.ranker_train import ranking_metrics, seen_items
 from tests.test_api_fixtures import tiny_artifacts, tiny_data, tiny_dir, tiny_ranker  # noqa: F401
 
@@ -93,7 +93,7 @@ def test_bagged_towers_average_and_old_files_load(tiny_ranker, tables: FeatureTa
     ranker file saved before towers existed (keys ``trunk.*``/``heads.*``) still loads."""
     import torch
 
-    from outerloop.inner_loop.ranker import MultiTaskRanker
+    from outerloop.inner_loop.model.ranker import MultiTaskRanker
 
     m = tiny_ranker.model
     assert m.bags == tiny_ranker.config.bags == tiny_ranker.config.report["bags"]
@@ -137,7 +137,7 @@ def test_ranking_metrics_count_misses() -> None:
 
 
 def test_covisitation_counts_what_follows() -> None:
-    from outerloop.inner_loop.covisit import CoVisitation
+    from outerloop.inner_loop.model.covisit import CoVisitation
 
     co = CoVisitation.build([np.asarray([1, 2, 3]), np.asarray([1, 2]), np.asarray([4, 1])], n_items=5, window=2, top_k=1)
     s = co.scores(np.asarray([1, 2, 9]), np.asarray([2, 3, 4, 5]))
@@ -148,7 +148,7 @@ def test_covisitation_counts_what_follows() -> None:
 
 
 def test_a_ranker_trained_on_fewer_features_still_scores(tiny_ranker, tables: FeatureTables) -> None:  # noqa: F811
-    from outerloop.inner_loop.ranker import MultiTaskRanker, RankerConfig
+    from outerloop.inner_loop.model.ranker import MultiTaskRanker, RankerConfig
 
     names = FEATURE_NAMES[:11]
     cfg = RankerConfig(features=names, hidden=8, mean=[0.0] * 11, std=[1.0] * 11)
@@ -162,7 +162,7 @@ def test_a_ranker_trained_on_fewer_features_still_scores(tiny_ranker, tables: Fe
 def test_training_lists_merge_given_agent_rows_as_serving_does(tiny_artifacts, tiny_data, tables) -> None:  # noqa: F811
     """``build_examples(agent_rows=...)``: a user's rows are merged with the funnel's own merge
     (items outside the ANN candidates added, best position kept); a user without rows gets none."""
-    from outerloop.evals.offline import leave_one_out
+    from outerloop.inner_loop.model.evaluate import leave_one_out
     from outerloop.inner_loop.ranker_train import build_examples
 
     cases = leave_one_out(tiny_data, "valid")

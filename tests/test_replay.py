@@ -138,9 +138,9 @@ def test_budget_compliance_from_records_and_dicts() -> None:
 def untrained_world(n_users: int, seed: int) -> tuple[InteractionData, Any]:
     """A small synthetic world and real artifacts of an untrained tiny transformer over it."""
     from outerloop.data.datasets import load_dataset
-    from outerloop.evals.offline import item_counts, train_sequences
-    from outerloop.inner_loop.artifacts import Artifacts
-    from outerloop.inner_loop.train import build_model, model_config_for
+    from outerloop.inner_loop.model.evaluate import item_counts, train_sequences
+    from outerloop.inner_loop.model.artifacts import Artifacts
+    from outerloop.inner_loop.model.train import build_model, model_config_for
 
     data = load_dataset("synthetic", None, n_users=n_users, n_films=60, n_series=3, days=4, seed=seed)
     counts = item_counts(train_sequences(data), len(data.catalog))

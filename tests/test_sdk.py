@@ -39,7 +39,7 @@ def load_example():
 def trained(tmp_path_factory):
     """Small synthetic-world artifacts, trained once for this module (a few seconds)."""
     from outerloop.cli import main as cli
-    from outerloop.inner_loop.artifacts import Artifacts
+    from outerloop.inner_loop.model.artifacts import Artifacts
 
     out = tmp_path_factory.mktemp("artifacts")
     rc = cli(["train", "--dataset", "synthetic", "--dataset-opt", "n_users=120", "--dataset-opt", "n_films=100",

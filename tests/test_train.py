@@ -10,10 +10,10 @@ import torch
 
 from outerloop.data.schema import Catalog, InteractionData, Item, UserSequence
 from outerloop.errors import UserInputError
-from outerloop.evals.offline import item_counts, train_sequences
-from outerloop.inner_loop.artifacts import Artifacts
-from outerloop.inner_loop.train import TrainConfig, TrainResult, model_config_for, train
-from outerloop.inner_loop.warm_start import warm_start_model
+from outerloop.inner_loop.model.evaluate import item_counts, train_sequences
+from outerloop.inner_loop.model.artifacts import Artifacts
+from outerloop.inner_loop.model.train import TrainConfig, TrainResult, model_config_for, train
+from outerloop.inner_loop.model.warm_start import warm_start_model
 
 GENRES = ("Comedy", "Drama", "Horror")
 
@@ -142,9 +142,9 @@ def test_a_frozen_backbone_learns_the_new_items_and_changes_what_is_served(
     trains the new items' embeddings and the adapter, and it shows where it is served: quality on
     the new interactions rises (it did not move when only the genre head, which serving never
     reads, was trained), and after item 50 the next pick is the new item 51, not the old wrap to 1."""
-    from outerloop.evals.offline import evaluate, leave_one_out
-    from outerloop.inner_loop.train import model_scorer
-    from outerloop.inner_loop.warm_start import new_item_ids
+    from outerloop.inner_loop.model.evaluate import evaluate, leave_one_out
+    from outerloop.inner_loop.model.train import model_scorer
+    from outerloop.inner_loop.model.warm_start import new_item_ids
 
     data, result = trained
     parent = artifacts_from(result, data, tmp_path / "parent")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from outerloop.data.schema import ACTION_ID
-from outerloop.inner_loop.user_state import (
+from outerloop.inner_loop.serving.user_state import (
     UserStore,
     WriteBehind,
     event_mode,

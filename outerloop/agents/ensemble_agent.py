@@ -2,7 +2,7 @@
 
 Once per session (and on sweeps and manual refreshes) it asks the ``ensemble_rank`` tool for the
 user's most likely next items under the heavy model (several transformers and EASE, see
-:mod:`outerloop.inner_loop.ensemble`) and stages them as one row whose scores are
+:mod:`outerloop.inner_loop.model.ensemble`) and stages them as one row whose scores are
 log-probabilities (``score_kind="log_prob"``). The inner loop serves that row, and its ranker
 reads the log-probabilities as features of every candidate, together with how many interactions
 the user made since the row was compiled, so a row compiled a few interactions ago still helps

@@ -57,14 +57,14 @@ if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
     from langgraph.graph.state import CompiledStateGraph
 
-    from outerloop.inner_loop.ensemble import Ensemble
+    from outerloop.inner_loop.model.ensemble import Ensemble
 
 BUILTIN_AGENTS: tuple[AgentSpec, ...] = (evaluator, memory_agent, tool_agent)
 
 
 def _load_ensemble(artifacts: ModelArtifacts) -> "Ensemble | None":
     """The artifacts' trained ensemble (``<dir>/ensemble``), or None when there is none."""
-    from outerloop.inner_loop.ensemble import Ensemble
+    from outerloop.inner_loop.model.ensemble import Ensemble
 
     d = getattr(artifacts, "dir", None)
     return Ensemble.load(artifacts) if d is not None and Ensemble.exists(d) else None  # type: ignore[arg-type]
@@ -151,7 +151,7 @@ class OuterLoop:
         isolated, start the worker pool. Called by ``async with`` and on first use."""
         if self.deps is not None:
             return self
-        from outerloop.inner_loop.user_state import UserStore  # the inner loop's one reader
+        from outerloop.inner_loop.serving.user_state import UserStore  # the inner loop's one reader
 
         if isinstance(self._redis_arg, RedisTarget):
             redis = self._redis_arg.async_client()

@@ -334,7 +334,7 @@ async def _wait_caught_up(topology: Topology, timeout_s: float, procs: list[subp
 
 
 def _item_ids(artifacts: Path) -> int:
-    from outerloop.inner_loop.artifacts import CATALOG
+    from outerloop.inner_loop.model.artifacts import CATALOG
 
     doc = json.loads((artifacts / CATALOG).read_text())
     items = doc.get("items", doc) if isinstance(doc, dict) else doc

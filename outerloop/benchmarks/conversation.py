@@ -373,7 +373,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from outerloop.conversation import ConversationService, UserHistory
-    from outerloop.inner_loop.artifacts import Artifacts
+    from outerloop.inner_loop.model.artifacts import Artifacts
 
     torch.set_num_threads(1)
     started = time.perf_counter()

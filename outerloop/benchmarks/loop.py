@@ -110,8 +110,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from outerloop.contracts.triggers import session_triggers
     from outerloop.agents.loop import OuterLoop
     from outerloop.agents.runtime import LoopConfig
-    from outerloop.inner_loop.artifacts import Artifacts
-    from outerloop.inner_loop.user_state import UserStore
+    from outerloop.inner_loop.model.artifacts import Artifacts
+    from outerloop.inner_loop.serving.user_state import UserStore
     from outerloop.storage.embedded import release_embedded
     from outerloop.storage.clients import RedisTarget, delete_namespace
     from outerloop.contracts.keys import namespaced_keys

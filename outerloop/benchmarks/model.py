@@ -30,12 +30,12 @@ import torch
 
 from outerloop.data.datasets import load_dataset
 from outerloop.data.schema import InteractionData, UserSequence
-from outerloop.evals.offline import evaluate, leave_one_out, popularity_scorer, random_scorer
-from outerloop.inner_loop.align import align_to_parent
-from outerloop.inner_loop.artifacts import Artifacts
-from outerloop.inner_loop.index import build_item_index
-from outerloop.inner_loop.model import Batch, ModelConfig, SeqRecModel
-from outerloop.inner_loop.train import TrainConfig, model_config_for, model_scorer, train
+from outerloop.inner_loop.model.evaluate import evaluate, leave_one_out, popularity_scorer, random_scorer
+from outerloop.inner_loop.model.align import align_to_parent
+from outerloop.inner_loop.model.artifacts import Artifacts
+from outerloop.inner_loop.model.index import build_item_index
+from outerloop.inner_loop.model.transformer import Batch, ModelConfig, SeqRecModel
+from outerloop.inner_loop.model.train import TrainConfig, model_config_for, model_scorer, train
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # outerloop/benchmarks/model.py -> the checkout
 

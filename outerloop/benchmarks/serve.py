@@ -150,7 +150,7 @@ class Bench:
     def seed_users(self) -> dict[str, list[str]]:
         """Write every user's history (capped) into Redis; split users into pools."""
         from outerloop.data.datasets import load_dataset
-        from outerloop.inner_loop.user_state import seed_history
+        from outerloop.inner_loop.serving.user_state import seed_history
 
         name, options = self.dataset_name()
         data_dir = self.args.data_dir or os.environ.get("OUTERLOOP_DATA_DIR") or Path("../shared/data")

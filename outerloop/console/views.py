@@ -356,7 +356,7 @@ def _open_sessions(state: dict[Any, Any]) -> list[dict[str, Any]]:
 
 
 def served_rows(rec: Any, title: Any) -> dict[str, Any]:
-    """A funnel :class:`~outerloop.inner_loop.funnel.Recommendation` as the console shows it."""
+    """A funnel :class:`~outerloop.inner_loop.serving.funnel.Recommendation` as the console shows it."""
     rows = []
     for r in rec.rows:
         rows.append({"row_id": r.row_id, "title": r.title, "reason": r.reason, "produced_by": r.produced_by,

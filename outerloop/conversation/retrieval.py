@@ -25,7 +25,7 @@ ANN_POOL = 500  # how deep the index is searched before filtering
 
 
 class SearchableArtifacts(Protocol):
-    """What conversation needs from :class:`outerloop.inner_loop.artifacts.Artifacts`: the
+    """What conversation needs from :class:`outerloop.inner_loop.model.artifacts.Artifacts`: the
     ranker's ``ArtifactsLike`` plus the ANN ``index`` it searches (declared here, not imported,
     so that conversation loads without torch)."""
 
@@ -50,7 +50,7 @@ class UserHistory:
 
     @classmethod
     def from_state(cls, state: Any) -> "UserHistory":
-        """From an ``outerloop.inner_loop.user_state.UserState`` (items, actions, ts arrays)."""
+        """From an ``outerloop.inner_loop.serving.user_state.UserState`` (items, actions, ts arrays)."""
         items = [int(i) for i in np.asarray(state.items).tolist()]
         ts = [int(t) for t in np.asarray(state.ts).tolist()]
         actions = [int(a) for a in np.asarray(state.actions).tolist()]

@@ -58,7 +58,7 @@ def converse_tool(service: ConversationService | None = None, *, keys: type[Keys
         ("shorter", "no, something newer", "more like the second one", "without horror")."""
         from redis.exceptions import RedisError
 
-        from outerloop.inner_loop.user_state import UserStore  # the inner loop's one reader
+        from outerloop.inner_loop.serving.user_state import UserStore  # the inner loop's one reader
 
         hist: UserHistory | None = None
         degraded = False

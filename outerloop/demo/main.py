@@ -151,8 +151,8 @@ def _train_ranker(out: Path) -> None:
 
     from outerloop.data.datasets import load_dataset
     from outerloop.evals.prepare import prepare_outer_loop
-    from outerloop.inner_loop.artifacts import Artifacts
-    from outerloop.inner_loop.ensemble import EnsembleConfig
+    from outerloop.inner_loop.model.artifacts import Artifacts
+    from outerloop.inner_loop.model.ensemble import EnsembleConfig
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     data = load_dataset("synthetic", None, **DEMO_WORLD)

@@ -1,6 +1,6 @@
 """Offline evaluation: leave-one-out split, full and sampled ranking metrics, baselines."""
 
-from outerloop.evals.offline import (
+from outerloop.inner_loop.model.evaluate import (
     EvalCases,
     evaluate,
     evaluate_protocols,

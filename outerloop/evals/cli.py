@@ -44,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from outerloop.data.datasets import dataset_hash, load_dataset
-    from outerloop.evals.offline import evaluate_recommender
-    from outerloop.inner_loop.artifacts import Artifacts
+    from outerloop.inner_loop.model.evaluate import evaluate_recommender
+    from outerloop.inner_loop.model.artifacts import Artifacts
 
     torch.set_num_threads(args.threads)
     arts = Artifacts.load(args.artifacts)

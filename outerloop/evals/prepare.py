@@ -4,7 +4,7 @@ The replay (``outerloop eval replay``), ``make bench`` and the demo call :func:`
 on artifacts fresh from ``outerloop train``; it fills in, in order and only what is missing:
 
 1. ``<artifacts>/ensemble/``: the heavy model of the ensemble agent (extra transformers + EASE,
-   :mod:`outerloop.inner_loop.ensemble`);
+   :mod:`outerloop.inner_loop.model.ensemble`);
 2. ``<artifacts>/ranker.*``: the served ranker, trained on the rows the real outer loop
    (ensemble included) compiles at each user's validation cut, at staleness spread over
    :data:`STALENESS_MIX`, so it learns how far to trust a row from how old it is;
@@ -29,9 +29,9 @@ from outerloop.progress import progress_bar
 
 if TYPE_CHECKING:
     from outerloop.data.schema import InteractionData
-    from outerloop.inner_loop.artifacts import Artifacts
-    from outerloop.inner_loop.ensemble import Ensemble, EnsembleConfig
-    from outerloop.inner_loop.ranker import Ranker
+    from outerloop.inner_loop.model.artifacts import Artifacts
+    from outerloop.inner_loop.model.ensemble import Ensemble, EnsembleConfig
+    from outerloop.inner_loop.model.ranker import Ranker
     from outerloop.contracts.rows import CompiledRows
 
 STALENESS_MIX: tuple[int, ...] = (0, 1, 2, 5, 10)
@@ -74,7 +74,7 @@ def outer_loop_rows(artifacts: "Artifacts", data: "InteractionData", *, stalenes
 def rows_provenance(artifacts: "Artifacts", staleness: Sequence[int] | None, *,
                     with_ensemble: bool = True) -> dict[str, Any]:
     """What a ranker's training rows came from (stored in its report, checked before reuse)."""
-    from outerloop.inner_loop.ensemble import Ensemble
+    from outerloop.inner_loop.model.ensemble import Ensemble
 
     ens = None
     if staleness is not None and with_ensemble and Ensemble.exists(artifacts.dir):
@@ -93,7 +93,7 @@ def json_of(path: Path) -> dict[str, Any]:
 
 
 def _ranker_matches(directory: Path, provenance: dict[str, Any], rows_share: float | None) -> bool:
-    from outerloop.inner_loop.ranker import RANKER_CONFIG_FILE, Ranker
+    from outerloop.inner_loop.model.ranker import RANKER_CONFIG_FILE, Ranker
 
     if not Ranker.exists(directory):
         return False
@@ -110,8 +110,8 @@ def prepare_outer_loop(artifacts: "Artifacts", data: "InteractionData", *, ensem
     ``ensemble_config``: what a missing ensemble is trained with; ``inner_ranker=False`` skips
     the inner-only ranker; ``row_users`` samples the users whose rows the ranker trains on."""
     from outerloop.errors import UserInputError
-    from outerloop.inner_loop.ensemble import Ensemble, train_ensemble
-    from outerloop.inner_loop.ranker import Ranker
+    from outerloop.inner_loop.model.ensemble import Ensemble, train_ensemble
+    from outerloop.inner_loop.model.ranker import Ranker
     from outerloop.inner_loop.ranker_train import train_ranker
 
     trained: list[str] = []

@@ -1,6 +1,6 @@
 """Replays: serve a dataset's held-out interactions the way production would, and score them.
 
-Offline metrics (:mod:`outerloop.evals.offline`) answer "how good is the model". A replay asks
+Offline metrics (:mod:`outerloop.inner_loop.model.evaluate`) answer "how good is the model". A replay asks
 the two questions the architecture is built on, each with nothing visible to a served request
 that happened after it:
 
@@ -32,11 +32,11 @@ import numpy as np
 
 from outerloop.data.schema import InteractionData, UserSequence
 from outerloop.errors import UserInputError
-from outerloop.evals.offline import ScoreFn, hit_ndcg, target_ranks
+from outerloop.inner_loop.model.evaluate import ScoreFn, hit_ndcg, target_ranks
 from outerloop.storage.clients import RedisClient
 
 if TYPE_CHECKING:
-    from outerloop.inner_loop.artifacts import Artifacts
+    from outerloop.inner_loop.model.artifacts import Artifacts
 
 DAY_MS = 86_400_000
 EVENTS_SINCE_BATCH_BUCKETS: tuple[tuple[int, int], ...] = ((0, 0), (1, 2), (3, 5), (6, 10), (11, 20), (21, 10**9))
@@ -259,8 +259,8 @@ def train_before_cut(data: InteractionData, cut_ms: int, cfg: ReplayModel | None
     """Train the replay's model on :func:`before` ``(data, cut_ms)`` only; the manifest records
     the cut and the hash of exactly that data (see :func:`check_trained_before`)."""
     from outerloop.data.datasets import dataset_hash
-    from outerloop.inner_loop.artifacts import Artifacts
-    from outerloop.inner_loop.train import TrainConfig, model_config_for, train
+    from outerloop.inner_loop.model.artifacts import Artifacts
+    from outerloop.inner_loop.model.train import TrainConfig, model_config_for, train
 
     cfg = cfg or ReplayModel()
     pre = before(data, cut_ms)
@@ -490,7 +490,7 @@ class _OuterReplayRun:
 
     def seed(self, user: str, prefix: np.ndarray, upto: int) -> None:
         """The user's history in Redis: ``prefix[:upto]`` at its synthetic times."""
-        from outerloop.inner_loop.user_state import seed_history
+        from outerloop.inner_loop.serving.user_state import seed_history
 
         ts = [int(self.ts_of(prefix, p)) for p in range(upto)]
         seed_history(self.sync, user, prefix[:upto].tolist(), history_cap=self.cfg.history_cap, ts_ms=ts,
@@ -598,8 +598,8 @@ async def _outer_replay(artifacts: Any, ranker: Any, cfg: OuterReplay, *, redis_
 
     from outerloop.agents.loop import OuterLoop
     from outerloop.agents.runtime import LoopConfig
-    from outerloop.inner_loop.funnel import Funnel, FunnelConfig
-    from outerloop.inner_loop.user_state import UserStore
+    from outerloop.inner_loop.serving.funnel import Funnel, FunnelConfig
+    from outerloop.inner_loop.serving.user_state import UserStore
     from outerloop.storage.embedded import release_embedded
     from outerloop.storage.clients import RedisTarget
     from outerloop.contracts.keys import Keys
@@ -720,7 +720,7 @@ async def compile_outer_rows(artifacts: Any, data: InteractionData, split: str =
     """
     import hashlib
 
-    from outerloop.evals.offline import leave_one_out
+    from outerloop.inner_loop.model.evaluate import leave_one_out
     from outerloop.contracts.rows import CompiledRows
 
     cfg = config or OuterReplay(n_users=None)

@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _fresh_stale(args: argparse.Namespace, data: Any) -> dict[str, Any]:
     from outerloop.evals.replay import ReplayModel, run_fresh_vs_stale
-    from outerloop.inner_loop.artifacts import Artifacts
+    from outerloop.inner_loop.model.artifacts import Artifacts
 
     model = ReplayModel(**{k: v for k, v in dict(epochs=args.epochs, d_model=args.d_model, max_minutes=args.max_minutes,
                                                   threads=args.threads).items() if v is not None})
@@ -120,7 +120,7 @@ def _fresh_stale(args: argparse.Namespace, data: Any) -> dict[str, Any]:
 def _inner_outer(args: argparse.Namespace, data: Any) -> dict[str, Any]:
     from outerloop.evals.prepare import STALENESS_MIX, prepare_outer_loop
     from outerloop.evals.replay import OuterReplay, inner_vs_outer
-    from outerloop.inner_loop.artifacts import Artifacts
+    from outerloop.inner_loop.model.artifacts import Artifacts
     from outerloop.inner_loop.ranker_train import parse_staleness
     from outerloop.progress import progress_bar
 

@@ -115,10 +115,10 @@ def measure_funnel_latency(artifacts_dir: str | Path, *, requests: int = 300, se
     bench measures those, this is the fallback when its JSON carries no samples."""
     import torch
 
-    from outerloop.inner_loop.artifacts import Artifacts
-    from outerloop.inner_loop.funnel import Funnel
-    from outerloop.inner_loop.ranker import Ranker
-    from outerloop.inner_loop.user_state import UserState
+    from outerloop.inner_loop.model.artifacts import Artifacts
+    from outerloop.inner_loop.serving.funnel import Funnel
+    from outerloop.inner_loop.model.ranker import Ranker
+    from outerloop.inner_loop.serving.user_state import UserState
 
     torch.set_num_threads(1)  # as the server does
     arts = Artifacts.load(artifacts_dir)

@@ -11,15 +11,15 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "Artifacts": "outerloop.inner_loop.artifacts",
-    "ItemIndex": "outerloop.inner_loop.index",
-    "build_item_index": "outerloop.inner_loop.index",
-    "ModelConfig": "outerloop.inner_loop.model",
-    "SeqRecModel": "outerloop.inner_loop.model",
-    "TrainConfig": "outerloop.inner_loop.train",
-    "train": "outerloop.inner_loop.train",
-    "align_to_parent": "outerloop.inner_loop.align",
-    "procrustes": "outerloop.inner_loop.align",
+    "Artifacts": "outerloop.inner_loop.model.artifacts",
+    "ItemIndex": "outerloop.inner_loop.model.index",
+    "build_item_index": "outerloop.inner_loop.model.index",
+    "ModelConfig": "outerloop.inner_loop.model.transformer",
+    "SeqRecModel": "outerloop.inner_loop.model.transformer",
+    "TrainConfig": "outerloop.inner_loop.model.train",
+    "train": "outerloop.inner_loop.model.train",
+    "align_to_parent": "outerloop.inner_loop.model.align",
+    "procrustes": "outerloop.inner_loop.model.align",
 }
 
 __all__ = sorted(_LAZY)

@@ -17,7 +17,7 @@ removed, and the
 features of :func:`candidate_features` are computed. Loss: listwise softmax cross-entropy for
 ``relevance`` (examples whose target survived retrieval) + BCE of the ``liked`` head at the
 target against what the data observed of it (:data:`LIKED_BY_ACTION`), when the data observed
-any negative engagement at all (see :mod:`outerloop.inner_loop.ranker`). Each head is reported
+any negative engagement at all (see :mod:`outerloop.inner_loop.model.ranker`). Each head is reported
 with its own validation metric: NDCG@10 for ``relevance``, ROC AUC over the held-out targets for
 ``liked``.
 """
@@ -39,10 +39,10 @@ import torch
 import torch.nn.functional as F
 
 from outerloop.data.schema import ACTION_ID, InteractionData
-from outerloop.evals.offline import EvalCases, leave_one_out, train_sequences
-from outerloop.inner_loop.covisit import CoVisitation
-from outerloop.inner_loop.funnel import merge_candidates
-from outerloop.inner_loop.ranker import (
+from outerloop.inner_loop.model.evaluate import EvalCases, leave_one_out, train_sequences
+from outerloop.inner_loop.model.covisit import CoVisitation
+from outerloop.inner_loop.serving.funnel import merge_candidates
+from outerloop.inner_loop.model.ranker import (
     FEATURE_NAMES,
     OBJECTIVES,
     ArtifactsLike,
@@ -54,7 +54,7 @@ from outerloop.inner_loop.ranker import (
     candidate_features,
 )
 from outerloop.contracts.rows import CompiledRows
-from outerloop.inner_loop.user_state import SEEN_TYPES
+from outerloop.inner_loop.serving.user_state import SEEN_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -447,7 +447,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from outerloop.errors import UserInputError
-    from outerloop.inner_loop.artifacts import Artifacts, training_data
+    from outerloop.inner_loop.model.artifacts import Artifacts, training_data
 
     if args.bags < 1:
         raise UserInputError(f"--bags must be >= 1, got {args.bags}")

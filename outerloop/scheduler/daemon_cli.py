@@ -167,7 +167,7 @@ def _items(args: argparse.Namespace) -> Any:
             raise UserInputError(f"--catalog artifacts: no trained artifacts at {args.artifacts}")
         import json
 
-        from outerloop.inner_loop.artifacts import CATALOG, catalog_from_json
+        from outerloop.inner_loop.model.artifacts import CATALOG, catalog_from_json
 
         return CatalogLookup(catalog_from_json(json.loads((art / CATALOG).read_text())))
     from outerloop.data.synthetic import SyntheticWorld

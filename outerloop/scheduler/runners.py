@@ -262,7 +262,7 @@ class RunnerSetup:
 
     def artifacts(self) -> Any:
         from outerloop.errors import UserInputError
-        from outerloop.inner_loop.artifacts import Artifacts
+        from outerloop.inner_loop.model.artifacts import Artifacts
 
         if self.artifacts_dir is None:
             raise UserInputError("this runner needs trained artifacts (--artifacts DIR)")

@@ -51,7 +51,7 @@ class AnnIndex(Protocol):
 
 
 class ModelArtifacts(Protocol):
-    """What the tools need from trained artifacts (``outerloop.inner_loop.artifacts.Artifacts``)."""
+    """What the tools need from trained artifacts (``outerloop.inner_loop.model.artifacts.Artifacts``)."""
 
     catalog: "Catalog"
     item_vectors: "np.ndarray"  # (N+1, d), row 0 = padding

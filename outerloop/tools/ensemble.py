@@ -1,6 +1,6 @@
 """The ``ensemble_rank`` tool: the heavy model's most likely next items for a history.
 
-The model (:class:`outerloop.inner_loop.ensemble.Ensemble`: several transformers and EASE) is
+The model (:class:`outerloop.inner_loop.model.ensemble.Ensemble`: several transformers and EASE) is
 loaded once per ``OuterLoop`` and handed to the tool through ``ToolDeps.extra`` under
 :data:`ENSEMBLE`; without one the call fails with a message saying how to train it. The scoring
 runs in a worker thread so the event loop keeps serving other users' cycles meanwhile.

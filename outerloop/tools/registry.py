@@ -46,7 +46,7 @@ class CallBudget(Protocol):
 
 class ToolCaller(Protocol):
     """What agents call tools through: a :class:`ToolRegistry` (in process) or an
-    ``outerloop.tools.mcp_client.McpToolClient`` (over MCP, local or remote)."""
+    ``outerloop.tools.mcp.client.McpToolClient`` (over MCP, local or remote)."""
 
     async def call(self, name: str, args: BaseModel | dict[str, Any], deps: ToolDeps, *,
                    budget: CallBudget | None = None, share_key: str | None = None) -> BaseModel: ...

@@ -22,8 +22,8 @@ import numpy as np
 
 from outerloop.data.schema import Catalog
 from outerloop.errors import UserInputError
-from outerloop.inner_loop.index import ItemIndex, build_item_index
-from outerloop.inner_loop.ranker import ArtifactsLike
+from outerloop.inner_loop.model.index import ItemIndex, build_item_index
+from outerloop.inner_loop.model.ranker import ArtifactsLike
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 
 from outerloop.data.schema import Catalog
-from outerloop.inner_loop.covisit import CoVisitation
+from outerloop.inner_loop.model.covisit import CoVisitation
 
 RANKER_WEIGHTS_FILE = "ranker.pt"
 RANKER_CONFIG_FILE = "ranker.json"

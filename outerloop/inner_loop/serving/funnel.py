@@ -24,8 +24,8 @@ import numpy as np
 from outerloop import telemetry
 from outerloop.contracts.rows import AgentRow, live_rows
 from outerloop.data.schema import ACTION_ID
-from outerloop.inner_loop.ranker import ArtifactsLike, FeatureTables, LogProbRow, Ranker, candidate_features
-from outerloop.inner_loop.user_state import UserState
+from outerloop.inner_loop.model.ranker import ArtifactsLike, FeatureTables, LogProbRow, Ranker, candidate_features
+from outerloop.inner_loop.serving.user_state import UserState
 
 TOP_PICKS = "top-picks"
 POPULAR = "popular"

@@ -113,8 +113,8 @@ def load_serving(artifacts_dir: Path, *, synthetic_items: int = 0, synthetic_see
                  index_cache: Path | None = None, no_ranker: bool = False,
                  ranker_weights: dict[str, float] | None = None) -> tuple[Any, Any]:
     """(artifacts, ranker or None) ready for :func:`create_app`."""
-    from outerloop.inner_loop.artifacts import Artifacts
-    from outerloop.inner_loop.ranker import Ranker
+    from outerloop.inner_loop.model.artifacts import Artifacts
+    from outerloop.inner_loop.model.ranker import Ranker
 
     if not Path(artifacts_dir).is_dir():
         raise UserInputError(f"{artifacts_dir}: no such artifacts directory (train one with `outerloop train`)")
@@ -126,7 +126,7 @@ def load_serving(artifacts_dir: Path, *, synthetic_items: int = 0, synthetic_see
         except ValueError as exc:
             raise UserInputError(f"{artifacts_dir}: {exc}") from None
     if synthetic_items:
-        from outerloop.inner_loop.scale import scale_catalog
+        from outerloop.inner_loop.serving.scale import scale_catalog
 
         artifacts = scale_catalog(artifacts, synthetic_items, seed=synthetic_seed, cache_dir=index_cache)
     return artifacts, ranker
@@ -179,7 +179,7 @@ def _run_workers(args: argparse.Namespace, settings: Any, topology: Any) -> int:
                     durable_writes=topology.durable_writes, durable_wait_ms=topology.durable_wait_ms)
     os.environ[WORKER_ARGS_ENV] = json.dumps(resolved)  # inherited by the spawned workers
     _announce(args, topology)
-    uvicorn.run("outerloop.inner_loop.serve_cli:worker_app", factory=True, workers=args.workers,
+    uvicorn.run("outerloop.inner_loop.serving.serve_cli:worker_app", factory=True, workers=args.workers,
                 **_uvicorn_options(args))
     return 0
 
@@ -208,8 +208,8 @@ def build_app(args: argparse.Namespace, settings: Any, topology: Any) -> Any:
 
     import torch
 
-    from outerloop.inner_loop.app import ServeOptions, create_app
-    from outerloop.inner_loop.funnel import FunnelConfig
+    from outerloop.inner_loop.serving.app import ServeOptions, create_app
+    from outerloop.inner_loop.serving.funnel import FunnelConfig
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(1)
@@ -232,12 +232,12 @@ def build_app(args: argparse.Namespace, settings: Any, topology: Any) -> Any:
     )
     inline = None
     if args.inline_ensemble:
-        from outerloop.inner_loop.ensemble import Ensemble
+        from outerloop.inner_loop.model.ensemble import Ensemble
 
         if not Ensemble.exists(artifacts.dir):
             raise UserInputError(f"--inline-ensemble: {artifacts.dir} has no ensemble (`outerloop train-ensemble`)")
         inline = Ensemble.load(artifacts)
-    from outerloop.inner_loop.ranker import Ranker
+    from outerloop.inner_loop.model.ranker import Ranker
 
     inner_dir = Path(artifacts_dir) / "ranker-inner"  # trained without rows (outerloop.evals.prepare)
     without_rows = Ranker.load(inner_dir) if ranker is not None and Ranker.exists(inner_dir) else None

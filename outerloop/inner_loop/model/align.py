@@ -17,7 +17,7 @@ import numpy as np
 from outerloop.data.schema import Catalog
 
 if TYPE_CHECKING:
-    from outerloop.inner_loop.artifacts import Artifacts
+    from outerloop.inner_loop.model.artifacts import Artifacts
 
 
 def procrustes(src: np.ndarray, dst: np.ndarray) -> np.ndarray:

@@ -107,11 +107,11 @@ def run(args: argparse.Namespace) -> int:
     import torch  # heavy imports only once the flags are known to be good
 
     from outerloop.data.datasets import dataset_hash, load_dataset, parse_dataset_options
-    from outerloop.evals.offline import evaluate_recommender, item_counts, train_sequences
-    from outerloop.inner_loop.align import align_to_parent
-    from outerloop.inner_loop.artifacts import Artifacts
-    from outerloop.inner_loop.train import TrainConfig, model_config_for, train
-    from outerloop.inner_loop.warm_start import new_item_ids, warm_start_model
+    from outerloop.inner_loop.model.evaluate import evaluate_recommender, item_counts, train_sequences
+    from outerloop.inner_loop.model.align import align_to_parent
+    from outerloop.inner_loop.model.artifacts import Artifacts
+    from outerloop.inner_loop.model.train import TrainConfig, model_config_for, train
+    from outerloop.inner_loop.model.warm_start import new_item_ids, warm_start_model
 
     data = load_dataset(args.dataset, args.data_dir, **parse_dataset_options(args.dataset_opt))
     model_overrides = dict(

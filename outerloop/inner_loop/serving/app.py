@@ -43,12 +43,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from outerloop.contracts.events import MIN_LIVE_TS_MS, Event
 from outerloop.contracts.keys import Keys, embedding_key, served_key
 from outerloop.errors import OuterloopError, UserInputError
-from outerloop.inner_loop.answer import ServedRecommendations, recommendation_doc
-from outerloop.inner_loop.funnel import Funnel, FunnelConfig, Recommendation
-from outerloop.inner_loop.openapi import ErrorOut, events_request_body, finish as finish_openapi
-from outerloop.inner_loop.profiles import ProfileIn, profile_out
-from outerloop.inner_loop.ranker import ArtifactsLike, Ranker
-from outerloop.inner_loop.user_state import DEFAULT_STREAM_MAXLEN, NotReplicated, UserStore, WriteBehind
+from outerloop.inner_loop.serving.answer import ServedRecommendations, recommendation_doc
+from outerloop.inner_loop.serving.funnel import Funnel, FunnelConfig, Recommendation
+from outerloop.inner_loop.serving.openapi import ErrorOut, events_request_body, finish as finish_openapi
+from outerloop.inner_loop.serving.profiles import ProfileIn, profile_out
+from outerloop.inner_loop.model.ranker import ArtifactsLike, Ranker
+from outerloop.inner_loop.serving.user_state import DEFAULT_STREAM_MAXLEN, NotReplicated, UserStore, WriteBehind
 from outerloop.storage.clients import AsyncRedisClient, RedisTarget
 from outerloop.topology import Topology
 

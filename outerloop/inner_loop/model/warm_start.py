@@ -15,10 +15,10 @@ import torch
 
 from outerloop.data.schema import InteractionData
 from outerloop.errors import UserInputError
-from outerloop.inner_loop.align import shared_items
-from outerloop.inner_loop.artifacts import Artifacts
-from outerloop.inner_loop.model import ModelConfig, SeqRecModel
-from outerloop.inner_loop.train import build_model
+from outerloop.inner_loop.model.align import shared_items
+from outerloop.inner_loop.model.artifacts import Artifacts
+from outerloop.inner_loop.model.transformer import ModelConfig, SeqRecModel
+from outerloop.inner_loop.model.train import build_model
 
 # Changing these would change the backbone's parameter shapes: not a warm start any more.
 _SHAPE_FIELDS = ("d_model", "n_layers", "n_heads", "ffn_mult")

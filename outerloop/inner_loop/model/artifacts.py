@@ -32,9 +32,9 @@ import torch
 
 from outerloop.data.schema import Catalog, Item
 from outerloop.errors import UserInputError
-from outerloop.inner_loop.batching import make_batch
-from outerloop.inner_loop.index import ItemIndex, build_item_index
-from outerloop.inner_loop.model import ModelConfig, SeqRecModel
+from outerloop.inner_loop.model.batching import make_batch
+from outerloop.inner_loop.model.index import ItemIndex, build_item_index
+from outerloop.inner_loop.model.transformer import ModelConfig, SeqRecModel
 
 MANIFEST = "manifest.json"
 MODEL = "model.pt"
@@ -209,7 +209,7 @@ class Artifacts:
         """Rotate this model's output space by ``rotation`` (d, d), orthogonal.
 
         User and item vectors turn together, so every score stays what it was; only the
-        coordinates move (towards the parent version's, see :mod:`outerloop.inner_loop.align`).
+        coordinates move (towards the parent version's, see :mod:`outerloop.inner_loop.model.align`).
         """
         rotation = np.asarray(rotation, dtype=np.float32)
         base = self.rotation if self.rotation is not None else np.eye(rotation.shape[0], dtype=np.float32)

@@ -38,7 +38,7 @@ from pydantic import BaseModel, ValidationError
 
 from outerloop.errors import RunFailed, UsageError, UserInputError
 from outerloop.tools.contracts import ToolDeps, ToolOutputInvalid, ToolSpec, ToolTimeout
-from outerloop.tools.mcp_server import ERROR_META_KEY, explain_validation
+from outerloop.tools.mcp.server import ERROR_META_KEY, explain_validation
 from outerloop.tools.registry import CallBudget, ToolCache, ToolRegistry
 
 if TYPE_CHECKING:

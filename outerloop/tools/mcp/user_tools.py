@@ -14,10 +14,10 @@ clients (Claude Desktop, an IDE, another agent framework) and for your own code:
 They are ordinary ``@tool`` specs built on the serving, memory and agents modules' public APIs,
 bound by :func:`user_tools` to one :class:`UserToolsContext` (the funnel, the key namespace, the
 outer loop), so they register in a ``ToolRegistry`` like any other tool. Their inputs and outputs
-live in :mod:`outerloop.tools.user_contracts`.
+live in :mod:`outerloop.tools.mcp.user_contracts`.
 
 ``recommend`` answers exactly what ``GET /v1/users/{id}/recommendations`` answers (one reader,
-one funnel, one writer: :mod:`outerloop.inner_loop.answer`): a user the deployment has never seen
+one funnel, one writer: :mod:`outerloop.inner_loop.serving.answer`): a user the deployment has never seen
 gets the cold-start rows flagged ``cold_start``, a Redis failure the popular items flagged
 ``degraded``, and ``explain_recommendation`` explains those rows too. The tools that have nothing
 to say about a user without any state (history, memory, refresh) refuse the id with
@@ -37,10 +37,10 @@ from outerloop.contracts.events import EVENT_TYPES
 from outerloop.contracts.keys import Keys
 from outerloop.data.schema import Item
 from outerloop.errors import OuterloopError, UserInputError
-from outerloop.inner_loop.answer import STORAGE_ERRORS, RecommendedItem, RecommendedRow, recommendation_doc
+from outerloop.inner_loop.serving.answer import STORAGE_ERRORS, RecommendedItem, RecommendedRow, recommendation_doc
 from outerloop.tools.builtin import ItemMeta, catalog_index
 from outerloop.tools.contracts import ToolDeps, ToolSpec, tool
-from outerloop.tools.user_contracts import (
+from outerloop.tools.mcp.user_contracts import (
     ExplainIn,
     ExplainOut,
     HistoryEntry,
@@ -70,8 +70,8 @@ from outerloop.tools.user_contracts import (
 if TYPE_CHECKING:
     from outerloop.agents.cycle import CycleResult
     from outerloop.contracts.triggers import Trigger
-    from outerloop.inner_loop.funnel import Funnel
-    from outerloop.inner_loop.user_state import UserState
+    from outerloop.inner_loop.serving.funnel import Funnel
+    from outerloop.inner_loop.serving.user_state import UserState
     from outerloop.tools.registry import ToolRegistry
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ async def require_user(deps: ToolDeps, keys: type[Keys], user_id: str) -> None:
 async def _read_state(ctx: UserToolsContext, deps: ToolDeps, user_id: str, max_len: int, *,
                       known: bool = True) -> "UserState":
     """The user's state, read as the API reads it; ``known``: refuse a user without any state."""
-    from outerloop.inner_loop.user_state import UserStore  # the inner loop's one reader
+    from outerloop.inner_loop.serving.user_state import UserStore  # the inner loop's one reader
 
     if known:
         await require_user(deps, ctx.keys, user_id)

@@ -39,11 +39,11 @@ import numpy as np
 
 from outerloop.data.schema import ACTION_ID, InteractionData
 from outerloop.errors import UserInputError
-from outerloop.evals.offline import EvalCases, leave_one_out, train_sequences
+from outerloop.inner_loop.model.evaluate import EvalCases, leave_one_out, train_sequences
 from outerloop.progress import progress_bar
 
 if TYPE_CHECKING:
-    from outerloop.inner_loop.artifacts import Artifacts
+    from outerloop.inner_loop.model.artifacts import Artifacts
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +251,7 @@ class Ensemble:
     @classmethod
     def load(cls, base: "Artifacts") -> "Ensemble":
         """The ensemble trained for ``base`` (refused when it was trained for another model)."""
-        from outerloop.inner_loop.artifacts import Artifacts
+        from outerloop.inner_loop.model.artifacts import Artifacts
 
         d = cls.directory(base.dir)
         path = d / ENSEMBLE_FILE
@@ -351,8 +351,8 @@ def train_member(base: "Artifacts", data: InteractionData, index: int, cfg: Ense
     """One extra transformer: the served model's shape and training settings, another seed,
     trained by the project's own ``train`` and saved as ``ensemble/member-<index>``."""
     from outerloop.data.datasets import dataset_hash
-    from outerloop.inner_loop.artifacts import Artifacts
-    from outerloop.inner_loop.train import TrainConfig, train
+    from outerloop.inner_loop.model.artifacts import Artifacts
+    from outerloop.inner_loop.model.train import TrainConfig, train
 
     tc = dict((base.manifest.get("config") or {}).get("train") or {})
     known = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -372,7 +372,7 @@ def train_member(base: "Artifacts", data: InteractionData, index: int, cfg: Ense
 
 def _usable_member(path: Path, base: "Artifacts", data_hash: str) -> "Artifacts | None":
     """A member trained earlier for the same data and model shape (reused, not retrained)."""
-    from outerloop.inner_loop.artifacts import Artifacts
+    from outerloop.inner_loop.model.artifacts import Artifacts
 
     if not (path / "manifest.json").is_file():
         return None
@@ -490,7 +490,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from outerloop.inner_loop.artifacts import Artifacts, training_data
+    from outerloop.inner_loop.model.artifacts import Artifacts, training_data
 
     if args.extra_transformers < 0:
         raise UserInputError(f"--extra-transformers must be >= 0, got {args.extra_transformers}")

@@ -1,7 +1,7 @@
 """One answer to "what is this user recommended now?", whoever asks.
 
 ``GET /v1/users/{id}/recommendations`` and the MCP tool ``recommend`` both read the user's state
-with the inner loop's reader, run the same :class:`~outerloop.inner_loop.funnel.Funnel`, and
+with the inner loop's reader, run the same :class:`~outerloop.inner_loop.serving.funnel.Funnel`, and
 write the result with :func:`recommendation_doc`, so they give the same rows with the same
 flags: a user with no history gets the cold-start rows (``cold_start: true``), a storage failure
 the popular items (``degraded: true``), never an error. :class:`Recommendations` is that
@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 
 if TYPE_CHECKING:
-    from outerloop.inner_loop.funnel import Funnel, Recommendation
+    from outerloop.inner_loop.serving.funnel import Funnel, Recommendation
 
 # what a read of user state can fail with: the answer is then degraded, never an error
 STORAGE_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)

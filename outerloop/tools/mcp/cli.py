@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     topology = topology_from_args(args, settings)  # bad values fail here, naming the flag
     token = read_token(args.token_file, settings.mcp_token) if args.transport == "http" else None
     if token is not None:
-        from outerloop.tools.mcp_server import StaticTokenVerifier
+        from outerloop.tools.mcp.server import StaticTokenVerifier
 
         StaticTokenVerifier(token)  # rejects a short token now, before loading anything
     plugins = load_plugins(args.agents, args.tools)
@@ -185,8 +185,8 @@ async def _serve(args: argparse.Namespace, settings: Any, topology: Any, token: 
                  agents: list[Any]) -> None:
     import torch
 
-    from outerloop.inner_loop.serve_cli import load_serving
-    from outerloop.tools.mcp_server import build_server, http_app, open_service
+    from outerloop.inner_loop.serving.serve_cli import load_serving
+    from outerloop.tools.mcp.server import build_server, http_app, open_service
 
     torch.set_num_threads(1)
     artifacts, ranker = load_serving(args.artifacts or settings.artifacts_dir, no_ranker=args.no_ranker)

@@ -25,10 +25,10 @@ import torch
 from tqdm.auto import tqdm
 
 from outerloop.data.schema import Catalog, InteractionData, UserSequence
-from outerloop.evals.offline import ScoreFn, evaluate, item_counts, leave_one_out, train_sequences
-from outerloop.inner_loop.batching import event_features, make_batch, pad_right
-from outerloop.inner_loop.features import build_item_features
-from outerloop.inner_loop.model import Batch, ModelConfig, SeqRecModel
+from outerloop.inner_loop.model.evaluate import ScoreFn, evaluate, item_counts, leave_one_out, train_sequences
+from outerloop.inner_loop.model.batching import event_features, make_batch, pad_right
+from outerloop.inner_loop.model.features import build_item_features
+from outerloop.inner_loop.model.transformer import Batch, ModelConfig, SeqRecModel
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +251,7 @@ def train(
     built from ``cfg``. The best state by validation NDCG@10 is restored before returning
     and, when ``checkpoint_dir`` is given, written there as ``best.pt`` each time it improves.
     With ``tcfg.freeze_backbone``, ``new_items`` are the item ids whose embeddings train (the
-    items the parent never had: :func:`outerloop.inner_loop.warm_start.new_item_ids`).
+    items the parent never had: :func:`outerloop.inner_loop.model.warm_start.new_item_ids`).
     """
     t_start = time.perf_counter()
     torch.set_num_threads(pick_threads(tcfg.num_threads))

@@ -1,4 +1,4 @@
-"""The contracts of the user-facing tools (``outerloop.tools.user_tools``): pydantic inputs and
+"""The contracts of the user-facing tools (``outerloop.tools.mcp.user_tools``): pydantic inputs and
 outputs, which are also the JSON schemas an MCP client sees, and the errors the tools raise.
 
 Kept apart from the implementations, which are mostly about reaching the serving, memory and
@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from outerloop.errors import UserInputError
-from outerloop.inner_loop.answer import Recommendations, RecommendedRow
+from outerloop.inner_loop.serving.answer import Recommendations, RecommendedRow
 from outerloop.memory.facts import BuiltinFact, Fact
 from outerloop.tools.builtin import ItemMeta
 
@@ -212,5 +212,5 @@ class RefreshOut(BaseModel):
     elapsed_ms: float
     plan: list[PlanStepOut]
     runs: list[RunOut]
-    rows_committed: list[RecommendedRow]  # the API's row: one contract (outerloop.inner_loop.answer)
+    rows_committed: list[RecommendedRow]  # the API's row: one contract (outerloop.inner_loop.serving.answer)
     notes: list[str]

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from outerloop.inner_loop.features import gap_buckets, hour_of_day
-from outerloop.inner_loop.model import Batch, ModelConfig
+from outerloop.inner_loop.model.features import gap_buckets, hour_of_day
+from outerloop.inner_loop.model.transformer import Batch, ModelConfig
 
 
 def pad_right(seqs: Sequence[np.ndarray], length: int, dtype: type = np.int64) -> np.ndarray:

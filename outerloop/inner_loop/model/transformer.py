@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from outerloop.contracts.events import EVENT_TYPES
-from outerloop.inner_loop.features import (
+from outerloop.inner_loop.model.features import (
     N_GAP_BUCKETS,
     N_HOURS,
     N_KINDS,

@@ -242,10 +242,10 @@ async def open_service(
     per-agent budget overrides, as ``OuterLoop(budgets=...)``."""
     from outerloop.agents.loop import OuterLoop
     from outerloop.conversation import ConversationService, converse_tool
-    from outerloop.inner_loop.funnel import Funnel, FunnelConfig
+    from outerloop.inner_loop.serving.funnel import Funnel, FunnelConfig
     from outerloop.contracts.keys import Keys as DefaultKeys
     from outerloop.tools.builtin import builtin_tools
-    from outerloop.tools.user_tools import READ_ONLY_TOOLS, UserToolsContext, user_tools
+    from outerloop.tools.mcp.user_tools import READ_ONLY_TOOLS, UserToolsContext, user_tools
 
     keys = keys or DefaultKeys
     loop = OuterLoop(artifacts, redis=redis, keys=keys, agents=agents, tools=tools, budgets=budgets)
@@ -272,7 +272,7 @@ def _warm_up(funnel: Any) -> None:
     import numpy as np
 
     from outerloop.data.schema import ACTION_ID
-    from outerloop.inner_loop.user_state import UserState
+    from outerloop.inner_loop.serving.user_state import UserState
 
     one = np.ones(1, dtype=np.int64)
     funnel.recommend(UserState(user_id="_warm_up", items=one, actions=one * ACTION_ID["play"], ts=one), 1)
