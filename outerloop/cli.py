@@ -29,7 +29,7 @@ _register("demo", "the whole system in a few minutes: world, model, API, daemon 
           "outerloop.demo")
 _register("train", "train the sequential transformer and build its artifacts", "outerloop.inner_loop.model.train_cli")
 _register("train-ranker", "train the multi-task ranker next to trained artifacts (the funnel's second stage)",
-          "outerloop.inner_loop.ranker_train")
+          "outerloop.evals.ranker_cli")
 _register("train-ensemble", "train the outer loop's heavy model (more transformers + EASE) next to trained artifacts",
           "outerloop.inner_loop.model.ensemble")
 _register("eval", "offline metrics of trained artifacts (HR@10, NDCG@10, full and sampled)", "outerloop.evals.cli")

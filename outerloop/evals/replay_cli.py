@@ -71,7 +71,7 @@ def _validate(args: argparse.Namespace) -> None:
         raise UserInputError(f"--ingest-events must be >= 0, got {args.ingest_events}")
     if args.users < 0:
         raise UserInputError(f"--users must be >= 0, got {args.users}")
-    from outerloop.inner_loop.ranker_train import parse_staleness
+    from outerloop.evals.ranker_cli import parse_staleness
 
     parse_staleness(args.staleness, "--staleness")
     if not 0.0 < args.test_share < 1.0:
@@ -121,7 +121,7 @@ def _inner_outer(args: argparse.Namespace, data: Any) -> dict[str, Any]:
     from outerloop.evals.prepare import STALENESS_MIX, prepare_outer_loop
     from outerloop.evals.replay import OuterReplay, inner_vs_outer
     from outerloop.inner_loop.model.artifacts import Artifacts
-    from outerloop.inner_loop.ranker_train import parse_staleness
+    from outerloop.evals.ranker_cli import parse_staleness
     from outerloop.progress import progress_bar
 
     if not args.artifacts:
