@@ -35,7 +35,7 @@ _EXPORTS: dict[str, str] = {
     "ToolDeps": "outerloop.tools.contracts",
     "ToolRegistry": "outerloop.tools.registry",
     "Budget": "outerloop.contracts.budget",
-    "RunRecord": "outerloop.budgets.record",
+    "RunRecord": "outerloop.contracts.run_record",
     "OuterLoop": "outerloop.agents.loop",
     "LoopConfig": "outerloop.agents.runtime",
     "run_daemon": "outerloop.scheduler.run",
@@ -62,7 +62,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names resolve on fi
     from outerloop.agents.loop import OuterLoop
     from outerloop.agents.runtime import LoopConfig
     from outerloop.agents.sdk import AgentContext, IsolatedContext, agent
-    from outerloop.budgets.record import RunRecord
+    from outerloop.contracts.run_record import RunRecord
     from outerloop.contracts.budget import Budget
     from outerloop.contracts.events import Event
     from outerloop.contracts.plans import Plan, PlanStep

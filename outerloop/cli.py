@@ -33,7 +33,7 @@ _register("train-ranker", "train the multi-task ranker next to trained artifacts
 _register("train-ensemble", "train the outer loop's heavy model (more transformers + EASE) next to trained artifacts",
           "outerloop.inner_loop.model.ensemble")
 _register("eval", "offline metrics of trained artifacts (HR@10, NDCG@10, full and sampled)", "outerloop.evals.cli")
-_register("serve", "serve real-time recommendations over HTTP (FastAPI + uvicorn)", "outerloop.inner_loop.serving.serve_cli")
+_register("serve", "serve real-time recommendations over HTTP (FastAPI + uvicorn)", "outerloop.api.serve_cli")
 _register("bench", "run a benchmark and print one JSON object", "outerloop.bench_cli")
 _register("plan-capacity", "size API workers, daemons and Redis masters for a load from `bench cluster`'s JSON",
           "outerloop.capacity")

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from outerloop.budgets.record import RunRecord
+    from outerloop.contracts.run_record import RunRecord
 
 ExporterKind = Literal["none", "console", "otlp", "memory"]
 EXPORTERS: tuple[str, ...] = ("none", "console", "otlp", "memory")

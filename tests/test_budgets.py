@@ -280,7 +280,7 @@ async def test_cancelling_the_caller_kills_the_isolated_run_and_refills(pool: Wo
 def test_a_record_is_json_ready_whatever_the_agent_returned():
     from types import MappingProxyType
 
-    from outerloop.budgets.record import RunRecord
+    from outerloop.contracts.run_record import RunRecord
 
     rec = RunRecord(run_id="r1", agent="memory", budget_ms=80.0, elapsed_ms=3.0, outcome="ok",
                     value={"facts": MappingProxyType({"a": 1})})  # neither copies nor serializes

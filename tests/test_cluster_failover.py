@@ -27,7 +27,7 @@ from outerloop.benchmarks.failover import run_failover
 from outerloop.config import Settings
 from outerloop.contracts.events import Event
 from outerloop.data.schema import ACTION_ID
-from outerloop.inner_loop.serving.app import create_app
+from outerloop.api.app import create_app
 from outerloop.inner_loop.serving.user_state import UserStore
 from outerloop.topology import Topology
 from tests.redis_cluster import LocalCluster, local_cluster, local_pair, needs_cluster

@@ -14,7 +14,7 @@ from outerloop.agents.loop import OuterLoop
 from outerloop.config import Settings
 from outerloop.contracts.keys import counts_key, daemons_key, runs_key, user_journal_key
 from outerloop.contracts.triggers import TITLE_FINISHED
-from outerloop.inner_loop.serving.app import ServeOptions, create_app
+from outerloop.api.app import ServeOptions, create_app
 from outerloop.inner_loop.serving.funnel import FunnelConfig
 from outerloop.scheduler import control as ctl
 from outerloop.scheduler.runners import OuterLoopRunner

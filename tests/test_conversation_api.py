@@ -22,7 +22,7 @@ from outerloop.conversation import (
     conversation_router,
     converse_tool,
 )
-from outerloop.inner_loop.serving.app import ServeOptions, create_app
+from outerloop.api.app import ServeOptions, create_app
 from outerloop.inner_loop.serving.funnel import FunnelConfig
 from outerloop.tools.contracts import ToolDeps
 from outerloop.tools.registry import ToolRegistry

@@ -17,7 +17,7 @@ from mcp import Client
 
 from outerloop.config import Settings
 from outerloop.contracts.keys import Keys
-from outerloop.inner_loop.serving.app import ServeOptions, create_app
+from outerloop.api.app import ServeOptions, create_app
 from outerloop.inner_loop.serving.funnel import FunnelConfig
 from outerloop.ports import free_port
 from outerloop.storage.clients import RedisTarget

@@ -35,7 +35,7 @@ from fastapi.testclient import TestClient
 
 from outerloop.config import Settings
 from outerloop.contracts.keys import namespaced_keys
-from outerloop.inner_loop.serving.app import ServeOptions, create_app
+from outerloop.api.app import ServeOptions, create_app
 from outerloop.inner_loop.serving.funnel import FunnelConfig
 from outerloop.ports import free_port
 from outerloop.storage.embedded import release_embedded

@@ -15,7 +15,7 @@ import pytest
 
 from outerloop.agents.sdk import AgentContext, agent
 from outerloop.contracts.budget import Budget
-from outerloop.budgets.record import RunRecord
+from outerloop.contracts.run_record import RunRecord
 from outerloop.data.schema import Catalog, InteractionData, Item, UserSequence
 from outerloop.errors import UserInputError
 from outerloop.evals import replay

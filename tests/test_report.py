@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from outerloop.budgets.record import RunRecord
+from outerloop.contracts.run_record import RunRecord
 from outerloop.cli import main as cli
 from outerloop.errors import UserInputError
 from outerloop.evals import plots, replay

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from outerloop.budgets.record import RunRecord
+from outerloop.contracts.run_record import RunRecord
 from outerloop.contracts.plans import Plan
 from outerloop.contracts.rows import Row
 from outerloop.contracts.triggers import Trigger

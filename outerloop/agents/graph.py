@@ -38,7 +38,7 @@ from outerloop.agents.sdk import (
     run_agent,
     run_isolated_agent,
 )
-from outerloop.budgets.record import RunRecord
+from outerloop.contracts.run_record import RunRecord
 from outerloop.contracts.plans import Plan, PlanStep
 from outerloop.contracts.rows import Row
 from outerloop.contracts.triggers import Trigger

@@ -46,7 +46,7 @@ from pydantic import ValidationError
 
 from outerloop.agents.caches import PlanCache, signature
 from outerloop.budgets.context import RunContext
-from outerloop.budgets.record import RunRecord
+from outerloop.contracts.run_record import RunRecord
 from outerloop.contracts.budget import Budget
 from outerloop.contracts.plans import Plan, PlanStep, StepBudget
 from outerloop.contracts.triggers import Trigger, local_hour

@@ -22,7 +22,7 @@ from outerloop.budgets.context import RunContext, StagedWrite
 from outerloop.budgets.enforce import Enforcer, run_with_budget
 from outerloop.budgets.fencing import Fence, FenceRejected, Lease
 from outerloop.budgets.pool import PoolStats, WorkerPool
-from outerloop.budgets.record import Outcome, RunRecord
+from outerloop.contracts.run_record import Outcome, RunRecord
 
 __all__ = [
     "Accounting",

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from outerloop.budgets.record import RunRecord
+from outerloop.contracts.run_record import RunRecord
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

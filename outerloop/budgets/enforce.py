@@ -37,7 +37,7 @@ from outerloop.contracts.budget import Budget
 from outerloop.budgets.context import RunContext
 from outerloop.budgets.fencing import Fence, FenceRejected, GuardFailed, Lease
 from outerloop.budgets.pool import WorkerPool
-from outerloop.budgets.record import ErrorInfo, Outcome, RunRecord
+from outerloop.contracts.run_record import ErrorInfo, Outcome, RunRecord
 from outerloop.budgets.watchdog import BLOCKED, LoopWatchdog, Slice, TimedRun
 from outerloop.budgets.watchdog import FIX as BLOCKING_FIX
 from outerloop.errors import UsageError

@@ -29,7 +29,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from outerloop.budgets.context import RunContext
-from outerloop.budgets.record import ErrorInfo
+from outerloop.contracts.run_record import ErrorInfo
 from outerloop.errors import UsageError
 
 log = logging.getLogger(__name__)

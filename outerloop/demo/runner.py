@@ -2,7 +2,7 @@
 agents of ``--agents``, in the demo :mod:`~outerloop.demo.agents`) with a run log.
 
 - **A run log.** After every cycle one entry goes to the Redis stream :func:`run_log_key`: the
-  user, the triggers, the plan, every agent's :class:`~outerloop.budgets.record.RunRecord`
+  user, the triggers, the plan, every agent's :class:`~outerloop.contracts.run_record.RunRecord`
   (killed runs included) and the rows committed. The demo reads it to show a kill and to sum
   up what the daemon did; a report can be built from it.
 - **Manual requests.** :func:`request_agents` is :func:`outerloop.scheduler.refresh.request_refresh_sync`:

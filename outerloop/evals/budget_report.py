@@ -3,7 +3,7 @@
 :class:`~outerloop.budgets.accounting.Accounting` already totals outcomes and overruns; this
 adds what a reader of a report asks next: how long runs took against their budgets (p50/p99 of
 ``elapsed / budget``), the kill rate, and the raw overruns for a histogram. It reads only
-:class:`~outerloop.budgets.record.RunRecord` fields, so it works on records from a replay, a
+:class:`~outerloop.contracts.run_record.RunRecord` fields, so it works on records from a replay, a
 bench's JSON (``RunRecord.to_dict`` rows) or the daemon.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from outerloop.budgets.accounting import Accounting, percentile
-from outerloop.budgets.record import RunRecord
+from outerloop.contracts.run_record import RunRecord
 
 
 def _as_record(r: RunRecord | Mapping[str, Any]) -> RunRecord:

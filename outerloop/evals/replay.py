@@ -251,7 +251,7 @@ class ReplayModel:
     lr: float = 1e-3
     seed: int = 42
     max_minutes: float = 20.0
-    threads: int = 0  # 0 = auto (see inner_loop.train.pick_threads)
+    threads: int = 0  # 0 = auto (see inner_loop.model.train.pick_threads)
 
 
 def train_before_cut(data: InteractionData, cut_ms: int, cfg: ReplayModel | None = None, *,

@@ -6,7 +6,7 @@ Keys (all under the deployment's prefix):
 
 - ``user journal`` (LIST per user, hash-tagged with the user's other keys, newest first, capped
   at :data:`CYCLES_PER_USER`): one JSON entry per cycle: the triggers with their source events,
-  every plan (steps, reasons, policy), every :class:`~outerloop.budgets.record.RunRecord`, the
+  every plan (steps, reasons, policy), every :class:`~outerloop.contracts.run_record.RunRecord`, the
   rows committed (row -> run id), the notes (paused agents among them), and the time from the
   daemon applying the triggering event to the commit (``refresh_ms``).
 - ``runs`` (STREAM, capped at :data:`RUNS_MAXLEN`): one entry per cycle with its run records in

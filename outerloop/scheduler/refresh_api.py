@@ -1,6 +1,6 @@
 """The API's route for manual refreshes: ``POST /v1/users/{user_id}/refresh``.
 
-Mounted by :func:`outerloop.inner_loop.serving.app.create_app`. The body is ``{"agents": [...],
+Mounted by :func:`outerloop.api.app.create_app`. The body is ``{"agents": [...],
 "detail": {...}}``; the named agents get their ``manual`` trigger with ``detail`` as sent (see
 :mod:`outerloop.scheduler.refresh`). While daemons are live, names that none of them runs are
 refused (422, naming them; each daemon publishes its agents in its heartbeat); with no daemon

@@ -185,7 +185,7 @@ async def _serve(args: argparse.Namespace, settings: Any, topology: Any, token: 
                  agents: list[Any]) -> None:
     import torch
 
-    from outerloop.inner_loop.serving.serve_cli import load_serving
+    from outerloop.api.serve_cli import load_serving
     from outerloop.tools.mcp.server import build_server, http_app, open_service
 
     torch.set_num_threads(1)

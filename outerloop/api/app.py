@@ -45,7 +45,7 @@ from outerloop.contracts.keys import Keys, embedding_key, served_key
 from outerloop.errors import OuterloopError, UserInputError
 from outerloop.inner_loop.serving.answer import ServedRecommendations, recommendation_doc
 from outerloop.inner_loop.serving.funnel import Funnel, FunnelConfig, Recommendation
-from outerloop.inner_loop.serving.openapi import ErrorOut, events_request_body, finish as finish_openapi
+from outerloop.api.openapi import ErrorOut, events_request_body, finish as finish_openapi
 from outerloop.inner_loop.serving.profiles import ProfileIn, profile_out
 from outerloop.inner_loop.model.ranker import ArtifactsLike, Ranker
 from outerloop.inner_loop.serving.user_state import DEFAULT_STREAM_MAXLEN, NotReplicated, UserStore, WriteBehind

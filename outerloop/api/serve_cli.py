@@ -179,7 +179,7 @@ def _run_workers(args: argparse.Namespace, settings: Any, topology: Any) -> int:
                     durable_writes=topology.durable_writes, durable_wait_ms=topology.durable_wait_ms)
     os.environ[WORKER_ARGS_ENV] = json.dumps(resolved)  # inherited by the spawned workers
     _announce(args, topology)
-    uvicorn.run("outerloop.inner_loop.serving.serve_cli:worker_app", factory=True, workers=args.workers,
+    uvicorn.run("outerloop.api.serve_cli:worker_app", factory=True, workers=args.workers,
                 **_uvicorn_options(args))
     return 0
 
@@ -208,7 +208,7 @@ def build_app(args: argparse.Namespace, settings: Any, topology: Any) -> Any:
 
     import torch
 
-    from outerloop.inner_loop.serving.app import ServeOptions, create_app
+    from outerloop.api.app import ServeOptions, create_app
     from outerloop.inner_loop.serving.funnel import FunnelConfig
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
