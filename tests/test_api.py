@@ -17,12 +17,13 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from outerloop.api.app import create_app
+from outerloop.api.context import ServeOptions
+from outerloop.api.serve_cli import check_bind, is_loopback
 from outerloop.config import Settings
 from outerloop.contracts.keys import Keys, served_key
 from outerloop.errors import UserInputError
-from outerloop.api.app import ServeOptions, create_app
 from outerloop.inner_loop.serving.funnel import FunnelConfig
-from outerloop.api.serve_cli import check_bind, is_loopback
 from outerloop.storage.clients import RedisTarget
 from tests.redis_fixtures import pytest_generate_tests, redis_keys, redis_target  # noqa: F401
 from tests.test_api_fixtures import event, now_ms, tiny_artifacts, tiny_data, tiny_dir, tiny_ranker  # noqa: F401

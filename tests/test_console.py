@@ -11,10 +11,11 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from outerloop.agents.loop import OuterLoop
+from outerloop.api.app import create_app
+from outerloop.api.context import ServeOptions
 from outerloop.config import Settings
 from outerloop.contracts.keys import counts_key, daemons_key, runs_key, user_journal_key
 from outerloop.contracts.triggers import TITLE_FINISHED
-from outerloop.api.app import ServeOptions, create_app
 from outerloop.inner_loop.serving.funnel import FunnelConfig
 from outerloop.scheduler import control as ctl
 from outerloop.scheduler.runners import OuterLoopRunner

@@ -15,14 +15,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from outerloop.api.app import create_app
+from outerloop.api.context import ServeOptions
 from outerloop.config import Settings
-from outerloop.conversation import (
-    ConversationService,
-    UserHistory,
-    conversation_router,
-    converse_tool,
-)
-from outerloop.api.app import ServeOptions, create_app
+from outerloop.conversation import ConversationService, UserHistory, conversation_router, converse_tool
 from outerloop.inner_loop.serving.funnel import FunnelConfig
 from outerloop.tools.contracts import ToolDeps
 from outerloop.tools.registry import ToolRegistry

@@ -52,15 +52,17 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
+# Sub-packages that are floors of their own (the rest of a package's sub-packages are its parts).
+SUBPACKAGES = {"inner_loop.model", "inner_loop.serving", "tools.mcp"}
+
+
 def unit_of(module: str) -> str:
-    """The package a module belongs to, below ``outerloop.``: a sub-package (``inner_loop.model``)
-    when the module is in one, else the top-level package or module (``scheduler``, ``clock``)."""
+    """The package a module belongs to, below ``outerloop.``: a sub-package of :data:`SUBPACKAGES`
+    (``inner_loop.model``) when the module is in one, else the top-level package or module
+    (``scheduler``, ``clock``)."""
     parts = module.split(".")[1:]
-    for depth in (2, 1):
-        if len(parts) > depth and (PACKAGE.joinpath(*parts[:depth])).is_dir():
-            return ".".join(parts[:depth])
-        if len(parts) == depth and (PACKAGE.joinpath(*parts[:depth])).is_dir():
-            return ".".join(parts[:depth])
+    if ".".join(parts[:2]) in SUBPACKAGES:
+        return ".".join(parts[:2])
     return parts[0] if parts else ""
 
 

@@ -15,9 +15,10 @@ from typing import Any
 import httpx
 from mcp import Client
 
+from outerloop.api.app import create_app
+from outerloop.api.context import ServeOptions
 from outerloop.config import Settings
 from outerloop.contracts.keys import Keys
-from outerloop.api.app import ServeOptions, create_app
 from outerloop.inner_loop.serving.funnel import FunnelConfig
 from outerloop.ports import free_port
 from outerloop.storage.clients import RedisTarget

@@ -33,13 +33,14 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
+from outerloop.api.app import create_app
+from outerloop.api.context import ServeOptions
 from outerloop.config import Settings
 from outerloop.contracts.keys import namespaced_keys
-from outerloop.api.app import ServeOptions, create_app
 from outerloop.inner_loop.serving.funnel import FunnelConfig
 from outerloop.ports import free_port
-from outerloop.storage.embedded import release_embedded
 from outerloop.storage.clients import RedisTarget
+from outerloop.storage.embedded import release_embedded
 from tests.test_api_fixtures import event, tiny_artifacts, tiny_dir, tiny_ranker  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]

@@ -208,7 +208,8 @@ def build_app(args: argparse.Namespace, settings: Any, topology: Any) -> Any:
 
     import torch
 
-    from outerloop.api.app import ServeOptions, create_app
+    from outerloop.api.app import create_app
+    from outerloop.api.context import ServeOptions
     from outerloop.inner_loop.serving.funnel import FunnelConfig
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
