@@ -1,5 +1,5 @@
 """Schemathesis hooks for the API's contract run: the test suite's
-(``tests/test_openapi_contract.py``) and one by hand::
+(``tests/api/test_openapi_contract.py``) and one by hand::
 
     SCHEMATHESIS_HOOKS=tests.schemathesis_hooks schemathesis run http://127.0.0.1:8000/openapi.json --checks all
 

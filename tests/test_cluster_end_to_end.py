@@ -26,9 +26,9 @@ from outerloop.ports import free_port
 from outerloop.contracts.keys import SchedulerKeys, shard_of
 from outerloop.topology import Topology
 from tests.redis_cluster import LocalCluster, cluster_with_replicas, needs_cluster  # noqa: F401
-from tests.test_api_fixtures import SYNTHETIC, tiny_dir  # noqa: F401
-from tests.test_api_server import pids_answering, wait_ready
-from tests.test_scheduler_helpers import REPO, wait_until
+from tests.api.test_api_fixtures import SYNTHETIC, tiny_dir  # noqa: F401
+from tests.api.test_api_server import pids_answering, wait_ready
+from tests.scheduler.test_scheduler_helpers import REPO, wait_until
 
 pytestmark = needs_cluster
 SHARDS = 3

@@ -31,8 +31,8 @@ from outerloop.api.app import create_app
 from outerloop.inner_loop.serving.user_state import UserStore
 from outerloop.topology import Topology
 from tests.redis_cluster import LocalCluster, local_cluster, local_pair, needs_cluster
-from tests.test_api_fixtures import tiny_artifacts, tiny_dir  # noqa: F401
-from tests.test_scheduler_helpers import REPO
+from tests.api.test_api_fixtures import tiny_artifacts, tiny_dir  # noqa: F401
+from tests.scheduler.test_scheduler_helpers import REPO
 
 pytestmark = needs_cluster
 SHARDS = 3

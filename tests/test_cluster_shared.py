@@ -16,7 +16,7 @@ from outerloop.tools.builtin import CoWatchGraph, TrendingCounter
 from outerloop.tools.contracts import ToolDeps
 from outerloop.topology import CLUSTER_SHARED_BUCKETS, Topology
 from tests.redis_cluster import LocalCluster, cluster, needs_cluster  # noqa: F401
-from tests.test_outer_loop_support import BASE_TS, TinyArtifacts
+from tests.agents.test_outer_loop_support import BASE_TS, TinyArtifacts
 
 pytestmark = needs_cluster
 HOUR = 3_600_000

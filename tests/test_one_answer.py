@@ -25,8 +25,8 @@ from outerloop.storage.clients import RedisTarget
 from outerloop.tools.mcp.server import build_server, open_service
 from tests.redis_fixtures import pytest_generate_tests, redis_keys, redis_target  # noqa: F401
 from outerloop.contracts.budget import Budget
-from tests.test_api_fixtures import now_ms
-from tests.test_mcp_support import artifacts, ranker, tiny_dir, trained_artifacts  # noqa: F401
+from tests.api.test_api_fixtures import now_ms
+from tests.tools.mcp.test_mcp_support import artifacts, ranker, tiny_dir, trained_artifacts  # noqa: F401
 
 PER_REQUEST = {"request_id", "timings_ms", "encoder_cache"}  # what belongs to one HTTP request
 

@@ -10,8 +10,8 @@ from outerloop.contracts.keys import SchedulerKeys
 from outerloop.contracts.triggers import TriggerRules
 from outerloop.storage.clients import daemon_async_client
 from tests.redis_cluster import LocalCluster, cluster, needs_cluster  # noqa: F401
-from tests.test_daemon_process import assert_exactly_once, stream_of_events
-from tests.test_scheduler_helpers import Env, RecordingRunner, fast_settings, make_daemon, running, wait_until
+from tests.scheduler.test_daemon_process import assert_exactly_once, stream_of_events
+from tests.scheduler.test_scheduler_helpers import Env, RecordingRunner, fast_settings, make_daemon, running, wait_until
 
 pytestmark = needs_cluster
 

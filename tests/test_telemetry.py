@@ -283,7 +283,7 @@ async def test_cycle_context_reaches_agents_through_langgraph(tel: telemetry.Tel
     (run by LangGraph and the enforcer, in tasks of their own) must still be its descendants."""
     from outerloop import OuterLoop, Trigger
     from outerloop.agents.sdk import AgentContext, agent
-    from tests.test_outer_loop_support import BASE_TS, TinyArtifacts, ev
+    from tests.agents.test_outer_loop_support import BASE_TS, TinyArtifacts, ev
 
     @agent(name="traced", budget=Budget(latency_ms=2000), triggers=("session_closed",), rows=("traced",))
     async def traced(ctx: AgentContext) -> None:

@@ -26,9 +26,9 @@ from outerloop.contracts.triggers import TriggerRules
 from outerloop.errors import UserInputError
 from outerloop.scheduler.runners import OuterLoopRunner, RowRefreshRunner
 from tests.redis_fixtures import pytest_generate_tests, redis_keys, redis_target  # noqa: F401
-from tests.test_api import KEY, make_client
-from tests.test_api_fixtures import event, tiny_artifacts, tiny_dir, tiny_ranker  # noqa: F401
-from tests.test_scheduler_helpers import (  # noqa: F401
+from tests.api.test_api import KEY, make_client
+from tests.api.test_api_fixtures import event, tiny_artifacts, tiny_dir, tiny_ranker  # noqa: F401
+from tests.scheduler.test_scheduler_helpers import (  # noqa: F401
     Env, env, fast_settings, group_done, make_daemon, running, wait_until,
 )
 from tests.test_telemetry import sum_points, tel  # noqa: F401

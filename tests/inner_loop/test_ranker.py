@@ -1,0 +1,203 @@
+"""The multi-task ranker: features, save/load, objective weights, and the trained ranker's
+report (it must beat retrieval order on the test cut it never trained or selected on)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from outerloop.inner_loop.model.ranker import FEATURE_NAMES, OBJECTIVES, FeatureTables, Ranker, candidate_features
+from outerloop.inner_loop.ranker_train import ranking_metrics, seen_items
+from tests.api.test_api_fixtures import tiny_artifacts, tiny_data, tiny_dir, tiny_ranker  # noqa: F401
+
+
+@pytest.fixture
+def tables(tiny_artifacts) -> FeatureTables:  # noqa: F811
+    return FeatureTables.build(tiny_artifacts.catalog, tiny_artifacts.item_vectors, tiny_artifacts.popularity)
+
+
+def test_features_are_computed_for_all_candidates_at_once(tables: FeatureTables) -> None:
+    cand = np.asarray([1, 2, 3, 4], np.int64)
+    retr = np.asarray([0.5, 2.0, 1.0, -1.0], np.float32)
+    row_pos = np.asarray([-1, 0, -1, 3], np.int64)
+    hist = np.asarray([5, 6, 2], np.int64)
+    f = candidate_features(tables, hist, cand, retr, row_pos)
+    assert f.shape == (4, len(FEATURE_NAMES)) and f.dtype == np.float32
+    col = {n: f[:, i] for i, n in enumerate(FEATURE_NAMES)}
+    assert col["score_gap"].tolist() == [-1.5, 0.0, -1.0, -3.0]
+    assert np.argsort(col["retrieval_rank"]).tolist() == [1, 2, 0, 3]
+    assert col["in_agent_row"].tolist() == [0, 1, 0, 1]
+    assert col["agent_row_position"].tolist() == [0.0, 1.0, 0.0, 0.25]
+    assert col["last_similarity"][1] == pytest.approx(1.0, abs=1e-5)  # item 2 is the newest history item
+    assert np.all((col["popularity"] >= 0) & (col["popularity"] <= 1))
+    empty = candidate_features(tables, np.asarray([], np.int64), cand, retr, row_pos)
+    assert np.all(empty[:, FEATURE_NAMES.index("genre_affinity")] == 0)
+
+
+def test_save_load_and_weights(tiny_ranker, tiny_dir, tables: FeatureTables, tmp_path) -> None:  # noqa: F811
+    feats = candidate_features(tables, np.asarray([3, 4]), np.arange(1, 30), np.linspace(1, 0, 29, dtype=np.float32),
+                               np.full(29, -1))
+    tiny_ranker.save(tmp_path)
+    again = Ranker.load(tmp_path)
+    assert np.allclose(again.score(feats), tiny_ranker.score(feats))
+    z = again.logits(feats)
+    assert z.shape == (29, len(OBJECTIVES))
+    only_rel = Ranker.load(tmp_path, {"relevance": 1.0})
+    assert np.allclose(only_rel.score(feats), z[:, 0], atol=1e-5)
+    with pytest.raises(ValueError, match="unknown ranker objectives"):
+        again.set_weights({"clicks": 1.0})
+
+
+def test_trained_ranker_beats_retrieval_order_on_test(tiny_ranker) -> None:  # noqa: F811
+    rep = tiny_ranker.config.report
+    test = rep["test"]
+    assert test["ranker"]["ndcg@10"] > test["retrieval_order"]["ndcg@10"]
+    assert rep["test_lift_over_retrieval"]["ndcg@10"] > 0
+    assert set(tiny_ranker.weights) == set(OBJECTIVES) and tiny_ranker.weights["relevance"] == 1.0
+    assert rep["users_val"] > 0 and rep["best_epoch"] >= 1
+
+
+def test_each_head_reports_its_own_validation_metric(tiny_ranker) -> None:  # noqa: F811
+    """The synthetic world skips some of what it starts, so the ``liked`` head is trained on those
+    observations and scored by ROC AUC at the held-out targets; relevance by NDCG@10."""
+    heads = tiny_ranker.config.report["heads"]
+    assert tiny_ranker.config.objectives == OBJECTIVES
+    assert heads["relevance"]["metric"] == "ndcg@10" and 0 < heads["relevance"]["val"] <= 1
+    liked = heads["liked"]
+    assert liked["val_targets"] > 0 and 0 < liked["val_targets_liked_share"] < 1
+    # an AUC exists only where the held-out targets hold both liked and disliked items
+    assert liked["test"] is not None and liked["val"] is not None
+
+
+def test_without_negative_engagement_there_is_no_liked_head(tiny_artifacts, tiny_data, tmp_path) -> None:  # noqa: F811
+    """Data in which every target is a plain rating (SASRec's ML-1M) gives the liked head nothing
+    to learn: the ranker has the relevance head alone and says why, and asking for a liked
+    weight is an error naming the objectives it has."""
+    import dataclasses
+
+    from outerloop.data.schema import ACTION_ID
+    from outerloop.inner_loop.ranker_train import train_ranker
+
+    rated = dataclasses.replace(tiny_data, users=[
+        dataclasses.replace(u, actions=np.full(len(u), ACTION_ID["rate"], np.int8)) for u in tiny_data.users])
+    r = train_ranker(tiny_artifacts, rated, epochs=2, patience=1, max_history=50, bags=2, out_dir=tmp_path)
+    assert r.config.objectives == ("relevance",) and r.weights == {"relevance": 1.0}
+    assert r.config.report["heads"]["liked"]["trained"] is False
+    assert Ranker.load(tmp_path).logits(np.zeros((3, len(FEATURE_NAMES)), np.float32)).shape == (3, 1)
+    with pytest.raises(ValueError, match="unknown ranker objectives.*relevance"):
+        r.set_weights({"relevance": 1.0, "liked": 0.5})
+
+
+def test_bagged_towers_average_and_old_files_load(tiny_ranker, tables: FeatureTables, tmp_path) -> None:  # noqa: F811
+    """A bagged ranker's logits are its towers' mean (the held-out users chose how many), and a
+    ranker file saved before towers existed (keys ``trunk.*``/``heads.*``) still loads."""
+    import torch
+
+    from outerloop.inner_loop.model.ranker import MultiTaskRanker
+
+    m = tiny_ranker.model
+    assert m.bags == tiny_ranker.config.bags == tiny_ranker.config.report["bags"]
+    assert set(tiny_ranker.config.report["val_ndcg@10_by_bags"]) == {str(n) for n in range(1, 6)}
+    x = torch.randn(7, len(FEATURE_NAMES))
+    with torch.inference_mode():
+        each = torch.stack([t(x) for t in m.towers])
+        assert torch.allclose(m(x), each.mean(0), atol=1e-6)
+    one = MultiTaskRanker(len(FEATURE_NAMES), tiny_ranker.config.hidden, OBJECTIVES)
+    one.towers[0].load_state_dict(m.towers[0].state_dict())
+    old_format = {k.removeprefix("towers.0."): v for k, v in one.state_dict().items()}
+    again = MultiTaskRanker(len(FEATURE_NAMES), tiny_ranker.config.hidden, OBJECTIVES)
+    again.load_state_dict(old_format)
+    with torch.inference_mode():
+        assert torch.allclose(again(x), m.towers[0](x))
+
+
+def test_roc_auc_counts_ties_half() -> None:
+    from outerloop.inner_loop.ranker_train import roc_auc
+
+    assert roc_auc(np.asarray([0.1, 0.4, 0.35, 0.8]), np.asarray([0, 0, 1, 1])) == pytest.approx(0.75)
+    assert roc_auc(np.asarray([1.0, 1.0]), np.asarray([0, 1])) == pytest.approx(0.5)
+    assert roc_auc(np.asarray([0.3, 0.2]), np.asarray([1, 1])) is None
+
+
+def test_seen_items_follow_serving() -> None:
+    hist = np.asarray([1, 2, 3, 4])
+    assert seen_items(hist, None).tolist() == [1, 2, 3, 4]  # MovieLens: every interaction is a rating
+    assert seen_items(hist, np.asarray([3, 6, 7, 8])).tolist() == [2, 3]  # play, finish, skip, add_to_list
+
+
+def test_ranking_metrics_count_misses() -> None:
+    from outerloop.inner_loop.ranker_train import Examples
+
+    ex = Examples(feats=np.zeros((2, 3, len(FEATURE_NAMES)), np.float32), mask=np.ones((2, 3), bool),
+                  relevance=np.asarray([[0, 1, 0], [0, 0, 0]], np.float32), liked=np.full(2, np.nan, np.float32),
+                  retrieval=np.zeros((2, 3), np.float32), user_ids=["a", "b"], items=np.ones((2, 3), np.int64))
+    m = ranking_metrics(np.asarray([[3.0, 2.0, 1.0], [1.0, 2.0, 3.0]]), ex, ks=(1, 2))
+    assert m["hr@1"] == 0.0 and m["hr@2"] == 0.5 and m["recall@candidates"] == 0.5
+    assert m["ndcg@2"] == pytest.approx(0.5 / np.log2(3))
+
+
+def test_covisitation_counts_what_follows() -> None:
+    from outerloop.inner_loop.model.covisit import CoVisitation
+
+    co = CoVisitation.build([np.asarray([1, 2, 3]), np.asarray([1, 2]), np.asarray([4, 1])], n_items=5, window=2, top_k=1)
+    s = co.scores(np.asarray([1, 2, 9]), np.asarray([2, 3, 4, 5]))
+    assert s.shape == (3, 4)
+    assert s[0, 0] > 0 and s[0, 1] == 0  # 1 -> 2 is the top successor of 1; top_k=1 drops 1 -> 3
+    assert s[1, 1] > 0 and s[1, 0] == 0  # 2 -> 3 once, nothing else
+    assert not s[2].any()  # an item without a row (grown catalog): no signal, no error
+
+
+def test_a_ranker_trained_on_fewer_features_still_scores(tiny_ranker, tables: FeatureTables) -> None:  # noqa: F811
+    from outerloop.inner_loop.model.ranker import MultiTaskRanker, RankerConfig
+
+    names = FEATURE_NAMES[:11]
+    cfg = RankerConfig(features=names, hidden=8, mean=[0.0] * 11, std=[1.0] * 11)
+    old = Ranker(MultiTaskRanker(11, 8, OBJECTIVES), cfg)
+    feats = candidate_features(tables, np.asarray([3]), np.arange(1, 6), np.ones(5, np.float32), np.full(5, -1))
+    assert old.score(feats).shape == (5,)
+    with pytest.raises(ValueError, match="does not compute"):
+        Ranker(MultiTaskRanker(1, 8, OBJECTIVES), RankerConfig(features=("telepathy",), hidden=8, mean=[0.0], std=[1.0]))
+
+
+def test_training_lists_merge_given_agent_rows_as_serving_does(tiny_artifacts, tiny_data, tables) -> None:  # noqa: F811
+    """``build_examples(agent_rows=...)``: a user's rows are merged with the funnel's own merge
+    (items outside the ANN candidates added, best position kept); a user without rows gets none."""
+    from outerloop.inner_loop.model.evaluate import leave_one_out
+    from outerloop.inner_loop.ranker_train import build_examples
+
+    cases = leave_one_out(tiny_data, "valid")
+    with_rows, without = cases.user_ids[0], cases.user_ids[1]
+    seen = set(cases.histories[0].tolist())
+    unseen = [i for i in range(1, len(tiny_artifacts.catalog) + 1) if i not in seen]
+    from outerloop.contracts.rows import AgentRow, CompiledRows
+
+    def agent_row(row_id: str, ids: list[int], scores: list[float] | None = None, kind: str = "relative") -> AgentRow:
+        return AgentRow(row_id, row_id, "", np.asarray(ids, np.int64),
+                        np.asarray(scores or [0.0] * len(ids), np.float32), "test", None, None, None, None,
+                        score_kind=kind)
+
+    row_a, row_b = np.asarray(unseen[:6], np.int64), np.asarray([unseen[5], unseen[6]], np.int64)
+    lp_ids, lp_scores = [unseen[6], unseen[7]], [-0.5, -2.0]  # a log-prob row, compiled 2 interactions back
+    ex = build_examples(tiny_artifacts, tables, tiny_data, "valid", n_candidates=5,
+                        agent_rows={with_rows: CompiledRows([agent_row("a", row_a.tolist()), agent_row("b", row_b.tolist()),
+                                                             agent_row("lp", lp_ids, lp_scores, "log_prob")], 2)})
+    col = {n: FEATURE_NAMES.index(n) for n in ("in_agent_row", "agent_row_position", "log_prob", "log_prob_gap",
+                                               "has_log_prob_row", "log_prob_row_staleness")}
+    first = ex.user_ids.index(with_rows)
+    items = ex.items[first][ex.mask[first]].tolist()
+    feats = ex.feats[first][ex.mask[first]]
+    best_pos = {int(i): p for p, i in enumerate(row_a.tolist())} | {unseen[5]: 0, unseen[6]: 1}  # best of both rows
+    assert set(best_pos) <= set(items)  # every row item is a candidate, even beyond the 5 ANN ones
+    assert set(lp_ids) <= set(items)  # the log-prob row's items are candidates too ...
+    lp = dict(zip(lp_ids, lp_scores))
+    for i, f in zip(items, feats):
+        assert f[col["in_agent_row"]] == (i in best_pos)  # ... but only relative rows give positions
+        assert f[col["agent_row_position"]] == pytest.approx(1 / (1 + best_pos[i]) if i in best_pos else 0.0)
+        assert f[col["log_prob"]] == pytest.approx(lp.get(i, -3.0))  # not in the row: its minimum minus one
+        assert f[col["log_prob_gap"]] == pytest.approx(lp.get(i, -3.0) + 0.5)
+        assert f[col["has_log_prob_row"]] == 1.0
+        assert f[col["log_prob_row_staleness"]] == pytest.approx(np.log1p(2))
+    other = ex.user_ids.index(without)
+    assert not ex.feats[other][ex.mask[other]][:, col["in_agent_row"]].any()
+    assert not ex.feats[other][ex.mask[other]][:, col["has_log_prob_row"]].any()
+    assert ex.mask[other].sum() <= 5
