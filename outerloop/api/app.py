@@ -211,12 +211,19 @@ def create_app(
 
 
 def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
-    """The methods of every route whose path matches the request's."""
+    """The methods of every route whose path matches the request's, also inside the routers
+    mounted with ``include_router`` (FastAPI keeps those as one entry per router)."""
     from starlette.routing import Match
 
     methods: set[str] = set()
-    for route in app.router.routes:
-        if getattr(route, "methods", None) and route.matches(request.scope)[0] != Match.NONE:
-            methods |= set(route.methods)
-    return sorted(methods)
 
+    def walk(routes: list[Any]) -> None:
+        for route in routes:
+            inner = getattr(route, "original_router", None)  # an included router (no prefix here)
+            if inner is not None:
+                walk(inner.routes)
+            elif getattr(route, "methods", None) and route.matches(request.scope)[0] != Match.NONE:
+                methods.update(route.methods)
+
+    walk(app.router.routes)
+    return sorted(methods)
