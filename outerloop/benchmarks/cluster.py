@@ -25,10 +25,12 @@ their children) and the Redis nodes used, read from ``/proc`` before and after, 
 request, and the load generator's own CPU beside them (``wait4`` of the wrk process).
 
 **Failover** (``--failover-modes``): a 3-master cluster with 2 replicas each (node timeout 1 s),
-one daemon reading it, events posted one per request at ``--failover-rate``/s from a Python client
-(each request's outcome is needed, which wrk does not give), a stream shard's master SIGKILLed
-after ``--failover-before-s``: the measurement of ``tests/test_cluster_failover.py``
-(:mod:`outerloop.benchmarks.failover`) plus the time until the daemon has caught up.
+one daemon reading it, events posted one per request at ``--failover-rate``/s by wrk (a Lua
+script paces them with ``delay()`` and logs each request's outcome per thread, so acknowledged
+events lost are counted exactly: :mod:`outerloop.benchmarks.failover_load`), a stream shard's
+master SIGKILLed after ``--failover-before-s``: the measurement of ``tests/test_cluster_failover.py``
+(:mod:`outerloop.benchmarks.failover`) plus the time until the daemon has caught up, and the CPU
+of wrk beside the API's, the daemon's and Redis's.
 
 ``--duration 5 --step-duration 2 --steps 1,4,16`` is a smoke run (a minute or two per setting).
 """
@@ -53,8 +55,8 @@ from typing import Any
 
 import httpx
 
-from outerloop.benchmarks.failover import API_KEY, caught_up, run_failover, serve, stop
-from outerloop.benchmarks.serve import _cpu_s
+from outerloop.benchmarks.failover import API_KEY, caught_up, caught_up_on, run_failover, serve, stop
+from outerloop.benchmarks.cpu import CpuMeter, per
 from outerloop.errors import UserInputError
 from outerloop.topology import Topology
 
@@ -153,48 +155,6 @@ def _check(args: argparse.Namespace) -> None:
 
     if missing() is not None:
         raise UserInputError(f"outerloop bench cluster needs redis-server and redis-cli 7 or later: {missing()}")
-
-
-# --- processes and their CPU ---------------------------------------------------------------------
-
-
-def _children(pid: int) -> list[int]:
-    """Every descendant of ``pid`` (from /proc)."""
-    kids: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            kids.setdefault(ppid, []).append(int(d.name))
-    out, todo = [], [pid]
-    while todo:
-        for k in kids.get(todo.pop(), []):
-            out.append(k)
-            todo.append(k)
-    return out
-
-
-class CpuMeter:
-    """CPU seconds of groups of processes (roots and their descendants), summed from /proc."""
-
-    def __init__(self, groups: dict[str, list[int]]) -> None:
-        self.groups = groups
-
-    def read(self) -> dict[str, dict[int, float]]:
-        out: dict[str, dict[int, float]] = {}
-        for name, roots in self.groups.items():
-            pids = set(roots)
-            for r in roots:
-                pids.update(_children(r))
-            out[name] = {p: c for p in pids if (c := _cpu_s(p)) is not None}
-        return out
-
-    @staticmethod
-    def delta(before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]) -> dict[str, float]:
-        """CPU seconds each group used between two reads (a process born in between counts from 0)."""
-        return {name: sum(c - before.get(name, {}).get(p, 0.0) for p, c in after[name].items()) for name in after}
 
 
 # --- wrk ------------------------------------------------------------------------------------------
@@ -341,10 +301,6 @@ def _item_ids(artifacts: Path) -> int:
     return max(1, len(items))
 
 
-def _per(cpu_s: float, n: float) -> float | None:
-    return round(cpu_s * 1000 / n, 4) if n else None
-
-
 async def run_setting(args: argparse.Namespace, setting: Setting, root: Path) -> dict[str, Any]:
     root.mkdir(parents=True)
     prefix = f"b{setting.redis[0]}{setting.workers}{setting.daemons}"
@@ -395,10 +351,10 @@ async def run_setting(args: argparse.Namespace, setting: Setting, root: Path) ->
                 "events_per_s": round(acked / (w["duration_us"] / 1e6), 1),
                 "events_acknowledged": acked, "errors": w["errors"], "connections": args.connections,
                 "post_p50_ms": w["p50_us"] / 1000, "post_p99_ms": w["p99_us"] / 1000,
-                "api_cpu_ms_per_event": _per(cpu_api["api"], acked),
-                "redis_cpu_ms_per_event": _per(cpu_all["redis"], acked),
-                "daemon_cpu_ms_per_event": _per(cpu_all["daemons"], acked) if setting.daemons else None,
-                "loadgen_cpu_ms_per_event": _per(w["loadgen_cpu_s"], acked),
+                "api_cpu_ms_per_event": per(cpu_api["api"], acked),
+                "redis_cpu_ms_per_event": per(cpu_all["redis"], acked),
+                "daemon_cpu_ms_per_event": per(cpu_all["daemons"], acked) if setting.daemons else None,
+                "loadgen_cpu_ms_per_event": per(w["loadgen_cpu_s"], acked),
                 "daemons_caught_up_s": round(catch, 2) if catch is not None else None,
                 "daemon_events_per_s": round(acked / catch, 1) if catch else None,
             }
@@ -414,10 +370,10 @@ async def run_setting(args: argparse.Namespace, setting: Setting, root: Path) ->
                 "offered_rps": args.get_rate, "achieved_rps": round(g["rps"], 1), "connections": conns,
                 "p50_ms": g["p50_us"] / 1000, "p99_ms": g["p99_us"] / 1000, "p999_ms": g["p999_us"] / 1000,
                 "errors": g["errors"], "degraded": g["degraded"], "requests": g["requests"],
-                "api_cpu_ms_per_request": _per(cpu["api"], g["requests"]),
-                "redis_cpu_ms_per_request": _per(cpu["redis"], g["requests"]),
+                "api_cpu_ms_per_request": per(cpu["api"], g["requests"]),
+                "redis_cpu_ms_per_request": per(cpu["redis"], g["requests"]),
                 "daemon_cpu_ms_during": round(cpu["daemons"] * 1000, 1),
-                "loadgen_cpu_ms_per_request": _per(g["loadgen_cpu_s"], g["requests"]),
+                "loadgen_cpu_ms_per_request": per(g["loadgen_cpu_s"], g["requests"]),
             }
 
             # the maximum rate at P99 <= bound, 0 errors (closed loop, stepping connections)
@@ -428,8 +384,8 @@ async def run_setting(args: argparse.Namespace, setting: Setting, root: Path) ->
                 cpu = CpuMeter.delta(before, meter.read())
                 steps.append({"connections": c, "rps": round(s["rps"], 1), "p50_ms": s["p50_us"] / 1000,
                               "p99_ms": s["p99_us"] / 1000, "errors": s["errors"], "degraded": s["degraded"],
-                              "api_cpu_ms_per_request": _per(cpu["api"], s["requests"]),
-                              "loadgen_cpu_ms_per_request": _per(s["loadgen_cpu_s"], s["requests"]),
+                              "api_cpu_ms_per_request": per(cpu["api"], s["requests"]),
+                              "loadgen_cpu_ms_per_request": per(s["loadgen_cpu_s"], s["requests"]),
                               "loadgen_cpu_share_of_one_core": round(s["loadgen_cpu_s"] / step_s, 3)})
                 if s["p99_us"] / 1000 > 3 * args.p99_ms:
                     break  # past the bound by far: more connections only queue
@@ -447,25 +403,17 @@ async def run_setting(args: argparse.Namespace, setting: Setting, root: Path) ->
 
 async def run_failover_mode(args: argparse.Namespace, mode: str, root: Path) -> dict[str, Any]:
     from outerloop.redis_local import local_cluster
-    from outerloop.scheduler.keys import SchedulerKeys
 
     root.mkdir(parents=True)
     with local_cluster(root / "redis", masters=3, replicas=2, node_timeout_ms=1000) as cluster:
         topology = Topology(redis_url=cluster.url, cluster=True, stream_shards=SHARDS, key_prefix=f"fo{mode[:3]}",
                             durable_writes=mode == "durable", durable_wait_ms=250)
-        with _daemons(1, topology, args.artifacts, root, f"{topology.key_prefix}:refresh"):
-            async def probe(live: Topology) -> bool:
-                client = live.target().async_client()
-                try:
-                    return await caught_up(client, SchedulerKeys.for_topology(live), include_due=False)
-                except Exception:  # a node still failing over: not yet
-                    return False
-                finally:
-                    await client.aclose()
-
+        with _daemons(1, topology, args.artifacts, root, f"{topology.key_prefix}:refresh") as daemons:
             report = await run_failover(cluster, topology, args.artifacts, root / "api.log", rate=args.failover_rate,
                                         before_s=args.failover_before_s, after_s=args.failover_after_s,
-                                        caught_up_probe=probe, caught_up_timeout_s=args.catch_up_timeout)
+                                        caught_up_probe=caught_up_on, caught_up_timeout_s=args.catch_up_timeout,
+                                        wrk=args.wrk_path, daemon_pids=[d.pid for d in daemons])
+            report["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
     report.pop("api_log_tail", None)
     report.pop("missing_after_retry_ids", None)
     return report
