@@ -285,6 +285,10 @@ class Keys:
     # over, by item: 1 keeps each under one tag (one slot), as on one server; a cluster spreads
     # them over this many slots (``--shared-buckets``, :mod:`outerloop.topology`).
     shared_buckets = 1
+    # On a cluster even one bucket is kept under its own hash tag (``{tr.0}`` for trending), so
+    # that a rebase (every trending key and the epoch together) is one single-slot script: the
+    # untagged one-server names would make it a MULTI across slots, which a cluster refuses.
+    shared_tagged = False
 
     @classmethod
     def user(cls, user_id: str, what: str) -> str:
@@ -347,12 +351,13 @@ def namespaced_keys(prefix: str) -> type[Keys]:
         "prefix": prefix, "events_stream": f"{prefix}:events", "dead_letter_stream": f"{prefix}:events:dead"})
 
 
-def with_shared_buckets(keys: type[Keys], buckets: int) -> type[Keys]:
+def with_shared_buckets(keys: type[Keys], buckets: int, *, tagged: bool = False) -> type[Keys]:
     """``keys`` with the shared structures spread over ``buckets`` hash tags (a subclass; the
-    class given is untouched). ``buckets`` 1 returns ``keys`` itself."""
-    if buckets == getattr(keys, "shared_buckets", 1):
+    class given is untouched); ``tagged`` (a cluster) keeps even one bucket under a hash tag.
+    The same layout as ``keys`` returns ``keys`` itself."""
+    if buckets == getattr(keys, "shared_buckets", 1) and tagged == getattr(keys, "shared_tagged", False):
         return keys
-    return type(keys.__name__, (keys,), {"shared_buckets": int(buckets)})
+    return type(keys.__name__, (keys,), {"shared_buckets": int(buckets), "shared_tagged": bool(tagged)})
 
 
 def delete_namespace(target: RedisTarget, prefix: str) -> int:
