@@ -16,6 +16,19 @@ Keys (all under the deployment's prefix):
 - ``daemons`` (HASH ``host:pid`` -> JSON, refreshed at most every second by each daemon): the
   loop's cache hit rates, its agents (declared budget, rows, triggers, isolated) and the stream
   settings (shards, group) the console needs to measure lag.
+
+On a cluster the keys written per cycle are spread by the user's stream shard: with ``shards``
+> 1 the ``runs`` stream, the ``counts`` hash and the minute hashes of shard ``i`` carry the hash
+tag ``{s<i>}`` (the tag of the shard's stream and indexes, so a shard's scheduler load is one
+unit to place on a node), and the console merges the shards' keys (:func:`runs_keys`...). One
+shard keeps the plain names. Every write is a non-transactional pipeline, which a cluster client
+splits by node, so no command spans two slots.
+
+``daemons`` stays one key, on purpose: it is written at most once a second per daemon (not per
+cycle or event), and it is where the console learns the shard count that names every other
+journal key, so it cannot itself be named by shard. The operators' control hash and its audit
+log (:mod:`outerloop.scheduler.control`) stay one slot too (``{control}``): a change and its
+audit entry are one MULTI, which needs one slot, and they change at an operator's pace.
 """
 
 from __future__ import annotations
@@ -29,7 +42,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from outerloop.scheduler.control import max_latency_ms
-from outerloop.scheduler.keys import SchedulerKeys
+from outerloop.scheduler.keys import SchedulerKeys, shard_of
 from outerloop.storage import Keys
 
 if TYPE_CHECKING:
@@ -50,20 +63,43 @@ def user_journal_key(keys: type[Keys], user_id: str) -> str:
     return keys.user(user_id, "journal")
 
 
-def runs_key(keys: type[Keys]) -> str:
-    return f"{keys.prefix}:journal:runs"
+def _tag(shard: int, shards: int) -> str:
+    """The shard's hash tag (as :meth:`SchedulerKeys.stream`'s), none with one shard."""
+    if not 0 <= shard < max(shards, 1):
+        raise ValueError(f"shard {shard} out of range 0..{shards - 1}")
+    return "" if shards <= 1 else f":{{s{shard}}}"
 
 
-def counts_key(keys: type[Keys]) -> str:
-    return f"{keys.prefix}:journal:counts"
+def runs_key(keys: type[Keys], shard: int = 0, shards: int = 1) -> str:
+    """STREAM of the cycles of the users of ``shard`` (one stream with one shard)."""
+    return f"{keys.prefix}:journal{_tag(shard, shards)}:runs"
 
 
-def minute_key(keys: type[Keys], minute: int) -> str:
-    """Runs by ``agent|outcome`` in one minute (``minute`` = epoch ms // 60,000)."""
-    return f"{keys.prefix}:journal:m:{minute}"
+def counts_key(keys: type[Keys], shard: int = 0, shards: int = 1) -> str:
+    """HASH ``agent|outcome`` -> runs since the start, of the users of ``shard``."""
+    return f"{keys.prefix}:journal{_tag(shard, shards)}:counts"
+
+
+def minute_key(keys: type[Keys], minute: int, shard: int = 0, shards: int = 1) -> str:
+    """Runs by ``agent|outcome`` in one minute (``minute`` = epoch ms // 60,000), of ``shard``."""
+    return f"{keys.prefix}:journal{_tag(shard, shards)}:m:{minute}"
+
+
+def runs_keys(keys: type[Keys], shards: int) -> list[str]:
+    """Every shard's runs stream (what the console merges)."""
+    return [runs_key(keys, i, shards) for i in range(max(shards, 1))]
+
+
+def counts_keys(keys: type[Keys], shards: int) -> list[str]:
+    return [counts_key(keys, i, shards) for i in range(max(shards, 1))]
+
+
+def minute_keys(keys: type[Keys], minute: int, shards: int) -> list[str]:
+    return [minute_key(keys, minute, i, shards) for i in range(max(shards, 1))]
 
 
 def daemons_key(keys: type[Keys]) -> str:
+    """One HASH for every daemon (see the module docstring for why it is not spread)."""
     return f"{keys.prefix}:journal:daemons"
 
 
@@ -134,6 +170,7 @@ class CycleJournal:
                      started_ms: int, loop: Any = None) -> dict[str, Any] | None:
         done = _now_ms()
         base = self.keys.base
+        shard, shards = shard_of(user_id, self.keys.shards), self.keys.shards
         try:
             entry = cycle_entry(user_id, triggers, result, started_ms=started_ms, done_ms=done, daemon=self.name)
             pipe = self.client.pipeline(transaction=False)
@@ -141,16 +178,16 @@ class CycleJournal:
             pipe.lpush(jkey, json.dumps(entry, separators=(",", ":")))
             pipe.ltrim(jkey, 0, CYCLES_PER_USER - 1)
             pipe.expire(jkey, USER_JOURNAL_TTL_S)
-            pipe.xadd(runs_key(base), {
+            pipe.xadd(runs_key(base, shard, shards), {
                 "user": user_id, "at_ms": str(done), "plan_cache_hit": "1" if result.plan_cache_hit else "0",
                 "refresh_ms": "" if entry["refresh_ms"] is None else str(entry["refresh_ms"]),
                 "records": json.dumps(short_records(entry["records"]), separators=(",", ":")),
             }, maxlen=RUNS_MAXLEN, approximate=True)
             if entry["records"]:
-                mkey = minute_key(base, done // 60_000)
+                mkey = minute_key(base, done // 60_000, shard, shards)
                 for r in entry["records"]:
                     f = f"{r['agent']}|{r['outcome']}"
-                    pipe.hincrby(counts_key(base), f, 1)
+                    pipe.hincrby(counts_key(base, shard, shards), f, 1)
                     pipe.hincrby(mkey, f, 1)
                 pipe.expire(mkey, MINUTE_TTL_S)
             if loop is not None and time.monotonic() - self._stats_at >= self.stats_interval_s:
