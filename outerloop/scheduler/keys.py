@@ -4,7 +4,11 @@ scheduler-wide indexes (due users, open sessions, watermark, heartbeats).
 Per-user keys always go through :meth:`outerloop.storage.Keys.user`, so on Redis Cluster a
 user's keys share one slot and the Lua scripts that touch them are legal. The scheduler-wide
 keys of shard ``i`` carry the hash tag ``{s<i>}`` when the stream is sharded, so each shard's
-stream and indexes live together and different shards spread over the cluster.
+stream and indexes live together and different shards spread over the cluster (the cycle
+journal's per-cycle keys too: :mod:`outerloop.scheduler.journal`). On a cluster no script mixes
+a user's keys with a shard's: the daemon queues users and indexes sessions in separate
+single-key commands there (on one server the scripts do it inline). What stays one key, and
+why: :attr:`SchedulerKeys.dead_letter`, :meth:`SchedulerKeys.heartbeats`.
 """
 
 from __future__ import annotations
@@ -63,7 +67,9 @@ class SchedulerKeys:
 
     @property
     def dead_letter(self) -> str:
-        """The dead-letter stream: entries that could not be applied, with the reason."""
+        """The dead-letter stream: entries that could not be applied, with the reason. One key
+        for every shard, on purpose: it is written only for entries that fail (malformed, past
+        their deliveries, trimmed), never per event, and an operator reads it in one place."""
         return self.base.dead_letter_stream
 
     @property
@@ -107,7 +113,9 @@ class SchedulerKeys:
         return f"{self.namespace}:hb:{consumer}"
 
     def heartbeats(self) -> str:
-        """ZSET consumer -> last heartbeat (ms), so ``--check`` can find daemons without SCAN."""
+        """ZSET consumer -> last heartbeat (ms), so ``--check`` can find daemons without SCAN
+        (which a cluster would need on every master). One key, on purpose: each daemon writes it
+        once per heartbeat interval, whatever the traffic, and it is the one place to find them."""
         return f"{self.namespace}:hb"
 
     def followers(self, series_id: str) -> str:
