@@ -36,7 +36,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from outerloop.benchmarks.failover import caught_up_on, run_failover
+from outerloop.benchmarks.failover import caught_up_on, run_failover, stop
 from outerloop.config import Settings
 from outerloop.data.events import Event
 from outerloop.data.schema import ACTION_ID
@@ -188,13 +188,7 @@ async def test_durable_mode_two_daemons_running_the_outer_loop_carry_on_through_
         alive = [d.poll() is None for d in daemons]
     finally:
         for d in daemons:
-            d.terminate()
-        for d in daemons:
-            try:
-                d.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                d.kill()
-                d.wait()
+            stop(d)
     tails = "\n".join(log.read_text()[-2000:] for log in logs)
     assert all(alive), tails
     assert [d.returncode for d in daemons] == [0, 0], tails

@@ -405,6 +405,7 @@ async def run_failover_mode(args: argparse.Namespace, mode: str, root: Path) -> 
     from outerloop.redis_local import local_cluster
 
     root.mkdir(parents=True)
+    load_at_start = round(os.getloadavg()[0], 2)
     with local_cluster(root / "redis", masters=3, replicas=2, node_timeout_ms=1000) as cluster:
         topology = Topology(redis_url=cluster.url, cluster=True, stream_shards=SHARDS, key_prefix=f"fo{mode[:3]}",
                             durable_writes=mode == "durable", durable_wait_ms=250)
@@ -413,6 +414,7 @@ async def run_failover_mode(args: argparse.Namespace, mode: str, root: Path) -> 
                                         before_s=args.failover_before_s, after_s=args.failover_after_s,
                                         caught_up_probe=caught_up_on, caught_up_timeout_s=args.catch_up_timeout,
                                         wrk=args.wrk_path, daemon_pids=[d.pid for d in daemons])
+            report["load_avg_1m_at_start"] = load_at_start
             report["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
     report.pop("api_log_tail", None)
     report.pop("missing_after_retry_ids", None)
@@ -435,7 +437,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": {"cpus": os.cpu_count(), "load_avg_1m_at_start": round(os.getloadavg()[0], 2)},
         "load_generator": {"tool": (wrk_version or ["wrk"])[0].strip(), "threads": 1,
                            "rate_control": "none (Debian's wrk has no -R): fixed rate by per-connection delay(), "
-                                           "maximum rate by stepping connections, both closed loop"},
+                                           "maximum rate by stepping connections, both closed loop",
+                           "failover": "wrk, one connection per thread (loadgen_threads), each request due at "
+                                       "start + g / rate on a shared wall-clock schedule (delay()), each request's "
+                                       "status logged per thread"},
         "duration_s": args.duration,
         "settings": [],
         "failover": [],

@@ -337,6 +337,8 @@ async def run_failover(cluster: LocalCluster, topology: Topology, artifacts: Pat
         "acknowledged_events_per_s_first_try": round(n_acked / load["elapsed"], 1) if load["elapsed"] else None,
         "events_posted": load["total"],
         "load_generator": loadgen["tool"],
+        "loadgen_threads": loadgen.get("threads"),
+        "loadgen_connections": loadgen.get("connections"),
         "loadgen_cpu_ms_per_event": per(loadgen["cpu_s"], load["total"]),
         "loadgen_cpu_share_of_one_core": round(loadgen["cpu_s"] / load["elapsed"], 3) if load["elapsed"] else None,
         "api_cpu_ms_per_event": per(cpu["api"], load["total"]),

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -153,6 +154,16 @@ async def offer_events_wrk(wrk: str, base: str, prefix: str, n_users: int, victi
     await asyncio.sleep(max(0.0, start_ms / 1000 + before_s - time.time()))
     kill()
     killed_at = time.time() - start_ms / 1000
+    # once every request due was sent and answered, stop wrk (SIGINT: it prints and exits as at
+    # the end of -d), so what follows (the daemons' catch-up) is timed from the load's real end;
+    # a request never answered keeps it running to -d, grace_s past the schedule
+    await asyncio.sleep(max(0.0, start_ms / 1000 + before_s + after_s - time.time()))
+    while proc.poll() is None:
+        sent, _ = parse_logs(logdir, start_ms)
+        if len(sent) >= total and all(status for _, _, _, status, _ in sent.values()):
+            proc.send_signal(signal.SIGINT)
+            break
+        await asyncio.sleep(0.05)
 
     def reap() -> tuple[int, Any, str]:
         assert proc.stdout is not None
