@@ -123,6 +123,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--failover-rate", type=float, default=300.0, help="events/s offered during the failover")
     p.add_argument("--failover-before-s", type=float, default=3.0, help="seconds of load before the kill")
     p.add_argument("--failover-after-s", type=float, default=8.0, help="seconds of load after the kill")
+    p.add_argument("--failover-connections", type=int, default=64,
+                   help="wrk threads of the failover load, one connection each (closed loop: a request stalled by "
+                        "the failover holds its connection, so more connections keep the offered rate)")
     p.add_argument("--wrk", default=None, help="the wrk binary (default: wrk on PATH)")
     p.add_argument("--workdir", type=Path, default=None, help="where logs and Redis data go (default: a temp dir)")
     p.add_argument("--json", action="store_true", help="print only the JSON object (compact)")
@@ -136,8 +139,8 @@ def _check(args: argparse.Namespace) -> None:
                              ("--catch-up-timeout", args.catch_up_timeout, 1.0)):
         if not value >= low:
             raise UserInputError(f"{flag} must be >= {low}, got {value}")
-    if args.connections < 1 or args.users < 1:
-        raise UserInputError("--connections and --users must be >= 1")
+    if args.connections < 1 or args.users < 1 or args.failover_connections < 1:
+        raise UserInputError("--connections, --users and --failover-connections must be >= 1")
     if args.step_duration is not None and args.step_duration < 1:
         raise UserInputError(f"--step-duration must be >= 1, got {args.step_duration}")
     modes = [m.strip() for m in args.failover_modes.split(",") if m.strip()]
@@ -413,7 +416,8 @@ async def run_failover_mode(args: argparse.Namespace, mode: str, root: Path) -> 
             report = await run_failover(cluster, topology, args.artifacts, root / "api.log", rate=args.failover_rate,
                                         before_s=args.failover_before_s, after_s=args.failover_after_s,
                                         caught_up_probe=caught_up_on, caught_up_timeout_s=args.catch_up_timeout,
-                                        wrk=args.wrk_path, daemon_pids=[d.pid for d in daemons])
+                                        wrk=args.wrk_path, wrk_threads=args.failover_connections,
+                                        daemon_pids=[d.pid for d in daemons])
             report["load_avg_1m_at_start"] = load_at_start
             report["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
     report.pop("api_log_tail", None)
@@ -438,7 +442,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "load_generator": {"tool": (wrk_version or ["wrk"])[0].strip(), "threads": 1,
                            "rate_control": "none (Debian's wrk has no -R): fixed rate by per-connection delay(), "
                                            "maximum rate by stepping connections, both closed loop",
-                           "failover": "wrk, one connection per thread (loadgen_threads), each request due at "
+                           "failover": "wrk, one connection per thread (loadgen_threads; closed loop: a stalled "
+                                       "request holds its thread, see events_sent_in_window_per_s), each request due at "
                                        "start + g / rate on a shared wall-clock schedule (delay()), each request's "
                                        "status logged per thread"},
         "duration_s": args.duration,

@@ -356,6 +356,9 @@ async def run_failover(cluster: LocalCluster, topology: Topology, artifacts: Pat
         "failover_window_s": round(window_end - window_start, 3),
         "kill_to_first_error_s": round(window_start - killed_at, 3),
         "kill_to_last_error_s": round(window_end - killed_at, 3),
+        # a stalled request holds its connection (closed loop): what was really offered meanwhile
+        "events_sent_in_window_per_s": round(sum(1 for s, _, _ in posts.values() if window_start <= s <= window_end)
+                                             / (window_end - window_start), 1) if window_end > window_start else None,
         "gets_in_window": len(gets_in_window),
         "get_errors_in_window": sum(1 for _, code, _ in gets_in_window if code != 200),
         "get_degraded_in_window": sum(1 for _, code, deg in gets_in_window if deg),
