@@ -214,7 +214,7 @@ async def run_failover(cluster: LocalCluster, topology: Topology, artifacts: Pat
                        rate: float = 150, before_s: float = 3.0, after_s: float = 8.0, calm_s: float = 2.0,
                        n_users: int = 60, workers: int = 1, cwd: Path | None = None,
                        caught_up_probe: Callable[[Topology], Awaitable[bool]] | None = None,
-                       caught_up_timeout_s: float = 120.0, wrk: str | None = None, wrk_threads: int = 16,
+                       caught_up_timeout_s: float = 120.0, wrk: str | None = None, wrk_threads: int = 64,
                        daemon_pids: list[int] | None = None,
                        after_load: Callable[[str, Topology, list[str]], Awaitable[dict[str, Any]]] | None = None,
                        ) -> dict[str, Any]:

@@ -132,7 +132,7 @@ def parse_logs(logdir: Path, start_ms: float) -> tuple[dict[int, tuple[str, floa
 
 async def offer_events_wrk(wrk: str, base: str, prefix: str, n_users: int, victim_users: list[str],
                            kill: Callable[[], None], workdir: Path, *, rate: float, before_s: float, after_s: float,
-                           api_key: str, events_t0_ms: int, threads: int = 16, get_every: int = 11,
+                           api_key: str, events_t0_ms: int, threads: int = 64, get_every: int = 11,
                            grace_s: float = 3.0) -> dict[str, Any]:
     """Offer ``rate`` events/s (plus one GET of a victim user per ``get_every - 1`` events) for
     ``before_s + after_s`` through wrk, call ``kill`` ``before_s`` after the first request is
