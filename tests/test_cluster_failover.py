@@ -154,6 +154,8 @@ async def _cycles_after_sessions_close(base: str, live: Topology, victim_users: 
             entries = [{k.decode(): v.decode() for k, v in f.items()} for _, f in await client.xrange(refresh_log)]
             committed = {e["user"]: e["rows"].split(",") for e in entries if e["user"] in victim_users and e["rows"]}
             out["victim_users_with_rows"] = len(committed)
+            out["victim_agent_runs"] = dict(Counter(run.split(":")[-1] for e in entries if e["user"] in victim_users
+                                                    for run in e["runs"].split(",") if run))
             served_ok = 0
             for user, row_ids in committed.items():
                 stored = {k.decode(): json.loads(v) for k, v in (await client.hgetall(live.keys().rows(user))).items()}
@@ -203,7 +205,8 @@ async def test_durable_mode_two_daemons_running_the_outer_loop_carry_on_through_
     assert report["acknowledged_not_consumed_by_daemons"] == 0, report
     after = report["after_load"]
     assert after["victim_users_cycled"] == report["victim_users"], report
-    assert after["victim_users_with_rows"] >= 1, report
+    # rows, unless no agent run ended well (on a starved machine every run can outlast its budget)
+    assert after["victim_users_with_rows"] >= 1 or not after["victim_agent_runs"].get("ok"), report
     assert after["victim_users_rows_served"] == after["victim_users_with_rows"], report
     # each distinct event's effect applied once by the daemons: a user's event counter moves only
     # when the event's id joins the user's applied set (one script), so it equals the events posted
