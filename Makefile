@@ -26,8 +26,9 @@ test: install
 	$(BIN)/python -m pytest -q
 
 # The figures the issues ask for, each printed as one JSON object and kept in runs/bench/.
-# Long: it trains the default ML-1M model first (about half an hour on 2 CPU cores); the replays
-# train what the outer loop needs next to it (the ensemble, both rankers) once and cache it.
+# Long: it trains the default ML-1M model first (20-40 min on 2 CPU cores); the first replay
+# trains what the outer loop needs next to it once and caches it (three more transformers of the
+# same shape, 20-40 min each, EASE, both rankers): about 3 hours on a 2-core machine from nothing.
 ML1M := runs/ml1m
 ML100K := runs/ml100k
 MLSMALL := runs/ml-latest-small

@@ -113,7 +113,7 @@ class Topology:
     def keys(self) -> type[Keys]:
         """The key namespace every process uses (with the shared structures' bucket count)."""
         base = namespaced_keys(self.key_prefix) if self.key_prefix else Keys
-        return with_shared_buckets(base, self.buckets)
+        return with_shared_buckets(base, self.buckets, tagged=self.cluster)
 
     def describe(self) -> str:
         shards = f"{self.stream_shards} stream shard{'s' if self.stream_shards > 1 else ''}"

@@ -4,7 +4,8 @@ once, and then the processes as an operator runs them, configured only by the en
 topology: ``outerloop serve --workers 2`` and two ``outerloop daemon --runner outerloop`` in one
 consumer group, on tiny trained artifacts. Events posted to the API reach the daemons through the
 shards (together they apply each event once), their agents commit rows, both API workers serve
-them, and a manual refresh through the API reaches a daemon."""
+them, a manual refresh through the API reaches a daemon, the cycles' journal is spread by shard
+and merged by the console, and no node answered ``CROSSSLOT`` (the daemons' operations audited)."""
 
 from __future__ import annotations
 
@@ -20,10 +21,11 @@ from typing import Any
 
 import httpx
 
+from outerloop.console.views import agents_view
 from outerloop.contracts.events import Event
+from outerloop.contracts.keys import SchedulerKeys, counts_keys, runs_keys, shard_of
 from outerloop.inner_loop.serving.user_state import UserStore, queue_stream
 from outerloop.ports import free_port
-from outerloop.contracts.keys import SchedulerKeys, shard_of
 from outerloop.topology import Topology
 from tests.redis_cluster import LocalCluster, cluster_with_replicas, needs_cluster  # noqa: F401
 from tests.api.test_api_fixtures import SYNTHETIC, tiny_dir  # noqa: F401
@@ -211,6 +213,21 @@ async def test_events_posted_to_two_api_workers_reach_two_daemons_through_the_sh
             return any(f[b"user"].decode() == user and b"manual" in f[b"triggers"] for _, f in entries)
 
         await wait_until(refreshed, timeout_s=30, every_s=0.1)
+
+        # the cycles' journal is spread by shard (each shard's runs stream and counts under the
+        # shard's tag, on more than one master), and the console's view merges the shards
+        runs = runs_keys(topology.keys(), SHARDS)
+        assert len({client.keyslot(k) for k in runs}) == SHARDS
+        assert len({client.get_node_from_key(k).name for k in runs}) >= 2
+        journaled = [await client.xlen(k) for k in runs]
+        assert sum(1 for n in journaled if n) >= 2, journaled
+        view = await agents_view(client, topology.keys())
+        assert view["window"]["cycles"] == sum(journaled), (view["window"], journaled)
+        totals = sum(a["totals"]["all"] for a in view["agents"])
+        counted = 0
+        for key in counts_keys(topology.keys(), SHARDS):
+            counted += sum(int(v) for v in (await client.hgetall(key)).values())
+        assert totals == counted > 0
     finally:
         for proc in (api, daemon, daemon2):
             proc.terminate()
@@ -224,6 +241,12 @@ async def test_events_posted_to_two_api_workers_reach_two_daemons_through_the_sh
     assert daemon.returncode == 0, daemon_log.read_text()[-3000:]
     assert daemon2.returncode == 0, daemon2_log.read_text()[-3000:]
     assert "Traceback" not in api_log.read_text(), api_log.read_text()[-3000:]
+    # the audit: no node refused a command spanning two slots, the cluster client refused none
+    # before sending it, and no script touched a key it did not declare (its error is logged)
+    errors = cluster_with_replicas.error_counts()
+    assert not errors.get("CROSSSLOT"), errors
+    for log in (api_log, daemon_log, daemon2_log):
+        assert not any(s in log.read_text() for s in ("map to the same", "CROSSSLOT", "non local key")), log
     # together the two daemons applied each distinct event exactly once (each says so when it stops)
     applied = [int(re.findall(r"stopped: .*?applied=(\d+)", log.read_text())[-1]) for log in (daemon_log, daemon2_log)]
     assert sum(applied) == len({e["event_id"] for e in events}), applied

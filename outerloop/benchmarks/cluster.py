@@ -25,10 +25,12 @@ their children) and the Redis nodes used, read from ``/proc`` before and after, 
 request, and the load generator's own CPU beside them (``wait4`` of the wrk process).
 
 **Failover** (``--failover-modes``): a 3-master cluster with 2 replicas each (node timeout 1 s),
-one daemon reading it, events posted one per request at ``--failover-rate``/s from a Python client
-(each request's outcome is needed, which wrk does not give), a stream shard's master SIGKILLed
-after ``--failover-before-s``: the measurement of ``tests/test_cluster_failover.py``
-(:mod:`outerloop.benchmarks.failover`) plus the time until the daemon has caught up.
+one daemon reading it, events posted one per request at ``--failover-rate``/s by wrk (a Lua
+script paces them with ``delay()`` and logs each request's outcome per thread, so acknowledged
+events lost are counted exactly: :mod:`outerloop.benchmarks.failover_load`), a stream shard's
+master SIGKILLed after ``--failover-before-s``: the measurement of ``tests/test_cluster_failover.py``
+(:mod:`outerloop.benchmarks.failover`) plus the time until the daemon has caught up, and the CPU
+of wrk beside the API's, the daemon's and Redis's.
 
 ``--duration 5 --step-duration 2 --steps 1,4,16`` is a smoke run (a minute or two per setting).
 """
@@ -53,8 +55,8 @@ from typing import Any
 
 import httpx
 
-from outerloop.benchmarks.failover import API_KEY, caught_up, run_failover, serve, stop
-from outerloop.benchmarks.serve import _cpu_s
+from outerloop.benchmarks.failover import API_KEY, caught_up, caught_up_on, run_failover, serve, stop
+from outerloop.benchmarks.cpu import CpuMeter, per
 from outerloop.errors import UserInputError
 from outerloop.topology import Topology
 
@@ -121,6 +123,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--failover-rate", type=float, default=300.0, help="events/s offered during the failover")
     p.add_argument("--failover-before-s", type=float, default=3.0, help="seconds of load before the kill")
     p.add_argument("--failover-after-s", type=float, default=8.0, help="seconds of load after the kill")
+    p.add_argument("--failover-connections", type=int, default=64,
+                   help="wrk threads of the failover load, one connection each (closed loop: a request stalled by "
+                        "the failover holds its connection, so more connections keep the offered rate)")
     p.add_argument("--wrk", default=None, help="the wrk binary (default: wrk on PATH)")
     p.add_argument("--workdir", type=Path, default=None, help="where logs and Redis data go (default: a temp dir)")
     p.add_argument("--json", action="store_true", help="print only the JSON object (compact)")
@@ -134,8 +139,8 @@ def _check(args: argparse.Namespace) -> None:
                              ("--catch-up-timeout", args.catch_up_timeout, 1.0)):
         if not value >= low:
             raise UserInputError(f"{flag} must be >= {low}, got {value}")
-    if args.connections < 1 or args.users < 1:
-        raise UserInputError("--connections and --users must be >= 1")
+    if args.connections < 1 or args.users < 1 or args.failover_connections < 1:
+        raise UserInputError("--connections, --users and --failover-connections must be >= 1")
     if args.step_duration is not None and args.step_duration < 1:
         raise UserInputError(f"--step-duration must be >= 1, got {args.step_duration}")
     modes = [m.strip() for m in args.failover_modes.split(",") if m.strip()]
@@ -153,48 +158,6 @@ def _check(args: argparse.Namespace) -> None:
 
     if missing() is not None:
         raise UserInputError(f"outerloop bench cluster needs redis-server and redis-cli 7 or later: {missing()}")
-
-
-# --- processes and their CPU ---------------------------------------------------------------------
-
-
-def _children(pid: int) -> list[int]:
-    """Every descendant of ``pid`` (from /proc)."""
-    kids: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            kids.setdefault(ppid, []).append(int(d.name))
-    out, todo = [], [pid]
-    while todo:
-        for k in kids.get(todo.pop(), []):
-            out.append(k)
-            todo.append(k)
-    return out
-
-
-class CpuMeter:
-    """CPU seconds of groups of processes (roots and their descendants), summed from /proc."""
-
-    def __init__(self, groups: dict[str, list[int]]) -> None:
-        self.groups = groups
-
-    def read(self) -> dict[str, dict[int, float]]:
-        out: dict[str, dict[int, float]] = {}
-        for name, roots in self.groups.items():
-            pids = set(roots)
-            for r in roots:
-                pids.update(_children(r))
-            out[name] = {p: c for p in pids if (c := _cpu_s(p)) is not None}
-        return out
-
-    @staticmethod
-    def delta(before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]) -> dict[str, float]:
-        """CPU seconds each group used between two reads (a process born in between counts from 0)."""
-        return {name: sum(c - before.get(name, {}).get(p, 0.0) for p, c in after[name].items()) for name in after}
 
 
 # --- wrk ------------------------------------------------------------------------------------------
@@ -341,10 +304,6 @@ def _item_ids(artifacts: Path) -> int:
     return max(1, len(items))
 
 
-def _per(cpu_s: float, n: float) -> float | None:
-    return round(cpu_s * 1000 / n, 4) if n else None
-
-
 async def run_setting(args: argparse.Namespace, setting: Setting, root: Path) -> dict[str, Any]:
     root.mkdir(parents=True)
     prefix = f"b{setting.redis[0]}{setting.workers}{setting.daemons}"
@@ -395,10 +354,10 @@ async def run_setting(args: argparse.Namespace, setting: Setting, root: Path) ->
                 "events_per_s": round(acked / (w["duration_us"] / 1e6), 1),
                 "events_acknowledged": acked, "errors": w["errors"], "connections": args.connections,
                 "post_p50_ms": w["p50_us"] / 1000, "post_p99_ms": w["p99_us"] / 1000,
-                "api_cpu_ms_per_event": _per(cpu_api["api"], acked),
-                "redis_cpu_ms_per_event": _per(cpu_all["redis"], acked),
-                "daemon_cpu_ms_per_event": _per(cpu_all["daemons"], acked) if setting.daemons else None,
-                "loadgen_cpu_ms_per_event": _per(w["loadgen_cpu_s"], acked),
+                "api_cpu_ms_per_event": per(cpu_api["api"], acked),
+                "redis_cpu_ms_per_event": per(cpu_all["redis"], acked),
+                "daemon_cpu_ms_per_event": per(cpu_all["daemons"], acked) if setting.daemons else None,
+                "loadgen_cpu_ms_per_event": per(w["loadgen_cpu_s"], acked),
                 "daemons_caught_up_s": round(catch, 2) if catch is not None else None,
                 "daemon_events_per_s": round(acked / catch, 1) if catch else None,
             }
@@ -414,10 +373,10 @@ async def run_setting(args: argparse.Namespace, setting: Setting, root: Path) ->
                 "offered_rps": args.get_rate, "achieved_rps": round(g["rps"], 1), "connections": conns,
                 "p50_ms": g["p50_us"] / 1000, "p99_ms": g["p99_us"] / 1000, "p999_ms": g["p999_us"] / 1000,
                 "errors": g["errors"], "degraded": g["degraded"], "requests": g["requests"],
-                "api_cpu_ms_per_request": _per(cpu["api"], g["requests"]),
-                "redis_cpu_ms_per_request": _per(cpu["redis"], g["requests"]),
+                "api_cpu_ms_per_request": per(cpu["api"], g["requests"]),
+                "redis_cpu_ms_per_request": per(cpu["redis"], g["requests"]),
                 "daemon_cpu_ms_during": round(cpu["daemons"] * 1000, 1),
-                "loadgen_cpu_ms_per_request": _per(g["loadgen_cpu_s"], g["requests"]),
+                "loadgen_cpu_ms_per_request": per(g["loadgen_cpu_s"], g["requests"]),
             }
 
             # the maximum rate at P99 <= bound, 0 errors (closed loop, stepping connections)
@@ -428,8 +387,8 @@ async def run_setting(args: argparse.Namespace, setting: Setting, root: Path) ->
                 cpu = CpuMeter.delta(before, meter.read())
                 steps.append({"connections": c, "rps": round(s["rps"], 1), "p50_ms": s["p50_us"] / 1000,
                               "p99_ms": s["p99_us"] / 1000, "errors": s["errors"], "degraded": s["degraded"],
-                              "api_cpu_ms_per_request": _per(cpu["api"], s["requests"]),
-                              "loadgen_cpu_ms_per_request": _per(s["loadgen_cpu_s"], s["requests"]),
+                              "api_cpu_ms_per_request": per(cpu["api"], s["requests"]),
+                              "loadgen_cpu_ms_per_request": per(s["loadgen_cpu_s"], s["requests"]),
                               "loadgen_cpu_share_of_one_core": round(s["loadgen_cpu_s"] / step_s, 3)})
                 if s["p99_us"] / 1000 > 3 * args.p99_ms:
                     break  # past the bound by far: more connections only queue
@@ -447,25 +406,20 @@ async def run_setting(args: argparse.Namespace, setting: Setting, root: Path) ->
 
 async def run_failover_mode(args: argparse.Namespace, mode: str, root: Path) -> dict[str, Any]:
     from outerloop.storage.local_servers import local_cluster
-    from outerloop.contracts.keys import SchedulerKeys
 
     root.mkdir(parents=True)
+    load_at_start = round(os.getloadavg()[0], 2)
     with local_cluster(root / "redis", masters=3, replicas=2, node_timeout_ms=1000) as cluster:
         topology = Topology(redis_url=cluster.url, cluster=True, stream_shards=SHARDS, key_prefix=f"fo{mode[:3]}",
                             durable_writes=mode == "durable", durable_wait_ms=250)
-        with _daemons(1, topology, args.artifacts, root, f"{topology.key_prefix}:refresh"):
-            async def probe(live: Topology) -> bool:
-                client = live.target().async_client()
-                try:
-                    return await caught_up(client, SchedulerKeys.for_topology(live), include_due=False)
-                except Exception:  # a node still failing over: not yet
-                    return False
-                finally:
-                    await client.aclose()
-
+        with _daemons(1, topology, args.artifacts, root, f"{topology.key_prefix}:refresh") as daemons:
             report = await run_failover(cluster, topology, args.artifacts, root / "api.log", rate=args.failover_rate,
                                         before_s=args.failover_before_s, after_s=args.failover_after_s,
-                                        caught_up_probe=probe, caught_up_timeout_s=args.catch_up_timeout)
+                                        caught_up_probe=caught_up_on, caught_up_timeout_s=args.catch_up_timeout,
+                                        wrk=args.wrk_path, wrk_threads=args.failover_connections,
+                                        daemon_pids=[d.pid for d in daemons])
+            report["load_avg_1m_at_start"] = load_at_start
+            report["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
     report.pop("api_log_tail", None)
     report.pop("missing_after_retry_ids", None)
     return report
@@ -487,7 +441,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": {"cpus": os.cpu_count(), "load_avg_1m_at_start": round(os.getloadavg()[0], 2)},
         "load_generator": {"tool": (wrk_version or ["wrk"])[0].strip(), "threads": 1,
                            "rate_control": "none (Debian's wrk has no -R): fixed rate by per-connection delay(), "
-                                           "maximum rate by stepping connections, both closed loop"},
+                                           "maximum rate by stepping connections, both closed loop",
+                           "failover": "wrk, one connection per thread (loadgen_threads; closed loop: a stalled "
+                                       "request holds its thread, see events_sent_in_window_per_s), each request due at "
+                                       "start + g / rate on a shared wall-clock schedule (delay()), each request's "
+                                       "status logged per thread"},
         "duration_s": args.duration,
         "settings": [],
         "failover": [],

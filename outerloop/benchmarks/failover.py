@@ -4,7 +4,9 @@ measurement ``tests/test_cluster_failover.py`` asserts on and ``outerloop bench 
 :func:`run_failover` starts ``outerloop serve`` (configured by the environment only), posts one
 event per request at a fixed rate, kills the master of a stream shard's slot (one that still has
 two replicas) after ``before_s``, goes on for ``after_s``, then retries what failed (the write is
-idempotent by ``event_id``) and reads back the streams and histories. It returns one flat dict:
+idempotent by ``event_id``) and reads back the streams and histories. The load comes from ``wrk``
+(:mod:`outerloop.benchmarks.failover_load`: paced by its ``delay()`` hook, each request's outcome
+logged per thread) or, for a test's lower rate, from a Python client. It returns one flat dict:
 the failover window, errors, degraded GETs of the users whose keys moved, acknowledged events
 lost, duplicates, and the facts a test asserts on (``late_failures``, ``retry_failures``,
 ``moved_user_answered``...). Given a ``caught_up`` probe (daemons running) it also says how long
@@ -29,6 +31,9 @@ from typing import Any
 
 import httpx
 
+from outerloop.benchmarks.cpu import CpuMeter, per
+from outerloop.benchmarks.failover_load import offer_events_wrk
+from outerloop.benchmarks.serve import _cpu_s
 from outerloop.contracts.keys import SchedulerKeys
 from outerloop.data.schema import ACTION_ID
 from outerloop.ports import free_port
@@ -150,10 +155,11 @@ async def offer_events(base: str, prefix: str, users: list[str], victim_users: l
             "t0": t0}
 
 
-def stored(topology: Topology, users: list[str]) -> tuple[Counter[str], dict[str, list[bytes]]]:
-    """(event id -> times in its user's stream shard, user -> history tokens). With daemons
-    running, an entry they consumed may be trimmed from the stream: an event a daemon applied
-    (its per-user applied set) was in the stream, and counts once when no longer there."""
+def stored(topology: Topology, users: list[str]) -> tuple[Counter[str], dict[str, list[bytes]], set[str]]:
+    """(event id -> times in its user's stream shard, user -> history tokens, event ids the
+    daemons applied). With daemons running, an entry they consumed may be trimmed from the
+    stream: an event a daemon applied (its per-user applied set) was in the stream, and counts
+    once when no longer there."""
     keys = SchedulerKeys.for_topology(topology)
     client = topology.target().sync_client()
     try:
@@ -163,15 +169,17 @@ def stored(topology: Topology, users: list[str]) -> tuple[Counter[str], dict[str
                 ev = json.loads(fields[b"event"])
                 if keys.stream_for_user(ev["user_id"]) == stream:
                     in_streams[ev["event_id"]] += 1
+        consumed: set[str] = set()
         for u in users:
             for member in client.smembers(keys.applied(u)):
                 eid = member.decode()
+                consumed.add(eid)
                 if not in_streams[eid]:
                     in_streams[eid] = 1
         history = {u: client.lrange(topology.keys().history(u), 0, -1) for u in users}
     finally:
         client.close()
-    return in_streams, history
+    return in_streams, history, consumed
 
 
 async def caught_up(client: AsyncRedisClient, keys: SchedulerKeys, *, include_due: bool = True) -> bool:
@@ -192,12 +200,35 @@ async def caught_up(client: AsyncRedisClient, keys: SchedulerKeys, *, include_du
     return True
 
 
+async def caught_up_on(live: Topology, *, include_due: bool = False) -> bool:
+    """:func:`caught_up` with a client of its own (a node still failing over: not yet)."""
+    client = live.target().async_client()
+    try:
+        return await caught_up(client, SchedulerKeys.for_topology(live), include_due=include_due)
+    except Exception:  # noqa: BLE001 - a slot still moving answers an error: not caught up yet
+        return False
+    finally:
+        await client.aclose()
+
+
 async def run_failover(cluster: LocalCluster, topology: Topology, artifacts: Path, log: Path, *,
                        rate: float = 150, before_s: float = 3.0, after_s: float = 8.0, calm_s: float = 2.0,
                        n_users: int = 60, workers: int = 1, cwd: Path | None = None,
                        caught_up_probe: Callable[[Topology], Awaitable[bool]] | None = None,
-                       caught_up_timeout_s: float = 120.0) -> dict[str, Any]:
-    """The whole measurement (see the module docstring); ``topology.key_prefix`` names the events."""
+                       caught_up_timeout_s: float = 120.0, wrk: str | None = None, wrk_threads: int = 64,
+                       daemon_pids: list[int] | None = None,
+                       after_load: Callable[[str, Topology, list[str]], Awaitable[dict[str, Any]]] | None = None,
+                       ) -> dict[str, Any]:
+    """The whole measurement (see the module docstring); ``topology.key_prefix`` names the events.
+
+    ``wrk`` (the binary): the load comes from wrk (:mod:`outerloop.benchmarks.failover_load`),
+    else from a Python client in this process (enough for a test's 150 events/s, not for 300 on
+    2 cores). The CPU of the API, the Redis nodes, ``daemon_pids`` and the load generator during
+    the load is reported per event. ``after_load(base URL, live topology, victim users)`` runs
+    once the failed requests were retried, while the API is still up (a test's own checks: cycles,
+    rows served); what it returns is reported under ``after_load``. With ``daemon_pids`` the
+    report says how many acknowledged events the daemons did not consume (their per-user applied
+    sets), read after ``after_load``."""
     prefix = topology.key_prefix or "fo"
     cluster.wait_state_ok()
     victim = victim_master(cluster, topology)
@@ -211,8 +242,27 @@ async def run_failover(cluster: LocalCluster, topology: Topology, artifacts: Pat
         raise RuntimeError("no user's keys on the victim master")
     extra: dict[str, Any] = {}
     with serve(topology, artifacts, log, workers=workers, cwd=cwd) as (base, api):
-        load = await offer_events(base, prefix, users, victim_users, kill=lambda: cluster.kill(victim), rate=rate,
-                                  before_s=before_s, after_s=after_s)
+        meter = CpuMeter({"api": [api.pid], "redis": [cluster.procs[p].pid for p in cluster.alive()],
+                          "daemons": list(daemon_pids or [])})
+        cpu_before = meter.read()
+        victim_cpu = _cpu_s(cluster.procs[victim].pid) or 0.0
+
+        def kill() -> None:
+            nonlocal victim_cpu
+            victim_cpu = (_cpu_s(cluster.procs[victim].pid) or 0.0) - victim_cpu  # its CPU dies with it
+            cluster.kill(victim)
+
+        own_cpu = time.process_time()
+        if wrk:
+            load = await offer_events_wrk(wrk, base, prefix, n_users, victim_users, kill, log.parent, rate=rate,
+                                          before_s=before_s, after_s=after_s, api_key=API_KEY, events_t0_ms=T0_MS,
+                                          threads=wrk_threads)
+        else:
+            load = await offer_events(base, prefix, users, victim_users, kill=kill, rate=rate, before_s=before_s,
+                                      after_s=after_s)
+            load["loadgen"] = {"tool": "python httpx (in this process)", "cpu_s": time.process_time() - own_cpu}
+        cpu = CpuMeter.delta(cpu_before, meter.read())
+        cpu["redis"] += victim_cpu
         api_alive = api.poll() is None
         posts = load["posts"]
         killed_at = load["killed_at"]
@@ -241,7 +291,7 @@ async def run_failover(cluster: LocalCluster, topology: Topology, artifacts: Pat
             extra.setdefault("daemons_caught_up_after_kill_s", None)
 
         # the client retries what failed (the write is idempotent by event_id): all accepted now
-        by_id = {e["event_id"]: e for e in (event(prefix, i, users) for i in range(load["total"]))}
+        by_id = {eid: event(prefix, int(eid.rsplit("-", 1)[1]), users) for eid in posts}
         retried_applied = 0
         retry_failures: list[str] = []
         async with httpx.AsyncClient(base_url=base, timeout=10, headers={"X-API-Key": API_KEY}) as http:
@@ -259,9 +309,11 @@ async def run_failover(cluster: LocalCluster, topology: Topology, artifacts: Pat
                     answered = True
                     break
                 await asyncio.sleep(0.1)
+            if after_load is not None:
+                extra["after_load"] = await after_load(base, live, victim_users)
     log_text = log.read_text()
 
-    in_streams, history = stored(live, users)
+    in_streams, history, consumed = stored(live, users)
     token_of = {eid: f"{e['item_id']}:{PLAY}:{e['ts']}".encode() for eid, e in by_id.items()}
     tokens = Counter(t for hist in history.values() for t in hist)
     lost_stream = sorted(e for e in acked if not in_streams[e])
@@ -274,11 +326,26 @@ async def run_failover(cluster: LocalCluster, topology: Topology, artifacts: Pat
     window_end = max((a for _, a, _ in errors), default=killed_at)
     before = [a - s for s, a, code in posts.values() if code == 200 and a < killed_at]
     gets_in_window = [g for g in load["gets"] if window_start <= g[0] <= window_end]
+    if daemon_pids is not None:  # every event acknowledged, on its first try or on the retry
+        extra["acknowledged_not_consumed_by_daemons"] = sum(1 for e in by_id if e not in consumed)
+        extra["events_consumed_by_daemons"] = len(set(by_id) & consumed)
+    n_acked = len(acked)
+    loadgen = load["loadgen"]
     return {
         "mode": "durable" if topology.durable_writes else "default",
         "offered_events_per_s": rate,
-        "achieved_events_per_s": round(load["total"] / load["elapsed"], 1),
+        "achieved_events_per_s": round(load["total"] / load["elapsed"], 1) if load["elapsed"] else None,
+        "acknowledged_events_per_s_first_try": round(n_acked / load["elapsed"], 1) if load["elapsed"] else None,
         "events_posted": load["total"],
+        "load_generator": loadgen["tool"],
+        "loadgen_threads": loadgen.get("threads"),
+        "loadgen_connections": loadgen.get("connections"),
+        "loadgen_cpu_ms_per_event": per(loadgen["cpu_s"], load["total"]),
+        "loadgen_cpu_share_of_one_core": round(loadgen["cpu_s"] / load["elapsed"], 3) if load["elapsed"] else None,
+        "api_cpu_ms_per_event": per(cpu["api"], load["total"]),
+        "api_cpu_share_of_one_core": round(cpu["api"] / load["elapsed"], 3) if load["elapsed"] else None,
+        "redis_cpu_ms_per_event": per(cpu["redis"], load["total"]),
+        "daemon_cpu_ms_per_event": per(cpu["daemons"], load["total"]) if daemon_pids else None,
         "acknowledged_first_try": len(acked),
         "failed_first_try": len(failed),
         "failed_by_status": dict(Counter(str(posts[e][2]) for e in failed)),
@@ -290,6 +357,9 @@ async def run_failover(cluster: LocalCluster, topology: Topology, artifacts: Pat
         "failover_window_s": round(window_end - window_start, 3),
         "kill_to_first_error_s": round(window_start - killed_at, 3),
         "kill_to_last_error_s": round(window_end - killed_at, 3),
+        # a stalled request holds its connection (closed loop): what was really offered meanwhile
+        "events_sent_in_window_per_s": round(sum(1 for s, _, _ in posts.values() if window_start <= s <= window_end)
+                                             / (window_end - window_start), 1) if window_end > window_start else None,
         "gets_in_window": len(gets_in_window),
         "get_errors_in_window": sum(1 for _, code, _ in gets_in_window if code != 200),
         "get_degraded_in_window": sum(1 for _, code, deg in gets_in_window if deg),

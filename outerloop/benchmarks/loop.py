@@ -43,7 +43,11 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=1, help="cycles in flight at once")
     p.add_argument("--clusters", type=int, default=64, help="k-means clusters of user vectors (tool cache keys)")
     p.add_argument("--fit-users", type=int, default=1000, help="users (not measured) whose vectors fit the clusters")
-    p.add_argument("--pool", type=int, default=600, help="shared vector-search pool re-scored per user")
+    p.add_argument("--pool", type=int, default=None,
+                   help="shared vector-search pool re-scored per user (default: the loop's retrieval_pool)")
+    p.add_argument("--cache-curve", default="8,16,32,64,128,256x300,600,1000,1500,2000", metavar="KS x POOLS",
+                   help="the tool cache's trade-off swept after the timed cycles: clusters k and pool sizes, "
+                        "each point's hit rate and recall@100 lost against uncached search ('none' to skip)")
     p.add_argument("--redis-url", help="a Redis to use (keys under a fresh prefix, deleted after)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-gc-freeze", action="store_true", help="skip gc.freeze() after warm-up")
@@ -138,7 +142,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     clusters = KMeansClusters.fit(sample, k=args.clusters, seed=args.seed) if len(sample) else None
     n_fit = len(sample)
     fit_s = time.perf_counter() - t_fit
-    cfg = LoopConfig(retrieval_pool=args.pool)
+    cfg = LoopConfig() if args.pool is None else LoopConfig(retrieval_pool=args.pool)
+    args.pool = cfg.retrieval_pool
     loop = OuterLoop(art, redis=target, keys=keys, config=cfg, clusters=clusters)
     t_setup = time.perf_counter()
     async with loop:
@@ -152,7 +157,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await loop.ingest(recent[i:i + 5000])
         # the histories live in Redis now; a daemon would not hold them in Python either
         users = [(u, [], s, tz) for u, _, s, tz in users]
-        del history, recent, fit_users, sample
+        del history, recent, fit_users
         setup_s = time.perf_counter() - t_setup
 
         async def cycle(u: str, session: list[Any], tz: int) -> Any:
@@ -211,6 +216,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             cached = set(ids[np.argsort(-(art.item_vectors[ids] @ vec))[:100]].tolist())
             true_ids, _ = art.index.search(vec[None, :], 100)
             recalls.append(len(cached & set(true_ids[0].tolist())) / 100.0)
+        curve = None
+        if args.cache_curve != "none" and len(sample):
+            vecs = []
+            for u, _, _, _ in measured:  # in the order the cycles ran: the order the cache saw them
+                state = await store.read(u, cfg.history_len)
+                vecs.append(art.encode([state.items.tolist()], [state.actions.tolist()], [state.ts.tolist()])[0])
+            ks, pools = parse_curve(args.cache_curve)
+            curve = cache_curve(art, sample, np.stack(vecs), ks, pools, seed=args.seed)
         if args.redis_url:
             delete_namespace(target, prefix)
     release_embedded(Path(tmp.name), save=False)
@@ -257,12 +270,78 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                 f"shared pool {args.pool} re-scored per user"),
         "recall_at_100_cached_vs_uncached": round(statistics.mean(recalls), 4) if recalls else None,
         "recall_at_100_p10": round(float(np.percentile(recalls, 10)), 4) if recalls else None,
+        "tool_cache_curve": curve,
         "agents": {a: {**by_agent.get(a, {}), **agent_ms[a]} for a in sorted(agent_ms)},
         "retries": runs.get("retries", 0),
         "failed_runs": dict(sorted(failures.items(), key=lambda kv: -kv[1])[:6]),
         "setup_s": round(setup_s, 1),
         "machine": f"{__import__('os').cpu_count()} cpu",
     }
+
+
+# -- the tool cache's trade-off -----------------------------------------------------------------------
+def parse_curve(text: str) -> tuple[list[int], list[int]]:
+    """``"8,64x600,1500"`` → ([8, 64], [600, 1500]); a bad value is refused naming the flag."""
+    from outerloop.errors import UserInputError
+
+    try:
+        ks_text, pools_text = text.lower().split("x")
+        ks = [int(v) for v in ks_text.split(",") if v.strip()]
+        pools = [int(v) for v in pools_text.split(",") if v.strip()]
+    except ValueError:
+        raise UserInputError(f"--cache-curve: expected 'K,K,...xPOOL,POOL,...' (e.g. 16,64x600,1500), got {text!r}")
+    if not ks or not pools or min(ks + pools) < 1:
+        raise UserInputError(f"--cache-curve: clusters and pools must be positive integers, got {text!r}")
+    return ks, pools
+
+
+def cache_curve(art: Any, sample: np.ndarray, vectors: np.ndarray, ks: Sequence[int], pools: Sequence[int], *,
+                seed: int = 0, top: int = 100) -> dict[str, Any]:
+    """Hit rate against quality lost, for each (clusters k, shared pool) setting of the tool cache.
+
+    For the users in ``vectors`` (their order is the order the cache sees them): each is
+    assigned its k-means cluster (fitted on ``sample``, other users' vectors, as the bench's
+    clusters are); the first user of a cluster misses and fetches the representative's
+    ``pool`` nearest items, later ones hit (what the cache does while its TTL, 10 minutes for
+    ``vector_search``, outlives the stream of users). Every user's top ``top`` is then the pool
+    re-scored with their own vector, against an uncached search with that vector.
+    """
+    from outerloop.agents.caches import KMeansClusters
+
+    exact, _ = art.index.search(np.ascontiguousarray(vectors, dtype=np.float32), top)
+    truth = [set(r.tolist()) for r in exact]
+    points = []
+    for k in ks:
+        clusters = KMeansClusters.fit(sample, k=k, seed=seed)
+        keys, reps = zip(*(clusters.assign(v) for v in vectors))
+        seen: set[str] = set()
+        hits = 0
+        for key in keys:
+            hits += key in seen
+            seen.add(key)
+        distinct = sorted(seen)
+        rep_of = {key: rep for key, rep in zip(keys, reps)}
+        for pool in pools:
+            ids, _ = art.index.search(np.stack([rep_of[key] for key in distinct]), pool)
+            pool_of = {key: np.asarray(r[r >= 1], dtype=np.int64) for key, r in zip(distinct, ids)}
+            recalls = []
+            t0 = time.perf_counter()
+            for v, key, want in zip(vectors, keys, truth):
+                cand = pool_of[key]
+                got = cand[np.argsort(-(art.item_vectors[cand] @ v))[:top]]
+                recalls.append(len(want & set(got.tolist())) / float(top))
+            rescore_us = (time.perf_counter() - t0) * 1e6 / max(1, len(recalls))
+            points.append({"clusters": int(len(clusters.centroids)), "pool": int(pool),
+                           "hit_rate": round(hits / max(1, len(keys)), 4),
+                           f"recall_at_{top}_mean": round(float(np.mean(recalls)), 4),
+                           f"recall_at_{top}_p10": round(float(np.percentile(recalls, 10)), 4),
+                           "loss_pct": round(100.0 * (1.0 - float(np.mean(recalls))), 2),
+                           "rescore_us_per_user": round(rescore_us, 1)})
+    ok = [p for p in points if p["loss_pct"] <= 1.0 and p["hit_rate"] >= 0.5]
+    best = max(ok, key=lambda p: (p["hit_rate"], -p["pool"]), default=None)
+    return {"users": int(len(vectors)), "catalog_items": int(art.item_vectors.shape[0] - 1), "top": top,
+            "points": points, "goal": "loss <= 1% of recall@100 at hit rate >= 50%",
+            "best_meeting_goal": best}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,10 +30,10 @@ from outerloop.contracts.events import EVENT_TYPES
 from outerloop.contracts.keys import (
     Keys,
     SchedulerKeys,
-    counts_key,
+    counts_keys,
     daemons_key,
-    minute_key,
-    runs_key,
+    minute_keys,
+    runs_keys,
     user_journal_key,
 )
 from outerloop.scheduler import control as ctl
@@ -80,16 +80,23 @@ def scheduler_keys(keys: type[Keys], docs: dict[str, dict[str, Any]]) -> Schedul
                          group=str(latest.get("group", "outerloop-daemon")))
 
 
-async def recent_runs(client: AsyncRedisClient, keys: type[Keys], count: int = RECENT_CYCLES) -> list[dict[str, Any]]:
-    """The newest cycle entries of the runs stream, newest first (records in short form)."""
+async def recent_runs(client: AsyncRedisClient, keys: type[Keys], count: int = RECENT_CYCLES,
+                      shards: int = 1) -> list[dict[str, Any]]:
+    """The newest cycle entries of the runs streams (one per stream shard, merged by time),
+    newest first (records in short form)."""
+    pipe = client.pipeline(transaction=False)  # one slot per command: a cluster splits it by node
+    for key in runs_keys(keys, shards):
+        pipe.xrevrange(key, count=count)
     out = []
-    for _, fields in await client.xrevrange(runs_key(keys), count=count):
-        f = {_t(k): _t(v) for k, v in fields.items()}
-        out.append({"user": f.get("user", ""), "at_ms": int(f.get("at_ms") or 0),
-                    "plan_cache_hit": f.get("plan_cache_hit") == "1",
-                    "refresh_ms": float(f["refresh_ms"]) if f.get("refresh_ms") else None,
-                    "records": _loads(f.get("records", "[]")) or []})
-    return out
+    for entries in await pipe.execute():
+        for _, fields in entries:
+            f = {_t(k): _t(v) for k, v in fields.items()}
+            out.append({"user": f.get("user", ""), "at_ms": int(f.get("at_ms") or 0),
+                        "plan_cache_hit": f.get("plan_cache_hit") == "1",
+                        "refresh_ms": float(f["refresh_ms"]) if f.get("refresh_ms") else None,
+                        "records": _loads(f.get("records", "[]")) or []})
+    out.sort(key=lambda r: r["at_ms"], reverse=True)  # stable: one shard keeps the stream's order
+    return out[:count]
 
 
 # --- health ----------------------------------------------------------------------------------------
@@ -118,7 +125,7 @@ async def health_view(client: AsyncRedisClient, keys: type[Keys]) -> dict[str, A
                      "entry_id": f.get("entry_id", ""), "deliveries": f.get("deliveries", ""),
                      "dead_at_ms": int(f.get("dead_at_ms") or 0), "raw": f.get("raw", "")[:300]})
     reasons = Counter(_reason_kind(d["reason"]) for d in dead)
-    runs = await recent_runs(client, keys, 500)
+    runs = await recent_runs(client, keys, 500, sk.shards)
     refresh = [(r["at_ms"], r["refresh_ms"]) for r in runs if r["refresh_ms"] is not None]
     refresh.sort()
     values = [v for _, v in refresh]
@@ -197,11 +204,16 @@ async def agents_view(client: AsyncRedisClient, keys: type[Keys]) -> dict[str, A
     declared: dict[str, dict[str, Any]] = {}
     for doc in sorted(docs.values(), key=lambda d: d.get("at_ms", 0)):  # newest report wins
         declared.update(doc.get("agents") or {})
+    shards = scheduler_keys(keys, docs).shards
     counts: dict[str, Counter[str]] = defaultdict(Counter)
-    for f, n in (await client.hgetall(counts_key(keys))).items():
-        agent, _, outcome = _t(f).rpartition("|")
-        counts[agent][outcome] += int(n)
-    runs = await recent_runs(client, keys)
+    pipe = client.pipeline(transaction=False)
+    for key in counts_keys(keys, shards):
+        pipe.hgetall(key)
+    for shard_counts in await pipe.execute():
+        for f, n in shard_counts.items():
+            agent, _, outcome = _t(f).rpartition("|")
+            counts[agent][outcome] += int(n)
+    runs = await recent_runs(client, keys, shards=shards)
     by_agent: dict[str, list[list[Any]]] = defaultdict(list)
     for entry in runs:
         for rec in entry["records"]:
@@ -210,8 +222,17 @@ async def agents_view(client: AsyncRedisClient, keys: type[Keys]) -> dict[str, A
     minutes = list(range(minute_now - MINUTES + 1, minute_now + 1))
     pipe = client.pipeline(transaction=False)
     for m in minutes:
-        pipe.hgetall(minute_key(keys, m))
-    per_minute = await pipe.execute()
+        for key in minute_keys(keys, m, shards):
+            pipe.hgetall(key)
+    replies = await pipe.execute()
+    per_minute: list[dict[str, int]] = []  # each minute's runs, the shards' hashes summed
+    width = max(shards, 1)
+    for i in range(len(minutes)):
+        merged: Counter[str] = Counter()
+        for h in replies[i * width:(i + 1) * width]:
+            for f, v in h.items():
+                merged[_t(f)] += int(v)
+        per_minute.append(dict(merged))
     control = await ctl.read_control(client, keys)
     names = sorted(set(declared) | set(counts) | set(by_agent) | set(control.agents))
     agents = []

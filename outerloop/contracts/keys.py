@@ -5,7 +5,11 @@ the few scheduler-wide indexes: due users, open sessions, watermark, heartbeats)
 Per-user keys always go through :meth:`Keys.user`, so on Redis Cluster a
 user's keys share one slot and the Lua scripts that touch them are legal. The scheduler-wide
 keys of shard ``i`` carry the hash tag ``{s<i>}`` when the stream is sharded, so each shard's
-stream and indexes live together and different shards spread over the cluster.
+stream and indexes live together and different shards spread over the cluster (the cycle
+journal's per-cycle keys too: :mod:`outerloop.scheduler.journal`). On a cluster no script mixes
+a user's keys with a shard's: the daemon queues users and indexes sessions in separate
+single-key commands there (on one server the scripts do it inline). What stays one key, and
+why: :attr:`SchedulerKeys.dead_letter`, :meth:`SchedulerKeys.heartbeats`.
 """
 
 from __future__ import annotations
@@ -25,6 +29,10 @@ class Keys:
     # over, by item: 1 keeps each under one tag (one slot), as on one server; a cluster spreads
     # them over this many slots (``--shared-buckets``, :mod:`outerloop.topology`).
     shared_buckets = 1
+    # On a cluster even one bucket is kept under its own hash tag (``{tr.0}`` for trending), so
+    # that a rebase (every trending key and the epoch together) is one single-slot script: the
+    # untagged one-server names would make it a MULTI across slots, which a cluster refuses.
+    shared_tagged = False
 
     @classmethod
     def user(cls, user_id: str, what: str) -> str:
@@ -93,12 +101,13 @@ def namespaced_keys(prefix: str) -> type[Keys]:
         "prefix": prefix, "events_stream": f"{prefix}:events", "dead_letter_stream": f"{prefix}:events:dead"})
 
 
-def with_shared_buckets(keys: type[Keys], buckets: int) -> type[Keys]:
+def with_shared_buckets(keys: type[Keys], buckets: int, *, tagged: bool = False) -> type[Keys]:
     """``keys`` with the shared structures spread over ``buckets`` hash tags (a subclass; the
-    class given is untouched). ``buckets`` 1 returns ``keys`` itself."""
-    if buckets == getattr(keys, "shared_buckets", 1):
+    class given is untouched); ``tagged`` (a cluster) keeps even one bucket under a hash tag.
+    The same layout as ``keys`` returns ``keys`` itself."""
+    if buckets == getattr(keys, "shared_buckets", 1) and tagged == getattr(keys, "shared_tagged", False):
         return keys
-    return type(keys.__name__, (keys,), {"shared_buckets": int(buckets)})
+    return type(keys.__name__, (keys,), {"shared_buckets": int(buckets), "shared_tagged": bool(tagged)})
 
 
 def shard_of(user_id: str, shards: int) -> int:
@@ -147,7 +156,9 @@ class SchedulerKeys:
 
     @property
     def dead_letter(self) -> str:
-        """The dead-letter stream: entries that could not be applied, with the reason."""
+        """The dead-letter stream: entries that could not be applied, with the reason. One key
+        for every shard, on purpose: it is written only for entries that fail (malformed, past
+        their deliveries, trimmed), never per event, and an operator reads it in one place."""
         return self.base.dead_letter_stream
 
     @property
@@ -191,7 +202,9 @@ class SchedulerKeys:
         return f"{self.namespace}:hb:{consumer}"
 
     def heartbeats(self) -> str:
-        """ZSET consumer -> last heartbeat (ms), so ``--check`` can find daemons without SCAN."""
+        """ZSET consumer -> last heartbeat (ms), so ``--check`` can find daemons without SCAN
+        (which a cluster would need on every master). One key, on purpose: each daemon writes it
+        once per heartbeat interval, whatever the traffic, and it is the one place to find them."""
         return f"{self.namespace}:hb"
 
     def followers(self, series_id: str) -> str:
@@ -297,18 +310,47 @@ def user_journal_key(keys: type[Keys], user_id: str) -> str:
     return keys.user(user_id, "journal")
 
 
-def runs_key(keys: type[Keys]) -> str:
-    return f"{keys.prefix}:journal:runs"
+def _journal_tag(shard: int, shards: int) -> str:
+    """The shard's hash tag (as :meth:`SchedulerKeys.stream`'s), none with one shard: the
+    journal's per-cycle keys of shard ``i`` live in the slot of the shard's stream and indexes,
+    so a shard's scheduler load is one unit to place on a node."""
+    if not 0 <= shard < max(shards, 1):
+        raise ValueError(f"shard {shard} out of range 0..{shards - 1}")
+    return "" if shards <= 1 else f":{{s{shard}}}"
 
 
-def counts_key(keys: type[Keys]) -> str:
-    return f"{keys.prefix}:journal:counts"
+def runs_key(keys: type[Keys], shard: int = 0, shards: int = 1) -> str:
+    """STREAM of the cycles of the users of ``shard`` (one stream with one shard)."""
+    return f"{keys.prefix}:journal{_journal_tag(shard, shards)}:runs"
 
 
-def minute_key(keys: type[Keys], minute: int) -> str:
-    """Runs by ``agent|outcome`` in one minute (``minute`` = epoch ms // 60,000)."""
-    return f"{keys.prefix}:journal:m:{minute}"
+def counts_key(keys: type[Keys], shard: int = 0, shards: int = 1) -> str:
+    """HASH ``agent|outcome`` -> runs since the start, of the users of ``shard``."""
+    return f"{keys.prefix}:journal{_journal_tag(shard, shards)}:counts"
+
+
+def minute_key(keys: type[Keys], minute: int, shard: int = 0, shards: int = 1) -> str:
+    """Runs by ``agent|outcome`` in one minute (``minute`` = epoch ms // 60,000), of ``shard``."""
+    return f"{keys.prefix}:journal{_journal_tag(shard, shards)}:m:{minute}"
+
+
+def runs_keys(keys: type[Keys], shards: int) -> list[str]:
+    """Every shard's runs stream (what the console merges)."""
+    return [runs_key(keys, i, shards) for i in range(max(shards, 1))]
+
+
+def counts_keys(keys: type[Keys], shards: int) -> list[str]:
+    """Every shard's counts hash (the console sums them)."""
+    return [counts_key(keys, i, shards) for i in range(max(shards, 1))]
+
+
+def minute_keys(keys: type[Keys], minute: int, shards: int) -> list[str]:
+    """Every shard's hash of one minute (the console sums them)."""
+    return [minute_key(keys, minute, i, shards) for i in range(max(shards, 1))]
 
 
 def daemons_key(keys: type[Keys]) -> str:
+    """One HASH for every daemon, not spread by shard: written at most once a second per daemon,
+    and it is where the console learns the shard count that names every other journal key
+    (:mod:`outerloop.scheduler.journal`)."""
     return f"{keys.prefix}:journal:daemons"

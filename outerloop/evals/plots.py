@@ -180,6 +180,30 @@ def lift_by_staleness(by_k: Sequence[Mapping[str, Any]], path: Path, *, required
     return _save(fig, path)
 
 
+def cache_tradeoff(points: Sequence[Mapping[str, Any]], path: Path, *, goal_loss_pct: float = 1.0,
+                   goal_hit_rate: float = 0.5, title: str = "") -> Path:
+    """The tool cache's trade-off: hit rate against recall@100 lost to reuse, one line per shared
+    pool size through its cluster counts (labelled k), the goal's corner shaded."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    ax.axvspan(goal_hit_rate, 1.0, ymin=0.0, color=COLORS["fresh"], alpha=0.08, label="goal")
+    ax.axhline(goal_loss_pct, color=COLORS["budget"], ls="--", lw=0.8, label=f"{goal_loss_pct:g}% loss")
+    for pool in sorted({int(p["pool"]) for p in points}):
+        line = sorted((p for p in points if int(p["pool"]) == pool), key=lambda p: p["hit_rate"])
+        xs, ys = [p["hit_rate"] for p in line], [p["loss_pct"] for p in line]
+        ax.plot(xs, ys, "o-", label=f"pool {pool}")
+        for p in line:
+            ax.annotate(f"k={p['clusters']}", (p["hit_rate"], p["loss_pct"]), textcoords="offset points",
+                        xytext=(3, 3), fontsize=6)
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(bottom=0.0)
+    ax.set_xlabel("tool cache hit rate (vector search answered from a user cluster's pool)")
+    ax.set_ylabel("recall@100 lost vs uncached (%)")
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(title or "tool cache: hits against quality", fontsize=9)
+    return _save(fig, path)
+
+
 def fresh_stale(results: Sequence[Mapping[str, Any]], path: Path, *, k: int = 10) -> Path:
     """Left: fresh vs stale NDCG@k per dataset. Right: both against the number of the user's
     events since the nightly batch (where real time should matter most)."""

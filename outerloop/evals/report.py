@@ -206,6 +206,7 @@ def build_report(out_dir: str | Path, *, artifacts_dir: str | Path | None = None
     _fresh_stale(page, inputs)
     _lift(page, inputs)
     _budgets(page, inputs)
+    _cache_curve(page, inputs)
     _other(page, inputs)
     if inputs.unknown:
         page.add("<h2>Inputs not recognised</h2>", _missing("; ".join(html.escape(u) for u in inputs.unknown)))
@@ -385,6 +386,22 @@ def flat_figures(doc: Mapping[str, Any], prefix: str = "") -> list[tuple[str, An
         elif not isinstance(value, (list, tuple)):
             rows.append((name, value))
     return rows
+
+
+def _cache_curve(page: _Page, inputs: ReportInputs) -> None:
+    """The tool cache's hit rate against the quality it costs (``bench loop``'s ``tool_cache_curve``)."""
+    for path, doc in inputs.other:
+        curve = doc.get("tool_cache_curve") if doc.get("bench") == "loop" else None
+        if not curve or not curve.get("points"):
+            continue
+        page.add("<h2>The tool cache: hit rate against quality</h2>")
+        png, img = page.figure(f"cache_tradeoff_{len(page.figures)}", "tool cache trade-off")
+        plots.cache_tradeoff(curve["points"], png, title=f"{doc.get('dataset', '?')}, {curve.get('users')} users")
+        best = curve.get("best_meeting_goal")
+        verdict = (f"Best setting meeting the goal ({html.escape(str(curve.get('goal')))}): k = {best['clusters']} "
+                   f"clusters, pool {best['pool']}: hit rate {best['hit_rate']:.0%}, loss {best['loss_pct']}%."
+                   if best else f"No setting swept meets the goal ({html.escape(str(curve.get('goal')))}).")
+        page.add(img, f"<p>{verdict} From <code>{html.escape(path)}</code>.</p>")
 
 
 def _other(page: _Page, inputs: ReportInputs) -> None:

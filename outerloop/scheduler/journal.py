@@ -16,6 +16,20 @@ Keys (all under the deployment's prefix):
 - ``daemons`` (HASH ``host:pid`` -> JSON, refreshed at most every second by each daemon): the
   loop's cache hit rates, its agents (declared budget, rows, triggers, isolated) and the stream
   settings (shards, group) the console needs to measure lag.
+
+On a cluster the keys written per cycle are spread by the user's stream shard: with ``shards``
+> 1 the ``runs`` stream, the ``counts`` hash and the minute hashes of shard ``i`` carry the hash
+tag ``{s<i>}`` (the tag of the shard's stream and indexes, so a shard's scheduler load is one
+unit to place on a node), and the console merges the shards' keys
+(:func:`outerloop.contracts.keys.runs_keys`...). One shard keeps the plain names. Every write is
+a non-transactional pipeline, which a cluster client splits by node, so no command spans two
+slots.
+
+``daemons`` stays one key, on purpose: it is written at most once a second per daemon (not per
+cycle or event), and it is where the console learns the shard count that names every other
+journal key, so it cannot itself be named by shard. The operators' control hash and its audit
+log (:mod:`outerloop.scheduler.control`) stay one slot too (``{control}``): a change and its
+audit entry are one MULTI, which needs one slot, and they change at an operator's pace.
 """
 
 from __future__ import annotations
@@ -35,6 +49,7 @@ from outerloop.contracts.keys import (
     daemons_key,
     minute_key,
     runs_key,
+    shard_of,
     user_journal_key,
 )
 from outerloop.scheduler.control import max_latency_ms
@@ -118,6 +133,7 @@ class CycleJournal:
                      started_ms: int, loop: Any = None) -> dict[str, Any] | None:
         done = now_ms()
         base = self.keys.base
+        shard, shards = shard_of(user_id, self.keys.shards), self.keys.shards
         try:
             entry = cycle_entry(user_id, triggers, result, started_ms=started_ms, done_ms=done, daemon=self.name)
             pipe = self.client.pipeline(transaction=False)
@@ -125,16 +141,16 @@ class CycleJournal:
             pipe.lpush(jkey, json.dumps(entry, separators=(",", ":")))
             pipe.ltrim(jkey, 0, CYCLES_PER_USER - 1)
             pipe.expire(jkey, USER_JOURNAL_TTL_S)
-            pipe.xadd(runs_key(base), {
+            pipe.xadd(runs_key(base, shard, shards), {
                 "user": user_id, "at_ms": str(done), "plan_cache_hit": "1" if result.plan_cache_hit else "0",
                 "refresh_ms": "" if entry["refresh_ms"] is None else str(entry["refresh_ms"]),
                 "records": json.dumps(short_records(entry["records"]), separators=(",", ":")),
             }, maxlen=RUNS_MAXLEN, approximate=True)
             if entry["records"]:
-                mkey = minute_key(base, done // 60_000)
+                mkey = minute_key(base, done // 60_000, shard, shards)
                 for r in entry["records"]:
                     f = f"{r['agent']}|{r['outcome']}"
-                    pipe.hincrby(counts_key(base), f, 1)
+                    pipe.hincrby(counts_key(base, shard, shards), f, 1)
                     pipe.hincrby(mkey, f, 1)
                 pipe.expire(mkey, MINUTE_TTL_S)
             if loop is not None and time.monotonic() - self._stats_at >= self.stats_interval_s:

@@ -78,6 +78,18 @@ class LocalCluster:
         info = redis.Redis(port=master_port).info("replication")
         return [int(info[f"slave{i}"]["port"]) for i in range(int(info.get("connected_slaves", 0)))]
 
+    def error_counts(self) -> dict[str, int]:
+        """Error replies by kind (``CROSSSLOT``, ``MOVED``, ``ERR``...) the live nodes gave since
+        they started (``INFO errorstats``), summed: a test's audit that no client sent a command
+        spanning two slots. (``ERR`` is no such audit: redis-py 8 opens every connection with
+        ``CLIENT SETINFO``, which Redis 7.0 answers with an ``ERR``.)"""
+        out: dict[str, int] = {}
+        for p in self.alive():
+            for name, stat in redis.Redis(port=p).info("errorstats").items():
+                if name.startswith("errorstat_"):
+                    out[name[len("errorstat_"):]] = out.get(name[len("errorstat_"):], 0) + int(stat["count"])
+        return out
+
     def wait_state_ok(self, timeout_s: float = 30.0) -> None:
         """Until every live node says ``cluster_state:ok``."""
         _wait_ready(self.alive(), replicas=0, timeout_s=timeout_s)

@@ -117,10 +117,20 @@ class ScriptSet:
 
 async def _evalsha_many(client: AsyncRedisClient, sha: str, calls: list[tuple[list[str], list[Any]]],
                         *, cluster_concurrency: int = 64) -> list[Any]:
-    """Run one script many times in one round trip: a pipeline on a standalone server; on a
+    """Run one script many times: one pipelined round trip on a standalone server; on a
     cluster concurrent calls, bounded, with the calls on the same first key (one user) kept in
     order. Replies come back in call order, errors as exception objects; connection errors are
-    raised."""
+    raised.
+
+    Why not a cluster pipeline: redis-py (8.1 here) blocks the ``evalsha`` *method* of its
+    cluster pipeline by name (``PIPELINE_BLOCKED_COMMANDS``), but not the command: a
+    ``pipe.execute_command("EVALSHA", sha, n, *keys, *args)`` is routed by its keys' slot like
+    any keyed command and runs, one round trip per master (checked on a local 3-master
+    cluster). It is not used yet: on a connection error redis-py re-sends the pipeline's
+    unanswered commands itself, so a script that ran but whose reply was lost runs twice (the
+    claim script would then see its own lock as another daemon's), where these concurrent
+    calls raise and let the caller decide. Whether its fewer round trips are worth that is not
+    measured."""
     if not calls:
         return []
     if not is_cluster(client):

@@ -20,8 +20,10 @@ Structures:
   scaled by ``2**((ts - epoch) / half_life)`` so old counts decay without rewriting them; reads
   scale back to "now". The epoch is rebased (one ZUNIONSTORE per key) before scores overflow.
 
-Both are keyed by item. With ``keys.shared_buckets`` 1 (one server, the default) each lives under
-one hash tag; with ``N`` > 1 (a cluster) an item's keys carry the tag of the item's bucket
+Both are keyed by item. With ``keys.shared_buckets`` 1 on one server (the default) the co-watch
+graph lives under one hash tag and trending under plain names (a rebase is one MULTI); on a
+cluster even one bucket is tagged (``Keys.shared_tagged``: a trending rebase is then one
+single-slot script, as each bucket's is). With ``N`` > 1 (a cluster) an item's keys carry the tag of the item's bucket
 (``crc32(item) % N``), so the structures spread over N slots and so over the masters, while an
 item's edges (one sorted set) and an item's trending counts stay in one slot. Reads over several
 buckets are merged exactly: the co-watch merge sums each seed's edges in seed order, as the
@@ -320,8 +322,14 @@ class TrendingCounter:
         return int(getattr(self.keys, "shared_buckets", 1))
 
     @property
+    def bucketed(self) -> bool:
+        """Keys per bucket, each bucket under its hash tag: several buckets, or one on a cluster
+        (its rebase must be one single-slot script; see ``Keys.shared_tagged``)."""
+        return self.buckets > 1 or bool(getattr(self.keys, "shared_tagged", False))
+
+    @property
     def key(self) -> str:
-        """The overall counts (one bucket; with several, see :meth:`shard_key`)."""
+        """The overall counts (one bucket on one server; else see :meth:`shard_key`)."""
         return f"{self.keys.prefix}:trend"
 
     @property
@@ -389,7 +397,7 @@ class TrendingCounter:
         evs = [e for e in events if e.item_id is not None and ENGAGEMENT_WEIGHT.get(e.type, 0.0) > 0]
         if not evs:
             return 0
-        if self.buckets > 1:
+        if self.bucketed:
             return await self._record_buckets(redis, evs, catalog)
         epoch = await self._epoch(redis, min(e.ts for e in evs))
         if (max(e.ts for e in evs) - epoch) / self.half_life_ms > self.rebase_after_half_lives:
@@ -410,7 +418,7 @@ class TrendingCounter:
     async def rebase(self, redis: "Redis", new_epoch: int, catalog: Catalog) -> int:
         """Move the epoch to ``new_epoch``, rescaling every score so decayed values stay equal
         (with several buckets: each bucket in one script, its keys and epoch together)."""
-        if self.buckets > 1:
+        if self.bucketed:
             for b in range(self.buckets):
                 await self._rebase_bucket(redis, b, new_epoch, catalog)
             await redis.set(self.epoch_key, new_epoch)
@@ -425,7 +433,7 @@ class TrendingCounter:
         return new_epoch
 
     async def top(self, redis: "Redis", k: int, now_ms: int, genre: str | None = None) -> list[tuple[int, float]]:
-        if self.buckets > 1:
+        if self.bucketed:
             return await self._top_buckets(redis, k, now_ms, genre)
         key = self.genre_key(genre) if genre else self.key
         pipe = redis.pipeline(transaction=False)

@@ -175,3 +175,21 @@ def test_other_benchmarks_show_their_figures(tmp_path: Path) -> None:
         assert cell in other
     assert "samples" not in other
     assert "Inputs not recognised" in text and str(odd) in text
+
+
+def test_a_loop_bench_with_a_cache_curve_gets_its_plot_and_verdict(tmp_path: Path) -> None:
+    pts = [{"clusters": k, "pool": pool, "hit_rate": hit, "loss_pct": loss}
+           for k, hit in ((16, 0.9), (64, 0.7)) for pool, loss in ((600, 4.0 if k == 16 else 3.0), (1500, 0.4))]
+    best = {"clusters": 16, "pool": 1500, "hit_rate": 0.9, "loss_pct": 0.4}
+    doc = {"bench": "loop", "dataset": "ml-1m",
+           "tool_cache_curve": {"users": 600, "points": pts, "goal": "loss <= 1%", "best_meeting_goal": best}}
+    path = tmp_path / "loop.json"
+    path.write_text(json.dumps(doc))
+    index = build_report(tmp_path / "r", inputs=load_inputs([path]), measure_latency=False)
+    section = index.read_text().split("<h2>The tool cache: hit rate against quality</h2>", 1)[1]
+    assert "k = 16 clusters, pool 1500: hit rate 90%, loss 0.4%" in section
+    assert (tmp_path / "r" / "plots" / "cache_tradeoff_0.png").stat().st_size > 5_000
+    doc["tool_cache_curve"]["best_meeting_goal"] = None
+    path.write_text(json.dumps(doc))
+    index = build_report(tmp_path / "r2", inputs=load_inputs([path]), measure_latency=False)
+    assert "No setting swept meets the goal" in index.read_text()
