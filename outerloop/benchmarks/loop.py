@@ -203,9 +203,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         recalls: list[float] = []
         from outerloop.tools.builtin import VectorSearchIn
 
-        for u, _, _, _ in measured[:300]:
+        # each measured user's vector once, in the order the cycles ran (the order the cache saw
+        # them): the recall below reads the first 300, the cache curve all of them
+        vectors = []
+        for u, _, _, _ in measured:
             state = await store.read(u, cfg.history_len)
-            vec = art.encode([state.items.tolist()], [state.actions.tolist()], [state.ts.tolist()])[0]
+            vectors.append(art.encode([state.items.tolist()], [state.actions.tolist()], [state.ts.tolist()])[0])
+        for vec in vectors[:300]:
             assigned = loop.clusters.assign(vec)
             if assigned is None:
                 continue
@@ -218,12 +222,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             recalls.append(len(cached & set(true_ids[0].tolist())) / 100.0)
         curve = None
         if args.cache_curve != "none" and len(sample):
-            vecs = []
-            for u, _, _, _ in measured:  # in the order the cycles ran: the order the cache saw them
-                state = await store.read(u, cfg.history_len)
-                vecs.append(art.encode([state.items.tolist()], [state.actions.tolist()], [state.ts.tolist()])[0])
             ks, pools = parse_curve(args.cache_curve)
-            curve = cache_curve(art, sample, np.stack(vecs), ks, pools, seed=args.seed)
+            curve = cache_curve(art, sample, np.stack(vectors), ks, pools, seed=args.seed)
         if args.redis_url:
             delete_namespace(target, prefix)
     release_embedded(Path(tmp.name), save=False)
