@@ -36,6 +36,7 @@ from outerloop.contracts.keys import (
     runs_keys,
     user_journal_key,
 )
+from outerloop.contracts.rows import RowDecodeError, decode_row
 from outerloop.scheduler import control as ctl
 from outerloop.scheduler.consumer import group_lag
 from outerloop.storage.clients import AsyncRedisClient
@@ -338,18 +339,16 @@ async def user_view(client: AsyncRedisClient, keys: type[Keys], user_id: str, *,
     facts.sort(key=lambda d: (-int(d.get("version", 0)), d["key"]))
     stored = []
     for rid, raw in rows.items():
-        doc = _loads(raw)
-        if not isinstance(doc, dict):
+        try:
+            row = decode_row(raw)
+        except RowDecodeError:  # what the agents rebuild and the inner loop skips
             stored.append({"row_id": _t(rid), "malformed": True})
             continue
-        created, expires = doc.get("created_at"), doc.get("expires_at")
-        stored.append({"row_id": _t(rid), "title": doc.get("title"), "reason": doc.get("reason"),
-                       "produced_by": doc.get("produced_by"), "run_id": doc.get("run_id"),
-                       "created_at": created, "expires_at": expires,
-                       "age_ms": now - created if isinstance(created, int) else None,
-                       "live": not isinstance(expires, int) or expires > now, "n_items": len(doc.get("items") or []),
-                       "items": [{"item_id": i[0], "title": title(i[0])} for i in (doc.get("items") or [])[:10]
-                                 if isinstance(i, list) and i and isinstance(i[0], int)]})
+        stored.append({"row_id": _t(rid), "title": row.title, "reason": row.reason,
+                       "produced_by": row.produced_by, "run_id": row.run_id,
+                       "created_at": row.created_at, "expires_at": row.expires_at,
+                       "age_ms": now - row.created_at, "live": row.is_fresh(now), "n_items": len(row.items),
+                       "items": [{"item_id": i, "title": title(i)} for i in row.item_ids()[:10]]})
     stored.sort(key=lambda d: -(d.get("created_at") or 0))
     return {
         "user_id": user_id, "now_ms": now,

@@ -1,21 +1,27 @@
-"""Agent-compiled rows ("candidate sets"), the one format of ``Keys.rows(user)``: :class:`Row`
-writes it and reads it back for the agents; :func:`parse_row` reads it for the inner loop.
+"""Agent-compiled rows ("candidate sets"), the one format of ``Keys.rows(user)``, and its one
+codec: :class:`Row` is written by a committed outer-loop run (``Row.model_dump_json``) and read
+back by :func:`decode_row` only, by the agents and the inner loop alike.
 
 A row is JSON ``{row_id, title, reason, items: [[item_id, score], ...], produced_by, run_id,
 model_version, created_at, expires_at, ordered?, score_kind?, history_ts?}`` (the fields of
-:class:`Row`), written only by a committed outer-loop run. The agents read rows back strictly
-(:func:`stored_rows`: a row that no longer validates is theirs to rebuild). The inner
-loop is a reader that must never fail because of a row: a row that does not parse, has expired,
-or names no known item is skipped (and counted), and the plain funnel still answers.
+:class:`Row`). Times (``created_at``, ``expires_at``, ``history_ts``) are read as epoch
+milliseconds, epoch seconds (numbers below 10^11) or ISO-8601 strings (:func:`to_epoch_ms`), and
+held as milliseconds.
 
-Times (``created_at``, ``expires_at``) may be epoch milliseconds, epoch seconds (numbers below
-10^11 are read as seconds) or ISO-8601 strings; a missing ``expires_at`` means "no expiry".
+What differs between the readers is not the decoding but what each does with a row that fails
+to decode (:class:`RowDecodeError`) and where expiry counts:
+
+- the agents (:func:`stored_rows`) leave a failed row out: it is theirs to rebuild, and a row
+  that expired is still theirs to see (the planner's sweep refreshes it);
+- the inner loop (:func:`live_rows`) must never fail because of a row: a row that fails, has
+  expired, or names no item the catalog knows is skipped and counted, and the plain funnel
+  still answers.
 """
 
 from __future__ import annotations
 
 import json
-import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -23,7 +29,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-log = logging.getLogger(__name__)
+from outerloop.errors import OuterloopError
 
 _SECONDS_BELOW = 10**11  # 10^11 s is the year 5138; 10^11 ms is 1973
 
@@ -43,106 +49,6 @@ def to_epoch_ms(value: Any) -> int | None:
             dt = dt.replace(tzinfo=timezone.utc)
         return int(dt.timestamp() * 1000)
     return None
-
-
-@dataclass(frozen=True, slots=True)
-class AgentRow:
-    """One live agent row: items (dense ids) with the agent's scores, in the agent's order."""
-
-    row_id: str
-    title: str
-    reason: str
-    item_ids: np.ndarray  # (R,) int64
-    scores: np.ndarray  # (R,) float32
-    produced_by: str
-    run_id: str | None
-    model_version: str | None
-    created_at: int | None
-    expires_at: int | None
-    ordered: bool = False  # serve in the agent's order (no re-ranking)
-    score_kind: str = "relative"  # "log_prob": scores are next-item log-probabilities the ranker reads
-    history_ts: int | None = None  # newest event the producing run saw (staleness = events since)
-
-    @property
-    def log_prob(self) -> bool:
-        return self.score_kind == "log_prob"
-
-
-def parse_row(row_id: str, raw: bytes, *, now_ms: int, n_items: int) -> AgentRow | None:
-    """The row, or ``None`` when it is malformed, expired or empty after dropping unknown items."""
-    try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(doc, dict):
-        return None
-    expires_at = to_epoch_ms(doc.get("expires_at"))
-    if expires_at is not None and expires_at <= now_ms:
-        return None
-    ids: list[int] = []
-    scores: list[float] = []
-    items = doc.get("items")
-    if not isinstance(items, list):
-        return None
-    for entry in items:
-        if isinstance(entry, (list, tuple)) and len(entry) >= 1:
-            item, score = entry[0], (entry[1] if len(entry) > 1 else 0.0)
-        elif isinstance(entry, dict):
-            item, score = entry.get("item_id"), entry.get("score", 0.0)
-        else:
-            continue
-        if isinstance(item, bool) or not isinstance(item, int) or not 1 <= item <= n_items:
-            continue
-        if isinstance(score, bool) or not isinstance(score, (int, float)):
-            score = 0.0
-        ids.append(item)
-        scores.append(float(score))
-    if not ids:
-        return None
-
-    def _s(key: str, default: str = "") -> str:
-        v = doc.get(key)
-        return v if isinstance(v, str) else default
-
-    return AgentRow(
-        row_id=_s("row_id", row_id) or row_id,
-        title=_s("title", row_id) or row_id,
-        reason=_s("reason"),
-        item_ids=np.asarray(ids, dtype=np.int64),
-        scores=np.asarray(scores, dtype=np.float32),
-        produced_by=_s("produced_by", "unknown"),
-        run_id=doc.get("run_id") if isinstance(doc.get("run_id"), str) else None,
-        model_version=doc.get("model_version") if isinstance(doc.get("model_version"), str) else None,
-        created_at=to_epoch_ms(doc.get("created_at")),
-        expires_at=expires_at,
-        ordered=doc.get("ordered") is True,
-        score_kind="log_prob" if doc.get("score_kind") == "log_prob" else "relative",
-        history_ts=to_epoch_ms(doc.get("history_ts")),
-    )
-
-
-def live_rows(raw_rows: dict[str, bytes], *, now_ms: int, n_items: int, limit: int) -> tuple[list[AgentRow], int]:
-    """Live rows in a stable order (newest first, then row id) and how many were skipped."""
-    rows: list[AgentRow] = []
-    skipped = 0
-    for row_id, raw in raw_rows.items():
-        row = parse_row(row_id, raw, now_ms=now_ms, n_items=n_items)
-        if row is None:
-            skipped += 1
-        else:
-            rows.append(row)
-    rows.sort(key=lambda r: (-(r.created_at or 0), r.row_id))
-    return rows[:limit], skipped
-
-
-@dataclass(frozen=True, slots=True)
-class CompiledRows:
-    """One user's live rows as the outer loop compiled them, and how many interactions the user
-    made after the history those rows were compiled from (what the funnel computes from
-    ``history_ts`` when serving). Replays hand these to the ranker's training."""
-
-    rows: list[AgentRow]
-    events_since: int = 0
 
 
 ScoreKind = Literal["relative", "log_prob"]
@@ -180,14 +86,100 @@ class Row(BaseModel):
     def is_fresh(self, at_ms: int) -> bool:
         return self.expires_at > at_ms
 
+    @property
+    def log_prob(self) -> bool:
+        return self.score_kind == "log_prob"
 
-def stored_rows(raw: dict[str, bytes] | dict[bytes, bytes]) -> dict[str, Row]:
-    """Stored rows that still validate as :class:`Row` (others are someone else's problem)."""
+
+class RowDecodeError(OuterloopError):
+    """Stored bytes that are not a :class:`Row` (not JSON, a missing or unknown field, a bad
+    value). Each reader decides what that means: see the module docstring."""
+
+
+_TIMES = ("created_at", "expires_at", "history_ts")
+
+
+def decode_row(raw: bytes | str) -> Row:
+    """The one decoder of a stored row: the JSON, its times in ms (:func:`to_epoch_ms`), the
+    :class:`Row`. Expiry is not checked here: whether an expired row counts is the reader's
+    business (the agents rebuild it, the inner loop skips it). Raises :class:`RowDecodeError`."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RowDecodeError(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise RowDecodeError(f"not a JSON object: {type(doc).__name__}")
+    for name in _TIMES:
+        ms = to_epoch_ms(doc.get(name))
+        if ms is not None:  # unreadable times stay as they are and fail validation below
+            doc[name] = ms
+    try:
+        return Row.model_validate(doc)
+    except ValidationError as exc:
+        raise RowDecodeError(str(exc)) from None
+
+
+def stored_rows(raw: Mapping[str, bytes] | Mapping[bytes, bytes]) -> dict[str, Row]:
+    """The agents' read of a user's rows (``HGETALL Keys.rows(user)``): every row that decodes,
+    expired ones included, keyed by hash field. A row that does not decode is left out, so the
+    agent that owns it rebuilds it as if it were missing."""
     out: dict[str, Row] = {}
     for row_id, blob in raw.items():
         name = row_id.decode() if isinstance(row_id, bytes) else row_id
         try:
-            out[name] = Row.model_validate_json(blob)
-        except ValidationError:
+            out[name] = decode_row(blob)
+        except RowDecodeError:
             continue
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRow:
+    """A decoded :class:`Row` as the inner loop serves it: the row, and its items the catalog
+    knows (dense ids ``1..n_items``) with the agent's scores, in the agent's order, as arrays
+    (what the funnel's and the ranker's vector operations take)."""
+
+    row: Row
+    item_ids: np.ndarray  # (R,) int64
+    scores: np.ndarray  # (R,) float32
+
+    @classmethod
+    def of(cls, row: Row, n_items: int) -> "AgentRow | None":
+        """The row's known items, or ``None`` when it names none (nothing to serve)."""
+        known = [(i, s) for i, s in row.items if 1 <= i <= n_items]
+        if not known:
+            return None
+        return cls(row, np.fromiter((i for i, _ in known), np.int64, len(known)),
+                   np.fromiter((s for _, s in known), np.float32, len(known)))
+
+
+def live_rows(raw_rows: Mapping[str, bytes], *, now_ms: int, n_items: int,
+              limit: int) -> tuple[list[AgentRow], int]:
+    """The inner loop's read of a user's rows: those that decode, have not expired at
+    ``now_ms`` and name an item the catalog knows, in a stable order (newest first, then row
+    id), at most ``limit``; and how many were skipped."""
+    rows: list[AgentRow] = []
+    skipped = 0
+    for raw in raw_rows.values():
+        try:
+            row = decode_row(raw)
+        except RowDecodeError:
+            skipped += 1
+            continue
+        served = AgentRow.of(row, n_items) if row.is_fresh(now_ms) else None
+        if served is None:
+            skipped += 1
+        else:
+            rows.append(served)
+    rows.sort(key=lambda r: (-r.row.created_at, r.row.row_id))
+    return rows[:limit], skipped
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRows:
+    """One user's live rows as the outer loop compiled them, and how many interactions the user
+    made after the history those rows were compiled from (what the funnel computes from
+    ``history_ts`` when serving). Replays hand these to the ranker's training."""
+
+    rows: list[AgentRow]
+    events_since: int = 0

@@ -59,7 +59,7 @@ def pick_release(story: Story, user: str, series: str | None = None) -> tuple[st
         if sid is not None:
             last[sid] = (pos, item)
     current = story.stored_row(user, ROW_CONTINUE)
-    in_row = [int(i) for i, _ in current["items"]] if current else []
+    in_row = current.item_ids() if current else []
     lead = in_row[0] if in_row else None
     now = now_ms()
     picks = []
@@ -341,12 +341,13 @@ def budget_overrun(story: Story, user: str, agent: str, row_id: str, *, good_wor
     served = story.row(user, row_id)
     out.served_run_after = (served or {}).get("run_id")
     stored = story.stored_row(user, row_id)
+    stored_run = stored.run_id if stored is not None else None
     kept = out.good_row_run is not None and out.served_run_after == out.good_row_run
     story.say(f"     after the kill: {out.later_runs} further run(s) of {agent}; the row served is "
               + (f"still run 1's ({(out.served_run_after or '')[:8]})" if kept else
                  f"from run {(out.served_run_after or 'none')[:8]}")
-              + ("; the killed run's row is nowhere in Redis" if (stored or {}).get("run_id") != k["run_id"] else ""))
+              + ("; the killed run's row is nowhere in Redis" if stored_run != k["run_id"] else ""))
     out.happened = (k["outcome"] == "killed" and k["retries"] == 0 and k["writes_committed"] == 0
-                    and out.later_runs == 0 and (stored or {}).get("run_id") != k["run_id"]
+                    and out.later_runs == 0 and stored_run != k["run_id"]
                     and (out.good_row_run is None or kept))
     return out

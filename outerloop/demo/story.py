@@ -6,7 +6,6 @@ The moments themselves are in :mod:`outerloop.demo.moments`.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections import Counter
@@ -16,6 +15,7 @@ from typing import Any
 
 from outerloop.clock import now_ms
 from outerloop.contracts.keys import Keys, SchedulerKeys
+from outerloop.contracts.rows import Row, RowDecodeError, decode_row
 from outerloop.data.schema import Catalog
 from outerloop.storage.clients import RedisClient
 
@@ -157,10 +157,14 @@ class Story:
                     break
         return out
 
-    def stored_row(self, user: str, row_id: str) -> dict[str, Any] | None:
-        """The row as the outer loop committed it (the agent's own order)."""
+    def stored_row(self, user: str, row_id: str) -> Row | None:
+        """The row as the outer loop committed it (the agent's own order); ``None`` when there is
+        none, or none that decodes (the agents rebuild such a row)."""
         raw = self.redis.hget(self.base.rows(user), row_id)
-        return json.loads(raw) if raw else None
+        try:
+            return decode_row(raw) if raw else None
+        except RowDecodeError:
+            return None
 
     # -- the catalog ----------------------------------------------------------------------------
     @property

@@ -154,9 +154,9 @@ def build_examples(artifacts: ArtifactsLike, tables: FeatureTables, data: Intera
             else:
                 compiled = (agent_rows or {}).get(cases.user_ids[i])
                 live = compiled.rows if compiled is not None else []
-                user_rows = [r.item_ids for r in live if not r.log_prob]
-                scored = [r.item_ids for r in live if r.log_prob]
-                first = next((r for r in live if r.log_prob), None)
+                user_rows = [r.item_ids for r in live if not r.row.log_prob]
+                scored = [r.item_ids for r in live if r.row.log_prob]
+                first = next((r for r in live if r.row.log_prob), None)
                 if first is not None and compiled is not None:
                     lp_row = LogProbRow(first.item_ids, first.scores, compiled.events_since)
             cand, retr, row_pos, _ = merge_candidates(tables.vectors, vecs[j], ann, ann_s, user_rows, extra=scored)

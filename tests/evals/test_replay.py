@@ -244,5 +244,5 @@ async def test_stale_rows_are_compiled_from_the_history_k_interactions_back(redi
                                                keys=redis_keys, extra_agents=[spy])
     assert {c.events_since for c in compiled.values()} <= {0, 3} and len(compiled) == 4
     for c in compiled.values():
-        lp = next(r for r in c.rows if r.row_id == "spy")
+        lp = next(r.row for r in c.rows if r.row.row_id == "spy")
         assert lp.log_prob and lp.history_ts is not None

@@ -169,12 +169,14 @@ def test_training_lists_merge_given_agent_rows_as_serving_does(tiny_artifacts, t
     with_rows, without = cases.user_ids[0], cases.user_ids[1]
     seen = set(cases.histories[0].tolist())
     unseen = [i for i in range(1, len(tiny_artifacts.catalog) + 1) if i not in seen]
-    from outerloop.contracts.rows import AgentRow, CompiledRows
+    from outerloop.contracts.rows import AgentRow, CompiledRows, Row
 
     def agent_row(row_id: str, ids: list[int], scores: list[float] | None = None, kind: str = "relative") -> AgentRow:
-        return AgentRow(row_id, row_id, "", np.asarray(ids, np.int64),
-                        np.asarray(scores or [0.0] * len(ids), np.float32), "test", None, None, None, None,
-                        score_kind=kind)
+        row = Row(row_id=row_id, title=row_id, reason="", items=list(zip(ids, scores or [0.0] * len(ids))),
+                  produced_by="test", run_id="r", model_version="m", created_at=0, expires_at=1, score_kind=kind)
+        served = AgentRow.of(row, len(tiny_artifacts.catalog))
+        assert served is not None
+        return served
 
     row_a, row_b = np.asarray(unseen[:6], np.int64), np.asarray([unseen[5], unseen[6]], np.int64)
     lp_ids, lp_scores = [unseen[6], unseen[7]], [-0.5, -2.0]  # a log-prob row, compiled 2 interactions back

@@ -261,8 +261,8 @@ class Funnel:
     def _merge(self, vec: np.ndarray, ann_ids: np.ndarray, ann_scores: np.ndarray, agent_rows: list[AgentRow],
                inline: Sequence[np.ndarray] = ()) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         return merge_candidates(self.tables.vectors, vec, ann_ids, ann_scores,
-                                [r.item_ids for r in agent_rows if not r.log_prob],
-                                extra=[*[r.item_ids for r in agent_rows if r.log_prob], *inline])
+                                [r.item_ids for r in agent_rows if not r.row.log_prob],
+                                extra=[*[r.item_ids for r in agent_rows if r.row.log_prob], *inline])
 
     def _rank(self, rec: Recommendation, t_start: float, hist: np.ndarray, cand: np.ndarray,
               retr: np.ndarray, row_pos: np.ndarray, lp_row: LogProbRow | None = None) -> np.ndarray:
@@ -298,10 +298,11 @@ class Funnel:
         rec.ranker = "model"
         return final
 
-    def _agent_row(self, row: AgentRow, k: int, score_of: dict[int, float], seen: np.ndarray) -> ServedRow:
-        keep = ~np.isin(row.item_ids, seen) if seen.shape[0] else np.ones(row.item_ids.shape[0], bool)
-        ids = row.item_ids[keep]
-        agent_scores = row.scores[keep]
+    def _agent_row(self, agent_row: AgentRow, k: int, score_of: dict[int, float], seen: np.ndarray) -> ServedRow:
+        row = agent_row.row
+        keep = ~np.isin(agent_row.item_ids, seen) if seen.shape[0] else np.ones(agent_row.item_ids.shape[0], bool)
+        ids = agent_row.item_ids[keep]
+        agent_scores = agent_row.scores[keep]
         scored = np.asarray([score_of.get(i, np.nan) for i in ids.tolist()], dtype=np.float32)
         if ids.shape[0] and not row.ordered and not np.isnan(scored).any():
             order = np.argsort(-scored, kind="stable")[:k]
@@ -366,8 +367,9 @@ def log_prob_row(rows: Sequence[AgentRow], history_ts: np.ndarray) -> LogProbRow
     user's interactions since the run that compiled it (``history_ts`` is the user's event times,
     newest last; a row without ``history_ts`` counts as fresh)."""
     for r in rows:  # live_rows orders them newest first
-        if r.log_prob:
-            since = 0 if r.history_ts is None else int((history_ts > r.history_ts).sum())
+        if r.row.log_prob:
+            compiled_at = r.row.history_ts
+            since = 0 if compiled_at is None else int((history_ts > compiled_at).sum())
             return LogProbRow(r.item_ids, r.scores, since)
     return None
 

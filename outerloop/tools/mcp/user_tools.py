@@ -218,20 +218,23 @@ async def _evidence(ctx: UserToolsContext, deps: ToolDeps, state: "UserState", i
 def _stored_placements(state: "UserState", item_id: int, now_ms: int, n_items: int,
                        live_ids: set[str]) -> list[Placement]:
     """Placements in stored agent rows that the funnel did not serve (expired ones)."""
-    from outerloop.contracts.rows import parse_row
+    from outerloop.contracts.rows import AgentRow, RowDecodeError, decode_row
 
     out = []
-    for row_id, raw in state.rows.items():
-        row = parse_row(row_id, raw, now_ms=0, n_items=n_items)  # now_ms=0: keep expired rows too
-        if row is None or row.row_id in live_ids:
+    for raw in state.rows.values():
+        try:
+            row = decode_row(raw)
+        except RowDecodeError:  # nothing the funnel could have served either
             continue
-        hits = np.flatnonzero(row.item_ids == item_id)
+        served = AgentRow.of(row, n_items)  # expired ones too: the reason the funnel left them out
+        if served is None or row.row_id in live_ids:
+            continue
+        hits = np.flatnonzero(served.item_ids == item_id)
         if hits.size:
             j = int(hits[0])
-            live = row.expires_at is None or row.expires_at > now_ms
             out.append(Placement(row_id=row.row_id, title=row.title, reason=row.reason, produced_by=row.produced_by,
-                                 source="agent", run_id=row.run_id, rank=j + 1, score=float(row.scores[j]),
-                                 origin="agent", live=live))
+                                 source="agent", run_id=row.run_id, rank=j + 1, score=float(served.scores[j]),
+                                 origin="agent", live=row.is_fresh(now_ms)))
     return out
 
 
