@@ -49,7 +49,7 @@ from outerloop.budgets.context import RunContext
 from outerloop.contracts.run_record import RunRecord
 from outerloop.contracts.budget import Budget
 from outerloop.contracts.plans import Plan, PlanStep, StepBudget
-from outerloop.contracts.triggers import Trigger, local_hour
+from outerloop.contracts.triggers import MANUAL, Trigger, kinds_of, local_hour
 from outerloop.errors import RunFailed
 from outerloop.memory.facts import ContinueWatching, GenreBackoff
 from outerloop.tools.builtin import CatalogIndex
@@ -81,6 +81,7 @@ class PlanningView:
     """The features of a user's situation that planning depends on (no user id, no clock:
     two users in the same situation have the same view, hence the same cached plan)."""
 
+    trigger_kinds: tuple[str, ...] = ()  # the kinds fired (what custom agents subscribe to)
     finished_episodes: tuple[tuple[str, int], ...] = ()  # (series_id, item_id) just finished
     releases_followed: tuple[tuple[str, int], ...] = ()  # (series_id, released item_id)
     late_night_dark: bool = False  # a late-night session ended on thriller/horror
@@ -155,6 +156,7 @@ class PlanningView:
             r for spec in agents if "sweep" in spec.triggers for r in spec.rows if r not in scope.rows
         ) if sweep else []
         return cls(
+            trigger_kinds=tuple(sorted({t.kind for t in triggers})),
             finished_episodes=tuple(dict.fromkeys(finished)),
             releases_followed=tuple(dict.fromkeys(releases)),
             late_night_dark=late_dark,
@@ -246,15 +248,11 @@ class RulePolicy:
         return Plan(steps=steps.steps, rationale=_rationale(steps.steps), policy=self.name)
 
 
-def _fires(kind: str, view: PlanningView) -> bool:
-    return {
-        "event": bool(view.event_types),
-        "session_closed": view.session_closed,
-        "late_night_session": view.late_night_dark,
-        "drift": bool(view.drift_rows),
-        "sweep": view.sweep,
-        "manual": False,  # manual requests name the agent explicitly
-    }.get(kind, False)
+def _fires(subscription: str, view: PlanningView) -> bool:
+    """Whether a custom agent declaring ``subscription`` (a trigger kind or a group of kinds,
+    :func:`~outerloop.contracts.triggers.kinds_of`) is scheduled: one of its kinds was fired.
+    ``manual`` never is on its own: a manual request names the agent it is for."""
+    return any(k in view.trigger_kinds for k in kinds_of(subscription) if k != MANUAL)
 
 
 def _rationale(steps: Sequence[PlanStep]) -> str:

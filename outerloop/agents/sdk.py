@@ -37,7 +37,7 @@ from outerloop.budgets.context import RunContext
 from outerloop.contracts.budget import Budget
 from outerloop.contracts.plans import PlanStep
 from outerloop.contracts.rows import Row, ScoreKind
-from outerloop.contracts.triggers import Trigger, TriggerKind
+from outerloop.contracts.triggers import SUBSCRIPTION_GROUPS, TRIGGER_KINDS, Subscription, Trigger, kinds_of
 from outerloop.errors import UsageError
 from outerloop.memory.facts import Fact, fact_class, fact_kinds
 from outerloop.memory.store import MemoryChanges, UserMemory, staged_memory
@@ -69,8 +69,11 @@ class AgentSpec:
 
     ``rows``: the row ids it may emit (the planner refreshes them on a sweep and on drift).
     ``triggers``: the trigger kinds on which the rule planner schedules it (custom agents; the
-    built-ins have their own rules). ``memory_scopes``: fact kinds it may read and write
-    (``"*"`` = all). ``tools``: the tools it may call (``"*"`` = any registered tool).
+    built-ins have their own rules): the kinds the scheduler fires
+    (:data:`~outerloop.contracts.triggers.TriggerKind`), or ``"event"``, every kind that carries
+    the user's events (:data:`~outerloop.contracts.triggers.SUBSCRIPTION_GROUPS`); a name that is
+    neither is a ``UsageError``. ``memory_scopes``: fact kinds it may read and write (``"*"`` =
+    all). ``tools``: the tools it may call (``"*"`` = any registered tool).
     """
 
     name: str
@@ -80,7 +83,7 @@ class AgentSpec:
     tools: tuple[str, ...] = ()
     memory_scopes: tuple[str, ...] = ()
     rows: tuple[str, ...] = ()
-    triggers: tuple[TriggerKind, ...] = ("sweep", "manual")
+    triggers: tuple[Subscription, ...] = ("sweep", "manual")
     isolated: bool = False
     row_ttl_ms: int = DEFAULT_ROW_TTL_MS
     module: str | None = None  # where the spec is reachable by name (isolated agents pickle by it)
@@ -98,6 +101,10 @@ class AgentSpec:
             raise UsageError(f"agent {self.name!r}: budget must be an outerloop Budget, got {self.budget!r}")
         if not self.isolated and not inspect.iscoroutinefunction(self.fn):
             raise UsageError(f"agent {self.name!r} must be async def (or declared isolated=True)")
+        unknown = [t for t in self.triggers if not kinds_of(t)]
+        if unknown:
+            raise UsageError(f"agent {self.name!r}: unknown trigger kinds {unknown}; known: "
+                             f"{[*TRIGGER_KINDS, *SUBSCRIPTION_GROUPS]}")
 
     def may_read(self, kind: str) -> bool:
         return "*" in self.memory_scopes or kind in self.memory_scopes
@@ -130,7 +137,7 @@ def agent(
     tools: Iterable[str] = (),
     memory_scopes: Iterable[str | type] = (),
     rows: Iterable[str] | None = None,
-    triggers: Iterable[TriggerKind] = ("sweep", "manual"),
+    triggers: Iterable[Subscription] = ("sweep", "manual"),
     isolated: bool = False,
     row_ttl_ms: int = DEFAULT_ROW_TTL_MS,
     description: str | None = None,

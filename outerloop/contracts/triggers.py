@@ -1,39 +1,78 @@
 """Triggers: why the outer loop should look at a user now, classified once.
 
-The scheduler fires triggers by name (the sessionizer's Lua, the sweeps, the evaluator, manual
-requests) and coalesces them per user; a cycle receives them as :class:`Trigger` values whose
-``kind`` is the kind that was fired. A late-night session is classified by the sessionizer when
-it closes the session (``late_night_session``, next to ``session_closed``), under the settings of
-:class:`TriggerRules`, and the planner reads that kind: nothing downstream re-derives it.
+One set of kinds (:data:`TriggerKind`) is both what the scheduler fires (the sessionizer's Lua,
+the sweeps, the evaluator, manual requests) and what agents subscribe to
+(``@agent(triggers=...)``) and the planner reads: a cycle receives the triggers it was fired as
+:class:`Trigger` values of those kinds, with nothing translating in between. A late-night
+session is classified by the sessionizer when it closes the session (``late_night_session``,
+next to ``session_closed``), under the settings of :class:`TriggerRules`, and the planner reads
+that kind: nothing downstream re-derives it.
+
+An agent may also subscribe to a group of kinds (:data:`SUBSCRIPTION_GROUPS`): ``event`` is
+every kind that carries the user's events, which is what ``event`` meant when the per-event
+triggers were all one ``event`` kind.
 
 Callers that close sessions themselves instead of through the daemon (replays, benchmarks, the
 demo, tests) get the same triggers from :func:`session_triggers`, which applies the same rule with
-the same settings as the Lua (``outerloop.scheduler.sessionizer``, ``finalize``).
+the same settings as the Lua (``outerloop.scheduler.sessionizer``, ``finalize``), and per-event
+triggers from :meth:`Trigger.event`, which picks the kind the sessionizer fires for the event.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from outerloop.clock import now_ms
 from outerloop.contracts.events import Event
 
-# What the scheduler fires (the sessionizer's Lua, the sweeps, the evaluator) and coalesces per user.
+# The trigger kinds. The Lua scripts (outerloop/storage/lua/) fire the first five by these names.
 TITLE_FINISHED = "title_finished"  # a film or an episode of a series was watched to the end
 EPISODE_RELEASED = "episode_released"  # a new episode of a series the user follows
+ACTIVITY = "activity"  # any interaction (opt-in: real-time row refresh, the freshness bench)
+SESSION_CLOSED = "session_closed"  # 30 minutes of event time without activity
 LATE_NIGHT_SESSION = "late_night_session"  # session ended after 23:00 local on thriller/horror
 DRIFT = "drift"  # the evaluator flagged that what is served drifted from the feedback
-SESSION_CLOSED = "session_closed"  # 30 minutes of event time without activity
-STALE_ROWS = "stale_rows"  # the periodic sweep found the user's rows expired
-ACTIVITY = "activity"  # any interaction (opt-in: real-time row refresh, the freshness bench)
+SWEEP = "sweep"  # the periodic sweep found the user's rows expired (or expiring soon)
+MANUAL = "manual"  # someone asked for named agents (fired as ``manual:<agent>``, one per agent)
+BACKOFF = "backoff"  # raised inside a cycle by the memory agent when a genre back-off is new, so
+#                      the planner refreshes the user's other rows without that genre
 
-TRIGGER_NAMES: tuple[str, ...] = (
-    TITLE_FINISHED, EPISODE_RELEASED, LATE_NIGHT_SESSION, DRIFT, SESSION_CLOSED, STALE_ROWS, ACTIVITY,
-)
+TriggerKind = Literal["title_finished", "episode_released", "activity", "session_closed", "late_night_session",
+                      "drift", "sweep", "manual", "backoff"]
+TRIGGER_KINDS: tuple[str, ...] = get_args(TriggerKind)
+
+# Groups an agent may subscribe to by one name, declared here once.
+EVENT = "event"
+SUBSCRIPTION_GROUPS: dict[str, frozenset[str]] = {
+    EVENT: frozenset({TITLE_FINISHED, EPISODE_RELEASED, ACTIVITY, SESSION_CLOSED, LATE_NIGHT_SESSION}),
+}
+Subscription = TriggerKind | Literal["event"]  # what ``@agent(triggers=...)`` takes
+
+
+def kinds_of(subscription: str) -> frozenset[str]:
+    """The trigger kinds an agent declaring ``subscription`` is scheduled on (a kind itself, or
+    the kinds of a group); empty for a name that is neither."""
+    if subscription in SUBSCRIPTION_GROUPS:
+        return SUBSCRIPTION_GROUPS[subscription]
+    return frozenset({subscription}) if subscription in TRIGGER_KINDS else frozenset()
+
+
+def manual_trigger_name(agent: str) -> str:
+    """The name a manual request for ``agent`` is fired under (one per agent, so requests for one
+    agent coalesce and requests for two do not)."""
+    return f"{MANUAL}:{agent}"
+
+
+def parse_trigger_name(name: str) -> tuple[str, str | None]:
+    """``(kind, agent)`` of a fired trigger's name: ``manual:<agent>`` names its agent, every
+    other name is its kind."""
+    kind, sep, agent = name.partition(":")
+    return (kind, agent or None) if sep and kind == MANUAL else (name, None)
+
 
 # Event types that mean the user is watching the item (they decide "ended on", follows).
 WATCH_TYPES = frozenset({"play", "pause", "seek", "finish"})
@@ -71,17 +110,13 @@ class TriggerRules:
         return start <= hour < end
 
 
-# "backoff" is raised inside a cycle by the memory agent when a genre back-off is new, so the
-# planner refreshes the user's other rows without that genre.
-TriggerKind = Literal["event", "session_closed", "late_night_session", "drift", "sweep", "manual", "backoff"]
-
-
 class Trigger(BaseModel):
     """Why the outer loop should look at a user now.
 
-    ``events`` are the events behind the trigger (one for ``event``, the session's events for
-    ``session_closed``; a ``late_night_session`` comes with the ``session_closed`` of the same
-    session, which carries the events). ``row_id`` names the drifting row for ``drift``.
+    ``events`` are the events behind the trigger (the source events of a per-event kind, the
+    session's events for ``session_closed``; a ``late_night_session`` comes with the
+    ``session_closed`` of the same session, which carries the events). ``row_id`` names the
+    drifting row for ``drift``.
     ``agents`` names the agents a ``manual`` trigger asks for. ``tz_offset_min`` is the user's
     offset from UTC, so daypart rules read local time.
     """
@@ -98,7 +133,12 @@ class Trigger(BaseModel):
 
     @classmethod
     def event(cls, ev: Event, *, tz_offset_min: int = 0) -> "Trigger":
-        return cls(kind="event", at_ms=ev.ts, events=[ev], tz_offset_min=tz_offset_min)
+        """The per-event trigger the sessionizer fires for ``ev``, for callers that feed events
+        themselves: ``title_finished`` for a finish, ``episode_released`` for a release (the
+        sessionizer fires it only to the series' followers), else ``activity``."""
+        kind: TriggerKind = (TITLE_FINISHED if ev.type == "finish" else
+                             EPISODE_RELEASED if ev.type == "episode_release" else ACTIVITY)
+        return cls(kind=kind, at_ms=ev.ts, events=[ev], tz_offset_min=tz_offset_min)
 
     @classmethod
     def session_closed(cls, events: list[Event], *, tz_offset_min: int = 0) -> "Trigger":

@@ -44,7 +44,7 @@ def cycle_entry(result: CycleResult, triggers: Sequence[Trigger], at_ms: int) ->
         "user": result.user_id,
         "at_ms": at_ms,
         "elapsed_ms": round(result.elapsed_ms, 3),
-        "triggers": [str(t.detail.get("trigger", t.kind)) for t in triggers],
+        "triggers": [t.kind for t in triggers],
         "plan": result.plan.rationale,
         "records": [r.to_dict() for r in result.records],
         "rows_committed": sorted(result.rows_committed),

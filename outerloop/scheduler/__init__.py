@@ -5,7 +5,8 @@ Modules, by what they do:
 - :mod:`~outerloop.contracts.stream`: the stream entry format (shared with the API)
 - :mod:`~outerloop.contracts.keys`: stream, shard and scheduler key names (hash-tagged)
 - :mod:`~outerloop.scheduler.sessionizer`: the per-event effect and sessions, as Lua
-- :mod:`~outerloop.scheduler.triggers`: trigger names, rules, coalescing storage
+- :mod:`~outerloop.scheduler.triggers`: coalesced triggers in Redis, handed to a cycle as the
+  agents' :class:`~outerloop.contracts.triggers.Trigger` (kinds and rules: ``contracts.triggers``)
 - :mod:`~outerloop.scheduler.consumer`: the consumer group (read, claim, dead-letter, ack)
 - :mod:`~outerloop.scheduler.dispatch`: per-user locks, the due queue, bounded cycles
 - :mod:`~outerloop.scheduler.sweeps`: idle-session close and stale-row sweeps
@@ -16,7 +17,7 @@ Modules, by what they do:
 
 from outerloop.contracts.keys import SchedulerKeys, shard_of
 from outerloop.contracts.stream import MalformedEntry, decode_entry, encode_event
-from outerloop.contracts.triggers import TRIGGER_NAMES, TriggerRules
+from outerloop.contracts.triggers import TRIGGER_KINDS, TriggerRules
 from outerloop.scheduler.daemon import Daemon, run_until_signalled
 from outerloop.scheduler.dispatch import CycleOutcome, CycleRunner, request_cycle
 from outerloop.scheduler.metrics import DaemonMetrics
@@ -26,6 +27,6 @@ from outerloop.scheduler.triggers import ItemInfo, PendingTrigger, read_triggers
 
 __all__ = [
     "CycleOutcome", "CycleRunner", "Daemon", "DaemonMetrics", "DaemonSettings", "ItemInfo", "MalformedEntry",
-    "SchedulerKeys", "SessionSettings", "Sessionizer", "TRIGGER_NAMES", "PendingTrigger", "TriggerRules", "decode_entry",
+    "SchedulerKeys", "SessionSettings", "Sessionizer", "TRIGGER_KINDS", "PendingTrigger", "TriggerRules", "decode_entry",
     "encode_event", "read_triggers", "request_cycle", "run_until_signalled", "shard_of",
 ]

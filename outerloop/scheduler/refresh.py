@@ -2,9 +2,9 @@
 
 A request fires one scheduler trigger per agent, named ``manual:<agent>``, into the user's
 pending triggers (the same Lua as every other trigger, so it coalesces with them and survives a
-daemon restart) and marks the user due. The cycle hands each one to the planner as the agents'
-own ``manual`` trigger, naming that agent, with the request's ``detail`` exactly as it was
-sent (see :func:`outerloop.scheduler.runners.to_agent_triggers`). Two requests for one agent
+daemon restart) and marks the user due. The cycle receives each one as a ``manual`` trigger
+naming that agent, with the request's ``detail`` exactly as it was sent
+(:meth:`outerloop.scheduler.triggers.PendingTrigger.as_trigger`). Two requests for one agent
 before its cycle coalesce into one run with the later request's detail.
 
 ``request_refresh`` takes an asyncio client (the API); ``request_refresh_sync`` a blocking one
@@ -18,24 +18,14 @@ from typing import Any
 
 from outerloop.clock import now_ms
 from outerloop.contracts.keys import SchedulerKeys, shard_of
-from outerloop.contracts.triggers import TriggerRules
+from outerloop.contracts.triggers import TriggerRules, manual_trigger_name
 from outerloop.errors import UserInputError
 from outerloop.scheduler.dispatch import fire_args, fire_keys
 from outerloop.scheduler.triggers import LUA_FIRE
 from outerloop.storage.clients import AsyncRedisClient, RedisClient
 from outerloop.storage.scripts import LuaScript, ScriptSet
 
-MANUAL_PREFIX = "manual:"
 Detail = Mapping[str, int | float | str]
-
-
-def manual_trigger_name(agent: str) -> str:
-    return f"{MANUAL_PREFIX}{agent}"
-
-
-def manual_agent(trigger_name: str) -> str | None:
-    """The agent a scheduler trigger name asks for, or None when it is not a manual request."""
-    return trigger_name[len(MANUAL_PREFIX):] or None if trigger_name.startswith(MANUAL_PREFIX) else None
 
 
 def _check(agents: Sequence[str], detail: Detail) -> None:

@@ -2,14 +2,14 @@
 row-refresh runner (a real cycle that writes a row) for tests, benchmarks and set-ups without
 trained agents.
 
-The daemon only knows :class:`~outerloop.scheduler.dispatch.CycleRunner`; a runner turns the
-scheduler's coalesced triggers into whatever its agents expect.
+The daemon only knows :class:`~outerloop.scheduler.dispatch.CycleRunner`; a runner is handed the
+user's coalesced triggers (:class:`~outerloop.scheduler.triggers.PendingTrigger`), whose names are
+the agents' trigger kinds.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import uuid
 from collections.abc import Sequence
@@ -21,11 +21,11 @@ from outerloop import telemetry
 from outerloop.clock import now_ms
 from outerloop.contracts.events import Event
 from outerloop.contracts.keys import Keys, SchedulerKeys, control_key
-from outerloop.contracts.triggers import DRIFT, LATE_NIGHT_SESSION, SESSION_CLOSED, STALE_ROWS
+from outerloop.contracts.rows import Row
+from outerloop.contracts.triggers import LATE_NIGHT_SESSION, SESSION_CLOSED
 from outerloop.scheduler.control import ControlState, ControlledPlanner
 from outerloop.scheduler.dispatch import CycleOutcome
 from outerloop.scheduler.journal import CycleJournal
-from outerloop.scheduler.refresh import manual_agent
 from outerloop.scheduler.triggers import PendingTrigger
 from outerloop.storage.clients import AsyncRedisClient
 
@@ -94,72 +94,30 @@ class RowRefreshRunner:
                         items.append(ev.item_id)
         run_id = uuid.uuid4().hex
         now = now_ms()
-        row = {
-            "row_id": self.ROW_ID,
-            "title": "Pick up where you left off",
-            "reason": "refreshed on " + ", ".join(t.name for t in triggers),
-            "items": [[item, round(1.0 / (rank + 1), 4)] for rank, item in enumerate(items[:20])],
-            "produced_by": self.produced_by,
-            "run_id": run_id,
-            "model_version": "none",
-            "created_at": now,
-            "expires_at": now + int(self.row_ttl_s * 1000),
-        }
-        with telemetry.span("row.write", user_id=user_id, row_id=self.ROW_ID, run_id=run_id, items=len(row["items"])):
+        row = Row(
+            row_id=self.ROW_ID,
+            title="Pick up where you left off",
+            reason="refreshed on " + ", ".join(t.name for t in triggers),
+            items=[(item, round(1.0 / (rank + 1), 4)) for rank, item in enumerate(items[:20])],
+            produced_by=self.produced_by,
+            run_id=run_id,
+            model_version="none",
+            created_at=now,
+            expires_at=now + int(self.row_ttl_s * 1000),
+        )
+        with telemetry.span("row.write", user_id=user_id, row_id=self.ROW_ID, run_id=run_id, items=len(row.items)):
             if not self.refresh_log:
-                await self.client.hset(self.keys.rows(user_id), self.ROW_ID, json.dumps(row))
+                await self.client.hset(self.keys.rows(user_id), self.ROW_ID, row.model_dump_json())
             else:
                 # the log entry rides in the same round trip, behind the row: on one server the
                 # commands run in order, so the entry's id (the server's clock, ms) is a time at
                 # which the row was already visible
                 pipe = self.client.pipeline(transaction=False)
-                pipe.hset(self.keys.rows(user_id), self.ROW_ID, json.dumps(row))
+                pipe.hset(self.keys.rows(user_id), self.ROW_ID, row.model_dump_json())
                 queue_refresh_log(pipe, self.refresh_log, user_id=user_id, run_id=run_id, started_ms=now,
                                   triggers=triggers, committed=[self.ROW_ID], planned=[self.ROW_ID])
                 await pipe.execute()
-        return CycleOutcome(status="ok", rows_committed=1, run_id=run_id, refresh_at_ms=row["expires_at"])
-
-
-def to_agent_triggers(triggers: Sequence[PendingTrigger], tz_offset_min: int = 0) -> list[Any]:
-    """The scheduler's coalesced triggers as the agents' :class:`outerloop.contracts.triggers.Trigger`,
-    one each, of the kind that was fired.
-
-    Event triggers (title finished, episode released, activity) become ``event`` triggers with
-    their source events; a closed session ``session_closed`` with the session's last events; a
-    late-night session (fired with the ``session_closed`` of the same session, which carries the
-    events) ``late_night_session``; drift keeps its row id; the stale-row sweep becomes ``sweep``;
-    a manual request (:mod:`outerloop.scheduler.refresh`) the agents' ``manual`` trigger naming
-    its agent, with the request's detail as it was sent.
-    """
-    from outerloop.contracts.triggers import Trigger as AgentTrigger  # the agents are optional here
-
-    out: list[Any] = []
-    for trig in triggers:
-        detail = {k: v for k, v in trig.detail.items() if isinstance(v, int | float | str) and not isinstance(v, bool)}
-        agent = manual_agent(trig.name)
-        if agent is not None:
-            out.append(AgentTrigger(kind="manual", at_ms=trig.last_ms, agents=[agent], tz_offset_min=tz_offset_min,
-                                    detail=detail))
-            continue
-        detail["trigger"] = trig.name
-        detail["count"] = trig.count
-        if trig.name == SESSION_CLOSED:
-            out.append(AgentTrigger(kind="session_closed", at_ms=int(trig.detail.get("end_ts", trig.last_ms)),
-                                    events=list(trig.events), tz_offset_min=tz_offset_min, detail=detail))
-        elif trig.name == LATE_NIGHT_SESSION:
-            out.append(AgentTrigger(kind="late_night_session", at_ms=int(trig.detail.get("end_ts", trig.last_ms)),
-                                    tz_offset_min=tz_offset_min, detail=detail))
-        elif trig.name == DRIFT:
-            row_id = trig.detail.get("row_id")
-            out.append(AgentTrigger(kind="drift", at_ms=trig.last_ms, row_id=str(row_id) if row_id else None,
-                                    tz_offset_min=tz_offset_min, detail=detail))
-        elif trig.name == STALE_ROWS:
-            out.append(AgentTrigger(kind="sweep", at_ms=trig.last_ms, tz_offset_min=tz_offset_min, detail=detail))
-        else:
-            at = max((e.ts for e in trig.events), default=trig.last_ms)
-            out.append(AgentTrigger(kind="event", at_ms=at, events=list(trig.events),
-                                    tz_offset_min=tz_offset_min, detail=detail))
-    return out
+        return CycleOutcome(status="ok", rows_committed=1, run_id=run_id, refresh_at_ms=row.expires_at)
 
 
 class OuterLoopRunner:
@@ -208,15 +166,18 @@ class OuterLoopRunner:
     async def __call__(self, user_id: str, triggers: Sequence[PendingTrigger]) -> CycleOutcome:
         started = now_ms()
         pipe = self.client.pipeline(transaction=False)
-        # the user's time zone, for the agents' daypart rules at cycle time (the sessionizer's Lua
-        # reads the same profile field when it closes a session: its late-night rule runs inside
-        # the atomic script, so it cannot be handed the value from here)
+        # The user's time zone, for the agents' daypart rules at cycle time. Read here although
+        # the sessionizer's Lua reads the same profile field when it closes a session: its
+        # late-night rule runs inside the atomic script, so it cannot be handed the value from
+        # here, and most cycles (a finished title, a sweep, a manual request) close no session,
+        # so there is no value of the Lua's to hand on. It rides in the control read's round trip.
         pipe.hget(self.keys.profile(user_id), "utc_offset_min")
         pipe.hgetall(control_key(self.keys.base))
         raw, control = await pipe.execute()
         self.control.update(control)
         tz = int(raw) if raw is not None else 0
-        result = await self.loop.run_cycle(user_id, to_agent_triggers(triggers, tz))
+        cycle_triggers = [t for p in triggers if (t := p.as_trigger(tz)) is not None]
+        result = await self.loop.run_cycle(user_id, cycle_triggers)
         if self.refresh_log:
             await self._log(user_id, triggers, result, started)
         await self.journal.record(user_id, triggers, result, started_ms=started, loop=self.loop)

@@ -15,7 +15,7 @@ from typing import Any
 
 from outerloop.clock import now_ms
 from outerloop.contracts.keys import SchedulerKeys
-from outerloop.contracts.triggers import STALE_ROWS
+from outerloop.contracts.triggers import SWEEP
 from outerloop.scheduler.dispatch import fire_args, fire_keys
 from outerloop.scheduler.metrics import DaemonMetrics
 from outerloop.scheduler.sessionizer import CloseResult, Sessionizer
@@ -103,13 +103,13 @@ class Sweeper:
         return await self.scripts.call_many(self.client, name, calls)
 
     async def trigger_stale_rows(self, shard: int) -> int:
-        """Queue a ``stale_rows`` trigger for users whose rows expired (scheduled after each cycle)."""
+        """Queue a ``sweep`` trigger for users whose rows expired (scheduled after each cycle)."""
         now = now_ms()
         index = self.keys.refresh_due(shard)
         users = [_text(u) for u in await self.client.zrangebyscore(index, "-inf", now, start=0, num=SWEEP_BATCH)]
         if not users:
             return 0
-        args = fire_args(STALE_ROWS, now, {"swept_at_ms": now}, self.sessionizer.rules)
+        args = fire_args(SWEEP, now, {"swept_at_ms": now}, self.sessionizer.rules)
         for user, reply in zip(users, await self._many("fire", [(fire_keys(self.keys, u), args) for u in users])):
             if isinstance(reply, Exception):
                 log.warning("queueing the stale-row sweep of %s failed: %s", user, reply)

@@ -5,21 +5,30 @@ A trigger is fired inside the same Lua script as the event effect that caused it
 name coalesce there until the user's next cycle takes them all at once: a hash holds per name
 the count, the first and last firing time and the latest detail; two capped lists hold the
 source event ids and the most recent source events. Firing is append-only (no JSON is
-re-encoded), so a user with a long backlog costs the same per event as any other. The names
-match the planner's rules.
+re-encoded), so a user with a long backlog costs the same per event as any other.
+
+A trigger's name is its kind (:data:`outerloop.contracts.triggers.TriggerKind`), the kind agents
+subscribe to and the planner reads; only a manual request is fired per agent, as
+``manual:<agent>``. A cycle receives its triggers through :meth:`PendingTrigger.as_trigger`,
+which moves fields over and classifies nothing.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from outerloop.contracts.events import Event
 from outerloop.contracts.keys import SchedulerKeys
+from outerloop.contracts.triggers import DRIFT, TRIGGER_KINDS, Trigger, TriggerKind, parse_trigger_name
 from outerloop.storage.clients import AsyncRedisClient
 from outerloop.storage.scripts import lua_source
+
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True, slots=True)
 class PendingTrigger:
@@ -40,6 +49,27 @@ class PendingTrigger:
     event_ids: tuple[str, ...] = ()
     events: Sequence[Event] = ()
     detail: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_trigger(self, tz_offset_min: int = 0) -> Trigger | None:
+        """This trigger as the cycle's agents receive it, of the kind it was fired as (a
+        ``manual:<agent>`` request: ``manual``, naming its agent), with its source events, the
+        latest firing's detail as it was fired (numbers and strings), the drifting row for
+        ``drift``, and ``at_ms`` the event time it is about: the closed session's end (the
+        ``end_ts`` the sessionizer's session triggers carry), else its newest source event, else
+        when it last fired. ``None`` (logged) for a name that is no trigger kind, e.g. one queued
+        by another version: the cycle runs on the others."""
+        kind, agent = parse_trigger_name(self.name)
+        if kind not in TRIGGER_KINDS:
+            log.warning("left out a pending trigger of unknown kind %r", self.name)
+            return None
+        detail = {k: v for k, v in self.detail.items() if isinstance(v, int | float | str) and not isinstance(v, bool)}
+        end_ts = detail.get("end_ts") if agent is None else None  # a manual detail is the requester's own
+        at_ms = int(end_ts) if isinstance(end_ts, int | float) else max((e.ts for e in self.events),
+                                                                         default=self.last_ms)
+        row_id = detail.get("row_id") if kind == DRIFT else None
+        return Trigger(kind=cast(TriggerKind, kind), at_ms=at_ms, events=list(self.events),
+                       row_id=str(row_id) if row_id else None, agents=[agent] if agent else [],
+                       tz_offset_min=tz_offset_min, detail=detail)
 
 
 SEP = "\x1f"  # between a trigger name and an event id / event JSON in the lists

@@ -140,6 +140,32 @@ def test_sweep_refreshes_stale_and_missing_rows_only():
     assert plan_for(Trigger.event(ev("u1", "play", 1, BASE_TS)), rows=rows, agents=agents).steps[0].agent == "memory"
 
 
+@agent(name="on_events", budget=Budget(latency_ms=50), triggers=("event",), rows=("on_events",))
+async def on_events(ctx: AgentContext) -> None:
+    """A custom agent on the ``event`` group: every kind that carries the user's events."""
+
+
+@agent(name="on_finish", budget=Budget(latency_ms=50), triggers=("title_finished",), rows=("on_finish",))
+async def on_finish(ctx: AgentContext) -> None:
+    """A custom agent on one per-event kind."""
+
+
+def test_custom_agents_run_on_the_kinds_they_subscribe_to():
+    """The kinds the scheduler fires are the kinds agents subscribe to; ``event`` stands for the
+    kinds that carry the user's events, as it did when those were one kind."""
+    agents = registry(on_events, on_finish)
+
+    def custom(*triggers: Trigger) -> set[str]:
+        return {a for a, _ in steps(plan_for(*triggers, agents=agents))} & {"on_events", "on_finish"}
+
+    finish, play = ev("u1", "finish", COMEDY, BASE_TS), ev("u1", "play", COMEDY, BASE_TS)
+    assert custom(Trigger.event(finish)) == {"on_events", "on_finish"}
+    assert custom(Trigger.event(play)) == {"on_events"}  # activity
+    assert custom(Trigger.session_closed([play])) == {"on_events"}
+    assert custom(Trigger.sweep(at_ms=BASE_TS), Trigger.drift("top_picks", at_ms=BASE_TS)) == set()
+    assert custom(Trigger.manual("tools", at_ms=BASE_TS)) == set()  # a manual request names its agents
+
+
 def test_feedback_puts_the_evaluator_first():
     p = plan_for(Trigger.session_closed([ev("u1", "click", 5, BASE_TS, request_id="req-1")]))
     assert steps(p)[0] == ("evaluator", ())

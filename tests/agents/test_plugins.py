@@ -1,7 +1,7 @@
 """The one loader behind ``--agents`` / ``--tools`` and manual refreshes reaching the named
-agents unchanged: a request queued on a real Redis comes back through the daemon's trigger
-mapping as the agents' ``manual`` trigger with the request's detail, and the planner runs
-exactly that agent."""
+agents unchanged: a request queued on a real Redis comes back as the agents' ``manual`` trigger
+(``PendingTrigger.as_trigger``, what the daemon's runner hands a cycle) with the request's
+detail, and the planner runs exactly that agent."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from outerloop.agents.plugins import load_plugins
 from outerloop.errors import UserInputError
 from outerloop.contracts.keys import SchedulerKeys
 from outerloop.scheduler.refresh import request_refresh
-from outerloop.scheduler.runners import to_agent_triggers
 from outerloop.scheduler.triggers import read_triggers
 from tests.tools.mcp.test_mcp_support import artifacts, ranker, seed_user, tiny_dir, trained_artifacts  # noqa: F401
 from tests.agents.test_outer_loop_support import TinyArtifacts
@@ -65,7 +64,7 @@ async def test_a_manual_refresh_reaches_the_named_agent_with_its_detail(redis_ta
     await request_refresh(redis_client, keys, "u-manual", ["asked"], detail)
     queued = await read_triggers(redis_client, keys, "u-manual")
     assert [t.name for t in queued] == ["manual:asked"]
-    (trigger,) = to_agent_triggers(queued)
+    trigger = queued[0].as_trigger()
     assert trigger.kind == "manual" and trigger.agents == ["asked"] and trigger.detail == detail
     SEEN.clear()
     async with OuterLoop(TinyArtifacts(), redis=redis_target, keys=redis_keys, agents=PAIR, builtins=False) as loop:

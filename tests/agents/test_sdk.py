@@ -110,3 +110,15 @@ def test_import_outerloop_is_light_and_exports_the_sdk():
         assert getattr(outerloop, name) is not None
     with pytest.raises(AttributeError):
         outerloop.not_a_name  # noqa: B018
+
+
+def test_an_agent_subscribes_to_trigger_kinds_or_the_event_group():
+    from outerloop.errors import UsageError
+
+    async def run(ctx: AgentContext) -> None:
+        """Nothing."""
+
+    spec = agent(name="subscriber", budget=Budget(latency_ms=10), triggers=("event", "title_finished", "sweep"))(run)
+    assert spec.triggers == ("event", "title_finished", "sweep")
+    with pytest.raises(UsageError, match=r"unknown trigger kinds \[.stale_rows.\]"):  # the sweep's old name
+        agent(name="typo", budget=Budget(latency_ms=10), triggers=("stale_rows",))(run)

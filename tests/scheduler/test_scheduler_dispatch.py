@@ -7,9 +7,10 @@ import asyncio
 
 from outerloop.clock import now_ms
 from outerloop.contracts.keys import Keys
-from outerloop.contracts.triggers import DRIFT, TriggerRules
+from outerloop.contracts.rows import decode_row
+from outerloop.contracts.triggers import DRIFT, SWEEP, TriggerRules
 from outerloop.scheduler.dispatch import CLAIM_LUA, CycleOutcome, request_cycle
-from outerloop.scheduler.runners import RowRefreshRunner, to_agent_triggers
+from outerloop.scheduler.runners import RowRefreshRunner
 from outerloop.scheduler.triggers import PendingTrigger
 from tests.redis_fixtures import pytest_generate_tests, redis_keys, redis_target  # noqa: F401
 from tests.scheduler.test_scheduler_helpers import (  # noqa: F401
@@ -86,7 +87,7 @@ async def test_stale_rows_are_swept_and_a_failing_cycle_never_stops_the_daemon(e
         await request_cycle(env.client, env.keys, "bad", DRIFT)
         await request_cycle(env.client, env.keys, "good", DRIFT)
         # after its cycle a user's rows are due for a refresh stale_after_s later
-        await wait_until(lambda: _done("stale_rows" in runner.triggers_of("good")), timeout_s=5)
+        await wait_until(lambda: _done(SWEEP in runner.triggers_of("good")), timeout_s=5)
     assert daemon.metrics.cycles_by_status["failed"] >= 1
     assert daemon.metrics.cycles_by_status["ok"] >= 2
 
@@ -108,28 +109,37 @@ async def test_row_refresh_runner_writes_a_row_and_logs_the_commit(env: Env) -> 
     ev = event("rr", T0, item=7)
     outcome = await runner("rr", [PendingTrigger(name="activity", event_ids=(ev.event_id,), events=(ev,))])
     assert outcome.status == "ok" and outcome.rows_committed == 1
-    row = await env.client.hget(Keys.rows("rr"), "recent")
-    assert b'"items": [[7, 1.0]]' in row
+    row = decode_row(await env.client.hget(Keys.rows("rr"), "recent"))  # the one row codec reads it
+    assert row.items == [(7, 1.0)] and row.produced_by == "scheduler.row_refresh"
     [(entry_id, log)] = await env.client.xrange(f"{env.prefix}:refresh")
     assert log[b"event_ids"] == ev.event_id.encode()
     assert int(entry_id.split(b"-")[0]) >= int(log[b"started_ms"])  # the commit time
 
 
-def test_scheduler_triggers_map_to_the_agents_contract() -> None:
+def test_a_cycle_receives_each_trigger_as_the_kind_it_was_fired() -> None:
     ev = event("m", T0 + 23 * 60 * MIN, "finish", item=3)
-    mapped = to_agent_triggers([
-        PendingTrigger(name="late_night_session", detail={"end_ts": ev.ts, "local_hour": 23}, events=(ev,)),
-        PendingTrigger(name="session_closed", detail={"end_ts": ev.ts}, events=(ev,)),
-        PendingTrigger(name="title_finished", events=(ev,), event_ids=(ev.event_id,)),
-        PendingTrigger(name="drift", detail={"row_id": "because"}),
-        PendingTrigger(name="stale_rows"),
-    ], tz_offset_min=-300)
-    # one trigger each, of the kind that was fired: the late-night session is not folded into the
-    # closed session (whose trigger carries the session's events)
-    assert [t.kind for t in mapped] == ["late_night_session", "session_closed", "event", "drift", "sweep"]
-    assert mapped[0].detail["local_hour"] == 23 and mapped[0].tz_offset_min == -300 and not mapped[0].events
+    pending = [
+        PendingTrigger(name="late_night_session", detail={"end_ts": ev.ts, "local_hour": 23}, last_ms=T0),
+        PendingTrigger(name="session_closed", detail={"end_ts": ev.ts}, events=(ev,), last_ms=T0),
+        PendingTrigger(name="title_finished", events=(ev,), event_ids=(ev.event_id,), detail={"ts": ev.ts}),
+        PendingTrigger(name="drift", detail={"row_id": "because"}, last_ms=T0),
+        PendingTrigger(name="sweep", last_ms=T0),
+        PendingTrigger(name="manual:asked", detail={"end_ts": 5, "why": "support"}, last_ms=T0),
+        PendingTrigger(name="stale_rows", last_ms=T0),  # no kind (an older version's name): left out
+    ]
+    mapped = [t for p in pending if (t := p.as_trigger(tz_offset_min=-300)) is not None]
+    # one trigger each, of the kind that was fired, nothing renamed: the late-night session is not
+    # folded into the closed session (whose trigger carries the session's events)
+    assert [t.kind for t in mapped] == ["late_night_session", "session_closed", "title_finished", "drift", "sweep",
+                                        "manual"]
+    assert mapped[0].detail == {"end_ts": ev.ts, "local_hour": 23} and mapped[0].tz_offset_min == -300
+    assert mapped[0].at_ms == mapped[1].at_ms == ev.ts and not mapped[0].events  # the session's end, in event time
     assert mapped[1].events[0].event_id == ev.event_id and "late_night" not in mapped[1].detail
-    assert mapped[2].events[0].event_id == ev.event_id and mapped[3].row_id == "because"
+    assert mapped[2].events[0].event_id == ev.event_id and mapped[2].at_ms == ev.ts
+    assert mapped[3].row_id == "because" and mapped[3].at_ms == mapped[4].at_ms == T0
+    # a manual request names its agent; its detail is the requester's, exactly as sent
+    assert mapped[5].agents == ["asked"] and mapped[5].detail == {"end_ts": 5, "why": "support"}
+    assert mapped[5].at_ms == T0
 
 
 async def test_a_renewal_racing_the_release_is_not_a_lost_lock(env: Env) -> None:

@@ -4,11 +4,14 @@ idle close by the event-time clock, and the planner's triggers (incl. late-night
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
+import outerloop.storage
 from outerloop.clock import now_ms
-from outerloop.contracts.triggers import TriggerRules, session_triggers
+from outerloop.contracts.triggers import TRIGGER_KINDS, Trigger, TriggerRules, session_triggers
 from outerloop.data.synthetic import CATALOG_USER_ID
 from outerloop.scheduler.metrics import DaemonMetrics
 from outerloop.storage.scripts import ScriptSet
@@ -209,6 +212,42 @@ async def test_session_triggers_classify_a_session_as_the_sessionizer_does(env: 
     fired = set(await pending(env, user))
     genres = {i: info.genres for i, info in ITEMS.items()}
     assert fired == {t.kind for t in session_triggers(session, genres_of=genres.get, tz_offset_min=tz)}
+
+
+async def test_the_lua_fires_the_agents_trigger_kinds(env: Env) -> None:
+    """Every name the scripts fire is a trigger kind the agents subscribe to, and
+    ``Trigger.event`` (callers feeding events themselves) picks the kind the sessionizer fires
+    for the event: nothing translates between the daemon and the agents."""
+    lua = Path(outerloop.storage.__file__).parent / "lua"
+    fired = {name for path in lua.glob("*.lua")
+             for name in re.findall(r"trig_fire\([^,]+,\s*'([a-z_]+)'", path.read_text(encoding="utf-8"))}
+    assert fired == {"title_finished", "episode_released", "activity", "session_closed", "late_night_session"}
+    assert fired <= set(TRIGGER_KINDS)
+    sz = sessionizer(on_activity=True)
+    fin, play = event("k1", T0, "finish", item=3), event("k2", T0, "play", item=1)
+    await apply(env, sz, fin)
+    await apply(env, sz, play)
+    assert set(await pending(env, "k1")) == {Trigger.event(fin).kind, "activity"} == {"title_finished", "activity"}
+    assert set(await pending(env, "k2")) == {Trigger.event(play).kind} == {"activity"}
+    release = event("k1", T0 + MIN, "episode_release", item=4)  # k1 follows s1 since the finish
+    await apply(env, sz, release)
+    assert Trigger.event(release).kind == "episode_released" in await pending(env, "k1")
+
+
+async def test_a_late_night_session_leaves_its_events_to_session_closed(env: Env) -> None:
+    """The late-night trigger comes beside the closed session's and carries no second copy of
+    its events (a copy in the shared, capped list pushed the session's own events out)."""
+    sz = sessionizer()  # at most 20 events kept per user's pending triggers
+    await env.client.hset(env.keys.profile("owl"), "utc_offset_min", -300)
+    late = T0 + 4 * 60 * MIN + 30 * MIN  # 23:30 local
+    session = [event("owl", late + i * MIN, "play", item=2) for i in range(15)]
+    for ev in session:
+        await apply(env, sz, ev)
+    await apply(env, sz, event("owl", late + 120 * MIN, "play", item=1))  # closes the session
+    trig = await pending(env, "owl")
+    assert set(trig) == {"session_closed", "late_night_session"}
+    assert [e.event_id for e in trig["session_closed"].events] == [e.event_id for e in session]
+    assert not trig["late_night_session"].events and trig["late_night_session"].detail["end_ts"] == session[-1].ts
 
 
 async def test_activity_trigger_is_opt_in_and_coalesces(env: Env) -> None:

@@ -49,8 +49,10 @@ local function save_state(key, st)
              'seq', fmt(st.seq))
 end
 
--- Close session s (its events are in list): record it, fire session_closed and, when it ended
--- on thriller/horror late at night (user local time), late_night_session.
+-- Close session s (its events are in list): record it, fire session_closed with the session's
+-- events and, when it ended on thriller/horror late at night (user local time),
+-- late_night_session beside it, without a second copy of the events (the two share the capped
+-- events list: a copy would push the session_closed's own events out of it).
 local function finalize(cfg, state, s, list)
   local events = redis.call('LRANGE', list, 0, -1)
   redis.call('DEL', list)
@@ -76,7 +78,7 @@ local function finalize(cfg, state, s, list)
       late_night = hour >= cfg.ln_start and hour < cfg.ln_end
     end
     if late_night then
-      trig_fire(cfg.trig, 'late_night_session', cfg.now, '', events, summary, cfg.lim)
+      trig_fire(cfg.trig, 'late_night_session', cfg.now, '', {}, summary, cfg.lim)
       fired = fired + 1
     end
   end
