@@ -68,7 +68,7 @@ async def test_co_watch_and_trending_spread_over_the_masters_and_answer_as_one_s
     try:
         want, got = await _answers(single, now), await _answers(spread, now)
         assert want["cw[1]"] and want["trendNone"] and want["trendDrama"]  # the comparison compares something
-        assert any(len({spread.co_watch.bucket(s) for s in seeds}) > 1 for seeds in ([2, 3], list(range(1, 21))))
+        assert any(len({keys.shared_bucket(s) for s in seeds}) > 1 for seeds in ([2, 3], list(range(1, 21))))
         for name in want:
             assert got[name] == want[name], name
 
@@ -102,7 +102,7 @@ async def test_one_bucket_on_a_cluster_keeps_the_single_tag(cluster: LocalCluste
     topology = Topology(redis_url=cluster.url, cluster=True, key_prefix="sh2", shared_buckets=1)
     keys = topology.keys()
     graph, counter = CoWatchGraph(keys=keys), TrendingCounter(keys=keys)
-    assert graph.item_key(5) == "sh2:cw:{cw}:i:5" and counter.key == "sh2:trend"
+    assert keys.cowatch_item(5) == "sh2:cw:{cw}:i:5" and keys.trending() == "sh2:trend"
     client = topology.target().async_client()
     try:
         events = _events(200, seed=3)
@@ -112,11 +112,12 @@ async def test_one_bucket_on_a_cluster_keeps_the_single_tag(cluster: LocalCluste
         assert await graph.neighbours(client, [1, 2], 5)
         before = await counter.top(client, 5, events[-1].ts)
         assert before
-        assert len({client.keyslot(graph.item_key(i)) for i in range(1, 61)}) == 1
+        assert len({client.keyslot(keys.cowatch_item(i)) for i in range(1, 61)}) == 1
         # the trending keys share one tag on a cluster, so a rebase is one single-slot script
         # (with the one-server names it was a MULTI across slots, refused by the cluster)
         catalog = TinyArtifacts().catalog
-        tagged = [counter.shard_epoch_key(0), counter.shard_key(0), *(counter.shard_genre_key(0, g) for g in catalog.genres)]
+        tagged = [keys.trending_bucket_epoch(0), keys.trending_bucket(0),
+                  *(keys.trending_bucket_genre(0, g) for g in catalog.genres)]
         assert len({client.keyslot(k) for k in tagged}) == 1
         await counter.rebase(client, events[-1].ts + 3_600_000, catalog)
         after = await counter.top(client, 5, events[-1].ts)

@@ -111,11 +111,9 @@ def test_each_command_refuses_a_bad_durable_setting_naming_it(
 
 def test_shared_buckets_are_one_setting_one_tag_on_one_server_and_spread_on_a_cluster(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from outerloop.tools.builtin import CoWatchGraph, TrendingCounter
-
     one = _topology("serve")
     assert one.buckets == 1 and one.keys() is Keys  # one server: the keys as they always were
-    assert CoWatchGraph(keys=one.keys()).item_key(7) == "ol:cw:{cw}:i:7" and TrendingCounter().key == "ol:trend"
+    assert one.keys().cowatch_item(7) == "ol:cw:{cw}:i:7" and one.keys().trending() == "ol:trend"
     monkeypatch.setenv("OUTERLOOP_REDIS_URL", "redis://10.0.0.5:7000")
     monkeypatch.setenv("OUTERLOOP_REDIS_CLUSTER", "1")
     assert {_topology(c).buckets for c in COMMANDS} == {16}  # a cluster's default
@@ -125,9 +123,8 @@ def test_shared_buckets_are_one_setting_one_tag_on_one_server_and_spread_on_a_cl
     assert want.env()["OUTERLOOP_SHARED_BUCKETS"] == "8" and "over 8 hash tags" in want.describe()
     keys = want.keys()
     assert keys.shared_buckets == 8 and keys.prefix == "ol" and keys.rows("u") == "ol:u:{u}:rows"
-    graph = CoWatchGraph(keys=keys)
-    assert graph.item_key(7) == f"ol:cw:{{cw.{graph.bucket(7)}}}:i:7"
-    assert len({graph.bucket(i) for i in range(1, 200)}) == 8
+    assert keys.cowatch_item(7) == f"ol:cw:{{cw.{keys.shared_bucket(7)}}}:i:7"
+    assert len({keys.shared_bucket(i) for i in range(1, 200)}) == 8
     assert {_topology(c, "--shared-buckets", "1").buckets for c in COMMANDS} == {1}
     assert Topology(redis_url="redis://h:1", key_prefix="p", shared_buckets=4).keys().prefix == "p"
 

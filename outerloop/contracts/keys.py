@@ -85,12 +85,74 @@ class Keys:
         three effects are written at different times in different slots: this one by the API's
         history script (the user's slot, before any daemon sees the event); the scheduler's
         (:meth:`SchedulerKeys.applied`) by the sessionizer's script, with the session and trigger
-        effect; the co-watch graph's (``CoWatchGraph.applied_key``) next to edges that live under
+        effect; the co-watch graph's (:meth:`cowatch_applied`) next to edges that live under
         item hash tags, outside the user's slot, so no script of the user's can write them."""
         return cls.user(user_id, "applied")
 
     events_stream = "ol:events"
     dead_letter_stream = "ol:events:dead"
+
+    # -- the shared structures: the co-watch graph and the trending counts (tools.builtin) -------
+    # Shared by every user, so not under a user's hash tag: spread by item over
+    # ``shared_buckets`` hash tags (one on one server).
+
+    @classmethod
+    def shared_bucket(cls, item_id: int) -> int:
+        """The bucket (hash tag) of an item's shared keys: 0 with one bucket, else crc32 of the id."""
+        return 0 if cls.shared_buckets <= 1 else zlib.crc32(str(int(item_id)).encode()) % cls.shared_buckets
+
+    @classmethod
+    def cowatch_item(cls, item_id: int) -> str:
+        """ZSET neighbour -> co-watch weight of one item. One hash tag for every item's edges (the
+        neighbour merge is one script), or one per item bucket (one script per bucket touched)."""
+        tag = "cw" if cls.shared_buckets <= 1 else f"cw.{cls.shared_bucket(item_id)}"
+        return f"{cls.prefix}:cw:{{{tag}}}:i:{item_id}"
+
+    @classmethod
+    def cowatch_recent(cls, user_id: str) -> str:
+        """ZSET item -> last time (ms): the user's recent items a new event links to."""
+        return cls.user(user_id, "cw_recent")
+
+    @classmethod
+    def cowatch_device(cls, device: str) -> str:
+        """ZSET item -> last time (ms): a device's recent items (household edges)."""
+        return f"{cls.prefix}:cw:d:{device}"
+
+    @classmethod
+    def cowatch_applied(cls, event_id: str) -> str:
+        """Marks an event whose edges are linked (at most once under redelivery): the edges live
+        under item hash tags, so the user's own applied sets (written by scripts in the user's
+        slot, see :meth:`applied_events`) cannot guard them."""
+        return f"{cls.prefix}:cw:ev:{event_id}"
+
+    @classmethod
+    def trending(cls) -> str:
+        """ZSET item -> decayed engagement, overall, with one untagged bucket (one server)."""
+        return f"{cls.prefix}:trend"
+
+    @classmethod
+    def trending_epoch(cls) -> str:
+        """The trending epoch (with buckets: the one each bucket's own epoch starts from)."""
+        return f"{cls.prefix}:trend:epoch"
+
+    @classmethod
+    def trending_genre(cls, genre: str) -> str:
+        """ZSET item -> decayed engagement within one genre (one untagged bucket)."""
+        return f"{cls.trending()}:g:{genre}"
+
+    @classmethod
+    def trending_bucket(cls, bucket: int) -> str:
+        """:meth:`trending` of one bucket, under the bucket's hash tag (with :meth:`trending_bucket_genre`
+        and :meth:`trending_bucket_epoch`, so a bucket's rebase is one single-slot script)."""
+        return f"{cls.prefix}:trend:{{tr.{bucket}}}"
+
+    @classmethod
+    def trending_bucket_genre(cls, bucket: int, genre: str) -> str:
+        return f"{cls.trending_bucket(bucket)}:g:{genre}"
+
+    @classmethod
+    def trending_bucket_epoch(cls, bucket: int) -> str:
+        return f"{cls.trending_bucket(bucket)}:epoch"
 
 
 def namespaced_keys(prefix: str) -> type[Keys]:

@@ -34,7 +34,6 @@ would order them. The same events give the same answers whatever the bucket coun
 from __future__ import annotations
 
 import asyncio
-import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -142,32 +141,6 @@ class CoWatchGraph:
     applied_ttl_s: int = 7 * 24 * 3600
     keys: type[Keys] = Keys  # key namespace (a Keys subclass with another prefix in tests)
 
-    @property
-    def buckets(self) -> int:
-        return int(getattr(self.keys, "shared_buckets", 1))
-
-    def bucket(self, item_id: int) -> int:
-        return item_bucket(item_id, self.buckets)
-
-    def item_key(self, item_id: int) -> str:
-        # one hash tag for every item's edges (the neighbour merge is one script), or one per item
-        # bucket on a cluster (the merge is one script per bucket touched)
-        buckets = self.buckets
-        tag = "cw" if buckets == 1 else f"cw.{item_bucket(item_id, buckets)}"
-        return f"{self.keys.prefix}:cw:{{{tag}}}:i:{item_id}"
-
-    def user_key(self, user_id: str) -> str:
-        return self.keys.user(user_id, "cw_recent")
-
-    def device_key(self, device: str) -> str:
-        return f"{self.keys.prefix}:cw:d:{device}"
-
-    def applied_key(self, event_id: str) -> str:
-        """Marks an event whose edges are linked (at most once under redelivery): the edges live
-        under item hash tags, so the user's own applied sets (written by scripts in the user's
-        slot, see ``Keys.applied_events``) cannot guard them."""
-        return f"{self.keys.prefix}:cw:ev:{event_id}"
-
     async def claim(self, redis: "Redis", events: Iterable[Event]) -> list[Event]:
         """The engagement events among ``events`` not seen before (marked seen now, one round
         trip): what is safe to count once, here and in :class:`TrendingCounter`."""
@@ -176,7 +149,7 @@ class CoWatchGraph:
             return []
         pipe = redis.pipeline(transaction=False)
         for e in evs:
-            pipe.set(self.applied_key(e.event_id), 1, nx=True, ex=self.applied_ttl_s)
+            pipe.set(self.keys.cowatch_applied(e.event_id), 1, nx=True, ex=self.applied_ttl_s)
         return [e for e, new in zip(evs, await pipe.execute()) if new]
 
     async def apply(self, redis: "Redis", events: Iterable[Event]) -> int:
@@ -195,9 +168,9 @@ class CoWatchGraph:
         devices = sorted({e.device for e in fresh if e.device})
         pipe = redis.pipeline(transaction=False)
         for u in users:
-            pipe.zrevrange(self.user_key(u), 0, self.window - 1)
+            pipe.zrevrange(self.keys.cowatch_recent(u), 0, self.window - 1)
         for d in devices:
-            pipe.zrevrange(self.device_key(d), 0, self.window - 1)
+            pipe.zrevrange(self.keys.cowatch_device(d), 0, self.window - 1)
         res = await pipe.execute()
         recent_u = {u: [int(x) for x in r] for u, r in zip(users, res[: len(users)])}
         recent_d = {d: [int(x) for x in r] for d, r in zip(devices, res[len(users) :])}
@@ -226,7 +199,7 @@ class CoWatchGraph:
             by_item[i] += (w, j)
         pipe = redis.pipeline(transaction=False)
         for i, args in by_item.items():  # one script per item: its increments and its trim
-            SCRIPTS.queue(pipe, "link", [self.item_key(i)], [self.max_neighbours, *args])
+            SCRIPTS.queue(pipe, "link", [self.keys.cowatch_item(i)], [self.max_neighbours, *args])
         last_ts_u: dict[str, dict[int, int]] = defaultdict(dict)
         last_ts_d: dict[str, dict[int, int]] = defaultdict(dict)
         for e in fresh:
@@ -234,11 +207,11 @@ class CoWatchGraph:
             if e.device:
                 last_ts_d[e.device][int(e.item_id)] = e.ts  # type: ignore[arg-type]
         for u, m in last_ts_u.items():
-            pipe.zadd(self.user_key(u), {str(i): ts for i, ts in m.items()})
-            pipe.zremrangebyrank(self.user_key(u), 0, -(self.window + 1))
+            pipe.zadd(self.keys.cowatch_recent(u), {str(i): ts for i, ts in m.items()})
+            pipe.zremrangebyrank(self.keys.cowatch_recent(u), 0, -(self.window + 1))
         for d, m in last_ts_d.items():
-            pipe.zadd(self.device_key(d), {str(i): ts for i, ts in m.items()})
-            pipe.zremrangebyrank(self.device_key(d), 0, -(self.window + 1))
+            pipe.zadd(self.keys.cowatch_device(d), {str(i): ts for i, ts in m.items()})
+            pipe.zremrangebyrank(self.keys.cowatch_device(d), 0, -(self.window + 1))
         await pipe.execute()
 
     async def neighbours(self, redis: "Redis", seeds: Sequence[int], k: int, per_seed: int = 50) -> list[tuple[int, float]]:
@@ -249,10 +222,10 @@ class CoWatchGraph:
             return []
         groups: dict[int, list[int]] = defaultdict(list)  # bucket -> positions in seeds
         for pos, s in enumerate(seeds):
-            groups[self.bucket(s)].append(pos)
+            groups[self.keys.shared_bucket(s)].append(pos)
         if len(groups) > 1:
             return await self._neighbours_across(redis, seeds, groups, k, per_seed)
-        raw = await SCRIPTS.call(redis, "neighbours", [self.item_key(s) for s in seeds], [per_seed, k, *seeds])
+        raw = await SCRIPTS.call(redis, "neighbours", [self.keys.cowatch_item(s) for s in seeds], [per_seed, k, *seeds])
         if not raw:
             return []
         out = []
@@ -269,7 +242,7 @@ class CoWatchGraph:
         pipe = redis.pipeline(transaction=False)
         order = list(groups.values())
         for positions in order:
-            SCRIPTS.queue(pipe, "edges", [self.item_key(seeds[p]) for p in positions], [per_seed])
+            SCRIPTS.queue(pipe, "edges", [self.keys.cowatch_item(seeds[p]) for p in positions], [per_seed])
         rows: dict[int, bytes] = {}
         for positions, raw in zip(order, await pipe.execute()):
             for p, part in zip(positions, (raw or b"").split(b";")):
@@ -301,11 +274,6 @@ _NEIGHBOURS = LuaScript.of("neighbours", "cowatch_neighbours")
 _EDGES = LuaScript.of("edges", "cowatch_edges")
 
 
-def item_bucket(item_id: int, buckets: int) -> int:
-    """The bucket (hash tag) of an item's shared keys: 0 with one bucket, else crc32 of the id."""
-    return 0 if buckets <= 1 else zlib.crc32(str(int(item_id)).encode()) % buckets
-
-
 # --- trending --------------------------------------------------------------------------------
 
 
@@ -318,57 +286,31 @@ class TrendingCounter:
     keys: type[Keys] = Keys
 
     @property
-    def buckets(self) -> int:
-        return int(getattr(self.keys, "shared_buckets", 1))
-
-    @property
     def bucketed(self) -> bool:
-        """Keys per bucket, each bucket under its hash tag: several buckets, or one on a cluster
-        (its rebase must be one single-slot script; see ``Keys.shared_tagged``)."""
-        return self.buckets > 1 or bool(getattr(self.keys, "shared_tagged", False))
-
-    @property
-    def key(self) -> str:
-        """The overall counts (one bucket on one server; else see :meth:`shard_key`)."""
-        return f"{self.keys.prefix}:trend"
-
-    @property
-    def epoch_key(self) -> str:
-        """The epoch (with several buckets: the one each bucket's own epoch starts from)."""
-        return f"{self.keys.prefix}:trend:epoch"
-
-    def genre_key(self, genre: str) -> str:
-        return f"{self.key}:g:{genre}"
-
-    # with several buckets each has its own keys, one hash tag: counts, per-genre counts, epoch
-    def shard_key(self, bucket: int) -> str:
-        return f"{self.keys.prefix}:trend:{{tr.{bucket}}}"
-
-    def shard_genre_key(self, bucket: int, genre: str) -> str:
-        return f"{self.shard_key(bucket)}:g:{genre}"
-
-    def shard_epoch_key(self, bucket: int) -> str:
-        return f"{self.shard_key(bucket)}:epoch"
+        """Keys per bucket, each bucket under its hash tag (``Keys.trending_bucket``): several
+        buckets, or one on a cluster (its rebase must be one single-slot script; see
+        ``Keys.shared_tagged``)."""
+        return self.keys.shared_buckets > 1 or self.keys.shared_tagged
 
     async def _epoch(self, redis: "Redis", first_ts: int) -> int:
-        await redis.set(self.epoch_key, first_ts, nx=True)
-        return int(await redis.get(self.epoch_key))
+        await redis.set(self.keys.trending_epoch(), first_ts, nx=True)
+        return int(await redis.get(self.keys.trending_epoch()))
 
     async def _record_buckets(self, redis: "Redis", evs: list[Event], catalog: Catalog) -> int:
         """:meth:`record` over several buckets: every bucket's epoch starts as the one shared
         epoch (so its scores are the ones a single key would hold) and is rebased on its own."""
-        buckets = self.buckets
+        keys = self.keys
         pipe = redis.pipeline(transaction=False)
-        pipe.set(self.epoch_key, min(e.ts for e in evs), nx=True)
-        pipe.get(self.epoch_key)
+        pipe.set(keys.trending_epoch(), min(e.ts for e in evs), nx=True)
+        pipe.get(keys.trending_epoch())
         shared = int((await pipe.execute())[1])
         by_bucket: dict[int, list[Event]] = defaultdict(list)
         for e in evs:
-            by_bucket[item_bucket(int(e.item_id), buckets)].append(e)  # type: ignore[arg-type]
+            by_bucket[keys.shared_bucket(int(e.item_id))].append(e)  # type: ignore[arg-type]
         pipe = redis.pipeline(transaction=False)
         for b in by_bucket:
-            pipe.set(self.shard_epoch_key(b), shared, nx=True)
-            pipe.get(self.shard_epoch_key(b))
+            pipe.set(keys.trending_bucket_epoch(b), shared, nx=True)
+            pipe.get(keys.trending_bucket_epoch(b))
         got = await pipe.execute()
         epochs = {b: int(got[2 * n + 1]) for n, b in enumerate(by_bucket)}
         for b, bevs in by_bucket.items():
@@ -377,17 +319,18 @@ class TrendingCounter:
                 epochs[b] = await self._rebase_bucket(redis, b, newest, catalog)
         pipe = redis.pipeline(transaction=False)
         for e in evs:
-            b = item_bucket(int(e.item_id), buckets)  # type: ignore[arg-type]
+            b = keys.shared_bucket(int(e.item_id))  # type: ignore[arg-type]
             inc = ENGAGEMENT_WEIGHT[e.type] * 2.0 ** ((e.ts - epochs[b]) / self.half_life_ms)
-            pipe.zincrby(self.shard_key(b), inc, e.item_id)
+            pipe.zincrby(keys.trending_bucket(b), inc, e.item_id)
             for g in _genres(catalog, e.item_id):
-                pipe.zincrby(self.shard_genre_key(b, g), inc, e.item_id)
+                pipe.zincrby(keys.trending_bucket_genre(b, g), inc, e.item_id)
         await pipe.execute()
         return len(evs)
 
     async def _rebase_bucket(self, redis: "Redis", bucket: int, new_epoch: int, catalog: Catalog) -> int:
-        keys = [self.shard_epoch_key(bucket), self.shard_key(bucket),
-                *(self.shard_genre_key(bucket, g) for g in catalog.genres)]
+        k = self.keys
+        keys = [k.trending_bucket_epoch(bucket), k.trending_bucket(bucket),
+                *(k.trending_bucket_genre(bucket, g) for g in catalog.genres)]
         await SCRIPTS.call(redis, "rebase", keys, [new_epoch, self.half_life_ms])
         return new_epoch
 
@@ -405,39 +348,40 @@ class TrendingCounter:
         pipe = redis.pipeline(transaction=False)
         for e in evs:
             inc = ENGAGEMENT_WEIGHT[e.type] * 2.0 ** ((e.ts - epoch) / self.half_life_ms)
-            pipe.zincrby(self.key, inc, e.item_id)
+            pipe.zincrby(self.keys.trending(), inc, e.item_id)
             try:
                 genres = catalog.get(int(e.item_id)).genres  # type: ignore[arg-type]
             except KeyError:
                 genres = ()
             for g in genres:
-                pipe.zincrby(self.genre_key(g), inc, e.item_id)
+                pipe.zincrby(self.keys.trending_genre(g), inc, e.item_id)
         await pipe.execute()
         return len(evs)
 
     async def rebase(self, redis: "Redis", new_epoch: int, catalog: Catalog) -> int:
         """Move the epoch to ``new_epoch``, rescaling every score so decayed values stay equal
         (with several buckets: each bucket in one script, its keys and epoch together)."""
+        keys = self.keys
         if self.bucketed:
-            for b in range(self.buckets):
+            for b in range(keys.shared_buckets):
                 await self._rebase_bucket(redis, b, new_epoch, catalog)
-            await redis.set(self.epoch_key, new_epoch)
+            await redis.set(keys.trending_epoch(), new_epoch)
             return new_epoch
-        old = int(await redis.get(self.epoch_key) or new_epoch)
+        old = int(await redis.get(keys.trending_epoch()) or new_epoch)
         factor = 2.0 ** ((old - new_epoch) / self.half_life_ms)
         pipe = redis.pipeline(transaction=True)
-        for key in [self.key, *(self.genre_key(g) for g in catalog.genres)]:
+        for key in [keys.trending(), *(keys.trending_genre(g) for g in catalog.genres)]:
             pipe.zunionstore(key, {key: factor})
-        pipe.set(self.epoch_key, new_epoch)
+        pipe.set(keys.trending_epoch(), new_epoch)
         await pipe.execute()
         return new_epoch
 
     async def top(self, redis: "Redis", k: int, now_ms: int, genre: str | None = None) -> list[tuple[int, float]]:
         if self.bucketed:
             return await self._top_buckets(redis, k, now_ms, genre)
-        key = self.genre_key(genre) if genre else self.key
+        key = self.keys.trending_genre(genre) if genre else self.keys.trending()
         pipe = redis.pipeline(transaction=False)
-        pipe.get(self.epoch_key)
+        pipe.get(self.keys.trending_epoch())
         pipe.zrevrange(key, 0, k - 1, withscores=True)
         epoch_raw, rows = await pipe.execute()
         if epoch_raw is None:
@@ -449,14 +393,16 @@ class TrendingCounter:
         """Each bucket's top ``k`` (one pipeline), merged: exact, since an item lives in one
         bucket. While the buckets share one epoch (until one is rebased) the order is the order
         of the stored scores, ties by member descending, as ``ZREVRANGE`` of one key orders them."""
+        keys, buckets = self.keys, self.keys.shared_buckets
         pipe = redis.pipeline(transaction=False)
-        for b in range(self.buckets):
-            pipe.get(self.shard_epoch_key(b))
-            pipe.zrevrange(self.shard_genre_key(b, genre) if genre else self.shard_key(b), 0, k - 1, withscores=True)
+        for b in range(buckets):
+            pipe.get(keys.trending_bucket_epoch(b))
+            pipe.zrevrange(keys.trending_bucket_genre(b, genre) if genre else keys.trending_bucket(b), 0, k - 1,
+                           withscores=True)
         got = await pipe.execute()
         merged: list[tuple[float, bytes, float]] = []  # (sort score, member, decayed score)
-        epochs = {int(got[2 * b]) for b in range(self.buckets) if got[2 * b] is not None}
-        for b in range(self.buckets):
+        epochs = {int(got[2 * b]) for b in range(buckets) if got[2 * b] is not None}
+        for b in range(buckets):
             epoch_raw, rows = got[2 * b], got[2 * b + 1]
             if epoch_raw is None:
                 continue
