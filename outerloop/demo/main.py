@@ -145,8 +145,9 @@ def _step_train(out: Path, minutes: float, *, reuse: bool) -> None:
 
 def _train_ranker(out: Path) -> None:
     """The outer loop's parts next to the model: the heavy ensemble (here the model and EASE, no
-    extra transformer: the demo is short) and the ranker, trained on the rows the real outer
-    loop compiles, the ensemble agent's log-prob row among them."""
+    extra transformer: the demo is short), the inner-only ranker, and the served ranker that
+    corrects it, trained on the rows the real outer loop compiles, the ensemble agent's log-prob
+    row among them."""
     import torch
 
     from outerloop.data.datasets import load_dataset
@@ -157,7 +158,7 @@ def _train_ranker(out: Path) -> None:
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     data = load_dataset("synthetic", None, **DEMO_WORLD)
     parts = prepare_outer_loop(Artifacts.load(out), data, ensemble_config=EnsembleConfig(extra_transformers=0),
-                               inner_ranker=False, row_users=600, ranker_epochs=6, progress=False)
+                               row_users=600, ranker_epochs=6, progress=False)
     rep = parts.ensemble.report if parts.ensemble is not None else {}
     _say(f"     ensemble agent's model: transformer + EASE, validation NDCG@10 "
          f"{rep.get('valid', {}).get('base_ndcg@10', 0):.3f} -> {rep.get('valid', {}).get('ensemble_ndcg@10', 0):.3f}")

@@ -5,12 +5,14 @@ on artifacts fresh from ``outerloop train``; it fills in, in order and only what
 
 1. ``<artifacts>/ensemble/``: the heavy model of the ensemble agent (extra transformers + EASE,
    :mod:`outerloop.inner_loop.model.ensemble`);
-2. ``<artifacts>/ranker.*``: the served ranker, trained on the rows the real outer loop
-   (ensemble included) compiles at each user's validation cut, at staleness spread over
-   :data:`STALENESS_MIX`, so it learns how far to trust a row from how old it is;
-3. ``<artifacts>/ranker-inner/``: a ranker trained with no agent rows at all, the inner loop
-   alone at its best. The replay compares inner+outer against whichever of the two serves the
-   inner loop better on the validation cut (``val_no_rows``), never on test.
+2. ``<artifacts>/ranker-inner/``: a ranker trained with no agent rows at all, the inner loop
+   alone at its best;
+3. ``<artifacts>/ranker.*``: the served ranker, a residual of the inner-only one (see
+   :mod:`outerloop.inner_loop.model.ranker`): the inner-only ranker's score plus a correction
+   trained on the rows the real outer loop (ensemble included) compiles at each user's
+   validation cut, at staleness spread over :data:`STALENESS_MIX`, so it learns how far to
+   trust a row from how old it is. The replay compares inner+outer against whichever of the
+   two serves the inner loop better on the validation cut (``val_no_rows``), never on test.
 
 A ranker trained for another ensemble (or none) is retrained, so a cached file never silently
 describes another setup. This module composes training and the outer loop; the training code
@@ -38,11 +40,12 @@ STALENESS_MIX: tuple[int, ...] = (0, 1, 2, 5, 10)
 INNER_RANKER_DIR = "ranker-inner"
 # every training user keeps its rows: the served ranker is for users the outer loop has reached,
 # the inner-only ranker (``Funnel(ranker_without_rows=...)``) for the others. Chosen on the
-# validation cut: on ML-1M's held-out users with rows, NDCG@10 0.2064 against 0.2033 for a
-# ranker that saw rows for half its users (which serves users without rows better: 0.1932 vs
-# the inner-only ranker's 0.1993, hence the pair)
+# validation cut when the two were trained apart: on ML-1M's held-out users with rows, NDCG@10
+# 0.2064 against 0.2033 for a ranker that saw rows for half its users (which served users without
+# rows worse: 0.1932 vs the inner-only ranker's 0.1993, hence the pair; the served ranker is now a
+# correction of the inner-only one, and a user without rows gets the inner-only one itself)
 ROWS_SHARE = 1.0
-SERVED = "served ranker (trained with outer-loop rows)"
+SERVED = "served ranker (inner-only ranker + a correction trained with outer-loop rows)"
 INNER_ONLY = "inner-only ranker (trained without rows)"
 
 
@@ -50,12 +53,12 @@ INNER_ONLY = "inner-only ranker (trained without rows)"
 class OuterLoopParts:
     ensemble: "Ensemble | None"
     ranker: "Ranker"
-    inner_ranker: "Ranker | None"  # None when not asked for (the demo serves the one ranker)
+    inner_ranker: "Ranker"  # the inner-only ranker, which the served one corrects
     inner_choice: str  # SERVED or INNER_ONLY: the better inner arm on validation
     trained_now: list[str]
 
     def inner_rankers(self) -> dict[str, "Ranker"]:
-        return {SERVED: self.ranker, **({INNER_ONLY: self.inner_ranker} if self.inner_ranker is not None else {})}
+        return {SERVED: self.ranker, INNER_ONLY: self.inner_ranker}
 
 
 def outer_loop_rows(artifacts: "Artifacts", data: "InteractionData", *, staleness: Sequence[int] = STALENESS_MIX,
@@ -104,14 +107,14 @@ def _ranker_matches(directory: Path, provenance: dict[str, Any], rows_share: flo
 def prepare_outer_loop(artifacts: "Artifacts", data: "InteractionData", *, ensemble: bool = True,
                        staleness: Sequence[int] = STALENESS_MIX, allow_training: bool = True,
                        progress: bool | None = None, ensemble_config: "EnsembleConfig | None" = None,
-                       inner_ranker: bool = True, row_users: int | None = None,
+                       row_users: int | None = None,
                        ranker_epochs: int = 30) -> OuterLoopParts:
     """Load, or train when missing, the ensemble and both rankers (see the module docstring).
-    ``ensemble_config``: what a missing ensemble is trained with; ``inner_ranker=False`` skips
-    the inner-only ranker; ``row_users`` samples the users whose rows the ranker trains on."""
+    ``ensemble_config``: what a missing ensemble is trained with; ``row_users`` samples the
+    users whose rows the served ranker trains on."""
     from outerloop.errors import UserInputError
     from outerloop.inner_loop.model.ensemble import Ensemble, train_ensemble
-    from outerloop.inner_loop.model.ranker import Ranker
+    from outerloop.inner_loop.model.ranker import RANKER_WEIGHTS_FILE, Ranker
     from outerloop.inner_loop.ranker_train import train_ranker
 
     trained: list[str] = []
@@ -131,7 +134,17 @@ def prepare_outer_loop(artifacts: "Artifacts", data: "InteractionData", *, ensem
             ens = train_ensemble(artifacts, data, ensemble_config, progress=True if progress is None else progress)
     max_history = int(artifacts.config.max_len)
     served_dir = Path(artifacts.dir)
-    prov = rows_provenance(artifacts, staleness, with_ensemble=ensemble)
+    inner_dir = served_dir / INNER_RANKER_DIR
+    inner_prov = rows_provenance(artifacts, None)
+    if _ranker_matches(inner_dir, inner_prov, None):
+        inner = Ranker.load(inner_dir)
+    else:
+        need("inner-only ranker")
+        inner = train_ranker(artifacts, data, out_dir=inner_dir, max_history=max_history, agent_rows={},
+                             provenance=inner_prov, epochs=ranker_epochs)
+    # the served ranker corrects this very inner-only ranker: a retrained base means a new correction
+    prov = {**rows_provenance(artifacts, staleness, with_ensemble=ensemble),
+            "residual_of": {"dir": INNER_RANKER_DIR, "sha1": _file_sha1(inner_dir / RANKER_WEIGHTS_FILE)}}
     if _ranker_matches(served_dir, prov, ROWS_SHARE):
         ranker = Ranker.load(served_dir)
     else:
@@ -139,20 +152,17 @@ def prepare_outer_loop(artifacts: "Artifacts", data: "InteractionData", *, ensem
         rows = outer_loop_rows(artifacts, data, staleness=staleness, progress=progress, n_users=row_users,
                                ensemble=ens or False)
         ranker = train_ranker(artifacts, data, out_dir=served_dir, max_history=max_history, agent_rows=rows,
-                              provenance=prov, epochs=ranker_epochs, rows_share=ROWS_SHARE, patience=8)
-    inner: Ranker | None = None
-    if inner_ranker:
-        inner_dir = served_dir / INNER_RANKER_DIR
-        inner_prov = rows_provenance(artifacts, None)
-        if _ranker_matches(inner_dir, inner_prov, None):
-            inner = Ranker.load(inner_dir)
-        else:
-            need("inner-only ranker")
-            inner = train_ranker(artifacts, data, out_dir=inner_dir, max_history=max_history, agent_rows={},
-                                 provenance=inner_prov, epochs=ranker_epochs)
+                              provenance=prov, epochs=ranker_epochs, rows_share=ROWS_SHARE, patience=8,
+                              residual_of=inner, residual_dir=INNER_RANKER_DIR)
 
     def val(r: "Ranker") -> float:
         return float(((r.config.report.get("val_no_rows") or {}).get("ndcg@10")) or 0.0)
 
-    choice = INNER_ONLY if inner is not None and val(inner) >= val(ranker) else SERVED
+    choice = INNER_ONLY if val(inner) >= val(ranker) else SERVED
     return OuterLoopParts(ens, ranker, inner, choice, trained)
+
+
+def _file_sha1(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha1(path.read_bytes()).hexdigest()[:16]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -34,6 +35,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--staleness", default="0,1,2,5,10", metavar="K,K,...",
                    help="with --agent-rows outer: users spread over these staleness settings (rows compiled K "
                         "interactions before the cut)")
+    p.add_argument("--residual-of", type=Path, default=None, metavar="DIR",
+                   help="train a correction of the ranker in DIR (kept frozen) instead of a ranker of its own: "
+                        "its score is DIR's plus the correction (how `prepare` builds the served ranker over the "
+                        "inner-only one); DIR is recorded relative to --out")
     p.add_argument("--out", type=Path, default=None, help="where to save the ranker (default: --artifacts)")
 
 
@@ -43,6 +48,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.bags < 1:
         raise UserInputError(f"--bags must be >= 1, got {args.bags}")
+    base = None
+    if args.residual_of is not None:
+        from outerloop.inner_loop.model.ranker import Ranker
+
+        if not Ranker.exists(args.residual_of):
+            raise UserInputError(f"--residual-of {args.residual_of}: no trained ranker there (ranker.json, ranker.pt)")
+        base = Ranker.load(args.residual_of)
     artifacts = Artifacts.load(args.artifacts)
     data = training_data(artifacts, args.dataset, args.data_dir)
     rows: Mapping[str, CompiledRows] | None = None
@@ -59,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
         rows, provenance = {}, rows_provenance(artifacts, None)
     ranker = train_ranker(artifacts, data, n_candidates=args.candidates, epochs=args.epochs, seed=args.seed,
                           max_history=int(getattr(getattr(artifacts.model, "cfg", None), "max_len", 200)),
-                          agent_rows=rows, provenance=provenance, out_dir=args.out, bags=args.bags)
+                          agent_rows=rows, provenance=provenance, out_dir=args.out, bags=args.bags,
+                          residual_of=base, residual_dir=None if base is None else os.path.relpath(
+                              args.residual_of.resolve(), (args.out or args.artifacts).resolve()))
     rep = ranker.config.report
     print(json.dumps({"test": rep["test"], "test_lift_over_retrieval": rep["test_lift_over_retrieval"],
                       "weights": ranker.config.weights, "seconds": rep["seconds"]}, indent=2))

@@ -244,11 +244,27 @@ def _logits(model: MultiTaskRanker, ex: Examples, mean: np.ndarray, inv_std: np.
 
 def _train_tower(train: Examples, val: Examples, mean: np.ndarray, inv_std: np.ndarray, objectives: Sequence[str],
                  *, hidden: int, lr: float, epochs: int, patience: int, batch_size: int,
-                 seed: int) -> tuple[MultiTaskRanker, list[dict[str, Any]]]:
-    """One tower, trained on ``train`` and stopped at its best held-out relevance NDCG@10."""
+                 seed: int, offset: tuple[np.ndarray, np.ndarray] | None = None,
+                 ) -> tuple[MultiTaskRanker, list[dict[str, Any]]]:
+    """One tower, trained on ``train`` and stopped at its best held-out relevance NDCG@10.
+
+    ``offset`` ((E, C) for ``train`` and for ``val``): a frozen base ranker's scores the tower's
+    relevance logit is added to (a residual ranker). The tower then starts as a zero correction,
+    and that start (epoch 0: the base alone) is kept unless an epoch beats it on ``val``."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = MultiTaskRanker(len(FEATURE_NAMES), hidden, objectives)
+    off_t = None if offset is None else torch.from_numpy(np.where(train.mask, offset[0], 0.0).astype(np.float32))
+    off_v = None if offset is None else np.where(val.mask, offset[1], 0.0).astype(np.float32)
+    best: dict[str, Any] = {"ndcg": -1.0, "epoch": 0, "state": None}
+    if offset is not None:
+        with torch.no_grad():
+            for tower in model.towers:
+                tower.heads.weight.zero_()
+                tower.heads.bias.zero_()
+        best = {"ndcg": ranking_metrics(off_v, val)["ndcg@10"], "epoch": 0,
+                "state": {k: v.clone() for k, v in model.state_dict().items()}}
+    history: list[dict[str, Any]] = [] if offset is None else [{"epoch": 0, "loss": None, "val_ndcg@10": best["ndcg"]}]
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-5)
     feats_t = torch.from_numpy((train.feats - mean) * inv_std)
     mask_t = torch.from_numpy(train.mask)
@@ -257,9 +273,7 @@ def _train_tower(train: Examples, val: Examples, mean: np.ndarray, inv_std: np.n
     tcol_t = rel_t.argmax(1)
     liked_t = torch.from_numpy(train.liked)
     liked_ok = has_t & torch.isfinite(liked_t)
-    best: dict[str, Any] = {"ndcg": -1.0, "epoch": 0, "state": None}
     stale = 0
-    history: list[dict[str, Any]] = []
     for epoch in range(1, epochs + 1):
         model.train()
         order = rng.permutation(len(train))
@@ -267,7 +281,8 @@ def _train_tower(train: Examples, val: Examples, mean: np.ndarray, inv_std: np.n
         for s in range(0, len(order), batch_size):
             b = torch.from_numpy(order[s : s + batch_size])
             z = model(feats_t[b])  # (b, C, O)
-            zr = z[..., 0].masked_fill(~mask_t[b], -1e9)
+            zr = z[..., 0] if off_t is None else z[..., 0] + off_t[b]
+            zr = zr.masked_fill(~mask_t[b], -1e9)
             h = has_t[b]
             loss = -(F.log_softmax(zr, 1) * rel_t[b]).sum(1)[h].mean() if bool(h.any()) else zr.sum() * 0
             ok = liked_ok[b]
@@ -280,7 +295,8 @@ def _train_tower(train: Examples, val: Examples, mean: np.ndarray, inv_std: np.n
             total += float(loss.detach()) * len(b)
         model.eval()
         # the epoch is chosen on the primary objective; the liked head's weight is chosen after
-        val_m = ranking_metrics(_logits(model, val, mean, inv_std)[..., 0], val)
+        val_rel = _logits(model, val, mean, inv_std)[..., 0]
+        val_m = ranking_metrics(val_rel if off_v is None else val_rel + off_v, val)
         history.append({"epoch": epoch, "loss": total / max(len(train), 1), "val_ndcg@10": val_m["ndcg@10"]})
         if val_m["ndcg@10"] > best["ndcg"]:
             best = {"ndcg": val_m["ndcg@10"], "epoch": epoch, "state": {k: v.clone() for k, v in model.state_dict().items()}}
@@ -298,7 +314,8 @@ def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: st
                  lr: float = 1e-3, batch_size: int = 128, seed: int = 0, max_history: int = 200,
                  agent_rows: Mapping[str, CompiledRows] | None = None,
                  provenance: dict[str, Any] | None = None, rows_share: float = 0.5,
-                 bags: int = RANKER_BAGS) -> Ranker:
+                 bags: int = RANKER_BAGS, residual_of: Ranker | None = None,
+                 residual_dir: str | None = None) -> Ranker:
     """Train, select on held-out users, report the test-cut lift over retrieval order, and save
     ``ranker.pt`` + ``ranker.json`` into ``out_dir`` (default: the artifacts' own directory).
 
@@ -315,7 +332,14 @@ def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: st
     (``val_no_rows``: how this ranker serves the inner loop alone, the figure a replay uses to
     pick the inner arm's ranker) and the test cut without rows. ``agent_rows={}`` trains for the
     inner loop alone; without ``agent_rows``, every user gets a simulated "because you watched"
-    row."""
+    row.
+
+    ``residual_of``: train a correction of this (frozen) ranker instead of a ranker of its own
+    (see :mod:`outerloop.inner_loop.model.ranker`): relevance only, each tower starting from a
+    zero correction that is kept unless the held-out users say otherwise; ``residual_dir`` is
+    where the base lives, relative to ``out_dir`` (written into the config, read by ``load``)."""
+    if (residual_of is None) != (residual_dir is None):
+        raise ValueError("residual_of and residual_dir go together")
     t_start = time.perf_counter()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -335,21 +359,31 @@ def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: st
         hold[0] = True
     train, val = train_all.take(np.flatnonzero(~hold)), train_all.take(np.flatnonzero(hold))
 
+    def base_scores(ex: Examples) -> np.ndarray:
+        """(E, C) the frozen base ranker's serving scores (0 without a base)."""
+        if residual_of is None:
+            return np.zeros(ex.mask.shape, np.float32)
+        return np.where(ex.mask, residual_of.score(ex.feats), 0.0).astype(np.float32)
+
+    off_train, off_val, off_test = base_scores(train), base_scores(val), base_scores(test)
+
     rows = train.feats[train.mask]  # (R, F)
     mean = rows.mean(0).astype(np.float32)
     std = np.maximum(rows.std(0), 1e-3).astype(np.float32)
     inv_std = (1.0 / std).astype(np.float32)
     # the liked head only where the data observed engagement that was not all positive
     observed = train.liked[np.isfinite(train.liked)]
-    objectives = OBJECTIVES if np.unique(observed).size > 1 else OBJECTIVES[:1]
+    objectives = OBJECTIVES if np.unique(observed).size > 1 and residual_of is None else OBJECTIVES[:1]
     towers, histories = [], []
     for b in range(bags):
         tower, hist = _train_tower(train, val, mean, inv_std, objectives, hidden=hidden, lr=lr, epochs=epochs,
-                                   patience=patience, batch_size=batch_size, seed=seed + b)
+                                   patience=patience, batch_size=batch_size, seed=seed + b,
+                                   offset=None if residual_of is None else (off_train, off_val))
         towers.append(tower)
         histories.append(hist)
     # how many towers to average: chosen on the held-out users (the first n, n = 1..bags)
-    val_by_bags = {n: ranking_metrics(_logits(MultiTaskRanker.of(towers[:n]), val, mean, inv_std)[..., 0], val)["ndcg@10"]
+    val_by_bags = {n: ranking_metrics(_logits(MultiTaskRanker.of(towers[:n]), val, mean, inv_std)[..., 0] + off_val,
+                                      val)["ndcg@10"]
                    for n in range(1, bags + 1)}
     n_bags = max(val_by_bags, key=lambda n: (val_by_bags[n], n))
     model = MultiTaskRanker.of(towers[:n_bags]).eval()
@@ -357,34 +391,35 @@ def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: st
     # the liked head's serving weight: chosen on the held-out users' validation cut, never on test
     val_logits = _logits(model, val, mean, inv_std)
     grid = [0.0, 0.25, 0.5, 1.0, 2.0] if "liked" in objectives else [0.0]
-    val_by_w = {w: ranking_metrics(_combined(val_logits, {"relevance": 1.0, "liked": w}, objectives), val)
+    val_by_w = {w: ranking_metrics(_combined(val_logits, {"relevance": 1.0, "liked": w}, objectives) + off_val, val)
                 for w in grid}
     w_liked = max(grid, key=lambda w: (val_by_w[w]["ndcg@10"], -w))
     weights = {"relevance": 1.0, **({"liked": w_liked} if "liked" in objectives else {})}
 
-    def score(logits: np.ndarray) -> np.ndarray:
-        return _combined(logits, weights, objectives)
+    def score(logits: np.ndarray, off: np.ndarray) -> np.ndarray:
+        return _combined(logits, weights, objectives) + off
 
     if agent_rows:  # the held-out users again, without any row: the inner loop alone
         val_plain = build_examples(artifacts, tables, data, "valid", n_candidates=n_candidates,
                                    max_history=max_history, agent_rows={}).take(np.flatnonzero(hold))
     else:
         val_plain = val
-    val_no_rows = ranking_metrics(score(_logits(model, val_plain, mean, inv_std)), val_plain)
+    val_no_rows = ranking_metrics(score(_logits(model, val_plain, mean, inv_std), base_scores(val_plain)), val_plain)
     with_rows = np.flatnonzero([u in (agent_rows or {}) for u in val.user_ids])
-    val_with_rows = (ranking_metrics(score(_logits(model, val.take(with_rows), mean, inv_std)), val.take(with_rows))
+    val_with_rows = (ranking_metrics(score(_logits(model, val.take(with_rows), mean, inv_std), off_val[with_rows]),
+                                     val.take(with_rows))
                      if with_rows.size else None)
     test_logits = _logits(model, test, mean, inv_std)
     test_report = {
         "retrieval_order": ranking_metrics(test.retrieval, test),
-        "ranker": ranking_metrics(score(test_logits), test),
-        "ranker_relevance_only": ranking_metrics(test_logits[..., 0], test),
+        "ranker": ranking_metrics(score(test_logits, off_test), test),
+        "ranker_relevance_only": ranking_metrics(test_logits[..., 0] + off_test, test),
         "popularity_order": ranking_metrics(test.feats[..., FEATURE_NAMES.index("popularity")], test),
     }
     base, ours = test_report["retrieval_order"], test_report["ranker"]
     lift = {k: (ours[k] / base[k] - 1.0 if base[k] > 0 else 0.0) for k in ("hr@10", "ndcg@10", "mrr")}
     heads: dict[str, Any] = {"relevance": {"metric": "ndcg@10",
-                                           "val": ranking_metrics(val_logits[..., 0], val)["ndcg@10"],
+                                           "val": ranking_metrics(val_logits[..., 0] + off_val, val)["ndcg@10"],
                                            "test": test_report["ranker_relevance_only"]["ndcg@10"]}}
     if "liked" in objectives:
         heads["liked"] = {"metric": "roc_auc of the target's observed engagement",
@@ -412,10 +447,18 @@ def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: st
         "test": test_report, "test_lift_over_retrieval": lift,
         "seconds": {"examples": round(t_examples, 1), "total": round(time.perf_counter() - t_start, 1)},
         "history": histories[0],
+        "residual_of": None if residual_of is None else {
+            "dir": residual_dir,
+            "val_base_alone_ndcg@10": ranking_metrics(off_val, val)["ndcg@10"],
+            "val_with_correction_ndcg@10": val_by_bags[n_bags],
+            "towers_kept_at_zero_correction": sum(1 for h in histories
+                                                   if max(h, key=lambda r: r["val_ndcg@10"])["epoch"] == 0),
+        },
     }
     config = RankerConfig(objectives=objectives, hidden=hidden, bags=n_bags, weights=weights, mean=mean.tolist(),
-                          std=std.tolist(), model_version=str(artifacts.model_version), report=report)
-    ranker = Ranker(model, config, covisit=covisit)
+                          std=std.tolist(), model_version=str(artifacts.model_version), report=report,
+                          residual_of=residual_dir)
+    ranker = Ranker(model, config, covisit=covisit, base=residual_of)
     target = Path(out_dir) if out_dir is not None else Path(getattr(artifacts, "dir"))
     target.mkdir(parents=True, exist_ok=True)
     ranker.save(target)

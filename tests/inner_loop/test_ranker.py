@@ -203,3 +203,54 @@ def test_training_lists_merge_given_agent_rows_as_serving_does(tiny_artifacts, t
     assert not ex.feats[other][ex.mask[other]][:, col["in_agent_row"]].any()
     assert not ex.feats[other][ex.mask[other]][:, col["has_log_prob_row"]].any()
     assert ex.mask[other].sum() <= 5
+
+
+def test_a_residual_ranker_serves_its_base_plus_a_correction(tiny_ranker, tiny_artifacts, tiny_data, tables,
+                                                               tmp_path) -> None:  # noqa: F811
+    """The served ranker of the outer loop corrects a frozen base: its score is the base's score
+    plus its own relevance logit, every tower starts as a zero correction (epoch 0 = the base
+    alone, as the held-out users scored it), it saves the base's place rather than a copy, and
+    the objective weights it is given are the base's."""
+    import shutil
+
+    from outerloop.errors import UserInputError
+    from outerloop.inner_loop.ranker_train import train_ranker
+
+    base_dir = tmp_path / "ranker-inner"
+    base_dir.mkdir()
+    tiny_ranker.save(base_dir)
+    base = Ranker.load(base_dir)
+    r = train_ranker(tiny_artifacts, tiny_data, epochs=3, patience=2, max_history=50, bags=2, out_dir=tmp_path,
+                     residual_of=base, residual_dir="ranker-inner")
+    rep = r.config.report
+    assert r.config.residual_of == "ranker-inner" and r.config.objectives == ("relevance",)
+    assert rep["objectives"] == ["relevance"]
+    start = rep["residual_of"]["val_base_alone_ndcg@10"]
+    assert rep["history"][0] == {"epoch": 0, "loss": None, "val_ndcg@10": start}
+    assert rep["residual_of"]["val_with_correction_ndcg@10"] == rep["val_ndcg@10_by_bags"][str(rep["bags"])]
+
+    feats = candidate_features(tables, np.asarray([3, 4]), np.arange(1, 30), np.linspace(1, 0, 29, dtype=np.float32),
+                               np.full(29, -1))
+    assert np.allclose(r.score(feats), base.score(feats) + r.logits(feats)[:, 0], atol=1e-5)
+    # with an agent row, the base still scores the candidates as if there were none (it never saw a row)
+    from outerloop.inner_loop.model.ranker import LogProbRow, without_rows
+
+    row = LogProbRow(np.arange(1, 11, dtype=np.int64), np.linspace(-1, -5, 10, dtype=np.float32), events_since=1)
+    with_row = candidate_features(tables, np.asarray([3, 4]), np.arange(1, 30), np.linspace(1, 0, 29, dtype=np.float32),
+                                  np.r_[np.arange(5), np.full(24, -1)], row)
+    assert np.allclose(without_rows(with_row), feats)
+    assert np.allclose(r.score(with_row), base.score(feats) + r.logits(with_row)[:, 0], atol=1e-5)
+    again = Ranker.load(tmp_path)
+    assert again.base is not None and np.allclose(again.score(feats), r.score(feats), atol=1e-5)
+    # the weights are the base's objectives; the correction always adds with weight 1
+    rel_only = Ranker.load(tmp_path, {"relevance": 1.0, "liked": 0.0})
+    assert rel_only.weights == rel_only.base.weights == {"relevance": 1.0, "liked": 0.0}
+    assert np.allclose(rel_only.score(feats), rel_only.base.score(feats) + rel_only.logits(feats)[:, 0], atol=1e-5)
+    # a correction at zero serves exactly its base
+    for p in again.model.parameters():
+        p.data.zero_()
+    again.model.train(False)
+    assert np.allclose(again.score(feats), base.score(feats), atol=1e-6)
+    shutil.rmtree(base_dir)
+    with pytest.raises(UserInputError, match="ranker-inner"):
+        Ranker.load(tmp_path)

@@ -22,6 +22,14 @@ The serving score is ``sum(weight[o] * logit[o])`` with weights from the ranker 
 (overridable at serve time). Features are computed for all candidates at once with numpy;
 nothing loops over candidates in Python.
 
+A ranker can be a **residual** of another (``RankerConfig.residual_of``): its score is the base
+ranker's serving score plus its own relevance logit, trained with the base frozen and starting
+from a zero correction. The served ranker of the outer loop is one: the inner-only ranker plus
+what the agent rows add. Two rankers trained apart differ by as much as the rows are worth
+(each chooses its epochs on a few hundred held-out users), so the lift of the rows was lost in
+the noise of comparing them; a correction on a frozen base moves the ranking only where the
+held-out users say the rows help, and serves exactly the base where it learned nothing.
+
 Files in the artifacts directory: ``ranker.pt`` (state dict), ``ranker.json`` (config:
 feature names, standardization, weights, training report) and ``ranker_covisit.npz`` (the
 co-visitation table two features read, see ``covisit.py``).
@@ -39,6 +47,7 @@ import torch
 import torch.nn as nn
 
 from outerloop.data.schema import Catalog
+from outerloop.errors import UserInputError
 from outerloop.inner_loop.model.covisit import CoVisitation
 
 RANKER_WEIGHTS_FILE = "ranker.pt"
@@ -63,6 +72,10 @@ FEATURE_NAMES: tuple[str, ...] = (
     "has_log_prob_row",  # 1 when the user has a live log-prob row
     "log_prob_row_staleness",  # log1p(interactions since that row was compiled)
 )
+# the columns an agent row sets; a ranker trained without rows must see them as "no row"
+ROW_FEATURES: tuple[str, ...] = ("in_agent_row", "agent_row_position", "log_prob", "log_prob_gap",
+                                 "has_log_prob_row", "log_prob_row_staleness")
+_ROW_COLS = [FEATURE_NAMES.index(f) for f in ROW_FEATURES]
 RECENT = 5  # items for recent_similarity
 GENRE_WINDOW = 20  # items for genre_affinity
 OBJECTIVES: tuple[str, ...] = ("relevance", "liked")
@@ -149,6 +162,14 @@ class LogProbRow:
             return np.full(cand.shape[0], fill, dtype=np.float32)
         idx = np.minimum(np.searchsorted(ids, cand), ids.shape[0] - 1)
         return np.where(ids[idx] == cand, lp[idx], fill).astype(np.float32)
+
+
+def without_rows(feats: np.ndarray) -> np.ndarray:
+    """A copy of ``feats`` (..., F) as :func:`candidate_features` computes them for a user with
+    no agent row (the row columns at their no-row value, 0)."""
+    out = np.array(feats, dtype=np.float32, copy=True)
+    out[..., _ROW_COLS] = 0.0
+    return out
 
 
 def candidate_features(
@@ -300,6 +321,8 @@ class RankerConfig:
     std: list[float] = field(default_factory=list)
     model_version: str = ""
     report: dict[str, Any] = field(default_factory=dict)
+    # the ranker this one corrects (its directory, relative to this one's), or None
+    residual_of: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -319,28 +342,42 @@ class RankerConfig:
             std=[float(x) for x in d["std"]],
             model_version=str(d.get("model_version", "")),
             report=dict(d.get("report", {})),
+            residual_of=d.get("residual_of"),
         )
 
 
 class Ranker:
-    """A trained :class:`MultiTaskRanker` with its standardization and objective weights."""
+    """A trained :class:`MultiTaskRanker` with its standardization and objective weights; with a
+    ``base``, a residual ranker: the base's serving score plus this model's relevance logit."""
 
     def __init__(self, model: MultiTaskRanker, config: RankerConfig, weights: dict[str, float] | None = None,
-                 covisit: CoVisitation | None = None) -> None:
+                 covisit: CoVisitation | None = None, base: "Ranker | None" = None) -> None:
         unknown = [f for f in config.features if f not in FEATURE_NAMES]
         if unknown:
             raise ValueError(f"ranker was trained on features {unknown} that this code does not compute")
+        if (config.residual_of is not None) != (base is not None):
+            raise ValueError("a residual ranker needs its base ranker, and only a residual ranker takes one")
+        if base is not None and tuple(config.objectives) != ("relevance",):
+            raise ValueError(f"a residual ranker corrects relevance only, not {list(config.objectives)}")
         self.model = model.eval()
         self.config = config
         self.covisit = covisit
+        self.base = base
         # a ranker trained on fewer features (an older version) reads just its own columns
         self._cols = None if tuple(config.features) == FEATURE_NAMES else [FEATURE_NAMES.index(f) for f in config.features]
         self._mean = np.asarray(config.mean, dtype=np.float32)
         self._inv_std = (1.0 / np.maximum(np.asarray(config.std, dtype=np.float32), 1e-6)).astype(np.float32)
-        self.set_weights(weights or config.weights)
+        self.set_weights(weights or (base.weights if base is not None else config.weights))
 
     def set_weights(self, weights: dict[str, float]) -> None:
-        """Objective weights of the serving score (unknown names are an error, missing are 0)."""
+        """Objective weights of the serving score (unknown names are an error, missing are 0). A
+        residual ranker's objectives are its base's: the weights go there, the correction always
+        adds to the relevance logit with weight 1."""
+        if self.base is not None:
+            self.base.set_weights(weights)
+            self.weights = dict(self.base.weights)
+            self._w = torch.ones(1, dtype=torch.float32)
+            return
         unknown = set(weights) - set(self.config.objectives)
         if unknown:
             raise ValueError(f"unknown ranker objectives {sorted(unknown)}; known: {list(self.config.objectives)}")
@@ -354,17 +391,22 @@ class Ranker:
         return (feats - self._mean) * self._inv_std
 
     def logits(self, feats: np.ndarray) -> np.ndarray:
-        """(C, F) raw features -> (C, O) logits."""
+        """(C, F) raw features -> (C, O) this model's own logits (a residual's: its correction)."""
         with torch.inference_mode():
             return self.model(torch.from_numpy(self.standardize(feats))).numpy()
 
     def score(self, feats: np.ndarray) -> np.ndarray:
-        """(C, F) raw features -> (C,) serving score (weighted sum of objective logits)."""
+        """(..., F) raw features -> (...,) serving score (weighted sum of objective logits, plus
+        the base's score for a residual ranker)."""
         with torch.inference_mode():
-            z = self.model(torch.from_numpy(self.standardize(feats)))  # (C, O)
-            return (z @ self._w).numpy()
+            z = self.model(torch.from_numpy(self.standardize(feats)))  # (..., O)
+            own = (z @ self._w).numpy()
+        # the base learned without rows (a row column it never saw vary would be read
+        # thousands of standard deviations out): it scores the candidates as if there were none
+        return own if self.base is None else self.base.score(without_rows(feats)) + own
 
     def save(self, directory: str | Path) -> None:
+        """This ranker's files (a residual's base stays where ``residual_of`` points)."""
         directory = Path(directory)
         torch.save(self.model.state_dict(), directory / RANKER_WEIGHTS_FILE)
         if self.covisit is not None:
@@ -377,7 +419,13 @@ class Ranker:
         config = RankerConfig.from_dict(json.loads((directory / RANKER_CONFIG_FILE).read_text()))
         model = MultiTaskRanker(len(config.features), config.hidden, config.objectives, config.bags)
         model.load_state_dict(torch.load(directory / RANKER_WEIGHTS_FILE, map_location="cpu", weights_only=True))
-        return cls(model, config, weights, CoVisitation.load(directory))
+        base = None
+        if config.residual_of is not None:
+            if not cls.exists(directory / config.residual_of):
+                raise UserInputError(f"{directory}: a residual of {directory / config.residual_of}, which holds "
+                                        "no ranker")
+            base = cls.load(directory / config.residual_of, weights)
+        return cls(model, config, weights, CoVisitation.load(directory), base=base)
 
     @staticmethod
     def exists(directory: str | Path) -> bool:
