@@ -32,6 +32,7 @@ def test_every_benchmark_has_help(bench: str, capsys: pytest.CaptureFixture[str]
 
 @pytest.mark.parametrize("argv,named", [
     (["train-ranker", "--artifacts", "/no/such/dir"], "/no/such/dir"),
+    (["train-ranker", "--artifacts", "/no/such/dir", "--residual-of", "/no/ranker/here"], "--residual-of /no/ranker/here"),
     (["eval", "--artifacts", "/no/such/dir", "--json"], "--artifacts /no/such/dir"),
     (["report", "--inputs", "/no/such.json", "--out", "/tmp/outerloop-test-report"], "--inputs /no/such.json"),
 ])
