@@ -50,6 +50,7 @@ from outerloop.inner_loop.model.ranker import (
     Ranker,
     RankerConfig,
     candidate_features,
+    without_rows,
 )
 from outerloop.inner_loop.serving.funnel import merge_candidates
 from outerloop.inner_loop.serving.user_state import SEEN_TYPES
@@ -363,7 +364,8 @@ def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: st
         """(E, C) the frozen base ranker's serving scores (0 without a base)."""
         if residual_of is None:
             return np.zeros(ex.mask.shape, np.float32)
-        return np.where(ex.mask, residual_of.score(ex.feats), 0.0).astype(np.float32)
+        # the base never saw a row: it scores the candidates as if there were none (as serving does)
+        return np.where(ex.mask, residual_of.score(without_rows(ex.feats)), 0.0).astype(np.float32)
 
     off_train, off_val, off_test = base_scores(train), base_scores(val), base_scores(test)
 
