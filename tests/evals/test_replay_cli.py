@@ -46,7 +46,8 @@ def test_flag_errors_name_the_flag(argv: list[str], message: str, capsys: pytest
 def test_inner_outer_trains_what_is_missing_once_and_reports_each_staleness(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """On artifacts fresh from `outerloop train`, the replay trains the ensemble and both rankers
-    once, caches them next to the artifacts, and reports every staleness setting with its lift,
+    once (the inner-only one first, the served one a correction of it), caches them next to the
+    artifacts, and reports every staleness setting with its lift,
     ablation, cost and the ensemble agent's runs; a second run trains nothing."""
     from outerloop.cli import main as cli
 
@@ -56,8 +57,11 @@ def test_inner_outer_trains_what_is_missing_once_and_reports_each_staleness(
     argv = [*WORLD, "--replay", "inner-outer", "--artifacts", str(arts), "--users", "6", "--staleness", "0,2", "--json"]
     assert main(argv) == 0
     first = json.loads(capsys.readouterr().out)
-    assert first["prepared"]["trained_now"] == ["ensemble", "ranker (outer-loop rows)", "inner-only ranker"]
+    # the inner-only ranker first: the served one is a correction of it
+    assert first["prepared"]["trained_now"] == ["ensemble", "inner-only ranker", "ranker (outer-loop rows)"]
     assert (arts / "ensemble" / "ensemble.json").is_file() and (arts / "ranker-inner" / "ranker.json").is_file()
+    served = json.loads((arts / "ranker.json").read_text())
+    assert served["residual_of"] == "ranker-inner" and served["report"]["residual_of"]["dir"] == "ranker-inner"
     assert first["staleness"] == [0, 2] and [s["staleness"] for s in first["by_staleness"]] == [0, 2]
     assert "ensemble" in first["agents"] and first["inner_arm"] in first["inner_arms"]
     for s in first["by_staleness"]:
