@@ -754,7 +754,7 @@ async def compile_outer_rows(artifacts: Any, data: InteractionData, split: str =
 
 
 def _staleness_report(cfg: OuterReplay, k_stale: int, tally: _Tally, budget: dict[str, Any], stats: dict[str, Any],
-                      inner: np.ndarray) -> dict[str, Any]:
+                      inner: np.ndarray, arms: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     k = cfg.k
     outer = np.asarray(tally.outer)
     n = outer.size
@@ -778,6 +778,8 @@ def _staleness_report(cfg: OuterReplay, k_stale: int, tally: _Tally, budget: dic
         f"outer_ndcg@{k}": g_out,
         f"outer_hr@{k}": float(np.mean(tally.outer_hit)) if n else 0.0,
         **_lift(inner, outer, cfg.seed),
+        # the headline compares against the arm chosen on validation; a reader may prefer another
+        "lift_over_each_inner_arm": {name: _lift(a, outer, cfg.seed) for name, a in (arms or {}).items()},
         "users_better": int((diff > 0).sum()),
         "users_worse": int((diff < 0).sum()),
         "ablation_each_row_removed": ablation,
@@ -817,7 +819,7 @@ def _outer_report(data: InteractionData, artifacts: Any, cfg: OuterReplay, t0: i
     k = cfg.k
     arms = {name: np.asarray(v) for name, v in inner.items()}
     base = arms[choice]
-    by_k = [_staleness_report(cfg, ks, *per_k[ks], base) for ks in per_k]
+    by_k = [_staleness_report(cfg, ks, *per_k[ks], base, arms) for ks in per_k]
     first = by_k[0]
     tally0 = per_k[next(iter(per_k))][0]
     return {

@@ -239,6 +239,10 @@ async def test_stale_rows_are_compiled_from_the_history_k_interactions_back(redi
         assert "spy" in r["ablation_each_row_removed"]
         assert r["cost"]["cycles_per_interaction"] == round(1 / (r["staleness"] + 1), 4)
         assert r["cost"]["outer_loop_cpu_ms_per_cycle"]["mean"] > 0
+        # the lift over every inner arm, the chosen one giving the headline
+        each = r["lift_over_each_inner_arm"]
+        assert set(each) == set(out["inner_arms"]) and each[out["inner_arm"]]["relative_lift"] == r["relative_lift"]
+        assert each[out["inner_arm"]]["relative_lift_ci95"] == r["relative_lift_ci95"]
     # what the funnel reads: the spy's row, three events behind the user's history
     compiled = await replay.compile_outer_rows(arts, data, "valid", config=cfg, redis_target=redis_target,
                                                keys=redis_keys, extra_agents=[spy])
