@@ -171,7 +171,8 @@ def _inner_outer(args: argparse.Namespace, data: Any) -> dict[str, Any]:
                                                          **parts.ensemble.report},
         "ranker_val_no_rows_ndcg@10": {name: (r.config.report.get("val_no_rows") or {}).get("ndcg@10")
                                        for name, r in parts.inner_rankers().items()},
-        "inner_arm_chosen_on": "validation cut, held-out users, no rows (val_no_rows)",
+        "inner_arm": "the inner-only ranker: what the funnel serves a user without an ensemble row (the served "
+                     "ranker is its correction); the served ranker fed no rows is reported beside it",
     }
     return report
 

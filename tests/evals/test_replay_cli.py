@@ -64,6 +64,8 @@ def test_inner_outer_trains_what_is_missing_once_and_reports_each_staleness(
     assert served["residual_of"] == "ranker-inner" and served["report"]["residual_of"]["dir"] == "ranker-inner"
     assert first["staleness"] == [0, 2] and [s["staleness"] for s in first["by_staleness"]] == [0, 2]
     assert "ensemble" in first["agents"] and first["inner_arm"] in first["inner_arms"]
+    # the headline's inner arm is the inner-only ranker, what a user without rows is served
+    assert first["inner_arm"].startswith("inner-only") and len(first["inner_arms"]) == 2
     for s in first["by_staleness"]:
         assert s["agents"]["ensemble"].get("ok", 0) + s["agents"]["ensemble"].get("killed", 0) == 6
         assert "ensemble_picks" in s["ablation_each_row_removed"]
