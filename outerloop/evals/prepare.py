@@ -54,7 +54,6 @@ class OuterLoopParts:
     ensemble: "Ensemble | None"
     ranker: "Ranker"
     inner_ranker: "Ranker"  # the inner-only ranker, which the served one corrects
-    inner_choice: str  # the inner arm the replay's headline compares against (INNER_ONLY)
     trained_now: list[str]
 
     def inner_rankers(self) -> dict[str, "Ranker"]:
@@ -159,7 +158,7 @@ def prepare_outer_loop(artifacts: "Artifacts", data: "InteractionData", *, ensem
     # reached (the served ranker is its correction, read only with an ensemble row). Choosing on
     # validation between it and the served ranker fed no rows picked, on ML-1M, the arm that was
     # weaker on test (held-out 0.2011 vs 0.1996, test 0.1923 vs 0.1941); both arms stay reported
-    return OuterLoopParts(ens, ranker, inner, INNER_ONLY, trained)
+    return OuterLoopParts(ens, ranker, inner, trained)
 
 
 def _file_sha1(path: Path) -> str:

@@ -118,7 +118,7 @@ def _fresh_stale(args: argparse.Namespace, data: Any) -> dict[str, Any]:
 
 
 def _inner_outer(args: argparse.Namespace, data: Any) -> dict[str, Any]:
-    from outerloop.evals.prepare import STALENESS_MIX, prepare_outer_loop
+    from outerloop.evals.prepare import INNER_ONLY, STALENESS_MIX, prepare_outer_loop
     from outerloop.evals.replay import OuterReplay, inner_vs_outer
     from outerloop.inner_loop.model.artifacts import Artifacts
     from outerloop.evals.ranker_cli import parse_staleness
@@ -155,7 +155,7 @@ def _inner_outer(args: argparse.Namespace, data: Any) -> dict[str, Any]:
     try:
         with progress_bar("replay", unit="user", enabled=show) as bar:
             report = asyncio.run(inner_vs_outer(
-                arts, data, ranker=parts.ranker, inner_rankers=parts.inner_rankers(), inner_choice=parts.inner_choice,
+                arts, data, ranker=parts.ranker, inner_rankers=parts.inner_rankers(), inner_choice=INNER_ONLY,
                 config=cfg, redis_target=target, keys=keys, ensemble=parts.ensemble or False,
                 ranker_without_rows=parts.inner_ranker,
                 progress=bar.update_to))
