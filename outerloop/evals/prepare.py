@@ -14,6 +14,11 @@ on artifacts fresh from ``outerloop train``; it fills in, in order and only what
    trust a row from how old it is. The replay's inner arm is the inner-only ranker (what a
    user without rows is served); the served ranker fed no rows is reported beside it.
 
+   Which rows the correction reads is chosen, not assumed: one correction reads every row,
+   one only the rows whose scores are log-probabilities (the ensemble's), and the one that
+   scores higher on users held out from both trainings and from the users that stopped them
+   (:data:`SELECT_SHARE`) is served. Rows it does not read are still served as rows of their own.
+
 A ranker trained for another ensemble (or none) is retrained, so a cached file never silently
 describes another setup. This module composes training and the outer loop; the training code
 itself never imports the outer loop.
@@ -22,7 +27,7 @@ itself never imports the outer loop.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +50,10 @@ INNER_RANKER_DIR = "ranker-inner"
 # rows worse: 0.1932 vs the inner-only ranker's 0.1993, hence the pair; the served ranker is now a
 # correction of the inner-only one, and a user without rows gets the inner-only one itself)
 ROWS_SHARE = 1.0
+# users held out from the corrections' training and early stopping, to choose which rows they read
+SELECT_SHARE = 0.1
+EVERY_ROW = "every row"
+LOG_PROB_ROWS = "log-prob rows only"
 SERVED = "served ranker (inner-only ranker + a correction trained with outer-loop rows)"
 INNER_ONLY = "inner-only ranker (trained without rows)"
 
@@ -143,22 +152,67 @@ def prepare_outer_loop(artifacts: "Artifacts", data: "InteractionData", *, ensem
                              provenance=inner_prov, epochs=ranker_epochs)
     # the served ranker corrects this very inner-only ranker: a retrained base means a new correction
     prov = {**rows_provenance(artifacts, staleness, with_ensemble=ensemble),
-            "residual_of": {"dir": INNER_RANKER_DIR, "sha1": _file_sha1(inner_dir / RANKER_WEIGHTS_FILE)}}
+            "residual_of": {"dir": INNER_RANKER_DIR, "sha1": _file_sha1(inner_dir / RANKER_WEIGHTS_FILE)},
+            "rows_read_chosen_from": [EVERY_ROW, LOG_PROB_ROWS], "select_share": SELECT_SHARE}
     if _ranker_matches(served_dir, prov, ROWS_SHARE):
         ranker = Ranker.load(served_dir)
     else:
         need("ranker (outer-loop rows)")
         rows = outer_loop_rows(artifacts, data, staleness=staleness, progress=progress, n_users=row_users,
                                ensemble=ens or False)
-        ranker = train_ranker(artifacts, data, out_dir=served_dir, max_history=max_history, agent_rows=rows,
-                              provenance=prov, epochs=ranker_epochs, rows_share=ROWS_SHARE, patience=8,
-                              residual_of=inner, residual_dir=INNER_RANKER_DIR)
+        ranker = _train_correction(artifacts, data, rows, inner, served_dir, provenance=prov,
+                                   max_history=max_history, epochs=ranker_epochs)
 
     # the inner arm is the inner-only ranker: what the funnel serves a user the outer loop has not
     # reached (the served ranker is its correction, read only with an ensemble row). Choosing on
     # validation between it and the served ranker fed no rows picked, on ML-1M, the arm that was
     # weaker on test (held-out 0.2011 vs 0.1996, test 0.1923 vs 0.1941); both arms stay reported
     return OuterLoopParts(ens, ranker, inner, trained)
+
+
+def row_sets(rows: "Mapping[str, CompiledRows]") -> dict[str, list[str] | None]:
+    """The row sets a correction may read: every row, and the log-prob rows alone when the rows
+    hold both kinds (a choice of one is no choice)."""
+    kinds: dict[str, bool] = {}
+    for compiled in rows.values():
+        for r in compiled.rows:
+            kinds[r.row.row_id] = r.row.log_prob
+    log_prob = sorted(r for r, lp in kinds.items() if lp)
+    out: dict[str, list[str] | None] = {EVERY_ROW: None}
+    if log_prob and len(log_prob) < len(kinds):
+        out[LOG_PROB_ROWS] = log_prob
+    return out
+
+
+def _train_correction(artifacts: "Artifacts", data: "InteractionData", rows: "Mapping[str, CompiledRows]",
+                      inner: "Ranker", served_dir: Path, *, provenance: dict[str, Any], max_history: int,
+                      epochs: int) -> "Ranker":
+    """A correction of ``inner`` for each of :func:`row_sets`, the one best on the selection
+    users saved as the served ranker (its report's ``rows_choice`` gives every candidate's score)."""
+    import tempfile
+
+    from outerloop.inner_loop.ranker_train import train_ranker
+
+    sets = row_sets(rows)
+    scored: dict[str, tuple[float, "Ranker"]] = {}
+    with tempfile.TemporaryDirectory(prefix="outerloop-correction-") as tmp:
+        for n, (name, reads) in enumerate(sets.items()):
+            r = train_ranker(artifacts, data, out_dir=Path(tmp) / str(n), max_history=max_history, agent_rows=rows,
+                             provenance=provenance, epochs=epochs, rows_share=ROWS_SHARE, patience=8,
+                             residual_of=inner, residual_dir=INNER_RANKER_DIR, reads_rows=reads,
+                             select_share=SELECT_SHARE if len(sets) > 1 else 0.0)
+            sel = r.config.report.get("selection") or {}
+            scored[name] = (float(sel.get("ndcg@10", 0.0)), r)
+    chosen = max(scored, key=lambda k: scored[k][0])  # ties: the first (every row)
+    ranker = scored[chosen][1]
+    ranker.config.report["rows_choice"] = {
+        "chosen": chosen,
+        "selection_ndcg@10": {k: v[0] for k, v in scored.items()},
+        "reads_rows": {k: sets[k] for k in scored},
+        "selection_base_alone_ndcg@10": (ranker.config.report.get("selection") or {}).get("base_alone_ndcg@10"),
+    }
+    ranker.save(served_dir)
+    return ranker
 
 
 def _file_sha1(path: Path) -> str:

@@ -171,6 +171,8 @@ def _inner_outer(args: argparse.Namespace, data: Any) -> dict[str, Any]:
                                                          **parts.ensemble.report},
         "ranker_val_no_rows_ndcg@10": {name: (r.config.report.get("val_no_rows") or {}).get("ndcg@10")
                                        for name, r in parts.inner_rankers().items()},
+        "served_ranker_reads_rows": parts.ranker.config.reads_rows,
+        "served_ranker_rows_choice": parts.ranker.config.report.get("rows_choice"),
         "inner_arm": "the inner-only ranker: what the funnel serves a user without an ensemble row (the served "
                      "ranker is its correction); the served ranker fed no rows is reported beside it",
     }

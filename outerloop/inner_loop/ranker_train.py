@@ -115,13 +115,16 @@ def _target_actions(data: InteractionData, cases: EvalCases, from_end: int) -> l
 
 def build_examples(artifacts: ArtifactsLike, tables: FeatureTables, data: InteractionData, split: str, *,
                    n_candidates: int = 500, max_history: int = 200, batch_size: int = 256,
-                   agent_rows: Mapping[str, CompiledRows] | None = None) -> Examples:
+                   agent_rows: Mapping[str, CompiledRows] | None = None,
+                   reads_rows: Sequence[str] | None = None) -> Examples:
     """Serving's candidate lists for every leave-one-out case of ``split``, with labels.
 
     ``agent_rows`` (user id -> that user's live rows, e.g. from
     :func:`outerloop.evals.replay.compile_outer_rows`) are merged as serving merges them; a
     user missing from it gets none. Without it, each user gets the simulated "because you
-    watched" row (catalogs up to ``SIMULATE_ROWS_MAX_ITEMS``)."""
+    watched" row (catalogs up to ``SIMULATE_ROWS_MAX_ITEMS``). ``reads_rows``: the row ids the
+    ranker reads (``RankerConfig.reads_rows``; None: every row), the rest left out as serving
+    leaves them out."""
     cases = leave_one_out(data, split)  # type: ignore[arg-type]
     target_actions = _target_actions(data, cases, 2 if split == "valid" else 1)
     n_items = len(artifacts.catalog)
@@ -155,6 +158,8 @@ def build_examples(artifacts: ArtifactsLike, tables: FeatureTables, data: Intera
             else:
                 compiled = (agent_rows or {}).get(cases.user_ids[i])
                 live = compiled.rows if compiled is not None else []
+                if reads_rows is not None:
+                    live = [r for r in live if r.row.row_id in reads_rows]
                 user_rows = [r.item_ids for r in live if not r.row.log_prob]
                 scored = [r.item_ids for r in live if r.row.log_prob]
                 first = next((r for r in live if r.row.log_prob), None)
@@ -316,7 +321,8 @@ def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: st
                  agent_rows: Mapping[str, CompiledRows] | None = None,
                  provenance: dict[str, Any] | None = None, rows_share: float = 0.5,
                  bags: int = RANKER_BAGS, residual_of: Ranker | None = None,
-                 residual_dir: str | None = None) -> Ranker:
+                 residual_dir: str | None = None, reads_rows: Sequence[str] | None = None,
+                 select_share: float = 0.0) -> Ranker:
     """Train, select on held-out users, report the test-cut lift over retrieval order, and save
     ``ranker.pt`` + ``ranker.json`` into ``out_dir`` (default: the artifacts' own directory).
 
@@ -338,7 +344,13 @@ def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: st
     ``residual_of``: train a correction of this (frozen) ranker instead of a ranker of its own
     (see :mod:`outerloop.inner_loop.model.ranker`): relevance only, each tower starting from a
     zero correction that is kept unless the held-out users say otherwise; ``residual_dir`` is
-    where the base lives, relative to ``out_dir`` (written into the config, read by ``load``)."""
+    where the base lives, relative to ``out_dir`` (written into the config, read by ``load``).
+
+    ``reads_rows``: the agent rows (row ids) the ranker reads, None for all (see
+    ``RankerConfig.reads_rows``). ``select_share``: a further share of users (by a salted hash)
+    held out from training *and* from the held-out users that stop it, scored in the report's
+    ``selection`` so a caller can choose between rankers on users none of them was fitted or
+    stopped on."""
     if (residual_of is None) != (residual_dir is None):
         raise ValueError("residual_of and residual_dir go together")
     t_start = time.perf_counter()
@@ -350,7 +362,7 @@ def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: st
     if agent_rows is not None:
         agent_rows = {u: r for u, r in agent_rows.items() if not _holdout([u + "#rows"], share=1.0 - rows_share)[0]}
     train_all = build_examples(artifacts, tables, data, "valid", n_candidates=n_candidates, max_history=max_history,
-                               agent_rows=agent_rows)
+                               agent_rows=agent_rows, reads_rows=reads_rows)
     test = build_examples(artifacts, tables, data, "test", n_candidates=n_candidates, max_history=max_history,
                           agent_rows=None if agent_rows is None else {})
     t_examples = time.perf_counter() - t_start
@@ -358,16 +370,19 @@ def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: st
     if hold.all() or not hold.any():  # tiny data: fall back to a random tenth
         hold = rng.random(len(train_all)) < 0.1
         hold[0] = True
-    train, val = train_all.take(np.flatnonzero(~hold)), train_all.take(np.flatnonzero(hold))
+    select = (_holdout([u + "#select" for u in train_all.user_ids], share=select_share) & ~hold
+              if select_share > 0 else np.zeros(len(train_all), bool))
+    train, val = train_all.take(np.flatnonzero(~hold & ~select)), train_all.take(np.flatnonzero(hold))
+    sel = train_all.take(np.flatnonzero(select))
 
     def base_scores(ex: Examples) -> np.ndarray:
         """(E, C) the frozen base ranker's serving scores (0 without a base)."""
-        if residual_of is None:
+        if residual_of is None or not len(ex):
             return np.zeros(ex.mask.shape, np.float32)
         # the base never saw a row: it scores the candidates as if there were none (as serving does)
         return np.where(ex.mask, residual_of.score(without_rows(ex.feats)), 0.0).astype(np.float32)
 
-    off_train, off_val, off_test = base_scores(train), base_scores(val), base_scores(test)
+    off_train, off_val, off_test, off_sel = base_scores(train), base_scores(val), base_scores(test), base_scores(sel)
 
     rows = train.feats[train.mask]  # (R, F)
     mean = rows.mean(0).astype(np.float32)
@@ -406,6 +421,11 @@ def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: st
                                    max_history=max_history, agent_rows={}).take(np.flatnonzero(hold))
     else:
         val_plain = val
+    selection = None if not len(sel) else {
+        "users": len(sel),
+        "ndcg@10": ranking_metrics(score(_logits(model, sel, mean, inv_std), off_sel), sel)["ndcg@10"],
+        "base_alone_ndcg@10": ranking_metrics(off_sel, sel)["ndcg@10"] if residual_of is not None else None,
+    }
     val_no_rows = ranking_metrics(score(_logits(model, val_plain, mean, inv_std), base_scores(val_plain)), val_plain)
     with_rows = np.flatnonzero([u in (agent_rows or {}) for u in val.user_ids])
     val_with_rows = (ranking_metrics(score(_logits(model, val.take(with_rows), mean, inv_std), off_val[with_rows]),
@@ -446,6 +466,8 @@ def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: st
         "val_no_rows": val_no_rows if agent_rows is not None else None,
         "val_with_rows": val_with_rows,
         "rows_share": rows_share if agent_rows else None,
+        "reads_rows": None if reads_rows is None else list(reads_rows),
+        "selection": selection,
         "test": test_report, "test_lift_over_retrieval": lift,
         "seconds": {"examples": round(t_examples, 1), "total": round(time.perf_counter() - t_start, 1)},
         "history": histories[0],
@@ -459,7 +481,7 @@ def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: st
     }
     config = RankerConfig(objectives=objectives, hidden=hidden, bags=n_bags, weights=weights, mean=mean.tolist(),
                           std=std.tolist(), model_version=str(artifacts.model_version), report=report,
-                          residual_of=residual_dir)
+                          residual_of=residual_dir, reads_rows=None if reads_rows is None else list(reads_rows))
     ranker = Ranker(model, config, covisit=covisit, base=residual_of)
     target = Path(out_dir) if out_dir is not None else Path(getattr(artifacts, "dir"))
     target.mkdir(parents=True, exist_ok=True)

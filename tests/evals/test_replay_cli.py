@@ -62,6 +62,12 @@ def test_inner_outer_trains_what_is_missing_once_and_reports_each_staleness(
     assert (arts / "ensemble" / "ensemble.json").is_file() and (arts / "ranker-inner" / "ranker.json").is_file()
     served = json.loads((arts / "ranker.json").read_text())
     assert served["residual_of"] == "ranker-inner" and served["report"]["residual_of"]["dir"] == "ranker-inner"
+    # which rows the correction reads was chosen on users held out from its training and stopping
+    choice = first["prepared"]["served_ranker_rows_choice"]
+    assert set(choice["selection_ndcg@10"]) == {"every row", "log-prob rows only"}
+    assert choice["chosen"] == max(choice["selection_ndcg@10"], key=choice["selection_ndcg@10"].get)
+    assert choice["reads_rows"]["log-prob rows only"] == ["ensemble_picks"]
+    assert served["reads_rows"] == first["prepared"]["served_ranker_reads_rows"] == choice["reads_rows"][choice["chosen"]]
     assert first["staleness"] == [0, 2] and [s["staleness"] for s in first["by_staleness"]] == [0, 2]
     assert "ensemble" in first["agents"] and first["inner_arm"] in first["inner_arms"]
     # the headline's inner arm is the inner-only ranker, what a user without rows is served

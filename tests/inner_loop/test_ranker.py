@@ -203,6 +203,67 @@ def test_training_lists_merge_given_agent_rows_as_serving_does(tiny_artifacts, t
     assert not ex.feats[other][ex.mask[other]][:, col["in_agent_row"]].any()
     assert not ex.feats[other][ex.mask[other]][:, col["has_log_prob_row"]].any()
     assert ex.mask[other].sum() <= 5
+    # a ranker that reads only the log-prob row learns from lists without the others, as it is served
+    only_lp = build_examples(tiny_artifacts, tables, tiny_data, "valid", n_candidates=5, reads_rows=["lp"],
+                             agent_rows={with_rows: CompiledRows([agent_row("a", row_a.tolist()),
+                                                                  agent_row("lp", lp_ids, lp_scores, "log_prob")], 2)})
+    f_lp = only_lp.feats[first][only_lp.mask[first]]
+    assert not f_lp[:, col["in_agent_row"]].any() and f_lp[:, col["has_log_prob_row"]].all()
+    assert set(lp_ids) <= set(only_lp.items[first][only_lp.mask[first]].tolist())
+    assert only_lp.mask[first].sum() < ex.mask[first].sum()  # row a's items beyond ANN's five are not candidates
+
+
+def test_a_correction_reads_only_its_rows_and_is_scored_on_users_nobody_fitted(
+        tiny_artifacts, tiny_data, tmp_path) -> None:  # noqa: F811
+    """``train_ranker(reads_rows=..., select_share=...)``: the rows read are saved and reloaded, and
+    the selection users are neither trained on nor among the users that stop training."""
+    from outerloop.contracts.rows import AgentRow, CompiledRows, Row
+    from outerloop.inner_loop.ranker_train import train_ranker
+
+    n_items = len(tiny_artifacts.catalog)
+
+    def row(row_id: str, kind: str) -> AgentRow:
+        r = AgentRow.of(Row(row_id=row_id, title=row_id, reason="", items=[(i, -float(i)) for i in range(1, 9)],
+                            produced_by="t", run_id="r", model_version="m", created_at=0, expires_at=1,
+                            score_kind=kind), n_items)
+        assert r is not None
+        return r
+
+    rows = {u.user_id: CompiledRows([row("a", "relative"), row("lp", "log_prob")]) for u in tiny_data.users}
+    base = train_ranker(tiny_artifacts, tiny_data, epochs=2, patience=1, max_history=50, bags=1,
+                        out_dir=tmp_path / "ranker-inner", agent_rows={})
+    r = train_ranker(tiny_artifacts, tiny_data, epochs=2, patience=1, max_history=50, bags=1, out_dir=tmp_path,
+                     agent_rows=rows, rows_share=1.0, residual_of=base, residual_dir="ranker-inner",
+                     reads_rows=["lp"], select_share=0.3)
+    rep = r.config.report
+    sel = rep["selection"]
+    assert sel["users"] > 0 and 0.0 <= sel["ndcg@10"] <= 1.0 and sel["base_alone_ndcg@10"] is not None
+    from outerloop.inner_loop.model.evaluate import leave_one_out
+
+    assert rep["users_train"] + rep["users_val"] + sel["users"] == len(leave_one_out(tiny_data, "valid"))
+    assert rep["reads_rows"] == ["lp"] and Ranker.load(tmp_path).config.reads_rows == ["lp"]
+    plain = train_ranker(tiny_artifacts, tiny_data, epochs=1, patience=1, max_history=50, bags=1,
+                         out_dir=tmp_path / "p", agent_rows={})
+    assert plain.config.report["selection"] is None and plain.config.reads_rows is None
+
+
+def test_the_correction_chooses_between_every_row_and_log_prob_rows_only() -> None:
+    """``row_sets``: a choice only where the rows hold both kinds."""
+    from outerloop.contracts.rows import AgentRow, CompiledRows, Row
+    from outerloop.evals.prepare import EVERY_ROW, LOG_PROB_ROWS, row_sets
+
+    def row(row_id: str, kind: str) -> AgentRow:
+        r = AgentRow.of(Row(row_id=row_id, title=row_id, reason="", items=[(1, -1.0)], produced_by="t", run_id="r",
+                            model_version="m", created_at=0, expires_at=1, score_kind=kind), 5)
+        assert r is not None
+        return r
+
+    both = {"u1": CompiledRows([row("top_picks", "relative")]), "u2": CompiledRows([row("ens", "log_prob"),
+                                                                                   row("wind", "relative")])}
+    assert row_sets(both) == {EVERY_ROW: None, LOG_PROB_ROWS: ["ens"]}
+    assert row_sets({"u": CompiledRows([row("ens", "log_prob")])}) == {EVERY_ROW: None}
+    assert row_sets({"u": CompiledRows([row("top_picks", "relative")])}) == {EVERY_ROW: None}
+    assert row_sets({}) == {EVERY_ROW: None}
 
 
 def test_a_residual_ranker_serves_its_base_plus_a_correction(tiny_ranker, tiny_artifacts, tiny_data, tables,

@@ -30,6 +30,12 @@ what the agent rows add. Two rankers trained apart differ by as much as the rows
 the noise of comparing them; a correction on a frozen base moves the ranking only where the
 held-out users say the rows help, and serves exactly the base where it learned nothing.
 
+A ranker may read only some agent rows (``RankerConfig.reads_rows``): the others are served as
+rows of their own but neither join its candidates nor set its row features. The outer loop's
+served ranker chooses on held-out users whether it reads every row or only the log-probability
+rows (``outerloop.evals.prepare``): a row that looks informative on the users a ranker stops on
+can still teach it something that does not carry over.
+
 Files in the artifacts directory: ``ranker.pt`` (state dict), ``ranker.json`` (config:
 feature names, standardization, weights, training report) and ``ranker_covisit.npz`` (the
 co-visitation table two features read, see ``covisit.py``).
@@ -40,7 +46,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -79,6 +85,16 @@ _ROW_COLS = [FEATURE_NAMES.index(f) for f in ROW_FEATURES]
 RECENT = 5  # items for recent_similarity
 GENRE_WINDOW = 20  # items for genre_affinity
 OBJECTIVES: tuple[str, ...] = ("relevance", "liked")
+
+
+class _ServedRow(Protocol):
+    """A served agent row (``contracts.rows.AgentRow``): what ``Ranker.rows_read`` filters."""
+
+    @property
+    def row(self) -> Any: ...
+
+
+RowT = TypeVar("RowT", bound=_ServedRow)
 
 
 class ArtifactsLike(Protocol):
@@ -323,6 +339,9 @@ class RankerConfig:
     report: dict[str, Any] = field(default_factory=dict)
     # the ranker this one corrects (its directory, relative to this one's), or None
     residual_of: str | None = None
+    # the agent rows (by row id) this ranker reads: their items join its candidates and its row
+    # features; other rows are served as rows of their own only. None: every row
+    reads_rows: list[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -343,6 +362,7 @@ class RankerConfig:
             model_version=str(d.get("model_version", "")),
             report=dict(d.get("report", {})),
             residual_of=d.get("residual_of"),
+            reads_rows=None if d.get("reads_rows") is None else [str(r) for r in d["reads_rows"]],
         )
 
 
@@ -383,6 +403,12 @@ class Ranker:
             raise ValueError(f"unknown ranker objectives {sorted(unknown)}; known: {list(self.config.objectives)}")
         self.weights = {o: float(weights.get(o, 0.0)) for o in self.config.objectives}
         self._w = torch.tensor([self.weights[o] for o in self.config.objectives], dtype=torch.float32)
+
+    def rows_read(self, rows: Sequence[RowT]) -> list[RowT]:
+        """The rows of ``rows`` (anything with a ``row.row_id``, e.g. ``AgentRow``) this ranker
+        reads, in their order (see ``RankerConfig.reads_rows``)."""
+        wanted = self.config.reads_rows
+        return list(rows) if wanted is None else [r for r in rows if r.row.row_id in wanted]
 
     def standardize(self, feats: np.ndarray) -> np.ndarray:
         """Raw features (all of ``FEATURE_NAMES``) -> this ranker's standardized inputs."""

@@ -56,8 +56,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--id-dropout", type=float, default=None, help="share of items trained as metadata-only per step")
     t.add_argument("--genre-weight", type=float, default=None, help="weight of the next-genre loss")
     t.add_argument("--seed", type=int, default=None)
-    t.add_argument("--threads", type=int, default=None, help="torch threads (default 2)")
-    t.add_argument("--no-bf16", action="store_true", help="fp32 logits matmuls (slower)")
+    t.add_argument("--threads", type=int, default=None, help="torch threads (default: every core while the machine is idle, one when other "
+                        "processes compete for them; re-chosen each epoch)")
+    t.add_argument("--no-bf16", action="store_true",
+                   help="fp32 logits matmuls even where bf16 would be faster (default: bf16 where this CPU runs "
+                        "it natively, measured at start)")
     t.add_argument("--index", choices=["auto", "flat", "hnsw"], default="auto", help="FAISS index kind")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -122,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     tcfg = TrainConfig(**{k: v for k, v in dict(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience, max_minutes=args.max_minutes,
         id_dropout=args.id_dropout, genre_weight=args.genre_weight, seed=args.seed, num_threads=args.threads,
-    ).items() if v is not None}, bf16=not args.no_bf16, freeze_backbone=args.freeze_backbone)
+    ).items() if v is not None}, bf16=False if args.no_bf16 else None, freeze_backbone=args.freeze_backbone)
 
     parent = Artifacts.load(args.init_from) if args.init_from else None
     align_parent = Artifacts.load(args.align_to) if args.align_to else parent

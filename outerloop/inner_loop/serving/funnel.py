@@ -224,7 +224,9 @@ class Funnel:
         scores = np.asarray(scores[0], dtype=np.float32)
         ok = (ids >= 1) & (ids <= self.n_items)
         ann_ids, ann_scores = ids[ok], scores[ok]
-        lp_row = log_prob_row(agent_rows, state.ts)
+        # the rows the ranker reads (every row by default); the others are served as their own rows only
+        ranked_rows = agent_rows if self.ranker is None else self.ranker.rows_read(agent_rows)
+        lp_row = log_prob_row(ranked_rows, state.ts)
         inline: list[np.ndarray] = []
         if self.inline_model is not None:
             t1 = time.perf_counter()
@@ -232,7 +234,7 @@ class Funnel:
             lp_row = LogProbRow(np.asarray([i for i, _ in top], np.int64), np.asarray([s for _, s in top], np.float32))
             inline.append(lp_row.item_ids)
             rec.timings_ms["inline_model"] = _ms(t1)
-        cand, retr, row_pos, from_ann = self._merge(vec, ann_ids, ann_scores, agent_rows, inline)
+        cand, retr, row_pos, from_ann = self._merge(vec, ann_ids, ann_scores, ranked_rows, inline)
         keep = ~np.isin(cand, state.seen) if state.seen.shape[0] else np.ones(cand.shape[0], dtype=bool)
         cand, retr, row_pos, from_ann = cand[keep], retr[keep], row_pos[keep], from_ann[keep]
         rec.timings_ms["retrieve"] = _ms(t0)

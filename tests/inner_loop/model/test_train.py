@@ -200,3 +200,13 @@ def test_synthetic_world_trains_with_action_and_time_features(tmp_path: Path) ->
     later = arts.encode([items], actions=[[3] * 8], ts=[[t + 7 * 3_600_000 for t in ts]])  # other hours
     assert play.shape == (1, 16)
     assert not np.allclose(play, skip) and not np.allclose(play, later)
+
+
+def test_bf16_is_used_where_it_pays_unless_the_config_says() -> None:
+    """``TrainConfig.bf16=None`` leaves it to a measurement on this CPU (an AVX2-only CPU
+    emulates bf16 and runs it several times slower); True / False are obeyed as given."""
+    from outerloop.inner_loop.model.train import bf16_pays, use_bf16
+
+    assert use_bf16(TrainConfig(bf16=True)) is True and use_bf16(TrainConfig(bf16=False)) is False
+    assert TrainConfig().bf16 is None and use_bf16(TrainConfig()) is bf16_pays()
+    assert bf16_pays.cache_info().currsize == 1  # measured once per process

@@ -202,3 +202,26 @@ def test_users_the_outer_loop_has_not_reached_are_ranked_by_the_ranker_for_them(
                      "score_kind": "log_prob", "items": [[i, -1.0 - j] for j, i in enumerate(unseen)]}).encode()
     with_row = state_of("u1", history, rows={"ensemble_picks": lp})
     assert top(both.recommend(with_row, 10, now_ms=NOW)) == top(plain.recommend(with_row, 10, now_ms=NOW))
+
+
+def test_rows_a_ranker_does_not_read_are_served_but_not_ranked(tiny_artifacts, tiny_ranker,
+                                                               history: list[int]) -> None:  # noqa: F811
+    """``RankerConfig.reads_rows``: a row the ranker does not read neither joins the top row's
+    candidates nor sets its features, and is still served as a row of its own; a ranker that
+    reads every row ranks its items in."""
+    import dataclasses
+
+    few = dataclasses.replace(ORDERING, n_candidates=5)  # the row's items are mostly beyond ANN's five
+    reads_lp = Ranker(tiny_ranker.model, dataclasses.replace(tiny_ranker.config, reads_rows=["ensemble_picks"]),
+                      covisit=tiny_ranker.covisit)
+    assert reads_lp.config.reads_rows == ["ensemble_picks"] and tiny_ranker.config.reads_rows is None
+    unseen = [i for i in range(1, tiny_artifacts.index.n_items + 1) if i not in history]
+    row_items = unseen[-10:]
+    plain, with_row = state_of("u1", history), state_of("u1", history, rows={
+        "because": row_json("because", row_items, NOW + 60_000)})
+    every, only_lp = Funnel(tiny_artifacts, tiny_ranker, few), Funnel(tiny_artifacts, reads_lp, few)
+    assert set(top(every.recommend(with_row, 20, now_ms=NOW))) & set(row_items)  # read: ranked in
+    rec = only_lp.recommend(with_row, 20, now_ms=NOW)
+    assert top(rec) == top(only_lp.recommend(plain, 20, now_ms=NOW))  # not read: the top row ignores it
+    assert not set(top(rec)) - set(top(every.recommend(plain, 20, now_ms=NOW)))
+    assert sorted(top(rec, "because")) == sorted(row_items)  # ... and serves it as its own row
