@@ -16,8 +16,10 @@ on artifacts fresh from ``outerloop train``; it fills in, in order and only what
 
    Which rows the correction reads is chosen, not assumed: one correction reads every row,
    one only the rows whose scores are log-probabilities (the ensemble's), and the one that
-   scores higher on users held out from both trainings and from the users that stopped them
-   (:data:`SELECT_SHARE`) is served. Rows it does not read are still served as rows of their own.
+   scores higher on users held out from both corrections' training and from the users that
+   stopped them (:data:`SELECT_SHARE`) is served. (The inner-only ranker both correct trained on
+   every user's validation cut, these included: the inner arm keeps all its data.) Rows the
+   served ranker does not read are still served as rows of their own.
 
 A ranker trained for another ensemble (or none) is retrained, so a cached file never silently
 describes another setup. This module composes training and the outer loop; the training code
@@ -201,8 +203,10 @@ def _train_correction(artifacts: "Artifacts", data: "InteractionData", rows: "Ma
                              provenance=provenance, epochs=epochs, rows_share=ROWS_SHARE, patience=8,
                              residual_of=inner, residual_dir=INNER_RANKER_DIR, reads_rows=reads,
                              select_share=SELECT_SHARE if len(sets) > 1 else 0.0)
-            sel = r.config.report.get("selection") or {}
-            scored[name] = (float(sel.get("ndcg@10", 0.0)), r)
+            sel = r.config.report.get("selection")
+            if len(sets) > 1 and not sel:
+                raise RuntimeError("the correction's selection users are empty: no choice can be made")
+            scored[name] = (float(sel["ndcg@10"]) if sel else 0.0, r)
     chosen = max(scored, key=lambda k: scored[k][0])  # ties: the first (every row)
     ranker = scored[chosen][1]
     ranker.config.report["rows_choice"] = {
@@ -210,6 +214,7 @@ def _train_correction(artifacts: "Artifacts", data: "InteractionData", rows: "Ma
         "selection_ndcg@10": {k: v[0] for k, v in scored.items()},
         "reads_rows": {k: sets[k] for k in scored},
         "selection_base_alone_ndcg@10": (ranker.config.report.get("selection") or {}).get("base_alone_ndcg@10"),
+        "selection_users": (ranker.config.report.get("selection") or {}).get("users"),
     }
     ranker.save(served_dir)
     return ranker

@@ -347,10 +347,11 @@ def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: st
     where the base lives, relative to ``out_dir`` (written into the config, read by ``load``).
 
     ``reads_rows``: the agent rows (row ids) the ranker reads, None for all (see
-    ``RankerConfig.reads_rows``). ``select_share``: a further share of users (by a salted hash)
-    held out from training *and* from the held-out users that stop it, scored in the report's
-    ``selection`` so a caller can choose between rankers on users none of them was fitted or
-    stopped on."""
+    ``RankerConfig.reads_rows``). ``select_share``: a share of the users outside the held-out
+    tenth (by a salted hash) kept out of training too, scored in the report's ``selection`` as
+    the funnel would serve them (a residual's user without a log-prob row by the base alone), so
+    a caller can choose between rankers on users none of them was fitted or stopped on (a
+    residual's base may have trained on them: both candidates share it)."""
     if (residual_of is None) != (residual_dir is None):
         raise ValueError("residual_of and residual_dir go together")
     t_start = time.perf_counter()
@@ -372,6 +373,8 @@ def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: st
         hold[0] = True
     select = (_holdout([u + "#select" for u in train_all.user_ids], share=select_share) & ~hold
               if select_share > 0 else np.zeros(len(train_all), bool))
+    if not (~hold & ~select).any():
+        raise ValueError(f"select_share={select_share} leaves no user to train on")
     train, val = train_all.take(np.flatnonzero(~hold & ~select)), train_all.take(np.flatnonzero(hold))
     sel = train_all.take(np.flatnonzero(select))
 
@@ -421,11 +424,17 @@ def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: st
                                    max_history=max_history, agent_rows={}).take(np.flatnonzero(hold))
     else:
         val_plain = val
-    selection = None if not len(sel) else {
-        "users": len(sel),
-        "ndcg@10": ranking_metrics(score(_logits(model, sel, mean, inv_std), off_sel), sel)["ndcg@10"],
-        "base_alone_ndcg@10": ranking_metrics(off_sel, sel)["ndcg@10"] if residual_of is not None else None,
-    }
+    selection = None
+    if len(sel):
+        sel_scores = score(_logits(model, sel, mean, inv_std), off_sel)
+        with_lp = sel.feats[:, :, FEATURE_NAMES.index("has_log_prob_row")].max(1) > 0  # (E,)
+        if residual_of is not None:  # as the funnel serves: a user without a log-prob row gets the base alone
+            sel_scores = np.where(with_lp[:, None], sel_scores, off_sel)
+        selection = {
+            "users": len(sel), "users_with_log_prob_row": int(with_lp.sum()),
+            "ndcg@10": ranking_metrics(sel_scores, sel)["ndcg@10"],
+            "base_alone_ndcg@10": ranking_metrics(off_sel, sel)["ndcg@10"] if residual_of is not None else None,
+        }
     val_no_rows = ranking_metrics(score(_logits(model, val_plain, mean, inv_std), base_scores(val_plain)), val_plain)
     with_rows = np.flatnonzero([u in (agent_rows or {}) for u in val.user_ids])
     val_with_rows = (ranking_metrics(score(_logits(model, val.take(with_rows), mean, inv_std), off_val[with_rows]),

@@ -65,6 +65,7 @@ def test_inner_outer_trains_what_is_missing_once_and_reports_each_staleness(
     # which rows the correction reads was chosen on users held out from its training and stopping
     choice = first["prepared"]["served_ranker_rows_choice"]
     assert set(choice["selection_ndcg@10"]) == {"every row", "log-prob rows only"}
+    assert choice["selection_users"] > 0 and all(v is not None for v in choice["selection_ndcg@10"].values())
     assert choice["chosen"] == max(choice["selection_ndcg@10"], key=choice["selection_ndcg@10"].get)
     assert choice["reads_rows"]["log-prob rows only"] == ["ensemble_picks"]
     assert served["reads_rows"] == first["prepared"]["served_ranker_reads_rows"] == choice["reads_rows"][choice["chosen"]]

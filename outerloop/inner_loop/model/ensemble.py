@@ -360,6 +360,8 @@ def train_member(base: "Artifacts", data: InteractionData, index: int, cfg: Ense
 
     tc = dict((base.manifest.get("config") or {}).get("train") or {})
     known = {f.name for f in dataclasses.fields(TrainConfig)}
+    if tc.get("bf16") is True:  # the default before bf16 was measured per CPU: measure it here too
+        tc["bf16"] = None
     tcfg = TrainConfig(**{k: v for k, v in tc.items() if k in known})
     tcfg = dataclasses.replace(tcfg, seed=int(tcfg.seed) + cfg.seed_offset + index - 1, freeze_backbone=False,
                                max_minutes=cfg.max_minutes if cfg.max_minutes is not None else tcfg.max_minutes)

@@ -340,7 +340,8 @@ class RankerConfig:
     # the ranker this one corrects (its directory, relative to this one's), or None
     residual_of: str | None = None
     # the agent rows (by row id) this ranker reads: their items join its candidates and its row
-    # features; other rows are served as rows of their own only. None: every row
+    # features; other rows are served as rows of their own only (in the agent's order). None:
+    # every row, including row ids that appear after training
     reads_rows: list[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:

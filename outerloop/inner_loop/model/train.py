@@ -319,6 +319,7 @@ def train(
             "loss": train_epoch(model, opt, tensors, tcfg, rng),
             "epoch_s": time.perf_counter() - t0,
             "threads": torch.get_num_threads(),
+            "bf16": float(use_bf16(tcfg)),  # what the loss's matmuls ran in (1 = bf16)
             "lr": opt.param_groups[0]["lr"],
         }
         if epoch % tcfg.eval_every == 0 or epoch == tcfg.epochs:

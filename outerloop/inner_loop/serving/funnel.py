@@ -224,9 +224,7 @@ class Funnel:
         scores = np.asarray(scores[0], dtype=np.float32)
         ok = (ids >= 1) & (ids <= self.n_items)
         ann_ids, ann_scores = ids[ok], scores[ok]
-        # the rows the ranker reads (every row by default); the others are served as their own rows only
-        ranked_rows = agent_rows if self.ranker is None else self.ranker.rows_read(agent_rows)
-        lp_row = log_prob_row(ranked_rows, state.ts)
+        lp_row = log_prob_row(agent_rows if self.ranker is None else self.ranker.rows_read(agent_rows), state.ts)
         inline: list[np.ndarray] = []
         if self.inline_model is not None:
             t1 = time.perf_counter()
@@ -234,6 +232,10 @@ class Funnel:
             lp_row = LogProbRow(np.asarray([i for i, _ in top], np.int64), np.asarray([s for _, s in top], np.float32))
             inline.append(lp_row.item_ids)
             rec.timings_ms["inline_model"] = _ms(t1)
+        # the rows the scoring ranker reads (every row by default) join its candidates; the others
+        # are served as rows of their own only
+        scorer = self._scorer(lp_row)
+        ranked_rows = agent_rows if scorer is None else scorer.rows_read(agent_rows)
         cand, retr, row_pos, from_ann = self._merge(vec, ann_ids, ann_scores, ranked_rows, inline)
         keep = ~np.isin(cand, state.seen) if state.seen.shape[0] else np.ones(cand.shape[0], dtype=bool)
         cand, retr, row_pos, from_ann = cand[keep], retr[keep], row_pos[keep], from_ann[keep]
@@ -256,8 +258,9 @@ class Funnel:
         ))
         if agent_rows:
             score_of = dict(zip(cand.tolist(), final.tolist()))
-            for row in agent_rows:
-                rec.rows.append(self._agent_row(row, k, score_of, state.seen))
+            read = {id(r) for r in ranked_rows}
+            for row in agent_rows:  # a row the ranker did not read keeps the agent's order
+                rec.rows.append(self._agent_row(row, k, score_of if id(row) in read else {}, state.seen))
         return rec
 
     def _merge(self, vec: np.ndarray, ann_ids: np.ndarray, ann_scores: np.ndarray, agent_rows: list[AgentRow],
@@ -265,6 +268,13 @@ class Funnel:
         return merge_candidates(self.tables.vectors, vec, ann_ids, ann_scores,
                                 [r.item_ids for r in agent_rows if not r.row.log_prob],
                                 extra=[*[r.item_ids for r in agent_rows if r.row.log_prob], *inline])
+
+    def _scorer(self, lp_row: LogProbRow | None) -> Ranker | None:
+        """The ranker that scores a request: the one for users without rows when there is one and
+        the user has no log-prob row the served ranker reads, else the served ranker."""
+        if lp_row is None and self.ranker_without_rows is not None and self.ranker is not None:
+            return self.ranker_without_rows
+        return self.ranker
 
     def _rank(self, rec: Recommendation, t_start: float, hist: np.ndarray, cand: np.ndarray,
               retr: np.ndarray, row_pos: np.ndarray, lp_row: LogProbRow | None = None) -> np.ndarray:
@@ -288,10 +298,12 @@ class Funnel:
             return retr
         t0 = time.perf_counter()
         self._ranker_last_try = now
-        plain = lp_row is None and self.ranker_without_rows is not None
-        # the ranker for users without rows never saw row features: it gets none (rows' items stay candidates)
+        scorer = self._scorer(lp_row)
+        plain = scorer is not self.ranker
+        # the ranker for users without rows never saw row features: it gets none (the items of the rows
+        # it reads stay candidates)
         feats = candidate_features(self.tables, hist, cand, retr, np.full_like(row_pos, -1) if plain else row_pos, lp_row)
-        final = (self.ranker_without_rows if plain else self.ranker).score(feats)  # type: ignore[union-attr]
+        final = scorer.score(feats)  # type: ignore[union-attr]
         took = (time.perf_counter() - t0) * 1000.0
         self._ranker_ewma_ms = took if self._ranker_ewma_ms == 0 else 0.9 * self._ranker_ewma_ms + 0.1 * took
         if took > budget_ms:  # already paid for: use it, but skip the ranker until the probe

@@ -224,4 +224,15 @@ def test_rows_a_ranker_does_not_read_are_served_but_not_ranked(tiny_artifacts, t
     rec = only_lp.recommend(with_row, 20, now_ms=NOW)
     assert top(rec) == top(only_lp.recommend(plain, 20, now_ms=NOW))  # not read: the top row ignores it
     assert not set(top(rec)) - set(top(every.recommend(plain, 20, now_ms=NOW)))
-    assert sorted(top(rec, "because")) == sorted(row_items)  # ... and serves it as its own row
+    assert top(rec, "because") == row_items  # ... and serves it as its own row, in the agent's order
+    # beside a log-prob row it reads, the unread row still changes nothing in the top row
+    lp = json.dumps({"row_id": "ensemble_picks", "title": "t", "reason": "r", "produced_by": "ensemble",
+                     "run_id": "r1", "model_version": "m", "created_at": NOW - 1000, "expires_at": NOW + 60_000,
+                     "score_kind": "log_prob", "items": [[i, -1.0 - j] for j, i in enumerate(unseen[:5])]}).encode()
+    lp_only, lp_and_row = (state_of("u1", history, rows={"ensemble_picks": lp}),
+                           state_of("u1", history, rows={"ensemble_picks": lp, "because": with_row.rows["because"]}))
+    assert top(only_lp.recommend(lp_and_row, 20, now_ms=NOW)) == top(only_lp.recommend(lp_only, 20, now_ms=NOW))
+    assert top(every.recommend(lp_and_row, 20, now_ms=NOW)) != top(every.recommend(lp_only, 20, now_ms=NOW))
+    # a user without a log-prob row is ranked by the ranker for users without rows, with the rows *it* reads
+    both = Funnel(tiny_artifacts, reads_lp, few, ranker_without_rows=tiny_ranker)
+    assert set(top(both.recommend(with_row, 20, now_ms=NOW))) & set(row_items)
