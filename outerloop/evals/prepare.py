@@ -209,12 +209,13 @@ def _train_correction(artifacts: "Artifacts", data: "InteractionData", rows: "Ma
             scored[name] = (float(sel["ndcg@10"]) if sel else 0.0, r)
     chosen = max(scored, key=lambda k: scored[k][0])  # ties: the first (every row)
     ranker = scored[chosen][1]
+    selection = ranker.config.report.get("selection") or {}
     ranker.config.report["rows_choice"] = {
         "chosen": chosen,
         "selection_ndcg@10": {k: v[0] for k, v in scored.items()},
         "reads_rows": {k: sets[k] for k in scored},
-        "selection_base_alone_ndcg@10": (ranker.config.report.get("selection") or {}).get("base_alone_ndcg@10"),
-        "selection_users": (ranker.config.report.get("selection") or {}).get("users"),
+        "selection_base_alone_ndcg@10": selection.get("base_alone_ndcg@10"),
+        "selection_users": selection.get("users"),
     }
     ranker.save(served_dir)
     return ranker

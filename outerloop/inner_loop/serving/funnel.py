@@ -242,7 +242,7 @@ class Funnel:
         rec.timings_ms["retrieve"] = _ms(t0)
 
         t0 = time.perf_counter()
-        final = self._rank(rec, t_start, items, cand, retr, row_pos, lp_row)
+        final = self._rank(rec, t_start, scorer, items, cand, retr, row_pos, lp_row)
         rec.timings_ms["rank"] = _ms(t0)
 
         order = np.argsort(-final, kind="stable")
@@ -258,9 +258,9 @@ class Funnel:
         ))
         if agent_rows:
             score_of = dict(zip(cand.tolist(), final.tolist()))
-            read = {id(r) for r in ranked_rows}
+            read = {r.row.row_id for r in ranked_rows}
             for row in agent_rows:  # a row the ranker did not read keeps the agent's order
-                rec.rows.append(self._agent_row(row, k, score_of if id(row) in read else {}, state.seen))
+                rec.rows.append(self._agent_row(row, k, score_of if row.row.row_id in read else {}, state.seen))
         return rec
 
     def _merge(self, vec: np.ndarray, ann_ids: np.ndarray, ann_scores: np.ndarray, agent_rows: list[AgentRow],
@@ -276,11 +276,12 @@ class Funnel:
             return self.ranker_without_rows
         return self.ranker
 
-    def _rank(self, rec: Recommendation, t_start: float, hist: np.ndarray, cand: np.ndarray,
+    def _rank(self, rec: Recommendation, t_start: float, scorer: Ranker | None, hist: np.ndarray, cand: np.ndarray,
               retr: np.ndarray, row_pos: np.ndarray, lp_row: LogProbRow | None = None) -> np.ndarray:
-        """Ranker scores, or retrieval scores when there is no ranker or no time for it."""
+        """``scorer``'s scores (the ranker ``_scorer`` picked for this request), or retrieval
+        scores when there is no ranker or no time for it."""
         rec.ranker = "retrieval_order"
-        if self.ranker is None:
+        if scorer is None:
             rec.fallbacks.append("no_ranker")
             return retr
         if cand.shape[0] == 0:
@@ -298,7 +299,6 @@ class Funnel:
             return retr
         t0 = time.perf_counter()
         self._ranker_last_try = now
-        scorer = self._scorer(lp_row)
         plain = scorer is not self.ranker
         # the ranker for users without rows never saw row features: it gets none (the items of the rows
         # it reads stay candidates)
