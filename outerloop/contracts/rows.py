@@ -21,7 +21,7 @@ to decode (:class:`RowDecodeError`) and where expiry counts:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -183,3 +183,8 @@ class CompiledRows:
 
     rows: list[AgentRow]
     events_since: int = 0
+
+
+# what a ranker trains on: each user's rows as compiled at one or more staleness settings (one
+# training example per entry, all on the user's side of every held-out split)
+RowsByUser = Mapping[str, Sequence[CompiledRows]]

@@ -10,10 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections.abc import Mapping
 from pathlib import Path
 
-from outerloop.contracts.rows import CompiledRows
+from outerloop.contracts.rows import RowsByUser
 from outerloop.inner_loop.ranker_train import RANKER_BAGS, train_ranker
 
 
@@ -33,8 +32,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "rows the real outer loop compiles at each user's validation cut (one cycle per user; the "
                         "ensemble agent's too when the artifacts have one), or none (the inner loop alone)")
     p.add_argument("--staleness", default="0,1,2,5,10", metavar="K,K,...",
-                   help="with --agent-rows outer: users spread over these staleness settings (rows compiled K "
-                        "interactions before the cut)")
+                   help="with --agent-rows outer: every user's rows compiled fresh (K = 0, when listed) and once "
+                        "more at a setting drawn from the rest (rows compiled K interactions before the cut)")
     p.add_argument("--residual-of", type=Path, default=None, metavar="DIR",
                    help="train a correction of the ranker in DIR (kept frozen) instead of a ranker of its own: "
                         "its score is DIR's plus the correction (how `prepare` builds the served ranker over the "
@@ -57,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         base = Ranker.load(args.residual_of)
     artifacts = Artifacts.load(args.artifacts)
     data = training_data(artifacts, args.dataset, args.data_dir)
-    rows: Mapping[str, CompiledRows] | None = None
+    rows: RowsByUser | None = None
     provenance = None
     if args.agent_rows == "outer":
         from outerloop.evals.prepare import outer_loop_rows, rows_provenance  # a CLI composes the loops

@@ -706,14 +706,18 @@ async def inner_vs_outer(artifacts: Any, data: InteractionData, *, ranker: Any =
 async def compile_outer_rows(artifacts: Any, data: InteractionData, split: str = "valid", *,
                              config: OuterReplay | None = None, redis_target: Any = None, keys: Any = None,
                              extra_agents: Sequence[Any] = (), ensemble: Any = True,
-                             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+                             every_user_at: Sequence[int] = (),
+                             progress: Callable[[int, int], None] | None = None) -> dict[str, list[Any]]:
     """The agent rows the real outer loop compiles for each user at a leave-one-out cut (default
     the validation cut: history = all but the last two items), as the funnel would read them,
     as :class:`~outerloop.contracts.rows.CompiledRows`.
 
     ``config.staleness`` spreads the users over staleness settings (by a hash of the id): a
     user at k gets rows compiled k interactions before the cut, as in the replay, so the ranker
-    learns how far to trust a row from how old it is. The ranker trains on these
+    learns how far to trust a row from how old it is. ``every_user_at``: staleness settings every
+    user is compiled at besides (its hashed draw then comes from the other settings), so each
+    user gives one training example per setting. Each user maps to the list of its
+    :class:`~outerloop.contracts.rows.CompiledRows`, one per setting. The ranker trains on these
     (``outerloop train-ranker --agent-rows outer``) so that what it learns about agent rows is
     what the outer loop actually emits, not a stand-in. Like the replay, the outer loop sees
     only the prefixes; ``config.n_users`` samples users (None = all).
@@ -725,15 +729,17 @@ async def compile_outer_rows(artifacts: Any, data: InteractionData, split: str =
 
     cfg = config or OuterReplay(n_users=None)
     ks = _check_staleness(cfg.staleness)
+    always = _check_staleness(every_user_at) if every_user_at else ()
+    drawn = tuple(k for k in ks if k not in always)
     loo = leave_one_out(data, split)  # type: ignore[arg-type]
     cases = [(uid, h, int(t)) for uid, h, t in zip(loo.user_ids, loo.histories, loo.targets.tolist())]
     picked = _pick(len(cases), cfg)
-    k_of = {ci: ks[int(hashlib.sha1(f"{cases[ci][0]}#staleness".encode()).hexdigest()[:8], 16) % len(ks)]
-            for ci in picked}
-    out: dict[str, Any] = {}
-    done = 0
-    for k_stale in ks:
-        mine = [ci for ci in picked if k_of[ci] == k_stale]
+    k_of = {ci: drawn[int(hashlib.sha1(f"{cases[ci][0]}#staleness".encode()).hexdigest()[:8], 16) % len(drawn)]
+            for ci in picked} if drawn else {}
+    out: dict[str, list[Any]] = {}
+    done, total = 0, len(picked) * (len(always) + (1 if drawn else 0))
+    for k_stale in sorted(set(always) | set(drawn)):
+        mine = picked if k_stale in always else [ci for ci in picked if k_of[ci] == k_stale]
         if not mine:
             continue
         async with _outer_replay(artifacts, None, cfg, redis_target=redis_target, keys=keys,
@@ -742,10 +748,11 @@ async def compile_outer_rows(artifacts: Any, data: InteractionData, split: str =
             for ci in mine:
                 user, prefix, _ = cases[ci]
                 await run.compile(user, prefix, k_stale)
-                out[user] = CompiledRows(await run.live_rows(user), events_since=prefix.shape[0] - _upto(prefix, k_stale))
+                out.setdefault(user, []).append(
+                    CompiledRows(await run.live_rows(user), events_since=prefix.shape[0] - _upto(prefix, k_stale)))
                 done += 1
                 if progress is not None:
-                    progress(done, len(picked))
+                    progress(done, total)
         if redis_target is not None and keys is not None:
             from outerloop.storage.clients import delete_namespace
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from outerloop.contracts.rows import CompiledRows
+from outerloop.contracts.rows import CompiledRows, RowsByUser
 from outerloop.data.schema import ACTION_ID, InteractionData
 from outerloop.inner_loop.model.covisit import CoVisitation
 from outerloop.inner_loop.model.evaluate import EvalCases, leave_one_out, train_sequences
@@ -115,13 +115,14 @@ def _target_actions(data: InteractionData, cases: EvalCases, from_end: int) -> l
 
 def build_examples(artifacts: ArtifactsLike, tables: FeatureTables, data: InteractionData, split: str, *,
                    n_candidates: int = 500, max_history: int = 200, batch_size: int = 256,
-                   agent_rows: Mapping[str, CompiledRows] | None = None,
+                   agent_rows: RowsByUser | None = None,
                    reads_rows: Sequence[str] | None = None) -> Examples:
     """Serving's candidate lists for every leave-one-out case of ``split``, with labels.
 
     ``agent_rows`` (user id -> that user's live rows, e.g. from
     :func:`outerloop.evals.replay.compile_outer_rows`) are merged as serving merges them; a
-    user missing from it gets none. Without it, each user gets the simulated "because you
+    user missing from it gets none, and a user with rows compiled at several staleness settings
+    gives one example per setting (the same candidates from retrieval, other rows). Without it, each user gets the simulated "because you
     watched" row (catalogs up to ``SIMULATE_ROWS_MAX_ITEMS``). ``reads_rows``: the row ids the
     ranker reads (``RankerConfig.reads_rows``; None: every row), the rest left out as serving
     leaves them out."""
@@ -131,6 +132,7 @@ def build_examples(artifacts: ArtifactsLike, tables: FeatureTables, data: Intera
     simulate = agent_rows is None and n_items <= SIMULATE_ROWS_MAX_ITEMS
     unit = tables.vectors * tables.inv_norm[:, None]  # (N+1, d) cosine-ready; row 0 is zero
     lists: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    example_users: list[str] = []
     for start in range(0, len(cases), batch_size):
         idx = range(start, min(start + batch_size, len(cases)))
         hists = [cases.histories[i][-max_history:] for i in idx]
@@ -151,30 +153,34 @@ def build_examples(artifacts: ArtifactsLike, tables: FeatureTables, data: Intera
         for j, i in enumerate(idx):
             ok = (ids[j] >= 1) & (ids[j] <= n_items)
             ann, ann_s = ids[j][ok].astype(np.int64), scores[j][ok].astype(np.float32)
-            lp_row: LogProbRow | None = None
-            if simulate:
-                user_rows: Sequence[np.ndarray] = [rows[j].astype(np.int64)]
-                scored: Sequence[np.ndarray] = []
-            else:
-                compiled = (agent_rows or {}).get(cases.user_ids[i])
-                live = compiled.rows if compiled is not None else []
-                if reads_rows is not None:
-                    live = [r for r in live if r.row.row_id in reads_rows]
-                user_rows = [r.item_ids for r in live if not r.row.log_prob]
-                scored = [r.item_ids for r in live if r.row.log_prob]
-                first = next((r for r in live if r.row.log_prob), None)
-                if first is not None and compiled is not None:
-                    lp_row = LogProbRow(first.item_ids, first.scores, compiled.events_since)
-            cand, retr, row_pos, _ = merge_candidates(tables.vectors, vecs[j], ann, ann_s, user_rows, extra=scored)
-            retr = retr.astype(np.float32)
-            keep = ~np.isin(cand, seen_items(cases.histories[i], None if cases.actions is None else cases.actions[i]))
-            cand, retr, row_pos = cand[keep], retr[keep], row_pos[keep]
-            feats = candidate_features(tables, hists[j], cand, retr, row_pos, lp_row)
+            seen = seen_items(cases.histories[i], None if cases.actions is None else cases.actions[i])
             target = int(cases.targets[i])
-            rel = (cand == target).astype(np.float32)
             a = target_actions[i]
             liked = np.nan if a is None else LIKED_BY_ACTION.get(a, np.nan)
-            lists.append((feats, rel, liked, retr, cand))
+            compiled_all: Sequence[CompiledRows | None] = (
+                [None] if simulate else list((agent_rows or {}).get(cases.user_ids[i], ())) or [None])
+            for compiled in compiled_all:
+                lp_row: LogProbRow | None = None
+                if simulate:
+                    user_rows: Sequence[np.ndarray] = [rows[j].astype(np.int64)]
+                    scored: Sequence[np.ndarray] = []
+                else:
+                    live = compiled.rows if compiled is not None else []
+                    if reads_rows is not None:
+                        live = [r for r in live if r.row.row_id in reads_rows]
+                    user_rows = [r.item_ids for r in live if not r.row.log_prob]
+                    scored = [r.item_ids for r in live if r.row.log_prob]
+                    first = next((r for r in live if r.row.log_prob), None)
+                    if first is not None and compiled is not None:
+                        lp_row = LogProbRow(first.item_ids, first.scores, compiled.events_since)
+                cand, retr, row_pos, _ = merge_candidates(tables.vectors, vecs[j], ann, ann_s, user_rows, extra=scored)
+                retr = retr.astype(np.float32)
+                keep = ~np.isin(cand, seen)
+                cand, retr, row_pos = cand[keep], retr[keep], row_pos[keep]
+                feats = candidate_features(tables, hists[j], cand, retr, row_pos, lp_row)
+                rel = (cand == target).astype(np.float32)
+                lists.append((feats, rel, liked, retr, cand))
+                example_users.append(cases.user_ids[i])
     c_max = max((x[0].shape[0] for x in lists), default=1)
     e = len(lists)
     out = Examples(
@@ -183,7 +189,7 @@ def build_examples(artifacts: ArtifactsLike, tables: FeatureTables, data: Intera
         relevance=np.zeros((e, c_max), np.float32),
         liked=np.asarray([x[2] for x in lists], np.float32).reshape(e),
         retrieval=np.full((e, c_max), -np.inf, np.float32),
-        user_ids=list(cases.user_ids),
+        user_ids=example_users,
         items=np.zeros((e, c_max), np.int64),
     )
     for n, (feats, rel, _, retr, cand) in enumerate(lists):
@@ -318,7 +324,7 @@ def _train_tower(train: Examples, val: Examples, mean: np.ndarray, inv_std: np.n
 def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: str | Path | None = None,
                  n_candidates: int = 500, epochs: int = 30, patience: int = 5, hidden: int = 64,
                  lr: float = 1e-3, batch_size: int = 128, seed: int = 0, max_history: int = 200,
-                 agent_rows: Mapping[str, CompiledRows] | None = None,
+                 agent_rows: RowsByUser | None = None,
                  provenance: dict[str, Any] | None = None, rows_share: float = 0.5,
                  bags: int = RANKER_BAGS, residual_of: Ranker | None = None,
                  residual_dir: str | None = None, reads_rows: Sequence[str] | None = None,
@@ -368,9 +374,10 @@ def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: st
                           agent_rows=None if agent_rows is None else {})
     t_examples = time.perf_counter() - t_start
     hold = _holdout(train_all.user_ids)
-    if hold.all() or not hold.any():  # tiny data: fall back to a random tenth
-        hold = rng.random(len(train_all)) < 0.1
-        hold[0] = True
+    if hold.all() or not hold.any():  # tiny data: fall back to a random tenth of the users
+        users = sorted(set(train_all.user_ids))
+        held = {u for u, r in zip(users, rng.random(len(users))) if r < 0.1} or {users[0]}
+        hold = np.asarray([u in held for u in train_all.user_ids], bool)
     select = (_holdout([u + "#select" for u in train_all.user_ids], share=select_share) & ~hold
               if select_share > 0 else np.zeros(len(train_all), bool))
     if not (~hold & ~select).any():
@@ -420,8 +427,10 @@ def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: st
         return _combined(logits, weights, objectives) + off
 
     if agent_rows:  # the held-out users again, without any row: the inner loop alone
-        val_plain = build_examples(artifacts, tables, data, "valid", n_candidates=n_candidates,
-                                   max_history=max_history, agent_rows={}).take(np.flatnonzero(hold))
+        plain = build_examples(artifacts, tables, data, "valid", n_candidates=n_candidates,
+                               max_history=max_history, agent_rows={})  # one example per user
+        held_users = set(val.user_ids)
+        val_plain = plain.take(np.flatnonzero([u in held_users for u in plain.user_ids]))
     else:
         val_plain = val
     selection = None
@@ -431,7 +440,8 @@ def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: st
         if residual_of is not None:  # as the funnel serves: a user without a log-prob row gets the base alone
             sel_scores = np.where(with_lp[:, None], sel_scores, off_sel)
         selection = {
-            "users": len(sel), "users_with_log_prob_row": int(with_lp.sum()),
+            "users": len(set(sel.user_ids)), "examples": len(sel),
+            "examples_with_log_prob_row": int(with_lp.sum()),
             "ndcg@10": ranking_metrics(sel_scores, sel)["ndcg@10"],
             "base_alone_ndcg@10": ranking_metrics(off_sel, sel)["ndcg@10"] if residual_of is not None else None,
         }
@@ -462,7 +472,8 @@ def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: st
         heads["liked"] = {"trained": False, "reason": "the data observed no negative engagement (every target "
                           "has the same action), so there is nothing to learn liking from"}
     report = {
-        "data": data.name, "users_train": len(train), "users_val": len(val), "cases_test": len(test),
+        "data": data.name, "users_train": len(set(train.user_ids)), "users_val": len(set(val.user_ids)),
+        "examples_train": len(train), "examples_val": len(val), "cases_test": len(test),
         "rows_provenance": provenance,
         "agent_rows": ("simulated 'because you watched' row" if agent_rows is None else
                        f"outer-loop rows at the validation cut for {len(agent_rows)} users, none for the rest"),

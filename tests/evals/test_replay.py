@@ -198,7 +198,9 @@ async def test_compiled_rows_come_from_the_validation_prefix_and_match_what_the_
                                            keys=redis_keys, extra_agents=[spy])
     by_id = {u.user_id: u for u in data.users}
     assert set(rows) == set(histories) and len(rows) == 5
-    for user_id, compiled in rows.items():
+    for user_id, per_user in rows.items():
+        assert len(per_user) == 1  # one staleness setting: one row set per user
+        compiled = per_user[0]
         items = by_id[user_id].items.tolist()
         assert histories[user_id] == items[:-2][-cfg.history_cap:]  # neither validation nor test item
         assert compiled.rows, f"the outer loop compiled no row for {user_id}"
@@ -246,7 +248,19 @@ async def test_stale_rows_are_compiled_from_the_history_k_interactions_back(redi
     # what the funnel reads: the spy's row, three events behind the user's history
     compiled = await replay.compile_outer_rows(arts, data, "valid", config=cfg, redis_target=redis_target,
                                                keys=redis_keys, extra_agents=[spy])
-    assert {c.events_since for c in compiled.values()} <= {0, 3} and len(compiled) == 4
-    for c in compiled.values():
-        lp = next(r.row for r in c.rows if r.row.row_id == "spy")
+    assert all(len(v) == 1 for v in compiled.values()) and len(compiled) == 4
+    assert {c.events_since for v in compiled.values() for c in v} <= {0, 3}
+    for v in compiled.values():
+        lp = next(r.row for r in v[0].rows if r.row.row_id == "spy")
         assert lp.log_prob and lp.history_ts is not None
+    # every user fresh as well: two row sets each, k = 0 first, each compiled from its own cut
+    seen.clear()
+    both = await replay.compile_outer_rows(arts, data, "valid", config=cfg, redis_target=redis_target,
+                                           keys=redis_keys, extra_agents=[spy], every_user_at=(0,))
+    assert len(both) == 4
+    for user_id, v in both.items():
+        prefix = by_id[user_id].items.tolist()[:-2]  # the validation cut
+        assert [c.events_since for c in v] == [0, min(3, len(prefix) - 1)]
+        ids = [set(next(r for r in c.rows if r.row.row_id == "spy").item_ids.tolist()) for c in v]
+        assert not ids[0] & set(prefix) and not ids[1] & set(prefix[:max(1, len(prefix) - 3)])
+        assert seen[user_id] == prefix[:max(1, len(prefix) - 3)][-cfg.history_cap:]  # the k = 3 cycle ran last

@@ -181,8 +181,8 @@ def test_training_lists_merge_given_agent_rows_as_serving_does(tiny_artifacts, t
     row_a, row_b = np.asarray(unseen[:6], np.int64), np.asarray([unseen[5], unseen[6]], np.int64)
     lp_ids, lp_scores = [unseen[6], unseen[7]], [-0.5, -2.0]  # a log-prob row, compiled 2 interactions back
     ex = build_examples(tiny_artifacts, tables, tiny_data, "valid", n_candidates=5,
-                        agent_rows={with_rows: CompiledRows([agent_row("a", row_a.tolist()), agent_row("b", row_b.tolist()),
-                                                             agent_row("lp", lp_ids, lp_scores, "log_prob")], 2)})
+                        agent_rows={with_rows: [CompiledRows([agent_row("a", row_a.tolist()), agent_row("b", row_b.tolist()),
+                                                              agent_row("lp", lp_ids, lp_scores, "log_prob")], 2)]})
     col = {n: FEATURE_NAMES.index(n) for n in ("in_agent_row", "agent_row_position", "log_prob", "log_prob_gap",
                                                "has_log_prob_row", "log_prob_row_staleness")}
     first = ex.user_ids.index(with_rows)
@@ -205,12 +205,25 @@ def test_training_lists_merge_given_agent_rows_as_serving_does(tiny_artifacts, t
     assert ex.mask[other].sum() <= 5
     # a ranker that reads only the log-prob row learns from lists without the others, as it is served
     only_lp = build_examples(tiny_artifacts, tables, tiny_data, "valid", n_candidates=5, reads_rows=["lp"],
-                             agent_rows={with_rows: CompiledRows([agent_row("a", row_a.tolist()),
-                                                                  agent_row("lp", lp_ids, lp_scores, "log_prob")], 2)})
+                             agent_rows={with_rows: [CompiledRows([agent_row("a", row_a.tolist()),
+                                                                   agent_row("lp", lp_ids, lp_scores, "log_prob")], 2)]})
     f_lp = only_lp.feats[first][only_lp.mask[first]]
     assert not f_lp[:, col["in_agent_row"]].any() and f_lp[:, col["has_log_prob_row"]].all()
     assert set(lp_ids) <= set(only_lp.items[first][only_lp.mask[first]].tolist())
     assert only_lp.mask[first].sum() < ex.mask[first].sum()  # row a's items beyond ANN's five are not candidates
+    # rows compiled at two staleness settings: two examples of that user, same ANN candidates, own rows
+    fresh = CompiledRows([agent_row("lp", lp_ids, lp_scores, "log_prob")], 0)
+    stale = CompiledRows([agent_row("lp", [unseen[8]], [-1.0], "log_prob")], 5)
+    two = build_examples(tiny_artifacts, tables, tiny_data, "valid", n_candidates=5,
+                         agent_rows={with_rows: [fresh, stale]})
+    assert len(two) == len(cases) + 1 and two.user_ids.count(with_rows) == 2
+    at = [n for n, u in enumerate(two.user_ids) if u == with_rows]
+    f0, f1 = (two.feats[n][two.mask[n]] for n in at)
+    assert f0[:, col["log_prob_row_staleness"]] == pytest.approx(0.0)
+    assert f1[:, col["log_prob_row_staleness"]] == pytest.approx(np.log1p(5))
+    i0, i1 = (set(two.items[n][two.mask[n]].tolist()) for n in at)
+    assert set(lp_ids) <= i0 and unseen[8] in i1 and unseen[8] not in i0 - set(lp_ids)
+    assert two.relevance[at[0]].sum() == two.relevance[at[1]].sum()  # the same target, labelled in both
 
 
 def test_a_correction_reads_only_its_rows_and_is_scored_on_users_nobody_fitted(
@@ -229,7 +242,8 @@ def test_a_correction_reads_only_its_rows_and_is_scored_on_users_nobody_fitted(
         assert r is not None
         return r
 
-    rows = {u.user_id: CompiledRows([row("a", "relative"), row("lp", "log_prob")]) for u in tiny_data.users}
+    rows = {u.user_id: [CompiledRows([row("a", "relative"), row("lp", "log_prob")]),
+                        CompiledRows([row("lp", "log_prob")], 2)] for u in tiny_data.users}
     base = train_ranker(tiny_artifacts, tiny_data, epochs=2, patience=1, max_history=50, bags=1,
                         out_dir=tmp_path / "ranker-inner", agent_rows={})
     r = train_ranker(tiny_artifacts, tiny_data, epochs=2, patience=1, max_history=50, bags=1, out_dir=tmp_path,
@@ -241,6 +255,8 @@ def test_a_correction_reads_only_its_rows_and_is_scored_on_users_nobody_fitted(
     from outerloop.inner_loop.model.evaluate import leave_one_out
 
     assert rep["users_train"] + rep["users_val"] + sel["users"] == len(leave_one_out(tiny_data, "valid"))
+    # two row sets per user: two examples each, every user's on one side of each split
+    assert rep["examples_train"] == 2 * rep["users_train"] and sel["examples"] == 2 * sel["users"]
     assert rep["reads_rows"] == ["lp"] and Ranker.load(tmp_path).config.reads_rows == ["lp"]
     plain = train_ranker(tiny_artifacts, tiny_data, epochs=1, patience=1, max_history=50, bags=1,
                          out_dir=tmp_path / "p", agent_rows={})
@@ -258,11 +274,11 @@ def test_the_correction_chooses_between_every_row_and_log_prob_rows_only() -> No
         assert r is not None
         return r
 
-    both = {"u1": CompiledRows([row("top_picks", "relative")]), "u2": CompiledRows([row("ens", "log_prob"),
-                                                                                   row("wind", "relative")])}
+    both = {"u1": [CompiledRows([row("top_picks", "relative")])],
+            "u2": [CompiledRows([row("ens", "log_prob")]), CompiledRows([row("wind", "relative")], 2)]}
     assert row_sets(both) == {EVERY_ROW: None, LOG_PROB_ROWS: ["ens"]}
-    assert row_sets({"u": CompiledRows([row("ens", "log_prob")])}) == {EVERY_ROW: None}
-    assert row_sets({"u": CompiledRows([row("top_picks", "relative")])}) == {EVERY_ROW: None}
+    assert row_sets({"u": [CompiledRows([row("ens", "log_prob")])]}) == {EVERY_ROW: None}
+    assert row_sets({"u": [CompiledRows([row("top_picks", "relative")])]}) == {EVERY_ROW: None}
     assert row_sets({}) == {EVERY_ROW: None}
 
 
