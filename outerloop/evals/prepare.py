@@ -104,9 +104,11 @@ def rows_provenance(artifacts: "Artifacts", staleness: Sequence[int] | None, *,
     ens = None
     if staleness is not None and with_ensemble and Ensemble.exists(artifacts.dir):
         ens = json_of(Ensemble.directory(artifacts.dir) / "ensemble.json").get("member_versions")
-    return {"model_version": artifacts.model_version, "ensemble_members": ens,
-            "staleness": None if staleness is None else list(staleness),
-            "every_user_at": None if staleness is None else [k for k in every_user_at if k in staleness]}
+    out: dict[str, Any] = {"model_version": artifacts.model_version, "ensemble_members": ens,
+                           "staleness": None if staleness is None else list(staleness)}
+    if staleness is not None:
+        out["every_user_at"] = [k for k in every_user_at if k in staleness]
+    return out
 
 
 def json_of(path: Path) -> dict[str, Any]:
@@ -158,7 +160,8 @@ def prepare_outer_loop(artifacts: "Artifacts", data: "InteractionData", *, ensem
     max_history = int(artifacts.config.max_len)
     served_dir = Path(artifacts.dir)
     inner_dir = served_dir / INNER_RANKER_DIR
-    inner_prov = rows_provenance(artifacts, None)
+    # the epochs are part of what a cached ranker is: the demo trains short ones next to the artifacts
+    inner_prov = {**rows_provenance(artifacts, None), "ranker_epochs": ranker_epochs}
     if _ranker_matches(inner_dir, inner_prov, None):
         inner = Ranker.load(inner_dir)
     else:
@@ -169,7 +172,7 @@ def prepare_outer_loop(artifacts: "Artifacts", data: "InteractionData", *, ensem
     prov = {**rows_provenance(artifacts, staleness, with_ensemble=ensemble),
             "residual_of": {"dir": INNER_RANKER_DIR, "sha1": _file_sha1(inner_dir / RANKER_WEIGHTS_FILE)},
             "rows_read_chosen_from": [EVERY_ROW, LOG_PROB_ROWS], "select_share": SELECT_SHARE,
-            "correction_bags": CORRECTION_BAGS}
+            "correction_bags": CORRECTION_BAGS, "ranker_epochs": ranker_epochs, "row_users": row_users}
     if _ranker_matches(served_dir, prov, ROWS_SHARE):
         ranker = Ranker.load(served_dir)
     else:

@@ -63,11 +63,11 @@ def run(args: argparse.Namespace) -> int:
 
         staleness = parse_staleness(args.staleness, "--staleness")
         rows = outer_loop_rows(artifacts, data, staleness=staleness)
-        provenance = rows_provenance(artifacts, staleness)
+        provenance = {**rows_provenance(artifacts, staleness), "ranker_epochs": args.epochs}
     elif args.agent_rows == "none":
         from outerloop.evals.prepare import rows_provenance
 
-        rows, provenance = {}, rows_provenance(artifacts, None)
+        rows, provenance = {}, {**rows_provenance(artifacts, None), "ranker_epochs": args.epochs}
     ranker = train_ranker(artifacts, data, n_candidates=args.candidates, epochs=args.epochs, seed=args.seed,
                           max_history=int(getattr(getattr(artifacts.model, "cfg", None), "max_len", 200)),
                           agent_rows=rows, provenance=provenance, out_dir=args.out, bags=args.bags,

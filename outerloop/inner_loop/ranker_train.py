@@ -75,7 +75,8 @@ SIMULATE_ROWS_MAX_ITEMS = 100_000  # above this, no simulated rows (the similari
 
 @dataclass(slots=True)
 class Examples:
-    """Padded candidate lists, one per case: (E, C, F) features and (E, C) labels."""
+    """Padded candidate lists, one per case (a user with rows compiled at several staleness
+    settings gives one per setting): (E, C, F) features and (E, C) labels."""
 
     feats: np.ndarray  # (E, C, F) float32
     mask: np.ndarray  # (E, C) bool, False at padding
@@ -340,7 +341,8 @@ def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: st
     keep theirs and half get none, so the ranker learns lists both with agent rows and
     without them (what the inner loop alone serves) and neither case is new to it when
     serving (the split is salted apart from the validation users', so both halves are
-    validated); ``rows_share`` sets that share (1.0: every user keeps its rows, for a ranker
+    validated; a user with several row sets gives one example per set, so the share of
+    examples with rows is above the share of users); ``rows_share`` sets that share (1.0: every user keeps its rows, for a ranker
     that serves only users with rows, beside one trained without any). The report gives the held-out users' validation NDCG without any rows
     (``val_no_rows``: how this ranker serves the inner loop alone, the figure a replay uses to
     pick the inner arm's ranker) and the test cut without rows. ``agent_rows={}`` trains for the

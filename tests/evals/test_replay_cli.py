@@ -77,7 +77,19 @@ def test_inner_outer_trains_what_is_missing_once_and_reports_each_staleness(
         assert s["agents"]["ensemble"].get("ok", 0) + s["agents"]["ensemble"].get("killed", 0) == 6
         assert "ensemble_picks" in s["ablation_each_row_removed"]
         assert s["leakage"]["events_after_the_staleness_cut"] == 0 and s["budget"]["retries"] == 0
+    # every training user's rows fresh and once stale: two examples per user, all on one side
+    rep = served["report"]
+    assert rep["rows_provenance"]["every_user_at"] == [0] and rep["examples_train"] == 2 * rep["users_train"]
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out)["prepared"]["trained_now"] == []
+    # rankers trained for other epochs (the demo's short ones) are not reused as if they were these
+    from outerloop.errors import UserInputError
+    from outerloop.evals.prepare import prepare_outer_loop
+    from outerloop.inner_loop.model.artifacts import Artifacts, training_data
+
+    loaded = Artifacts.load(arts)
+    data = training_data(loaded, None, None)
+    with pytest.raises(UserInputError, match="inner-only ranker is missing or was trained for another setup"):
+        prepare_outer_loop(loaded, data, staleness=(0, 2), allow_training=False, ranker_epochs=3)
     assert main([*argv[:-3], "--staleness", "0,-1", "--json"]) == 2
     assert "--staleness must be comma-separated integers >= 0" in capsys.readouterr().err
