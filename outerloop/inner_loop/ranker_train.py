@@ -114,6 +114,20 @@ def _target_actions(data: InteractionData, cases: EvalCases, from_end: int) -> l
     return out
 
 
+# what the ranker reads of one row set: relative rows, log-prob rows (as candidates) and the
+# first log-prob row's scores
+_RowsRead = tuple[list[np.ndarray], list[np.ndarray], LogProbRow | None]
+
+
+def _rows_read(compiled: CompiledRows, reads_rows: Sequence[str] | None) -> _RowsRead:
+    """The part of one user's compiled rows a ranker reading ``reads_rows`` sees, as serving
+    merges it (rows it does not read are left out)."""
+    live = [r for r in compiled.rows if reads_rows is None or r.row.row_id in reads_rows]
+    first = next((r for r in live if r.row.log_prob), None)
+    lp_row = None if first is None else LogProbRow(first.item_ids, first.scores, compiled.events_since)
+    return ([r.item_ids for r in live if not r.row.log_prob], [r.item_ids for r in live if r.row.log_prob], lp_row)
+
+
 def build_examples(artifacts: ArtifactsLike, tables: FeatureTables, data: InteractionData, split: str, *,
                    n_candidates: int = 500, max_history: int = 200, batch_size: int = 256,
                    agent_rows: RowsByUser | None = None,
@@ -122,8 +136,9 @@ def build_examples(artifacts: ArtifactsLike, tables: FeatureTables, data: Intera
 
     ``agent_rows`` (user id -> that user's live rows, e.g. from
     :func:`outerloop.evals.replay.compile_outer_rows`) are merged as serving merges them; a
-    user missing from it gets none, and a user with rows compiled at several staleness settings
-    gives one example per setting (the same candidates from retrieval, other rows). Without it, each user gets the simulated "because you
+    user missing from it gets none, and a user with rows compiled at several staleness
+    settings gives one example per setting (the same candidates from retrieval, other rows).
+    Without it, each user gets the simulated "because you
     watched" row (catalogs up to ``SIMULATE_ROWS_MAX_ITEMS``). ``reads_rows``: the row ids the
     ranker reads (``RankerConfig.reads_rows``; None: every row), the rest left out as serving
     leaves them out."""
@@ -158,22 +173,12 @@ def build_examples(artifacts: ArtifactsLike, tables: FeatureTables, data: Intera
             target = int(cases.targets[i])
             a = target_actions[i]
             liked = np.nan if a is None else LIKED_BY_ACTION.get(a, np.nan)
-            compiled_all: Sequence[CompiledRows | None] = (
-                [None] if simulate else list((agent_rows or {}).get(cases.user_ids[i], ())) or [None])
-            for compiled in compiled_all:
-                lp_row: LogProbRow | None = None
-                if simulate:
-                    user_rows: Sequence[np.ndarray] = [rows[j].astype(np.int64)]
-                    scored: Sequence[np.ndarray] = []
-                else:
-                    live = compiled.rows if compiled is not None else []
-                    if reads_rows is not None:
-                        live = [r for r in live if r.row.row_id in reads_rows]
-                    user_rows = [r.item_ids for r in live if not r.row.log_prob]
-                    scored = [r.item_ids for r in live if r.row.log_prob]
-                    first = next((r for r in live if r.row.log_prob), None)
-                    if first is not None and compiled is not None:
-                        lp_row = LogProbRow(first.item_ids, first.scores, compiled.events_since)
+            if simulate:
+                row_sets: list[_RowsRead] = [([rows[j].astype(np.int64)], [], None)]
+            else:
+                per_user = (agent_rows or {}).get(cases.user_ids[i], ())
+                row_sets = [_rows_read(c, reads_rows) for c in per_user] or [([], [], None)]
+            for user_rows, scored, lp_row in row_sets:
                 cand, retr, row_pos, _ = merge_candidates(tables.vectors, vecs[j], ann, ann_s, user_rows, extra=scored)
                 retr = retr.astype(np.float32)
                 keep = ~np.isin(cand, seen)
@@ -342,8 +347,8 @@ def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: st
     without them (what the inner loop alone serves) and neither case is new to it when
     serving (the split is salted apart from the validation users', so both halves are
     validated; a user with several row sets gives one example per set, so the share of
-    examples with rows is above the share of users); ``rows_share`` sets that share (1.0: every user keeps its rows, for a ranker
-    that serves only users with rows, beside one trained without any). The report gives the held-out users' validation NDCG without any rows
+    examples with rows is above the share of users); ``rows_share`` sets that share (1.0:
+    every user keeps its rows, for a ranker that serves only users with rows, beside one trained without any). The report gives the held-out users' validation NDCG without any rows
     (``val_no_rows``: how this ranker serves the inner loop alone, the figure a replay uses to
     pick the inner arm's ranker) and the test cut without rows. ``agent_rows={}`` trains for the
     inner loop alone; without ``agent_rows``, every user gets a simulated "because you watched"
