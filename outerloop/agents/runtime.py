@@ -82,6 +82,11 @@ class LoopConfig:
     history_len: int = 200  # tokens of history read per cycle
     row_len: int = 50  # items per row
     ensemble_row_len: int = 300  # items in the ensemble agent's log-prob row (the ranker reads their scores)
+    # next-item branches of that row (its likeliest items; 0: none) and the items each keeps: a row
+    # one interaction old is served fresh when the user's next item was one of them. Each user's
+    # stored row grows by branches x len x 6 bytes (100 x 100: 60 kB, 80 kB as base64)
+    ensemble_branches: int = 100
+    ensemble_branch_len: int = 100
     # shared vector-search pool re-scored per user: what a tool-cache hit costs in quality. On
     # ML-1M (3,416 items, 64 clusters, 600 users) 600 lost 5.9% of recall@100 against uncached
     # search (p10 user 20%) at 90% hits, 1,500 loses 0.7% (p10 1%) at the same hits for ~0.1 ms

@@ -36,7 +36,7 @@ from pydantic import BaseModel
 from outerloop.budgets.context import RunContext
 from outerloop.contracts.budget import Budget
 from outerloop.contracts.plans import PlanStep
-from outerloop.contracts.rows import Row, ScoreKind
+from outerloop.contracts.rows import Row, RowBranches, ScoreKind
 from outerloop.contracts.triggers import SUBSCRIPTION_GROUPS, TRIGGER_KINDS, Subscription, Trigger, kinds_of
 from outerloop.errors import UsageError
 from outerloop.memory.facts import Fact, fact_class, fact_kinds
@@ -235,7 +235,8 @@ class _RowStager:
     def _stage_row(self, rows_key: str, model_version: str, now_ms: int, row_id: str,
                    title: str, reason: str, items: Sequence[tuple[int, float]], ttl_ms: int | None,
                    ordered: bool = False, score_kind: ScoreKind = "relative",
-                   history_ts: int | None = None) -> Row:
+                   history_ts: int | None = None, floor: float | None = None,
+                   branches: RowBranches | None = None) -> Row:
         if row_id not in self.spec.rows:
             raise UsageError(f"agent {self.spec.name!r} may only emit rows {list(self.spec.rows)}, "
                              f"not {row_id!r} (declare it in @agent(rows=...))")
@@ -244,7 +245,7 @@ class _RowStager:
             items=[(int(i), round(float(s), 6)) for i, s in items],
             produced_by=self.spec.name, run_id=self.run.run_id, model_version=model_version,
             created_at=now_ms, expires_at=now_ms + (ttl_ms if ttl_ms is not None else self.spec.row_ttl_ms),
-            ordered=ordered, score_kind=score_kind, history_ts=history_ts,
+            ordered=ordered, score_kind=score_kind, history_ts=history_ts, floor=floor, branches=branches,
         )
         self.run.stage(rows_key, row.model_dump_json(), field=row_id)
         self._rows[row_id] = row
@@ -443,15 +444,18 @@ class AgentContext(_RowStager):
         return self._clusters.assign(vec)
 
     def emit_row(self, row_id: str, *, title: str, reason: str, items: Sequence[tuple[int, float]],
-                 ttl_ms: int | None = None, ordered: bool = False, score_kind: ScoreKind = "relative") -> Row:
+                 ttl_ms: int | None = None, ordered: bool = False, score_kind: ScoreKind = "relative",
+                 floor: float | None = None, branches: RowBranches | None = None) -> Row:
         """Stage a row; it reaches ``Keys.rows(user)`` only if this run commits in budget.
         ``ordered``: serve the items in this order (the inner loop otherwise re-ranks them).
         ``score_kind="log_prob"``: the scores are log-probabilities of being the next item, which
-        the inner loop's ranker reads as a feature. The row records the newest event it saw."""
+        the inner loop's ranker reads as a feature (``floor``: where the row was cut; ``branches``:
+        the row had the next interaction been each of several items, see ``RowBranches``). The
+        row records the newest event it saw."""
         ts = self.scope.history.ts
         return self._stage_row(self._keys.rows(self.user_id), self._artifacts.model_version,
                                self.now_ms, row_id, title, reason, items, ttl_ms, ordered, score_kind,
-                               int(ts[-1]) if len(ts) else None)
+                               int(ts[-1]) if len(ts) else None, floor, branches)
 
     def raise_trigger(self, trigger: Trigger) -> None:
         """Ask the planner to look at this (e.g. a drift flag)."""
@@ -592,10 +596,11 @@ class IsolatedContext(_RowStager):
     artifacts = catalog
 
     def emit_row(self, row_id: str, *, title: str, reason: str, items: Sequence[tuple[int, float]],
-                 ttl_ms: int | None = None, ordered: bool = False, score_kind: ScoreKind = "relative") -> Row:
+                 ttl_ms: int | None = None, ordered: bool = False, score_kind: ScoreKind = "relative",
+                 floor: float | None = None, branches: RowBranches | None = None) -> Row:
         p = self.payload
         return self._stage_row(p.rows_key, p.model_version, p.now_ms, row_id, title, reason, items, ttl_ms,
-                               ordered, score_kind, int(p.ts[-1]) if len(p.ts) else None)
+                               ordered, score_kind, int(p.ts[-1]) if len(p.ts) else None, floor, branches)
 
 
 async def run_agent(run: RunContext, spec: AgentSpec, step: PlanStep, scope: "CycleScope",

@@ -27,6 +27,9 @@ EVENT_TYPES: tuple[str, ...] = (
     "search",
     "episode_release",
 )
+# an event type's integer id in histories and model inputs (0 = padding / unknown): the model's
+# action-token vocabulary
+ACTION_ID: dict[str, int] = {name: i + 1 for i, name in enumerate(EVENT_TYPES)}
 EventType = Literal[
     "impression", "click", "play", "pause", "seek", "finish", "skip",
     "add_to_list", "rate", "search", "episode_release",

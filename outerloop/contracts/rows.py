@@ -20,6 +20,8 @@ to decode (:class:`RowDecodeError`) and where expiry counts:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,8 +29,9 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from outerloop.contracts.events import ACTION_ID
 from outerloop.errors import OuterloopError
 
 _SECONDS_BELOW = 10**11  # 10^11 s is the year 5138; 10^11 ms is 1973
@@ -52,6 +55,67 @@ def to_epoch_ms(value: Any) -> int | None:
 
 
 ScoreKind = Literal["relative", "log_prob"]
+
+
+class RowBranches(BaseModel):
+    """What a log-prob row would hold had the user's next interaction been each of ``after``:
+    the outer loop's answer to staleness. A row is compiled from the history as it was; when
+    the user's first interaction since is one of ``after`` (the agent guesses the likeliest),
+    the inner loop serves that branch, a row one interaction fresher, and otherwise the row.
+
+    The branches travel packed (base64 of little-endian arrays, ``width`` per branch, item 0
+    = padding): a hundred branches of a hundred items as JSON pairs cost milliseconds to
+    validate on every request; packed they decode in microseconds, and only when used.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    after: list[int] = Field(description="the assumed next item of each branch")
+    width: int = Field(ge=1, le=10_000, description="items per branch (padded with item 0)")
+    items: str = Field(description="base64 of int32 (len(after), width): each branch's items, best first")
+    log_probs: str = Field(description="base64 of float16 (len(after), width): their log-probabilities")
+    floor: list[float | None] = Field(description="per branch, the log-probability where a row of the "
+                                      "unbranched row's length would have ended (None: unknown)")
+
+    @model_validator(mode="after")
+    def _shapes(self) -> "RowBranches":
+        n = len(self.after) * self.width
+        if len(self.floor) != len(self.after):
+            raise ValueError(f"floor has {len(self.floor)} values for {len(self.after)} branches")
+        for name, size in (("items", 4), ("log_probs", 2)):
+            try:
+                got = len(base64.b64decode(getattr(self, name), validate=True))
+            except (binascii.Error, ValueError):
+                raise ValueError(f"{name} is not base64") from None
+            if got != n * size:
+                raise ValueError(f"{name} holds {got} bytes, not {len(self.after)} x {self.width} x {size}")
+        return self
+
+    @classmethod
+    def pack(cls, branches: Sequence[tuple[int, Sequence[tuple[int, float]], float | None]]) -> "RowBranches":
+        """From ``(after, [(item, log_prob), ...], floor)`` per branch."""
+        width = max([1, *(len(items) for _, items, _ in branches)])
+        ids = np.zeros((len(branches), width), dtype="<i4")
+        lps = np.full((len(branches), width), -np.inf, dtype="<f2")
+        for r, (_, items, _) in enumerate(branches):
+            if items:
+                ids[r, : len(items)] = [i for i, _ in items]
+                lps[r, : len(items)] = [s for _, s in items]
+        return cls(after=[int(a) for a, _, _ in branches], width=width,
+                   items=base64.b64encode(ids.tobytes()).decode(), log_probs=base64.b64encode(lps.tobytes()).decode(),
+                   floor=[None if f is None else float(f) for _, _, f in branches])
+
+    def branch(self, after: int) -> tuple[np.ndarray, np.ndarray, float | None] | None:
+        """The items (int64), log-probabilities (float32) and floor of the branch for ``after``;
+        ``None`` when no branch assumed it."""
+        try:
+            r = self.after.index(int(after))
+        except ValueError:
+            return None
+        ids = np.frombuffer(base64.b64decode(self.items), dtype="<i4").reshape(-1, self.width)[r]
+        lps = np.frombuffer(base64.b64decode(self.log_probs), dtype="<f2").reshape(-1, self.width)[r]
+        keep = ids > 0
+        return ids[keep].astype(np.int64), lps[keep].astype(np.float32), self.floor[r]
 
 
 class Row(BaseModel):
@@ -79,6 +143,11 @@ class Row(BaseModel):
                                   "across rows and users, which the inner loop's ranker reads as a feature")
     history_ts: int | None = Field(default=None, description="event time (ms) of the newest interaction the run "
                                    "saw; the inner loop counts the user's interactions since (the row's staleness)")
+    floor: float | None = Field(default=None, description="log_prob rows: the log-probability below which the "
+                                "agent cut the row; an item not in it counts as below that (default: the "
+                                "row's lowest score)")
+    branches: RowBranches | None = Field(default=None, description="log_prob rows: the row had the next "
+                                         "interaction been each of several items (see RowBranches)")
 
     def item_ids(self) -> list[int]:
         return [i for i, _ in self.items]
@@ -89,6 +158,16 @@ class Row(BaseModel):
     @property
     def log_prob(self) -> bool:
         return self.score_kind == "log_prob"
+
+    def continued(self, next_item: int, next_ts: int) -> "Row | None":
+        """This row as its branch for ``next_item`` would have it (compiled one interaction
+        later, at ``next_ts``), or ``None`` when it has no such branch."""
+        got = None if self.branches is None else self.branches.branch(next_item)
+        if got is None:
+            return None
+        ids, lps, floor = got
+        return self.model_copy(update={"items": list(zip(ids.tolist(), lps.tolist())), "history_ts": int(next_ts),
+                                       "floor": floor, "branches": None})
 
 
 class RowDecodeError(OuterloopError):
@@ -151,6 +230,37 @@ class AgentRow:
             return None
         return cls(row, np.fromiter((i for i, _ in known), np.int64, len(known)),
                    np.fromiter((s for _, s in known), np.float32, len(known)))
+
+
+def continue_rows(rows: Sequence[AgentRow], items: np.ndarray, ts: np.ndarray, actions: np.ndarray | None,
+                  n_items: int) -> tuple[list[AgentRow], int]:
+    """``rows`` with each row that has branches (:class:`RowBranches`) and that the user has
+    moved past replaced by its branch for the first interaction since, when it has one and that
+    interaction took the item (not a skip); and how many were replaced. ``items``, ``ts``,
+    ``actions``: the user's history, newest last."""
+    out: list[AgentRow] = []
+    hits = 0
+    for r in rows:
+        served = None
+        if r.row.branches is not None and r.row.history_ts is not None and ts.shape[0]:
+            # the first event after the row's history; j = 0: the row is older than the history read
+            j = int(np.searchsorted(ts, r.row.history_ts, side="right"))
+            if 1 <= j < items.shape[0]:
+                served = continue_row(r, int(items[j]), None if actions is None else int(actions[j]),
+                                      int(ts[j]), n_items)
+        out.append(served or r)
+        hits += served is not None
+    return out, hits
+
+
+def continue_row(row: AgentRow, next_item: int, next_action: int | None, next_ts: int,
+                 n_items: int) -> AgentRow | None:
+    """``row``'s branch for a next interaction with ``next_item`` at ``next_ts``, or ``None``
+    when it has none, or the interaction was a skip (a branch assumes the item was taken)."""
+    if next_action == ACTION_ID["skip"]:
+        return None
+    cont = row.row.continued(next_item, next_ts)
+    return None if cont is None else AgentRow.of(cont, n_items)
 
 
 def live_rows(raw_rows: Mapping[str, bytes], *, now_ms: int, n_items: int,

@@ -11,10 +11,9 @@ from typing import Literal
 
 import numpy as np
 
-from outerloop.contracts.events import EVENT_TYPES
-
-# the model's action-token vocabulary: an event type's index in EVENT_TYPES + 1 (0 = unknown / padding)
-ACTION_ID: dict[str, int] = {name: i + 1 for i, name in enumerate(EVENT_TYPES)}
+# ACTION_ID, the model's action-token vocabulary (an event type's index in EVENT_TYPES + 1, 0 =
+# unknown / padding), is defined with the event types and re-exported here
+from outerloop.contracts.events import ACTION_ID, EVENT_TYPES  # noqa: F401
 
 
 @dataclass(frozen=True, slots=True)

@@ -110,6 +110,12 @@ def rows_provenance(artifacts: "Artifacts", staleness: Sequence[int] | None, *,
                            "staleness": None if staleness is None else list(staleness)}
     if staleness is not None:
         out["every_user_at"] = [k for k in every_user_at if k in staleness]
+        if ens is not None:  # how the ensemble agent's rows branch (see LoopConfig.ensemble_branches)
+            from outerloop.agents.runtime import LoopConfig
+
+            cfg = LoopConfig()
+            out["ensemble_row"] = {"len": cfg.ensemble_row_len, "branches": cfg.ensemble_branches,
+                                   "branch_len": cfg.ensemble_branch_len}
     return out
 
 

@@ -403,6 +403,7 @@ class _Tally:
     row_missing: dict[str, int] = dataclasses.field(default_factory=dict)  # users served without the agent's row
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     ranker_used: int = 0
+    rows_continued: int = 0  # users whose row the funnel served as its branch for their next item
     exposed_events: int = 0
     exposed_after_request: int = 0
     exposed_after_staleness_cut: int = 0
@@ -538,8 +539,10 @@ class _OuterReplayRun:
                 inner.setdefault(name, []).append(
                     _ndcg_at(funnel.recommend(plain, k, now_ms=self.t0).rows[0].item_ids, target, k)[0])
         cpu = time.process_time()
+        continued = self.funnel.stats["rows_continued"]
         outer = self.funnel.recommend(state, k, now_ms=self.t0)
         t.request_cpu_ms.append((time.process_time() - cpu) * 1000.0)
+        t.rows_continued += self.funnel.stats["rows_continued"] > continued
         top_out = outer.rows[0]
         g_out, pos = _ndcg_at(top_out.item_ids, target, k)
         t.outer.append(g_out)
@@ -811,6 +814,8 @@ def _staleness_report(cfg: OuterReplay, k_stale: int, tally: _Tally, budget: dic
             "tool_calls_by_agent": tally.tool_calls,
             "runs_not_ok": dict(sorted(tally.failures.items(), key=lambda kv: -kv[1])[:10]),
             "ranker_used_share": round(tally.ranker_used / n, 4) if n else 0.0,
+            # rows one or more interactions old served as the branch for the user's next item
+            "users_served_a_row_branch": tally.rows_continued,
             "cache_hit_rates": {k_: v for k_, v in stats.items() if "hit_rate" in k_ or k_ == "tool_cache_by_tool"},
         },
         "seconds": tally.seconds,

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from outerloop.contracts.rows import CompiledRows, RowsByUser
+from outerloop.contracts.rows import CompiledRows, RowsByUser, continue_row
 from outerloop.data.schema import ACTION_ID, InteractionData
 from outerloop.inner_loop.model.covisit import CoVisitation
 from outerloop.inner_loop.model.evaluate import EvalCases, leave_one_out, train_sequences
@@ -119,12 +119,25 @@ def _target_actions(data: InteractionData, cases: EvalCases, from_end: int) -> l
 _RowsRead = tuple[list[np.ndarray], list[np.ndarray], LogProbRow | None]
 
 
-def _rows_read(compiled: CompiledRows, reads_rows: Sequence[str] | None) -> _RowsRead:
+def _rows_read(compiled: CompiledRows, reads_rows: Sequence[str] | None, history: np.ndarray,
+               actions: np.ndarray | None, n_items: int) -> _RowsRead:
     """The part of one user's compiled rows a ranker reading ``reads_rows`` sees, as serving
-    merges it (rows it does not read are left out)."""
+    merges it (rows it does not read are left out; a row with branches the user moved past
+    serves the branch for their next interaction, one interaction fresher: ``continue_rows``).
+    ``history``, ``actions``: the user's, up to the request."""
+    since = compiled.events_since
     live = [r for r in compiled.rows if reads_rows is None or r.row.row_id in reads_rows]
+    fresher: set[str] = set()
+    if 1 <= since <= history.shape[0]:
+        nxt, act = int(history[-since]), None if actions is None else int(actions[-since])
+        for n, r in enumerate(live):
+            cont = continue_row(r, nxt, act, 0, n_items) if r.row.branches is not None else None
+            if cont is not None:
+                live[n] = cont
+                fresher.add(r.row.row_id)
     first = next((r for r in live if r.row.log_prob), None)
-    lp_row = None if first is None else LogProbRow(first.item_ids, first.scores, compiled.events_since)
+    lp_row = None if first is None else LogProbRow(
+        first.item_ids, first.scores, since - (first.row.row_id in fresher), first.row.floor)
     return ([r.item_ids for r in live if not r.row.log_prob], [r.item_ids for r in live if r.row.log_prob], lp_row)
 
 
@@ -177,7 +190,9 @@ def build_examples(artifacts: ArtifactsLike, tables: FeatureTables, data: Intera
                 row_sets: list[_RowsRead] = [([rows[j].astype(np.int64)], [], None)]
             else:
                 per_user = (agent_rows or {}).get(cases.user_ids[i], ())
-                row_sets = [_rows_read(c, reads_rows) for c in per_user] or [([], [], None)]
+                hist_i = np.asarray(cases.histories[i], dtype=np.int64)
+                acts_i = None if cases.actions is None else np.asarray(cases.actions[i], dtype=np.int64)
+                row_sets = [_rows_read(c, reads_rows, hist_i, acts_i, n_items) for c in per_user] or [([], [], None)]
             for user_rows, scored, lp_row in row_sets:
                 cand, retr, row_pos, _ = merge_candidates(tables.vectors, vecs[j], ann, ann_s, user_rows, extra=scored)
                 retr = retr.astype(np.float32)

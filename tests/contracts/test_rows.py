@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
-from outerloop.contracts.rows import AgentRow, Row, RowDecodeError, decode_row, live_rows, stored_rows
+from outerloop.contracts.events import ACTION_ID
+from outerloop.contracts.rows import (AgentRow, Row, RowBranches, RowDecodeError, continue_rows, decode_row,
+                                      live_rows, stored_rows)
 
 NOW = 1_750_000_000_000
 
@@ -58,3 +61,60 @@ def test_the_inner_loop_skips_and_counts_what_it_cannot_serve() -> None:
     assert partly.item_ids.tolist() == [4] and partly.scores.tolist() == [pytest.approx(0.2)]  # known items only
     assert AgentRow.of(decode_row(row_bytes(items=[[11, 1.0]])), n_items=10) is None
     assert [r.row.row_id for r in live_rows(raw, now_ms=NOW, n_items=10, limit=1)[0]] == ["newer"]
+
+
+def branched_row(**fields: object) -> Row:
+    """A log-prob row compiled at NOW - 100 with branches for items 3 and 5."""
+    branches = RowBranches.pack([(3, [(7, -1.5), (8, -2.25)], -9.0), (5, [(9, -1.0)], None)])
+    doc = {"row_id": "ens", "title": "t", "reason": "r", "items": [(3, -1.0), (5, -1.2), (6, -3.0)],
+           "produced_by": "ensemble", "run_id": "x", "model_version": "m", "created_at": NOW,
+           "expires_at": NOW + 60_000, "score_kind": "log_prob", "history_ts": NOW - 100, "branches": branches}
+    doc.update(fields)
+    return Row.model_validate(doc)
+
+
+def test_branches_round_trip_packed_and_a_branch_is_the_row_one_interaction_later() -> None:
+    row = branched_row()
+    again = decode_row(row.model_dump_json())
+    assert again == row and again.branches is not None and again.branches.width == 2
+    ids, lps, floor = again.branches.branch(3)
+    assert ids.tolist() == [7, 8] and lps.tolist() == [-1.5, -2.25] and floor == -9.0
+    ids, _, floor = again.branches.branch(5)
+    assert ids.tolist() == [9] and floor is None  # padding (item 0) is not an item
+    assert again.branches.branch(6) is None
+    cont = again.continued(3, NOW - 50)
+    assert cont is not None and cont.item_ids() == [7, 8] and cont.history_ts == NOW - 50
+    assert cont.floor == -9.0 and cont.branches is None  # a branch does not branch again
+    assert again.continued(4, NOW - 50) is None
+
+
+@pytest.mark.parametrize("change", [{"items": "not base64!"}, {"log_probs": "AAAA"}, {"floor": [1.0]},
+                                    {"after": [3]}])
+def test_branches_that_do_not_match_their_shape_fail_to_decode(change: dict[str, object]) -> None:
+    doc = json.loads(branched_row().model_dump_json())
+    doc["branches"].update(change)
+    with pytest.raises(RowDecodeError, match="branches"):
+        decode_row(json.dumps(doc))
+
+
+def test_the_inner_loop_serves_the_branch_of_what_the_user_did_next() -> None:
+    row = AgentRow.of(branched_row(), n_items=10)
+    plain = AgentRow.of(decode_row(row_bytes("plain")), n_items=10)
+    ts = np.asarray([NOW - 300, NOW - 100, NOW - 60, NOW - 10])  # the row saw up to NOW - 100
+
+    def served(next_item: int, next_action: int | None = None, times: np.ndarray = ts) -> tuple[list[int], int]:
+        items = np.asarray([1, 2, next_item, 4])
+        actions = None if next_action is None else np.asarray([9, 9, next_action, 9])
+        rows, hits = continue_rows([row, plain], items, times, actions, n_items=10)
+        assert rows[1] is plain  # a row without branches is served as it is
+        return rows[0].item_ids.tolist(), hits
+
+    assert served(3) == ([7, 8], 1)
+    assert served(5) == ([9], 1)
+    assert served(6) == ([3, 5, 6], 0)  # no branch for it: the row itself
+    assert served(3, ACTION_ID["skip"]) == ([3, 5, 6], 0)  # a skipped item was not taken
+    assert served(3, ACTION_ID["rate"]) == ([7, 8], 1)
+    # the row's own newest event is older than the history read: what came next is unknown
+    assert served(3, times=ts + 1_000) == ([3, 5, 6], 0)
+    # nothing since the row: it is fresh as it is
+    assert served(3, times=ts - 1_000) == ([3, 5, 6], 0)

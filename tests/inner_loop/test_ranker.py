@@ -224,6 +224,28 @@ def test_training_lists_merge_given_agent_rows_as_serving_does(tiny_artifacts, t
     i0, i1 = (set(two.items[n][two.mask[n]].tolist()) for n in at)
     assert set(lp_ids) <= i0 and unseen[8] in i1 and unseen[8] not in i0 - set(lp_ids)
     assert two.relevance[at[0]].sum() == two.relevance[at[1]].sum()  # the same target, labelled in both
+    # a row with branches compiled one interaction back: the user's last item picks the branch the
+    # ranker learns from (one interaction fresher, its floor filling the items it left out), as served
+    from outerloop.contracts.rows import RowBranches
+
+    last = int(cases.histories[0][-1])
+    branches = RowBranches.pack([(last, [(unseen[9], -0.25)], -6.0), (unseen[10], [(unseen[11], -0.5)], None)])
+    branched = Row(row_id="lp", title="lp", reason="", items=list(zip(lp_ids, lp_scores)), produced_by="test",
+                   run_id="r", model_version="m", created_at=0, expires_at=1, score_kind="log_prob", branches=branches)
+    h0 = cases.histories[0].tolist()
+    other_next = next(k for k in range(2, len(h0) + 1) if h0[-k] != last)  # a next item with no branch
+    for since, want_items, want_since in ((1, [unseen[9]], 0), (other_next, lp_ids, other_next)):
+        got = build_examples(tiny_artifacts, tables, tiny_data, "valid", n_candidates=5,
+                             agent_rows={with_rows: [CompiledRows([AgentRow.of(branched, len(tiny_artifacts.catalog))],
+                                                                  since)]})
+        f = got.feats[first][got.mask[first]]
+        its = got.items[first][got.mask[first]].tolist()
+        assert set(want_items) <= set(its) and f[:, col["log_prob_row_staleness"]] == pytest.approx(np.log1p(want_since))
+        lp_of = dict(zip(its, f[:, col["log_prob"]].tolist()))
+        if since == 1:
+            assert lp_of[unseen[9]] == pytest.approx(-0.25)
+            others = [v for i, v in lp_of.items() if i != unseen[9]]
+            assert others and others == pytest.approx([-7.0] * len(others))  # not in the branch: its floor - 1
 
 
 def test_a_correction_reads_only_its_rows_and_is_scored_on_users_nobody_fitted(

@@ -199,6 +199,39 @@ class Artifacts:
         out[live] = u.numpy()
         return out
 
+    def branch_encode(self, history: Sequence[int], after: Sequence[int], actions: Sequence[int] | None = None,
+                      ts: Sequence[int] | None = None, next_action: int | None = None) -> np.ndarray:
+        """(len(after), d) user vectors of ``history`` followed by each item of ``after``: what
+        ``encode`` gives for ``history + [x]``, each x at the newest event's time, with action
+        ``next_action`` (default: the newest event's); see :meth:`SeqRecModel.branch_vectors`:
+        the history is encoded once."""
+        h = np.asarray(history, dtype=np.int64)
+        nxt = np.asarray(after, dtype=np.int64)
+        d = self.item_vectors.shape[1]
+        if nxt.shape[0] == 0:
+            return np.zeros((0, d), dtype=np.float32)
+        n_items = len(self.catalog)
+        if h.shape[0] == 0:
+            raise UserInputError("branch_encode needs a non-empty history")
+        for name, ids in (("history", h), ("after", nxt)):
+            if ids.min() < 1 or ids.max() > n_items:
+                raise UserInputError(f"{name} has item ids outside 1..{n_items} of model {self.model_version}")
+        keep = self.model.cfg.max_len - 1  # the history's window, the new event makes max_len
+
+        def with_placeholder(xs: Sequence[int] | None, last: int | None = None) -> list[list[int]] | None:
+            if xs is None:
+                return None
+            xs = list(xs)[-keep:] if keep > 0 else []
+            return [xs + ([last] if last is not None else xs[-1:])]
+
+        batch = make_batch(self.model.cfg, with_placeholder(h.tolist()),  # type: ignore[arg-type]
+                           with_placeholder(actions, next_action), with_placeholder(ts))
+        with torch.inference_mode():
+            u = self.model.branch_vectors(batch, torch.from_numpy(nxt), self._table)
+            if self._rotation_t is not None:
+                u = u @ self._rotation_t
+        return u.numpy().astype(np.float32, copy=False)
+
     def scores(self, histories: list[Sequence[int]], actions: Any = None, ts: Any = None) -> np.ndarray:
         """(B, N+1) score of every item (column 0 is padding): the evaluation scorer."""
         return self.encode(histories, actions, ts) @ self.item_vectors.T

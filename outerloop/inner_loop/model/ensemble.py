@@ -76,24 +76,46 @@ class EnsembleConfig:
 _SKIP = ACTION_ID["skip"]
 
 
+def _model_input(model: "Artifacts", h: Any, a: Any, t: Any, max_len: int,
+                 ) -> tuple[list[int], list[int] | None, list[int] | None]:
+    """One history's last ``max_len`` events as a transformer is fed them: a model without
+    action inputs does not see skips (it would read them as interest)."""
+    h = np.asarray(h, dtype=np.int64)
+    a = None if a is None else np.asarray(a, dtype=np.int64)
+    t = None if t is None else np.asarray(t, dtype=np.int64)
+    if a is not None and not getattr(model.config, "use_actions", False) and a.shape[0] == h.shape[0]:
+        keep = a != _SKIP
+        h, a, t = h[keep], a[keep], (t[keep] if t is not None and t.shape[0] == keep.shape[0] else t)
+    return (h[-max_len:].tolist(), None if a is None else a[-max_len:].tolist(),
+            None if t is None else t[-max_len:].tolist())
+
+
 def _transformer_scores(model: "Artifacts", histories: Sequence[Any], actions: Any, ts: Any, max_len: int) -> np.ndarray:
-    """A transformer's (B, N+1) scores of the last ``max_len`` events, as the funnel feeds it: a
-    model without action inputs does not see skips (it would read them as interest)."""
-    uses_actions = bool(getattr(model.config, "use_actions", False))
-    hs, acts, tss = [], [], []
-    for r, h in enumerate(histories):
-        h = np.asarray(h, dtype=np.int64)
-        a = None if actions is None or actions[r] is None else np.asarray(actions[r], dtype=np.int64)
-        t = None if ts is None or ts[r] is None else np.asarray(ts[r], dtype=np.int64)
-        if a is not None and not uses_actions and a.shape[0] == h.shape[0]:
-            keep = a != _SKIP
-            h, a, t = h[keep], a[keep], (t[keep] if t is not None and t.shape[0] == keep.shape[0] else t)
-        hs.append(h[-max_len:].tolist())
-        acts.append(None if a is None else a[-max_len:].tolist())
-        tss.append(None if t is None else t[-max_len:].tolist())
+    """A transformer's (B, N+1) scores of the last ``max_len`` events (see :func:`_model_input`)."""
+    rows = [_model_input(model, h, None if actions is None else actions[r], None if ts is None else ts[r], max_len)
+            for r, h in enumerate(histories)]
+    hs, acts, tss = [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
     a_arg = None if actions is None or any(a is None for a in acts) else acts
     t_arg = None if ts is None or any(t is None for t in tss) else tss
     return model.scores(hs, a_arg, t_arg)
+
+
+def _transformer_branch_scores(model: "Artifacts", history: Any, actions: Any, ts: Any, after: np.ndarray,
+                               max_len: int) -> np.ndarray:
+    """(len(after), N+1) scores of ``history + [x]`` for each x of ``after``, as
+    :func:`_transformer_scores` would give them one history at a time."""
+    h, a, t = _model_input(model, history, actions, ts, max_len - 1)
+    if not h:  # only skips: each continuation is a one-event history
+        return _transformer_scores(model, [[int(x)] for x in after], None, None, max_len)
+    return model.branch_encode(h, after, a, t, next_action=taken_action(a)) @ model.item_vectors.T
+
+
+def taken_action(actions: Sequence[int] | None) -> int | None:
+    """The action a continuation takes: the user's newest that is not a skip (a branch is an
+    item taken), or the newest when all are skips."""
+    if not actions:
+        return None
+    return next((int(a) for a in reversed(actions) if a != _SKIP), int(actions[-1]))
 
 
 def _zscore(s: np.ndarray) -> np.ndarray:
@@ -148,19 +170,38 @@ class EaseModel:
         age = np.arange(n - 1, -1, -1, dtype=np.float32)
         return (0.5 ** (age / self.half_life)).astype(np.float32)
 
+    def bag(self, history: np.ndarray, actions: Any = None) -> np.ndarray:
+        """(N+1,) the history as EASE reads it: each item's largest weight, skips left out."""
+        n = self.weights.shape[0]
+        x = np.zeros(n, dtype=np.float32)
+        h = np.asarray(history, dtype=np.int64)
+        w = self.user_weights(h)
+        keep = (h >= 1) & (h < n)
+        if actions is not None and len(actions) == len(h):
+            keep &= np.asarray(actions) != _SKIP
+        if keep.any():
+            np.maximum.at(x, h[keep], w[keep])
+        return x
+
+    def branch_scores(self, history: np.ndarray, after: np.ndarray, actions: Any = None) -> np.ndarray:
+        """(len(after), N+1) scores of ``history + [x]`` for each x of ``after``. The bag is
+        linear in the history: one more event ages every weight by one step and gives x weight
+        1, so each continuation is the history's scores, decayed, plus x's row of ``B``."""
+        decay = 0.5 ** (1.0 / self.half_life) if self.half_life > 0 else 1.0
+        x = self.bag(history, actions)
+        nz = np.flatnonzero(x)
+        base = x[nz] @ self.weights[nz]  # (N+1,)
+        after = np.asarray(after, dtype=np.int64)
+        gain = (1.0 - decay * x[after]).astype(np.float32)  # x's weight goes from decay * old to 1
+        return (decay * base)[None, :] + gain[:, None] * self.weights[after]
+
     def scores(self, histories: Sequence[np.ndarray], actions: Sequence[Any] | None = None) -> np.ndarray:
         """(B, N+1) EASE scores; a history is a bag of its items, recent ones weighted up and
         skipped ones (``actions``) left out."""
         n = self.weights.shape[0]
         x = np.zeros((len(histories), n), dtype=np.float32)
         for r, h in enumerate(histories):
-            h = np.asarray(h, dtype=np.int64)
-            w = self.user_weights(h)
-            keep = (h >= 1) & (h < n)
-            if actions is not None and actions[r] is not None and len(actions[r]) == len(h):
-                keep &= np.asarray(actions[r]) != _SKIP
-            if keep.any():
-                np.maximum.at(x[r], h[keep], w[keep])
+            x[r] = self.bag(h, None if actions is None else actions[r])
         if len(histories) > 8:  # batches (training, evaluation): one dense product
             return x @ self.weights
         out = np.zeros((len(histories), n), dtype=np.float32)
@@ -168,6 +209,25 @@ class EaseModel:
             nz = np.flatnonzero(x[r])
             out[r] = x[r, nz] @ self.weights[nz]
         return out
+
+
+def _top_k(lp: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest finite values of ``lp``, largest first."""
+    k = max(0, min(k, int(np.isfinite(lp).sum())))
+    if k == 0:
+        return np.zeros(0, dtype=np.int64)
+    idx = np.argpartition(-lp, k - 1)[:k]
+    return idx[np.argsort(-lp[idx], kind="stable")]
+
+
+@dataclass(frozen=True, slots=True)
+class Branch:
+    """The heavy model's next items had the user's next interaction been ``after``."""
+
+    after: int
+    item_ids: np.ndarray  # (k,) int64, most likely first
+    log_probs: np.ndarray  # (k,) float32
+    floor: float | None = None  # log-prob where a full-length row would have ended (None: not asked)
 
 
 @dataclass
@@ -215,12 +275,39 @@ class Ensemble:
         """The ``k`` most likely next items for one history, with their log-probabilities."""
         lp = self.log_probs([history], None if actions is None else [actions], None if ts is None else [ts],
                             None if exclude is None else [exclude])[0]
-        k = max(0, min(k, int(np.isfinite(lp).sum())))
-        if k == 0:
-            return []
-        idx = np.argpartition(-lp, k - 1)[:k]
-        idx = idx[np.argsort(-lp[idx], kind="stable")]
+        idx = _top_k(lp, k)
         return [(int(i), float(lp[i])) for i in idx]
+
+    def branches(self, history: np.ndarray, after: Sequence[int], k: int, *, actions: Any = None, ts: Any = None,
+                 exclude: np.ndarray | None = None, floor_at: int | None = None) -> list["Branch"]:
+        """For each item x of ``after``: the ``k`` most likely next items had the user's next
+        interaction been x, i.e. :meth:`top` of ``history + [x]`` (x taking the newest event's
+        action and time) with x excluded too. Costs about one :meth:`top`: the transformers
+        encode the history once and each x is one more token (``Artifacts.branch_encode``), and
+        EASE is linear in the history. ``floor_at``: each branch's ``floor`` is the log-probability
+        of its ``floor_at``-th item (a row of that length would have ended there)."""
+        h = np.asarray(history, dtype=np.int64)
+        nxt = np.asarray(after, dtype=np.int64)
+        if nxt.shape[0] == 0 or h.shape[0] == 0:
+            return []
+        z = {"base": _zscore(_transformer_branch_scores(self.base, h, actions, ts, nxt, self.max_len))}
+        for i, m in enumerate(self.members):
+            z[f"member-{i + 1}"] = _zscore(_transformer_branch_scores(m, h, actions, ts, nxt, self.max_len))
+        if self.ease is not None:
+            z[EASE] = _zscore(self.ease.branch_scores(h, nxt, actions))
+        s = self.mix(z) / self.temperature
+        s[:, 0] = -np.inf
+        s[:, h if exclude is None else np.asarray(exclude, dtype=np.int64)] = -np.inf
+        s[np.arange(nxt.shape[0]), nxt] = -np.inf
+        m = s.max(1, keepdims=True)
+        lp = (s - m - np.log(np.exp(s - m).sum(1, keepdims=True))).astype(np.float32)
+        out = []
+        for r, x in enumerate(nxt.tolist()):
+            idx = _top_k(lp[r], max(k, floor_at or 0))
+            floor = float(lp[r, idx[floor_at - 1]]) if floor_at and len(idx) >= floor_at else None
+            idx = idx[:k]
+            out.append(Branch(int(x), idx.astype(np.int64), lp[r, idx], floor))
+        return out
 
     # ---- files ----------------------------------------------------------------------------
     @staticmethod

@@ -167,13 +167,15 @@ class LogProbRow:
     item_ids: np.ndarray  # (R,) int64
     log_probs: np.ndarray  # (R,) float32
     events_since: int = 0
+    floor: float | None = None  # where the agent cut the row (``Row.floor``); None: its lowest score
 
     def lookup(self, cand: np.ndarray) -> np.ndarray:
-        """(C,) log-probability of each candidate; items not in the row get the row's minimum
-        minus one (they ranked below everything the row kept)."""
+        """(C,) log-probability of each candidate; items not in the row get the row's floor
+        (default its minimum) minus one: they ranked below everything the row kept."""
         order = np.argsort(self.item_ids, kind="stable")
         ids, lp = self.item_ids[order], self.log_probs[order]
-        fill = float(lp.min()) - 1.0 if lp.shape[0] else 0.0
+        lowest = self.floor if self.floor is not None else (float(lp.min()) if lp.shape[0] else None)
+        fill = 0.0 if lowest is None else lowest - 1.0
         if not ids.shape[0]:
             return np.full(cand.shape[0], fill, dtype=np.float32)
         idx = np.minimum(np.searchsorted(ids, cand), ids.shape[0] - 1)

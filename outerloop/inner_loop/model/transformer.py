@@ -216,6 +216,22 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, C)
         return fast_dropout(self.proj(y), self.dropout, self.training)
 
+    def extend(self, ctx: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(Bb, 1, C): one new token per branch ``y`` (Bb, 1, C), each appended after the same
+        context ``ctx`` (1, T, C) and attending to it and itself; the context's keys and values
+        are computed once for every branch (what :meth:`SeqRecModel.branch_vectors` needs)."""
+        Bb, C = y.shape[0], y.shape[2]
+        H, hd = self.n_heads, C // self.n_heads
+        _, k_c, v_c = self.qkv(ctx).split(C, dim=2)  # (1, T, C)
+        if self.attention == "local":  # the new token sees itself and the window - 1 before it
+            k_c, v_c = k_c[:, max(0, k_c.shape[1] - self.window + 1):], v_c[:, max(0, v_c.shape[1] - self.window + 1):]
+        q, k_y, v_y = self.qkv(y).split(C, dim=2)  # (Bb, 1, C)
+        T = k_c.shape[1]
+        k = torch.cat([k_c.expand(Bb, T, C), k_y], 1).view(Bb, T + 1, H, hd).transpose(1, 2)
+        v = torch.cat([v_c.expand(Bb, T, C), v_y], 1).view(Bb, T + 1, H, hd).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q.view(Bb, 1, H, hd).transpose(1, 2), k, v)  # (Bb, H, 1, hd)
+        return fast_dropout(self.proj(out.transpose(1, 2).reshape(Bb, 1, C)), self.dropout, self.training)
+
     def _one_query(self, x: torch.Tensor, query_at: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         H, hd = self.n_heads, C // self.n_heads
@@ -260,6 +276,11 @@ class Block(nn.Module):
         else:
             x = x[torch.arange(x.shape[0], device=x.device), query_at].unsqueeze(1) + self.attn(self.ln1(x), query_at)
         return x + self.mlp(self.ln2(x))
+
+    def extend(self, ctx: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The block's output at new tokens ``y`` (Bb, 1, C), each appended after ``ctx`` (1, T, C)."""
+        y = y + self.attn.extend(self.ln1(ctx), self.ln1(y))
+        return y + self.mlp(self.ln2(y))
 
 
 class Adapter(nn.Module):
@@ -409,6 +430,31 @@ class SeqRecModel(nn.Module):
         last = (batch.lengths - 1).clamp(min=0)  # (B,)
         x = self.blocks[-1](x, query_at=last)  # (B, 1, d)
         return self._out(x[:, 0])  # (B, d)
+
+    def branch_vectors(self, batch: Batch, after: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        """(Bb, d) user vectors of one history continued by each of ``after`` (Bb,) in turn.
+
+        ``batch`` holds one row, unpadded: the history's last ``max_len - 1`` events and one
+        placeholder event whose action and time features the continuations take (its item is
+        swapped for each of ``after``). Same as ``user_vectors`` of the ``Bb`` histories, but
+        causal attention leaves the history's hidden states unchanged by what follows, so they
+        are computed once and each continuation costs one token: the outer loop can ask "what
+        if the next item is x" for a hundred x in about the time of one forward pass.
+        """
+        if batch.items.shape[0] != 1 or batch.items.shape[1] < 2:
+            raise ValueError("branch_vectors takes one history of at least one event and the placeholder")
+        if table is None:
+            table = self.item_table()
+        x = self._embed(batch, table)  # (1, T + 1, d)
+        T = x.shape[1] - 1
+        placeholder = x[0, T] - table[batch.items[0, T]]  # position, action and time of the new event
+        y = (placeholder.unsqueeze(0) + table[after]).unsqueeze(1)  # (Bb, 1, d)
+        ctx = x[:, :T]
+        for i, block in enumerate(self.blocks):
+            y = block.extend(ctx, y)
+            if i < len(self.blocks) - 1:
+                ctx = block(ctx)
+        return self._out(y[:, 0])
 
     def _embed(self, batch: Batch, table: torch.Tensor | None) -> torch.Tensor:
         """(B, T, d) input tokens: item + position (+ action, gap, hour), dropout."""

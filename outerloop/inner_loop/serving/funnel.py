@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from outerloop import telemetry
-from outerloop.contracts.rows import AgentRow, live_rows
+from outerloop.contracts.rows import AgentRow, continue_rows, live_rows
 from outerloop.data.schema import ACTION_ID
 from outerloop.inner_loop.model.ranker import ArtifactsLike, FeatureTables, LogProbRow, Ranker, candidate_features
 from outerloop.inner_loop.serving.user_state import UserState
@@ -117,7 +117,8 @@ class Funnel:
         self._cache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
         self._ranker_ewma_ms = 0.0
         self._ranker_last_try = 0.0
-        self.stats: dict[str, int] = {"cache_hit": 0, "cache_redis": 0, "cache_miss": 0, "ranker_skipped": 0}
+        self.stats: dict[str, int] = {"cache_hit": 0, "cache_redis": 0, "cache_miss": 0, "ranker_skipped": 0,
+                                      "rows_continued": 0}
 
     # --- pools for cold start and degraded mode ------------------------------------------------
     def _pools(self) -> tuple[np.ndarray, np.ndarray]:
@@ -198,6 +199,9 @@ class Funnel:
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         agent_rows, skipped = live_rows(state.rows, now_ms=now_ms, n_items=self.n_items,
                                         limit=self.config.max_agent_rows)
+        if agent_rows:  # a row the user has moved past serves its branch for what they did next
+            agent_rows, continued = continue_rows(agent_rows, state.items, state.ts, state.actions, self.n_items)
+            self.stats["rows_continued"] += continued
         items, actions, ts = self._model_input(state)
         if items.shape[0] == 0:
             rec = self.cold_start(state, k, agent_rows)
@@ -384,7 +388,7 @@ def log_prob_row(rows: Sequence[AgentRow], history_ts: np.ndarray) -> LogProbRow
         if r.row.log_prob:
             compiled_at = r.row.history_ts
             since = 0 if compiled_at is None else int((history_ts > compiled_at).sum())
-            return LogProbRow(r.item_ids, r.scores, since)
+            return LogProbRow(r.item_ids, r.scores, since, r.row.floor)
     return None
 
 

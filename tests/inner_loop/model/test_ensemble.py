@@ -102,6 +102,41 @@ def test_ensemble_is_chosen_on_validation_saved_and_reloaded(ensemble_dir: Path,
         Ensemble.load(other)
 
 
+def test_branches_are_the_top_items_of_each_continued_history(ensemble_dir: Path, tiny_data: Any) -> None:  # noqa: F811
+    """``branches`` (history encoded once, one token per continuation, EASE updated linearly)
+    gives what ``top`` gives on each continued history, x taken at the newest event's time."""
+    from outerloop.data.schema import ACTION_ID
+    from outerloop.inner_loop.model.artifacts import Artifacts
+    from outerloop.inner_loop.model.evaluate import leave_one_out
+
+    ens = Ensemble.load(Artifacts.load(ensemble_dir))
+    cases = leave_one_out(tiny_data, "test")
+    rows = [r for r in range(len(cases)) if len(cases.histories[r]) >= 3]
+    ends_skipped = [r for r in rows if cases.actions is not None and cases.actions[r][-1] == ACTION_ID["skip"]]
+    checked = 0
+    for r in rows[:2] + ends_skipped[:1] + rows[2:]:  # one whose newest event is a skip, when there is one
+        h = np.asarray(cases.histories[r], dtype=np.int64)
+        a = None if cases.actions is None else np.asarray(cases.actions[r], dtype=np.int64)
+        t = None if cases.ts is None else np.asarray(cases.ts[r], dtype=np.int64)
+        after = [i for i, _ in ens.top(h, 4, actions=a, ts=t)]
+        got = ens.branches(h, after, 7, actions=a, ts=t, floor_at=12)
+        assert [b.after for b in got] == after
+        taken = None if a is None else next((int(x) for x in a[::-1] if x != ACTION_ID["skip"]), int(a[-1]))
+        for b in got:
+            want = ens.top(np.r_[h, b.after], 12, actions=None if a is None else np.r_[a, taken],
+                           ts=None if t is None else np.r_[t, t[-1]], exclude=np.r_[h, b.after])
+            assert b.item_ids.tolist() == [i for i, _ in want[:7]]
+            assert np.allclose(b.log_probs, [s for _, s in want[:7]], atol=1e-4)
+            assert b.floor == pytest.approx(want[11][1], abs=1e-4)
+            assert b.after not in b.item_ids and not set(b.item_ids.tolist()) & set(h.tolist())
+        assert got[0].item_ids.tolist() != got[1].item_ids.tolist()  # the continuation matters
+        checked += 1
+        if checked == 3:
+            break
+    assert checked == 3
+    assert ens.branches(np.zeros(0, np.int64), [1, 2], 5) == []
+
+
 def test_existing_members_are_reused_not_retrained(ensemble_dir: Path, tiny_data: Any) -> None:  # noqa: F811
     from outerloop.inner_loop.model.artifacts import Artifacts
 
@@ -149,6 +184,20 @@ async def test_ensemble_agent_commits_a_log_prob_row_the_funnel_reads(
         assert lp is not None and lp.events_since == 2
         rec_out = Funnel(arts, None).recommend(state, 10, now_ms=ts[-1] + 1)
         assert "ensemble_picks" in [r.row_id for r in rec_out.rows]
+
+        # the row carries branches for its likeliest items; a user whose next item was one of
+        # them is served that branch (one interaction stale: fresh), the others the row itself
+        assert row.branches is not None and row.branches.after == row.item_ids()[: len(row.branches.after)]
+        guessed, branch_items, _ = row.branches.after[1], *row.branches.branch(row.branches.after[1])[:2]
+        for nxt, continued in ((guessed, True), (int(items[0]), False)):  # items[0]: seen, never a branch
+            hist = items.tolist()[:-2] + [nxt]
+            seed_history(sync, "u1", hist, history_cap=200, ts_ms=ts[:-1], keys=redis_keys)
+            state = await UserStore(client, history_cap=200, keys=redis_keys).read("u1", 200)
+            funnel = Funnel(arts, None)
+            served = next(r for r in funnel.recommend(state, 300, now_ms=ts[-1] + 1).rows if r.row_id == "ensemble_picks")
+            assert funnel.stats["rows_continued"] == int(continued)
+            want = branch_items if continued else np.asarray(row.item_ids())
+            assert set(served.item_ids.tolist()) == set(want.tolist()) - set(hist)
     finally:
         await client.aclose()
         sync.close()

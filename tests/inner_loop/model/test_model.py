@@ -140,3 +140,28 @@ def test_action_and_time_features_change_the_output() -> None:
     other = Batch(items=items, actions=torch.full((2, 6), 7), gaps=torch.full((2, 6), 4), hours=torch.full((2, 6), 9))
     with torch.no_grad():
         assert not np.allclose(model(base).numpy(), model(other).numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("attention,T", [("full", 9), ("full", 1), ("local", 3), ("local", 11)])
+def test_branch_vectors_equal_the_user_vectors_of_each_continued_history(attention: str, T: int) -> None:
+    """One history encoded once, continued by each of several items: exactly the user vectors of
+    the continued histories (actions and time features taken from the placeholder event)."""
+    model = tiny_model(attention=attention, window=4, use_actions=True, use_time=True, adapter_dim=4)
+    torch.nn.init.normal_(model.adapter.up.weight, std=0.1)  # a trained adapter, not the identity
+    hist = torch.randint(1, 31, (1, T))
+    acts, gaps, hours = torch.randint(1, 5, (1, T + 1)), torch.randint(1, 20, (1, T + 1)), torch.randint(1, 24, (1, T + 1))
+    after = torch.tensor([3, 17, 30, int(hist[0, -1])])
+    placeholder = torch.cat([hist, hist[:, -1:]], 1)
+    with torch.no_grad():
+        got = model.branch_vectors(Batch(items=placeholder, actions=acts, gaps=gaps, hours=hours), after)
+        full = torch.cat([hist.expand(4, T), after[:, None]], 1)
+        want = model.user_vectors(Batch(items=full, actions=acts.expand(4, -1), gaps=gaps.expand(4, -1),
+                                        hours=hours.expand(4, -1)))
+    assert got.shape == (4, 16)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(got[0], got[1], atol=1e-3)  # the continuation matters
+
+
+def test_branch_vectors_refuse_a_batch_without_the_placeholder() -> None:
+    with pytest.raises(ValueError, match="placeholder"):
+        tiny_model().branch_vectors(Batch(items=torch.tensor([[4]])), torch.tensor([1]))
