@@ -82,13 +82,11 @@ class RowBranches(BaseModel):
         n = len(self.after) * self.width
         if len(self.floor) != len(self.after):
             raise ValueError(f"floor has {len(self.floor)} values for {len(self.after)} branches")
-        for name, size in (("items", 4), ("log_probs", 2)):
-            try:
-                got = len(base64.b64decode(getattr(self, name), validate=True))
-            except (binascii.Error, ValueError):
-                raise ValueError(f"{name} is not base64") from None
-            if got != n * size:
-                raise ValueError(f"{name} holds {got} bytes, not {len(self.after)} x {self.width} x {size}")
+        for name, size in (("items", 4), ("log_probs", 2)):  # lengths only: every request decodes rows
+            want = 4 * -(-n * size // 3)
+            if len(getattr(self, name)) != want:
+                raise ValueError(f"{name} is {len(getattr(self, name))} base64 characters, not the {want} of "
+                                 f"{len(self.after)} x {self.width} values of {size} bytes")
         return self
 
     @classmethod
@@ -107,13 +105,14 @@ class RowBranches(BaseModel):
 
     def branch(self, after: int) -> tuple[np.ndarray, np.ndarray, float | None] | None:
         """The items (int64), log-probabilities (float32) and floor of the branch for ``after``;
-        ``None`` when no branch assumed it."""
+        ``None`` when no branch assumed it (or the packing does not decode: the row is served as
+        it is)."""
         try:
             r = self.after.index(int(after))
-        except ValueError:
+            ids = np.frombuffer(base64.b64decode(self.items, validate=True), dtype="<i4").reshape(-1, self.width)[r]
+            lps = np.frombuffer(base64.b64decode(self.log_probs, validate=True), dtype="<f2").reshape(-1, self.width)[r]
+        except (ValueError, binascii.Error):  # not a branch, or not base64 of its length: no branch
             return None
-        ids = np.frombuffer(base64.b64decode(self.items), dtype="<i4").reshape(-1, self.width)[r]
-        lps = np.frombuffer(base64.b64decode(self.log_probs), dtype="<f2").reshape(-1, self.width)[r]
         keep = ids > 0
         return ids[keep].astype(np.int64), lps[keep].astype(np.float32), self.floor[r]
 

@@ -86,9 +86,12 @@ def test_branches_round_trip_packed_and_a_branch_is_the_row_one_interaction_late
     assert cont is not None and cont.item_ids() == [7, 8] and cont.history_ts == NOW - 50
     assert cont.floor == -9.0 and cont.branches is None  # a branch does not branch again
     assert again.continued(4, NOW - 50) is None
+    # the right length but not base64: decoding is left to the branch, which then serves nothing
+    bad = again.branches.model_copy(update={"items": "!" * len(again.branches.items)})
+    assert bad.branch(3) is None
 
 
-@pytest.mark.parametrize("change", [{"items": "not base64!"}, {"log_probs": "AAAA"}, {"floor": [1.0]},
+@pytest.mark.parametrize("change", [{"items": "too short"}, {"log_probs": "AAAA"}, {"floor": [1.0]},
                                     {"after": [3]}])
 def test_branches_that_do_not_match_their_shape_fail_to_decode(change: dict[str, object]) -> None:
     doc = json.loads(branched_row().model_dump_json())
