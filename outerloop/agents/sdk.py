@@ -247,7 +247,8 @@ class _RowStager:
             created_at=now_ms, expires_at=now_ms + (ttl_ms if ttl_ms is not None else self.spec.row_ttl_ms),
             ordered=ordered, score_kind=score_kind, history_ts=history_ts, floor=floor, branches=branches,
         )
-        self.run.stage(rows_key, row.model_dump_json(), field=row_id)
+        # fields left at None are left out: a reader that predates a field still decodes the row
+        self.run.stage(rows_key, row.model_dump_json(exclude_none=True), field=row_id)
         self._rows[row_id] = row
         return row
 

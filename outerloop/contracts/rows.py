@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -158,15 +159,15 @@ class Row(BaseModel):
     def log_prob(self) -> bool:
         return self.score_kind == "log_prob"
 
-    def continued(self, next_item: int, next_ts: int) -> "Row | None":
-        """This row as its branch for ``next_item`` would have it (compiled one interaction
-        later, at ``next_ts``), or ``None`` when it has no such branch."""
+    def continued(self, next_item: int) -> "Row | None":
+        """This row as its branch for ``next_item`` has it (its items, their log-probabilities
+        and its floor; the times stay the row's), or ``None`` when it has no such branch."""
         got = None if self.branches is None else self.branches.branch(next_item)
         if got is None:
             return None
         ids, lps, floor = got
-        return self.model_copy(update={"items": list(zip(ids.tolist(), lps.tolist())), "history_ts": int(next_ts),
-                                       "floor": floor, "branches": None})
+        return self.model_copy(update={"items": list(zip(ids.tolist(), lps.tolist())), "floor": floor,
+                                       "branches": None})
 
 
 class RowDecodeError(OuterloopError):
@@ -220,6 +221,7 @@ class AgentRow:
     row: Row
     item_ids: np.ndarray  # (R,) int64
     scores: np.ndarray  # (R,) float32
+    continued: bool = False  # the row's branch for the user's next interaction: one interaction fresher
 
     @classmethod
     def of(cls, row: Row, n_items: int) -> "AgentRow | None":
@@ -234,32 +236,33 @@ class AgentRow:
 def continue_rows(rows: Sequence[AgentRow], items: np.ndarray, ts: np.ndarray, actions: np.ndarray | None,
                   n_items: int) -> tuple[list[AgentRow], int]:
     """``rows`` with each row that has branches (:class:`RowBranches`) and that the user has
-    moved past replaced by its branch for the first interaction since, when it has one and that
-    interaction took the item (not a skip); and how many were replaced. ``items``, ``ts``,
-    ``actions``: the user's history, newest last."""
+    moved past replaced by its branch for the first interaction since (``AgentRow.continued``),
+    when it has one and that interaction took the item (not a skip); and how many were
+    replaced. ``items``, ``ts``, ``actions``: the user's history in the order it was applied,
+    newest last (times need not be sorted)."""
     out: list[AgentRow] = []
     hits = 0
     for r in rows:
         served = None
         if r.row.branches is not None and r.row.history_ts is not None and ts.shape[0]:
-            # the first event after the row's history; j = 0: the row is older than the history read
-            j = int(np.searchsorted(ts, r.row.history_ts, side="right"))
+            # the first event after the row's history; at 0 the row is older than the history read
+            newer = np.flatnonzero(ts > r.row.history_ts)
+            j = int(newer[0]) if newer.shape[0] else 0
             if 1 <= j < items.shape[0]:
-                served = continue_row(r, int(items[j]), None if actions is None else int(actions[j]),
-                                      int(ts[j]), n_items)
+                served = continue_row(r, int(items[j]), None if actions is None else int(actions[j]), n_items)
         out.append(served or r)
         hits += served is not None
     return out, hits
 
 
-def continue_row(row: AgentRow, next_item: int, next_action: int | None, next_ts: int,
-                 n_items: int) -> AgentRow | None:
-    """``row``'s branch for a next interaction with ``next_item`` at ``next_ts``, or ``None``
-    when it has none, or the interaction was a skip (a branch assumes the item was taken)."""
+def continue_row(row: AgentRow, next_item: int, next_action: int | None, n_items: int) -> AgentRow | None:
+    """``row``'s branch for a next interaction with ``next_item``, or ``None`` when it has
+    none, or the interaction was a skip (a branch assumes the item was taken)."""
     if next_action == ACTION_ID["skip"]:
         return None
-    cont = row.row.continued(next_item, next_ts)
-    return None if cont is None else AgentRow.of(cont, n_items)
+    cont = row.row.continued(next_item)
+    served = None if cont is None else AgentRow.of(cont, n_items)
+    return None if served is None else dataclasses.replace(served, continued=True)
 
 
 def live_rows(raw_rows: Mapping[str, bytes], *, now_ms: int, n_items: int,

@@ -127,17 +127,12 @@ def _rows_read(compiled: CompiledRows, reads_rows: Sequence[str] | None, history
     ``history``, ``actions``: the user's, up to the request."""
     since = compiled.events_since
     live = [r for r in compiled.rows if reads_rows is None or r.row.row_id in reads_rows]
-    fresher: set[str] = set()
-    if 1 <= since <= history.shape[0]:
+    if 1 <= since < history.shape[0]:  # as serving: the row's own newest event is in the history
         nxt, act = int(history[-since]), None if actions is None else int(actions[-since])
-        for n, r in enumerate(live):
-            cont = continue_row(r, nxt, act, 0, n_items) if r.row.branches is not None else None
-            if cont is not None:
-                live[n] = cont
-                fresher.add(r.row.row_id)
+        live = [(continue_row(r, nxt, act, n_items) if r.row.branches is not None else None) or r for r in live]
     first = next((r for r in live if r.row.log_prob), None)
-    lp_row = None if first is None else LogProbRow(
-        first.item_ids, first.scores, since - (first.row.row_id in fresher), first.row.floor)
+    lp_row = None if first is None else LogProbRow(first.item_ids, first.scores, since - first.continued,
+                                                    first.row.floor)
     return ([r.item_ids for r in live if not r.row.log_prob], [r.item_ids for r in live if r.row.log_prob], lp_row)
 
 

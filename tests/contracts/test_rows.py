@@ -82,10 +82,10 @@ def test_branches_round_trip_packed_and_a_branch_is_the_row_one_interaction_late
     ids, _, floor = again.branches.branch(5)
     assert ids.tolist() == [9] and floor is None  # padding (item 0) is not an item
     assert again.branches.branch(6) is None
-    cont = again.continued(3, NOW - 50)
-    assert cont is not None and cont.item_ids() == [7, 8] and cont.history_ts == NOW - 50
+    cont = again.continued(3)
+    assert cont is not None and cont.item_ids() == [7, 8] and cont.history_ts == row.history_ts
     assert cont.floor == -9.0 and cont.branches is None  # a branch does not branch again
-    assert again.continued(4, NOW - 50) is None
+    assert again.continued(4) is None
     # the right length but not base64: decoding is left to the branch, which then serves nothing
     bad = again.branches.model_copy(update={"items": "!" * len(again.branches.items)})
     assert bad.branch(3) is None
@@ -110,6 +110,7 @@ def test_the_inner_loop_serves_the_branch_of_what_the_user_did_next() -> None:
         actions = None if next_action is None else np.asarray([9, 9, next_action, 9])
         rows, hits = continue_rows([row, plain], items, times, actions, n_items=10)
         assert rows[1] is plain  # a row without branches is served as it is
+        assert rows[0].continued == bool(hits)
         return rows[0].item_ids.tolist(), hits
 
     assert served(3) == ([7, 8], 1)
@@ -121,3 +122,12 @@ def test_the_inner_loop_serves_the_branch_of_what_the_user_did_next() -> None:
     assert served(3, times=ts + 1_000) == ([3, 5, 6], 0)
     # nothing since the row: it is fresh as it is
     assert served(3, times=ts - 1_000) == ([3, 5, 6], 0)
+    # times as applied, not sorted (a late event): the first event after the row's is still the next
+    assert served(3, times=np.asarray([NOW - 300, NOW - 100, NOW - 10, NOW - 60])) == ([7, 8], 1)
+    # the served row counts one interaction fewer since it was compiled, ties included
+    from outerloop.inner_loop.serving.funnel import log_prob_row
+
+    tied = np.asarray([NOW - 300, NOW - 100, NOW - 60, NOW - 60])
+    rows, _ = continue_rows([row], np.asarray([1, 2, 3, 4]), tied, None, n_items=10)
+    assert log_prob_row(rows, tied).events_since == 1 and log_prob_row([row], tied).events_since == 2
+

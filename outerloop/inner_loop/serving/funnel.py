@@ -383,12 +383,13 @@ class Funnel:
 def log_prob_row(rows: Sequence[AgentRow], history_ts: np.ndarray) -> LogProbRow | None:
     """The freshest live row with ``score_kind="log_prob"`` as the ranker reads it, with the
     user's interactions since the run that compiled it (``history_ts`` is the user's event times,
-    newest last; a row without ``history_ts`` counts as fresh)."""
+    newest last; a row without ``history_ts`` counts as fresh; a row served as its branch for
+    the first of them, one fewer)."""
     for r in rows:  # live_rows orders them newest first
         if r.row.log_prob:
             compiled_at = r.row.history_ts
             since = 0 if compiled_at is None else int((history_ts > compiled_at).sum())
-            return LogProbRow(r.item_ids, r.scores, since, r.row.floor)
+            return LogProbRow(r.item_ids, r.scores, max(0, since - r.continued), r.row.floor)
     return None
 
 

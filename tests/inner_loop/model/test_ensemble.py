@@ -4,6 +4,7 @@ ensemble agent under its budget, and read by the funnel as a log-prob row."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,9 @@ async def test_ensemble_agent_commits_a_log_prob_row_the_funnel_reads(
         assert lp is not None and lp.events_since == 2
         rec_out = Funnel(arts, None).recommend(state, 10, now_ms=ts[-1] + 1)
         assert "ensemble_picks" in [r.row_id for r in rec_out.rows]
+        # what the row does not set is left out of what is stored: a reader older than a field decodes it
+        stored = json.loads(state.rows["ensemble_picks"])
+        assert "floor" not in stored and "branches" in stored
 
         # the row carries branches for its likeliest items; a user whose next item was one of
         # them is served that branch (one interaction stale: fresh), the others the row itself
