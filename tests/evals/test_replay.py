@@ -15,6 +15,7 @@ import pytest
 
 from outerloop.agents.sdk import AgentContext, agent
 from outerloop.contracts.budget import Budget
+from outerloop.contracts.rows import RowBranches
 from outerloop.contracts.run_record import RunRecord
 from outerloop.data.schema import Catalog, InteractionData, Item, UserSequence
 from outerloop.errors import UserInputError
@@ -224,8 +225,10 @@ async def test_stale_rows_are_compiled_from_the_history_k_interactions_back(redi
         """Records the history and emits a log-prob row, as the ensemble agent does."""
         seen[ctx.user_id] = ctx.history.items.tolist()
         unseen = [i for i in range(1, len(ctx.catalog.items) + 1) if i not in ctx.seen][:5]
+        # a branch for every item: whatever the user does next, the funnel serves its branch
+        branches = RowBranches.pack([(i, [(unseen[0], -0.5)], None) for i in range(1, len(ctx.catalog.items) + 1)])
         ctx.emit_row("spy", title="spy", reason="test", items=[(i, -1.0 - j) for j, i in enumerate(unseen)],
-                     score_kind="log_prob")
+                     score_kind="log_prob", branches=branches)
 
     cfg = replay.OuterReplay(n_users=4, seed=1, session_events=5, ingest_events_per_user=5, staleness=(0, 3))
     out = await replay.inner_vs_outer(arts, data, config=cfg, redis_target=redis_target, keys=redis_keys,
@@ -237,6 +240,8 @@ async def test_stale_rows_are_compiled_from_the_history_k_interactions_back(redi
         assert history == prefix[:max(1, len(prefix) - 3)][-cfg.history_cap:]
     assert out["leakage"]["events_at_or_after_served_item"] == 0
     assert out["leakage"]["events_after_the_staleness_cut"] == 0
+    served_branch = [r["what_the_outer_loop_did"]["users_served_a_row_branch"] for r in out["by_staleness"]]
+    assert served_branch == [0, 4]  # fresh rows are served as they are; three behind, as the branch
     for r in out["by_staleness"]:
         assert "spy" in r["ablation_each_row_removed"]
         assert r["cost"]["cycles_per_interaction"] == round(1 / (r["staleness"] + 1), 4)
