@@ -13,6 +13,7 @@ computes for a history of ``t + 1`` items: no padding is needed at serving time.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
@@ -225,12 +226,16 @@ class CausalSelfAttention(nn.Module):
         _, k_c, v_c = self.qkv(ctx).split(C, dim=2)  # (1, T, C)
         if self.attention == "local":  # the new token sees itself and the window - 1 before it
             k_c, v_c = k_c[:, max(0, k_c.shape[1] - self.window + 1):], v_c[:, max(0, v_c.shape[1] - self.window + 1):]
-        q, k_y, v_y = self.qkv(y).split(C, dim=2)  # (Bb, 1, C)
+        q, k_y, v_y = (t.reshape(Bb, H, hd).transpose(0, 1) for t in self.qkv(y).split(C, dim=2))  # (H, Bb, hd)
         T = k_c.shape[1]
-        k = torch.cat([k_c.expand(Bb, T, C), k_y], 1).view(Bb, T + 1, H, hd).transpose(1, 2)
-        v = torch.cat([v_c.expand(Bb, T, C), v_y], 1).view(Bb, T + 1, H, hd).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q.view(Bb, 1, H, hd).transpose(1, 2), k, v)  # (Bb, H, 1, hd)
-        return fast_dropout(self.proj(out.transpose(1, 2).reshape(Bb, 1, C)), self.dropout, self.training)
+        # per head, every branch's query against the shared context (one batched product, the
+        # context's keys never copied per branch) and against its own key
+        scale = 1.0 / math.sqrt(hd)
+        s_ctx = torch.bmm(q, k_c[0].view(T, H, hd).permute(1, 2, 0)) * scale  # (H, Bb, T)
+        s_own = (q * k_y).sum(-1, keepdim=True) * scale  # (H, Bb, 1)
+        w = torch.softmax(torch.cat([s_ctx, s_own], -1), -1)
+        out = torch.bmm(w[..., :T], v_c[0].view(T, H, hd).transpose(0, 1)) + w[..., T:] * v_y  # (H, Bb, hd)
+        return fast_dropout(self.proj(out.transpose(0, 1).reshape(Bb, 1, C)), self.dropout, self.training)
 
     def _one_query(self, x: torch.Tensor, query_at: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
