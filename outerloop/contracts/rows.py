@@ -104,6 +104,13 @@ class RowBranches(BaseModel):
                    items=base64.b64encode(ids.tobytes()).decode(), log_probs=base64.b64encode(lps.tobytes()).decode(),
                    floor=[None if f is None else float(f) for _, _, f in branches])
 
+    def only(self, after: int | None) -> "RowBranches | None":
+        """These branches cut to the one for ``after`` (``None`` when there is none): what a
+        reader that already knows the user's next item needs to keep."""
+        got = None if after is None else self.branch(after)
+        return None if got is None else RowBranches.pack(
+            [(int(after), list(zip(got[0].tolist(), got[1].tolist())), got[2])])  # type: ignore[arg-type]
+
     def branch(self, after: int) -> tuple[np.ndarray, np.ndarray, float | None] | None:
         """The items (int64), log-probabilities (float32) and floor of the branch for ``after``;
         ``None`` when no branch assumed it (or the packing does not decode: the row is served as

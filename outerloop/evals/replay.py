@@ -751,8 +751,14 @@ async def compile_outer_rows(artifacts: Any, data: InteractionData, split: str =
             for ci in mine:
                 user, prefix, _ = cases[ci]
                 await run.compile(user, prefix, k_stale)
-                out.setdefault(user, []).append(
-                    CompiledRows(await run.live_rows(user), events_since=prefix.shape[0] - _upto(prefix, k_stale)))
+                upto = _upto(prefix, k_stale)
+                # a row's branches are kept only for the user's next item: the one a request can serve
+                # (all of them are ~100 kB a row set, and a replay holds thousands)
+                nxt = int(prefix[upto]) if upto < prefix.shape[0] else None
+                rows = [r if r.row.branches is None else
+                        dataclasses.replace(r, row=r.row.model_copy(update={"branches": r.row.branches.only(nxt)}))
+                        for r in await run.live_rows(user)]
+                out.setdefault(user, []).append(CompiledRows(rows, events_since=prefix.shape[0] - upto))
                 done += 1
                 if progress is not None:
                     progress(done, total)

@@ -265,9 +265,12 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
 
 
 def _logits(model: MultiTaskRanker, ex: Examples, mean: np.ndarray, inv_std: np.ndarray) -> np.ndarray:
+    """(E, C, O), a few hundred examples at a time (the activations of thousands are gigabytes)."""
+    parts = []
     with torch.inference_mode():
-        x = torch.from_numpy((ex.feats - mean) * inv_std)
-        return model(x).numpy()  # (E, C, O)
+        for s in range(0, len(ex), 256):
+            parts.append(model(torch.from_numpy((ex.feats[s:s + 256] - mean) * inv_std)).numpy())
+    return np.concatenate(parts) if parts else np.zeros((*ex.mask.shape, len(model.objectives)), np.float32)
 
 
 def _train_tower(train: Examples, val: Examples, mean: np.ndarray, inv_std: np.ndarray, objectives: Sequence[str],
@@ -406,8 +409,13 @@ def train_ranker(artifacts: ArtifactsLike, data: InteractionData, *, out_dir: st
         """(E, C) the frozen base ranker's serving scores (0 without a base)."""
         if residual_of is None or not len(ex):
             return np.zeros(ex.mask.shape, np.float32)
-        # the base never saw a row: it scores the candidates as if there were none (as serving does)
-        return np.where(ex.mask, residual_of.score(without_rows(ex.feats)), 0.0).astype(np.float32)
+        # the base never saw a row: it scores the candidates as if there were none (as serving does);
+        # a few hundred examples at a time (all of ML-1M's at once held gigabytes of activations)
+        out = np.zeros(ex.mask.shape, np.float32)
+        for s in range(0, len(ex), 256):
+            part = slice(s, s + 256)
+            out[part] = np.where(ex.mask[part], residual_of.score(without_rows(ex.feats[part])), 0.0)
+        return out
 
     off_train, off_val, off_test, off_sel = base_scores(train), base_scores(val), base_scores(test), base_scores(sel)
 
