@@ -66,10 +66,17 @@ async def test_listing_is_the_registry(service: ToolService) -> None:
     assert "Use" in listed["explain_recommendation"].description  # says when to use it
 
 
-async def test_user_tools_answer(service: ToolService, artifacts: Any) -> None:
-    await seed_user(service.deps.redis, service.loop.keys, "u1", [3, 5, 8, 13, 21], type_="finish")
-    async with connect(service) as client:
-        await check_user_tools(client, artifacts)
+async def test_user_tools_answer(artifacts: Any, ranker: Any, redis_target: Any, redis_keys: Any) -> None:
+    # a generous budget for the tools agent: this test is about the MCP tools answering, and the
+    # agent's first run in a process (cold caches) can overrun 150 ms on a loaded 2-core machine
+    from outerloop.contracts.budget import Budget
+
+    budgets = {"tools": Budget(latency_ms=5000, max_tool_calls=12, max_llm_tokens=0)}
+    async with open_service(artifacts, redis=redis_target, keys=redis_keys, ranker=ranker, tools=[echo],
+                            budgets=budgets) as service:
+        await seed_user(service.deps.redis, service.loop.keys, "u1", [3, 5, 8, 13, 21], type_="finish")
+        async with connect(service) as client:
+            await check_user_tools(client, artifacts)
 
 
 async def check_user_tools(client: Client, artifacts: Any) -> None:
