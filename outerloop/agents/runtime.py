@@ -85,7 +85,7 @@ class LoopConfig:
     # next-item branches of that row (its likeliest items; 0: none) and the items each keeps: a row
     # one interaction old is served fresh when the user's next item was one of them. On ML-1M's test
     # cut the served transformer, one interaction stale, had the next item in its top 100 / 200 /
-    # 300 for 67% / 77% / 82% of users (1,500 sampled). Each user's stored row grows by branches x
+    # 300 for 67% / 77% / 82% of users (1,500 sampled; a one-off script, not a benchmark). Each user's stored row grows by branches x
     # len x 6 bytes (200 x 100: 120 kB, 160 kB as base64), and an agent run by about 25 ms per 100
     # branches with two transformers (one-off timing on this 2-core box, under load)
     ensemble_branches: int = 200
