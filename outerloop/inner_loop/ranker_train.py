@@ -129,7 +129,7 @@ def _rows_read(compiled: CompiledRows, reads_rows: Sequence[str] | None, history
     live = [r for r in compiled.rows if reads_rows is None or r.row.row_id in reads_rows]
     if 1 <= since < history.shape[0]:  # as serving: the row's own newest event is in the history
         nxt, act = int(history[-since]), None if actions is None else int(actions[-since])
-        live = [(continue_row(r, nxt, act, n_items) if r.row.branches is not None else None) or r for r in live]
+        live = [continue_row(r, nxt, act, n_items) or r for r in live]
     first = next((r for r in live if r.row.log_prob), None)
     lp_row = None if first is None else LogProbRow(first.item_ids, first.scores, since - first.continued,
                                                     first.row.floor)
